@@ -1,0 +1,486 @@
+//! Kernel capture, end to end: real eBPF programs on a real cgroup, real
+//! clients (Node, curl, Python) run as agents by `airlock run`, servers on
+//! loopback. Needs root; fails loudly without it.
+
+mod harness;
+
+use std::{io::Write as _, net::TcpStream, time::Duration};
+
+use harness::{Daemon, DaemonOptions, describe, servers::*, stdout};
+
+const PY: &str = "/usr/bin/python3";
+
+fn capture_policy(tcp: &[String]) -> String {
+    let mut yaml =
+        String::from("agent: capture-bot\nrules:\n  - host: allowed.test\n    methods: [GET]\n");
+    if !tcp.is_empty() {
+        yaml.push_str("tcp:\n");
+        for t in tcp {
+            yaml.push_str(&format!("  - \"{t}\"\n"));
+        }
+    }
+    yaml
+}
+
+fn by_dst<'a>(records: &'a [serde_json::Value], dst: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["dst"] == dst).collect()
+}
+
+#[test]
+fn node_curl_and_python_are_captured_whatever_http_proxy_says() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    // Four targets nobody may reach; each client aims at its own.
+    let https_get = TagServer::start("127.0.0.1:0", "https-get");
+    let fetch = TagServer::start("127.0.0.1:0", "fetch");
+    let curl = TagServer::start("127.0.0.1:0", "curl");
+    let py = TagServer::start("127.0.0.1:0", "python");
+
+    let node_get = format!(
+        "require('https').get('https://127.0.0.1:{}/', r => console.log('status', r.statusCode)).on('error', e => console.log('error', e.code))",
+        https_get.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &["node", "-e", &node_get]);
+    assert!(
+        stdout(&out).contains("error"),
+        "https.get reached something: {}",
+        describe(&out)
+    );
+
+    // fetch with HTTP_PROXY pointing at a dead port: Node's fetch ignores it
+    // anyway, and the kernel captures the direct connect.
+    let node_fetch = format!(
+        "process.env.HTTP_PROXY='http://127.0.0.1:1'; process.env.HTTPS_PROXY='http://127.0.0.1:1'; fetch('http://127.0.0.1:{}/').then(r => console.log('status', r.status), e => console.log('error', e.cause && e.cause.code))",
+        fetch.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &["node", "-e", &node_fetch]);
+    assert!(
+        stdout(&out).contains("error"),
+        "fetch reached something: {}",
+        describe(&out)
+    );
+
+    let url = format!("http://127.0.0.1:{}/", curl.addr.port());
+    let out = d.run_agent(
+        "capture-bot",
+        &[
+            "env",
+            "HTTP_PROXY=http://127.0.0.1:1",
+            "curl",
+            "--noproxy",
+            "*",
+            "-sS",
+            "--max-time",
+            "5",
+            &url,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "curl got through: {}",
+        describe(&out)
+    );
+
+    let py_src = format!(
+        "import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {}), timeout=5)\n    print('got', s.recv(100))\nexcept OSError as e:\n    print('error', e)\n",
+        py.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &[PY, "-c", &py_src]);
+    assert!(
+        !stdout(&out).contains("python"),
+        "python reached the target: {}",
+        describe(&out)
+    );
+
+    for server in [&https_get, &fetch, &curl, &py] {
+        let dst = server.addr.to_string();
+        let rec = d.wait_audit(&format!("for {dst}"), |r| r["dst"] == dst.as_str());
+        assert_eq!(rec["agent"], "capture-bot", "{rec}");
+        assert_eq!(rec["action"], "deny", "{rec}");
+        assert_eq!(rec["reason"], "no_rule", "{rec}");
+        assert_eq!(rec["uid"], 65534, "the agent ran as nobody: {rec}");
+        assert!(rec["pid"].as_u64().unwrap_or(0) > 1, "{rec}");
+        assert!(rec["cgroup"].as_u64().unwrap_or(0) > 0, "{rec}");
+        assert_eq!(server.accepted(), 0, "{dst} was reached directly");
+    }
+}
+
+#[test]
+fn tcp_rules_relay_ipv4_ipv6_and_v4_mapped_destinations() {
+    let v4 = TagServer::start("127.0.0.1:0", "v4-server");
+    let v6 = TagServer::start("[::1]:0", "v6-server");
+    let policy = capture_policy(&[
+        format!("127.0.0.1/32:{}", v4.addr.port()),
+        format!("[::1]/128:{}", v6.addr.port()),
+    ]);
+    let d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
+    let src = format!(
+        r#"
+import socket
+def talk(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(addr)
+    f = s.makefile('rb')
+    tag = f.readline().strip().decode()
+    s.sendall(b'ping\n')
+    echo = f.readline().strip().decode()
+    print(tag, echo)
+talk(socket.AF_INET, ('127.0.0.1', {p4}))
+talk(socket.AF_INET6, ('::1', {p6}))
+talk(socket.AF_INET6, ('::ffff:127.0.0.1', {p4}))
+"#,
+        p4 = v4.addr.port(),
+        p6 = v6.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["v4-server ping", "v6-server ping", "v4-server ping"],
+        "{}",
+        describe(&out)
+    );
+    // The daemon's own upstream connects were not redirected to itself:
+    // the servers saw them.
+    assert_eq!(v4.accepted(), 2);
+    assert_eq!(v6.accepted(), 1);
+    let v4_dst = v4.addr.to_string();
+    let v6_dst = v6.addr.to_string();
+    d.wait_audit("for the v6 relay", |r| {
+        r["dst"] == v6_dst.as_str() && r["action"] == "allow"
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = d.audit_records();
+        let v4_allowed = by_dst(&records, &v4_dst)
+            .iter()
+            .filter(|r| r["action"] == "allow")
+            .count();
+        if v4_allowed == 2 {
+            let rec = by_dst(&records, &v4_dst)[0];
+            assert_eq!(rec["agent"], "capture-bot");
+            assert!(rec["rule"].as_str().is_some_and(|r| !r.is_empty()), "{rec}");
+            assert!(rec["bytes_in"].as_u64().unwrap_or(0) > 0, "{rec}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v4 relays not audited: {records:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn udp_other_than_dns_and_raw_sockets_are_refused() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let sink = UdpSink::start("127.0.0.1:0");
+    let sink6 = UdpSink::start("[::1]:0");
+    let src = format!(
+        r#"
+import socket
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, 'sent')
+    except PermissionError:
+        print(name, 'EPERM')
+    except OSError as e:
+        print(name, 'error', e.errno)
+def sendto():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {p}))
+def connected():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('127.0.0.1', {p})); s.send(b'x')
+def sendto6():
+    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'x', ('::1', {p6}))
+def mapped():
+    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'x', ('::ffff:127.0.0.1', {p}))
+def raw():
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def raw6():
+    socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+def ping():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+def sctp():
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
+for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendto6), ('mapped', mapped), ('raw', raw), ('raw6', raw6), ('ping', ping), ('sctp', sctp)]:
+    attempt(name, fn)
+"#,
+        p = sink.addr.port(),
+        p6 = sink6.addr.port()
+    );
+    // As root, so that EPERM comes from Airlock and not from a missing
+    // CAP_NET_RAW.
+    let out = d.run_agent_as("capture-bot", &["--allow-root"], &[PY, "-c", &src]);
+    let text = stdout(&out);
+    for name in [
+        "sendto",
+        "connected",
+        "sendto6",
+        "mapped",
+        "raw",
+        "raw6",
+        "ping",
+        "sctp",
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("{name} EPERM")),
+            "{name} was not refused with EPERM:\n{}",
+            describe(&out)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(sink.received.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(sink6.received.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Control: the same datagram from outside the managed cgroup arrives.
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.send_to(b"x", sink.addr))
+        .expect("send from outside");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sink.received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink never saw the control datagram"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dns_answers_only_the_names_the_policy_names() {
+    let upstream = FakeDns::start(
+        "127.0.0.1:0",
+        &[
+            ("allowed.test", [127, 0, 0, 7]),
+            ("secret.exfil.test", [127, 0, 0, 8]),
+        ],
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("capture.yaml".into(), capture_policy(&[]))],
+        extra_config: format!("dns_upstream: [\"{}\"]\n", upstream.addr),
+    });
+    let src = r#"
+import socket, struct, random
+def query(name, qtype=1):
+    qid = random.randrange(65536)
+    q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return qid, q + b'\x00' + struct.pack('>HH', qtype, 1)
+def parse(qid, resp):
+    rid, flags, qd, an = struct.unpack('>HHHH', resp[:8])
+    assert rid == qid, 'id mismatch'
+    ip = '.'.join(str(b) for b in resp[-4:]) if an else '-'
+    return flags & 0xf, ip
+def udp(name, server=('127.0.0.53', 53), family=socket.AF_INET, connect=False):
+    s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(5)
+    qid, q = query(name)
+    if connect:
+        s.connect(server); s.send(q); resp = s.recv(1500); src = server
+    else:
+        s.sendto(q, server); resp, src = s.recvfrom(1500)
+    rcode, ip = parse(qid, resp)
+    print('udp', name, rcode, ip, src[0], src[1])
+def tcp(name):
+    s = socket.create_connection(('127.0.0.53', 53), timeout=5)
+    qid, q = query(name)
+    s.sendall(struct.pack('>H', len(q)) + q)
+    n = struct.unpack('>H', s.recv(2))[0]
+    resp = b''
+    while len(resp) < n:
+        resp += s.recv(n - len(resp))
+    rcode, ip = parse(qid, resp)
+    print('tcp', name, rcode, ip)
+udp('allowed.test')
+udp('secret.exfil.test')
+udp('allowed.test', connect=True)
+udp('allowed.test', server=('::1', 53), family=socket.AF_INET6)
+tcp('allowed.test')
+tcp('secret.exfil.test')
+"#;
+    let out = d.run_agent("capture-bot", &[PY, "-c", src]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            // The reply appears to come from the server the agent asked
+            // (glibc's resolver drops answers from anywhere else).
+            "udp allowed.test 0 127.0.0.7 127.0.0.53 53",
+            "udp secret.exfil.test 3 - 127.0.0.53 53",
+            "udp allowed.test 0 127.0.0.7 127.0.0.53 53",
+            "udp allowed.test 0 127.0.0.7 ::1 53",
+            "tcp allowed.test 0 127.0.0.7",
+            "tcp secret.exfil.test 3 -",
+        ],
+        "{}",
+        describe(&out)
+    );
+    let seen = upstream.names_seen.lock().expect("names").clone();
+    assert!(
+        !seen.iter().any(|n| n.contains("exfil")),
+        "a name outside the policy reached the upstream resolver: {seen:?}"
+    );
+    assert!(seen.iter().any(|n| n == "allowed.test"));
+    let rec = d.wait_audit("for the NXDOMAIN", |r| r["host"] == "secret.exfil.test");
+    assert_eq!(rec["agent"], "capture-bot");
+    assert_eq!(rec["action"], "deny");
+}
+
+#[test]
+fn processes_outside_the_managed_cgroup_are_untouched() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let server = TagServer::start("127.0.0.1:0", "direct");
+    let mut s = TcpStream::connect(server.addr).expect("direct connect from outside");
+    assert_eq!(harness::read_line_from(&mut s).trim(), "direct");
+    s.write_all(b"bye\n").expect("write");
+    assert_eq!(server.accepted(), 1);
+    let dst = server.addr.to_string();
+    assert!(
+        d.audit_records().iter().all(|r| r["dst"] != dst.as_str()),
+        "an outside connection went through Airlock"
+    );
+}
+
+#[test]
+fn a_killed_daemon_fails_closed_and_its_successor_reuses_the_pins() {
+    let server = TagServer::start("127.0.0.1:0", "kept");
+    let policy = capture_policy(&[format!("127.0.0.1/32:{}", server.addr.port())]);
+    let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
+    let attached = d.attached_programs();
+    assert_eq!(attached, 9, "one of each hook");
+    let src = format!(
+        "import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {}), timeout=5)\n    print('tag', s.makefile().readline().strip())\nexcept OSError as e:\n    print('error', type(e).__name__)\n",
+        server.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &[harness_py(), "-c", &src]);
+    assert_eq!(stdout(&out).trim(), "tag kept", "{}", describe(&out));
+
+    d.kill9();
+    let before = server.accepted();
+    let out = d.run_agent("capture-bot", &[harness_py(), "-c", &src]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "error ConnectionRefusedError",
+        "with the daemon dead, the agent must not get through: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        server.accepted(),
+        before,
+        "the target was reached while the daemon was down"
+    );
+
+    d.spawn();
+    assert_eq!(
+        d.attached_programs(),
+        attached,
+        "the restarted daemon attached a second copy"
+    );
+    let out = d.run_agent("capture-bot", &[harness_py(), "-c", &src]);
+    assert_eq!(stdout(&out).trim(), "tag kept", "{}", describe(&out));
+    let status = d.status().expect("status");
+    let programs = status["programs"].as_array().expect("programs");
+    assert!(programs.iter().all(|p| p["reused"] == true), "{status}");
+}
+
+fn harness_py() -> &'static str {
+    PY
+}
+
+#[test]
+fn two_thousand_connections_are_each_attributed_to_their_agent_and_destination() {
+    let servers: Vec<TagServer> = (0..4)
+        .map(|i| TagServer::start("127.0.0.1:0", &format!("server-{i}")))
+        .collect();
+    let rules: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1/32:{}", s.addr.port()))
+        .collect();
+    let policy_for = |agent: &str| {
+        let mut yaml = format!("agent: {agent}\ntcp:\n");
+        for r in &rules {
+            yaml.push_str(&format!("  - \"{r}\"\n"));
+        }
+        yaml
+    };
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![
+            ("alpha.yaml".into(), policy_for("alpha")),
+            ("beta.yaml".into(), policy_for("beta")),
+        ],
+        extra_config: String::new(),
+    });
+    let ports: Vec<String> = servers.iter().map(|s| s.addr.port().to_string()).collect();
+    // alpha dials servers 0 and 1, beta dials 2 and 3: 1,000 connections
+    // each, 250 at a time per agent, every answer checked.
+    let script = |targets: &[usize]| {
+        format!(
+            r#"
+import asyncio
+PORTS = [{ports}]
+TARGETS = {targets:?}
+async def one(i, sem):
+    idx = TARGETS[i % len(TARGETS)]
+    async with sem:
+        r, w = await asyncio.wait_for(asyncio.open_connection('127.0.0.1', PORTS[idx]), 30)
+        tag = (await asyncio.wait_for(r.readline(), 30)).decode().strip()
+        w.close()
+        return tag == 'server-%d' % idx
+async def main():
+    sem = asyncio.Semaphore(250)
+    results = await asyncio.gather(*[one(i, sem) for i in range(1000)], return_exceptions=True)
+    print('ok', sum(1 for r in results if r is True))
+asyncio.run(main())
+"#,
+            ports = ports.join(", "),
+        )
+    };
+    let alpha_src = script(&[0, 1]);
+    let beta_src = script(&[2, 3]);
+    let (alpha, beta) = std::thread::scope(|s| {
+        let a = s.spawn(|| d.run_agent("alpha", &[PY, "-c", &alpha_src]));
+        let b = s.spawn(|| d.run_agent("beta", &[PY, "-c", &beta_src]));
+        (a.join().expect("alpha"), b.join().expect("beta"))
+    });
+    assert_eq!(stdout(&alpha).trim(), "ok 1000", "{}", describe(&alpha));
+    assert_eq!(stdout(&beta).trim(), "ok 1000", "{}", describe(&beta));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let records: Vec<serde_json::Value> = d
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["action"] == "allow" && r["proto"] == "tcp")
+            .collect();
+        if records.len() >= 2000 {
+            assert_eq!(records.len(), 2000);
+            for (i, server) in servers.iter().enumerate() {
+                let dst = server.addr.to_string();
+                let expected_agent = if i < 2 { "alpha" } else { "beta" };
+                let hits = by_dst(&records, &dst);
+                assert_eq!(hits.len(), 500, "connections to {dst}");
+                assert!(
+                    hits.iter().all(|r| r["agent"] == expected_agent),
+                    "a connection to {dst} was attributed to the wrong agent"
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 2000 connections audited",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,329 @@
+//! Shared pieces of the privileged end-to-end tests: a real daemon per
+//! test (its own cgroup root, pin directory, ports and temp dir), real
+//! clients run as agents, and servers on loopback. Everything a test starts
+//! is stopped by a guard, even when the test panics.
+#![allow(dead_code)]
+
+pub mod servers;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+pub const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// The tests need root and BPF; without them they fail, loudly.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these end-to-end tests load eBPF programs into real cgroups and need root: run `sudo -E cargo xtask test`"
+    );
+}
+
+/// A port nobody else in this test run uses: bind :0 and keep the number.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+static NEXT_ID: AtomicU16 = AtomicU16::new(0);
+
+pub struct DaemonOptions {
+    pub policies: Vec<(String, String)>,
+    pub extra_config: String,
+}
+
+impl DaemonOptions {
+    pub fn with_policy(name: &str, yaml: &str) -> Self {
+        Self {
+            policies: vec![(name.to_string(), yaml.to_string())],
+            extra_config: String::new(),
+        }
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub cgroup_root: String,
+    pub pin_dir: PathBuf,
+    pub proxy_port: u16,
+    pub dns_port: u16,
+    pub metrics_port: u16,
+    pub audit: PathBuf,
+    pub policy_dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(opts: DaemonOptions) -> Daemon {
+        require_root();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        // Agents (uid nobody) must reach the CA files under the state dir.
+        set_mode(dir.path(), 0o755);
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).expect("policy dir");
+        for (name, yaml) in &opts.policies {
+            std::fs::write(policy_dir.join(name), yaml).expect("write policy");
+        }
+        let (proxy_port, dns_port, metrics_port) = (free_port(), free_port(), free_port());
+        let cgroup_root = format!("airlock-e2e-{id}.slice");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/airlock-e2e-{id}"));
+        let audit = dir.path().join("log/audit.jsonl");
+        let config = dir.path().join("airlock.yaml");
+        let text = format!(
+            "version: 1\ncgroup_root: {cgroup_root}\npolicy_dir: {}\nstate_dir: {}\nproxy_port: {proxy_port}\ndns_port: {dns_port}\nmetrics_addr: 127.0.0.1:{metrics_port}\naudit_log: {}\nadmin_socket: {}\nbpf_pin_dir: {}\n{}",
+            policy_dir.display(),
+            dir.path().join("state").display(),
+            audit.display(),
+            dir.path().join("run/admin.sock").display(),
+            pin_dir.display(),
+            opts.extra_config,
+        );
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.path().join("daemon.log");
+        let mut daemon = Daemon {
+            dir,
+            config,
+            cgroup_root,
+            pin_dir,
+            proxy_port,
+            dns_port,
+            metrics_port,
+            audit,
+            policy_dir,
+            child: None,
+            log,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Start (or restart) the daemon process and wait until it is healthy.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = Command::new(AIRLOCK)
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .env("AIRLOCK_LOG", "info,airlock=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start airlock daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("daemon exited early ({status}):\n{}", self.log_text());
+            }
+            if let Ok(s) = self.status() {
+                if s["healthy"] == true {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not healthy after 30s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let out = Command::new(AIRLOCK)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// SIGKILL: no chance to clean anything up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `airlock run --agent AGENT --user nobody -- CMD...`
+    pub fn run_agent(&self, agent: &str, cmd: &[&str]) -> Output {
+        self.run_agent_as(agent, &["--user", "nobody"], cmd)
+    }
+
+    pub fn run_agent_as(&self, agent: &str, who: &[&str], cmd: &[&str]) -> Output {
+        Command::new(AIRLOCK)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--agent", agent])
+            .args(who)
+            .arg("--")
+            .args(cmd)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .stdin(Stdio::null())
+            .output()
+            .expect("airlock run")
+    }
+
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait (bounded) until the audit log holds a record matching `pred`.
+    pub fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.audit_records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what} within 10s; audit log:\n{}\ndaemon log:\n{}",
+                std::fs::read_to_string(&self.audit).unwrap_or_default(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn attached_programs(&self) -> u64 {
+        self.status().expect("status")["attached_programs"]
+            .as_u64()
+            .expect("attached_programs")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_cgroup_members(&self.cgroup_root);
+        let _ = Command::new(AIRLOCK)
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+    }
+}
+
+/// End whatever agent processes a failed test left in its own cgroups.
+fn kill_cgroup_members(cgroup_root: &str) {
+    let Some(mount) = cgroup2_mount() else { return };
+    let root = mount.join(cgroup_root);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            // SAFETY: these processes were started by this test run, inside
+            // its own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap_or("/")))
+    })
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Write a helper script into the test's temp dir, readable by agents.
+pub fn script(daemon: &Daemon, name: &str, text: &str) -> String {
+    let path = daemon.dir.path().join(name);
+    let mut f = std::fs::File::create(&path).expect("script");
+    f.write_all(text.as_bytes()).expect("write script");
+    set_mode(&path, 0o755);
+    path.display().to_string()
+}
+
+pub fn read_line_from(stream: &mut std::net::TcpStream) -> String {
+    let mut line = String::new();
+    let _ = BufReader::new(stream).read_line(&mut line);
+    line
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}

@@ -1,0 +1,245 @@
+//! One JSON object a line for every decision, appended to the audit log by
+//! a single writer task so that records never interleave.
+
+use std::{
+    collections::VecDeque,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+    Approve,
+    RateLimited,
+    Error,
+}
+
+/// The fields of DESIGN.md's audit record. Credentials are secret names,
+/// never values.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditRecord {
+    pub ts: String,
+    pub agent: Option<String>,
+    pub cgroup: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub action: Option<Action>,
+    /// What the agent named (SNI, Host) or, without one, the address it dialled.
+    pub host: String,
+    pub port: u16,
+    /// The address the agent's socket dialled, as the kernel recorded it.
+    pub dst: String,
+    pub proto: &'static str,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub rule: Option<String>,
+    pub credentials: Vec<String>,
+    pub status: Option<u16>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: u64,
+    pub request_id: String,
+    pub reason: Option<String>,
+}
+
+const RECENT_DENIALS: usize = 32;
+
+/// The audit sink: cheap to clone, never blocks the caller.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::UnboundedSender<AuditRecord>,
+    recent: Arc<Mutex<VecDeque<AuditRecord>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Audit {
+    /// Open (append) the log and start the writer task.
+    pub fn start(path: &Path) -> Result<Audit, AuditError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(file, path.to_path_buf(), rx));
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Ok(Audit {
+            tx,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_DENIALS))),
+            next_id: Arc::new(AtomicU64::new(seed << 16)),
+        })
+    }
+
+    pub fn request_id(&self) -> String {
+        format!("{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn record(&self, mut record: AuditRecord) {
+        if record.ts.is_empty() {
+            record.ts = now_rfc3339();
+        }
+        if record.request_id.is_empty() {
+            record.request_id = self.request_id();
+        }
+        if matches!(
+            record.action,
+            Some(Action::Deny | Action::RateLimited | Action::Error)
+        ) {
+            if let Ok(mut recent) = self.recent.lock() {
+                if recent.len() == RECENT_DENIALS {
+                    recent.pop_front();
+                }
+                recent.push_back(record.clone());
+            }
+        }
+        // The writer only stops at shutdown; a record sent then is lost
+        // with the process either way.
+        let _ = self.tx.send(record);
+    }
+
+    pub fn recent_denials(&self) -> Vec<AuditRecord> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+async fn write_loop(
+    file: std::fs::File,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<AuditRecord>,
+) {
+    let mut file = file;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        push_line(&mut buf, &first);
+        // Drain what is queued so a burst costs one write, not one per record.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(next) => push_line(&mut buf, &next),
+                Err(_) => break,
+            }
+        }
+        let result = tokio::task::block_in_place(|| file.write_all(&buf));
+        if let Err(err) = result {
+            tracing::error!(path = %path.display(), error = %err, "audit log write failed");
+        }
+    }
+}
+
+fn push_line(buf: &mut Vec<u8>, record: &AuditRecord) {
+    if serde_json::to_writer(&mut *buf, record).is_ok() {
+        buf.push(b'\n');
+    }
+}
+
+/// UTC timestamp with milliseconds, e.g. 2026-11-24T19:02:04.123Z.
+pub fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_rfc3339(now.as_secs(), now.subsec_millis())
+}
+
+fn format_rfc3339(secs: u64, millis: u32) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339(1_795_633_324, 123),
+            "2026-11-24T19:02:04.123Z"
+        );
+        assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_land_one_json_object_a_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit/audit.jsonl");
+        let audit = Audit::start(&path).expect("start");
+        for i in 0..100u16 {
+            audit.record(AuditRecord {
+                agent: Some("pr-bot".into()),
+                action: Some(if i % 2 == 0 {
+                    Action::Allow
+                } else {
+                    Action::Deny
+                }),
+                host: "api.example.test".into(),
+                port: i,
+                credentials: vec!["github-token".into()],
+                ..AuditRecord::default()
+            });
+        }
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            lines = text.lines().map(str::to_owned).collect();
+            if lines.len() == 100 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(lines.len(), 100);
+        let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+        assert_eq!(first["action"], "allow");
+        assert_eq!(first["credentials"][0], "github-token");
+        assert!(first["request_id"].as_str().is_some_and(|s| s.len() == 16));
+        assert_eq!(audit.recent_denials().len(), RECENT_DENIALS);
+    }
+}

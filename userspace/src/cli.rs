@@ -1,0 +1,129 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Egress enforcer for AI agents: kernel capture, TLS policy proxy, credential vault"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Daemon configuration file.
+    #[arg(long, short = 'c', value_name = "FILE", env = "AIRLOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: eBPF capture, proxy, DNS, admin socket, metrics.
+    Daemon(ConfigArg),
+    /// Run CMD as agent NAME inside its cgroup, with placeholders and CA trust set.
+    Run(RunArgs),
+    /// Manage the secret vault.
+    Secret {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: SecretAction,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Daemon health, attached programs, agents, counters.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The CA agents must trust.
+    Ca {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Detach the eBPF programs and remove the agents' cgroup root.
+    Detach {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The agent (its policy's `agent:` name).
+    #[arg(long)]
+    pub agent: String,
+    /// Run as this user (name or uid).
+    #[arg(long, conflicts_with = "allow_root")]
+    pub user: Option<String>,
+    /// Allow the agent to run as root (root can leave its cgroup and open raw sockets).
+    #[arg(long)]
+    pub allow_root: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretAction {
+    /// Store a secret; the value is read from standard input.
+    Set {
+        name: String,
+        /// bearer, header, basic, query, oauth2_client_credentials, aws_sigv4, github_app
+        #[arg(long, default_value = "bearer")]
+        kind: String,
+        /// The string agents use in place of the secret (default airlock-ph-NAME).
+        #[arg(long)]
+        placeholder: Option<String>,
+    },
+    /// Names, kinds, versions and placeholders; never values.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret.
+    Rm { name: String },
+    /// Replace a secret's value (from stdin); the old one stays valid for the grace period.
+    Rotate {
+        name: String,
+        /// Seconds the previous value stays valid (default: rotate_grace_secs of the config).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Validate policy files offline (default: the configured policy_dir).
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Print the path of the CA certificate agents must trust.
+    Path {
+        /// Print the bundle (system roots + Airlock CA) instead.
+        #[arg(long)]
+        bundle: bool,
+    },
+}

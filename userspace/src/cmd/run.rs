@@ -1,0 +1,203 @@
+//! `airlock run --agent NAME [--user U | --allow-root] -- CMD...`
+//!
+//! Joins the agent's cgroup *before* exec, so that every socket the command
+//! ever opens is born inside it (a socket keeps the cgroup it was created
+//! in), then drops to the user and execs.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::unix::process::CommandExt as _,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cgroup::{CgroupTree, valid_agent_name},
+    cli::RunArgs,
+    policy::{self, EnvValue},
+    vault::Vault,
+};
+
+/// Variables that make common runtimes trust Airlock's CA. The ones that
+/// REPLACE the trust store get the bundle (system roots + Airlock CA), so
+/// passed-through hosts still verify; Node's adds to its roots.
+const BUNDLE_VARS: [&str; 4] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
+
+struct Target {
+    uid: u32,
+    gid: u32,
+    name: String,
+    home: String,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (config, _) = super::load_config(&args.config)?;
+    if !valid_agent_name(&args.agent) {
+        bail!(
+            "invalid agent name {:?}: use lower-case letters, digits, '-' and '_' (it is the policy's `agent:` and a cgroup name)",
+            args.agent
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "airlock run must start as root: it moves the command into the agent's cgroup, then drops to --user"
+        );
+    }
+    let target = match (&args.user, args.allow_root) {
+        (Some(user), _) => Some(lookup_user(user)?),
+        (None, true) => None,
+        (None, false) => bail!(
+            "refusing to run agent {} as root: root can leave its cgroup and open raw sockets, which escapes Airlock. Give --user USER (or --allow-root if you accept that)",
+            args.agent
+        ),
+    };
+    if target.as_ref().is_some_and(|t| t.uid == 0) && !args.allow_root {
+        bail!(
+            "--user resolves to uid 0 (root); root can leave its cgroup. Use an unprivileged user, or --allow-root"
+        );
+    }
+
+    let env = agent_env(&config, &args.agent)?;
+    let tree = CgroupTree::discover(&config.cgroup_root)?;
+    if !tree.root.is_dir() {
+        bail!(
+            "{} does not exist: the Airlock daemon is not running (start it: `airlock daemon` or `systemctl start airlock`)",
+            tree.root.display()
+        );
+    }
+    let dir = tree.enter(&args.agent, std::process::id())?;
+    tracing::debug!(cgroup = %dir.display(), "joined agent cgroup");
+
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]).envs(&env);
+    cmd.env("AIRLOCK_AGENT", &args.agent);
+    if let Some(t) = &target {
+        cmd.uid(t.uid).gid(t.gid);
+        cmd.env("HOME", &t.home)
+            .env("USER", &t.name)
+            .env("LOGNAME", &t.name);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes one async-signal-safe syscall.
+    unsafe {
+        cmd.pre_exec(|| {
+            // setuid programs (sudo, ping) must not win back what we drop.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot run {:?}", args.command[0]))
+}
+
+/// The environment an agent gets: its policy's `env:` with placeholders
+/// (never secrets), and the CA trust variables.
+fn agent_env(
+    config: &crate::config::Config,
+    agent: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let report = policy::load_dir(&config.policy_dir);
+    let Some(found) = report.policies.iter().find(|p| p.agent == agent) else {
+        let mut msg = format!(
+            "no policy for agent {agent} in {}: it would get no egress at all. Write {}/{agent}.yaml",
+            config.policy_dir.display(),
+            config.policy_dir.display()
+        );
+        for errors in &report.errors {
+            msg.push_str(&format!("\n{errors}"));
+        }
+        bail!(msg);
+    };
+    let placeholders: BTreeMap<String, String> = if config.state_dir.join("vault.json").exists() {
+        Vault::open(&config.state_dir)?
+            .list()?
+            .into_iter()
+            .map(|info| (info.name, info.placeholder))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut env = BTreeMap::new();
+    for (key, value) in &found.env {
+        let value = match value {
+            EnvValue::Plain(s) => s.clone(),
+            EnvValue::Placeholder { secret } => match placeholders.get(secret) {
+                Some(p) => p.clone(),
+                None => {
+                    eprintln!(
+                        "airlock: warning: secret {secret} (for {key}) is not in the vault; requests using it will be refused until `airlock secret set {secret}`"
+                    );
+                    format!("airlock-ph-{secret}")
+                }
+            },
+        };
+        env.insert(key.clone(), value);
+    }
+    let ca_dir = config.state_dir.join("ca");
+    let (cert, bundle) = (ca_dir.join("ca.crt"), ca_dir.join("bundle.pem"));
+    if cert.exists() && bundle.exists() {
+        env.insert("NODE_EXTRA_CA_CERTS".into(), cert.display().to_string());
+        for var in BUNDLE_VARS {
+            env.insert(var.into(), bundle.display().to_string());
+        }
+    } else {
+        eprintln!(
+            "airlock: warning: no CA at {} yet (the daemon creates it); TLS to intercepted hosts will fail verification",
+            cert.display()
+        );
+    }
+    Ok(env)
+}
+
+fn lookup_user(user: &str) -> anyhow::Result<Target> {
+    let entry = if let Ok(uid) = user.parse::<u32>() {
+        // SAFETY: getpwuid returns a pointer into static storage or null;
+        // this process is single-threaded here and copies it out at once.
+        unsafe { libc::getpwuid(uid) }
+    } else {
+        let name = CString::new(user).context("user name contains NUL")?;
+        // SAFETY: as above, with a NUL-terminated name.
+        unsafe { libc::getpwnam(name.as_ptr()) }
+    };
+    if entry.is_null() {
+        if let Ok(uid) = user.parse::<u32>() {
+            return Ok(Target {
+                uid,
+                gid: uid,
+                name: user.to_string(),
+                home: "/".into(),
+            });
+        }
+        bail!("no such user {user:?} (create it, e.g. `useradd --system {user}`)");
+    }
+    // SAFETY: non-null pointer to a passwd struct whose strings are
+    // NUL-terminated, valid until the next getpw* call.
+    let pw = unsafe { &*entry };
+    // SAFETY: see above.
+    let (name, home) = unsafe {
+        (
+            std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+            std::ffi::CStr::from_ptr(pw.pw_dir)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    Ok(Target {
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+        name,
+        home,
+    })
+}

@@ -1,0 +1,85 @@
+use std::{io::Read as _, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cli::{ConfigArg, SecretAction},
+    secret::Secret,
+    vault::{SecretKind, Vault},
+};
+
+pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
+    let (config, _) = super::load_config(arg)?;
+    let vault = Vault::open(&config.state_dir)?;
+    match action {
+        SecretAction::Set {
+            name,
+            kind,
+            placeholder,
+        } => {
+            let kind: SecretKind = kind.parse()?;
+            let value = read_value()?;
+            let info = vault.set(&name, kind, placeholder.as_deref(), value)?;
+            println!(
+                "stored {} ({}, version {}); agents use the placeholder {}",
+                info.name, info.kind, info.version, info.placeholder
+            );
+        }
+        SecretAction::List { json } => {
+            let list = vault.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("(no secrets)");
+            } else {
+                println!(
+                    "{:<32} {:<26} {:>7}  PLACEHOLDER",
+                    "NAME", "KIND", "VERSION"
+                );
+                for s in list {
+                    println!(
+                        "{:<32} {:<26} {:>7}  {}",
+                        s.name, s.kind, s.version, s.placeholder
+                    );
+                }
+            }
+        }
+        SecretAction::Rm { name } => {
+            vault.remove(&name)?;
+            println!("removed {name}");
+        }
+        SecretAction::Rotate { name, grace_secs } => {
+            let grace = Duration::from_secs(grace_secs.unwrap_or(config.rotate_grace_secs));
+            let value = read_value()?;
+            let info = vault.rotate(&name, value, grace)?;
+            println!(
+                "rotated {} to version {}; the previous value stays valid for {}s",
+                info.name,
+                info.version,
+                grace.as_secs()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The value comes from stdin, never argv (argv is world-readable in /proc).
+fn read_value() -> anyhow::Result<Secret> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("reading the secret from standard input")?;
+    // One trailing newline from `echo` or a heredoc is not part of it.
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    if buf.is_empty() {
+        bail!(
+            "no secret on standard input (e.g. `printf %s \"$TOKEN\" | airlock secret set NAME`)"
+        );
+    }
+    Ok(Secret::new(buf))
+}

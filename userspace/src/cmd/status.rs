@@ -1,0 +1,75 @@
+use std::process::ExitCode;
+
+use crate::{cli::ConfigArg, daemon::AdminRequest};
+
+pub fn run(arg: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+    let (config, _) = super::load_config(arg)?;
+    let status = crate::daemon::admin_request(&config.admin_socket, &AdminRequest::Status)?;
+    let healthy = status["healthy"].as_bool().unwrap_or(false);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_human(&status);
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn print_human(s: &serde_json::Value) {
+    let healthy = s["healthy"].as_bool().unwrap_or(false);
+    println!(
+        "airlock {}: {} (pid {}, up {}s)",
+        s["version"].as_str().unwrap_or("?"),
+        if healthy { "healthy" } else { "UNHEALTHY" },
+        s["pid"],
+        s["uptime_secs"]
+    );
+    println!("cgroup:   {}", s["cgroup"].as_str().unwrap_or("?"));
+    println!(
+        "programs: {} attached to the cgroup ({} in this build)",
+        s["attached_programs"],
+        s["programs"].as_array().map_or(0, Vec::len)
+    );
+    if let Some(err) = s["attached_programs_error"].as_str() {
+        println!("          kernel query failed: {err}");
+    }
+    println!("proxy:    {}", s["listening"]["proxy"]);
+    println!("dns:      {}", s["listening"]["dns"]);
+    println!("metrics:  {}", s["listening"]["metrics"]);
+    println!("agents:");
+    match s["agents"].as_array() {
+        Some(agents) if !agents.is_empty() => {
+            for a in agents {
+                println!(
+                    "  {:<20} cgroup {:<8} policy {}",
+                    a["agent"].as_str().unwrap_or("?"),
+                    a["cgroup_id"],
+                    a["policy"].as_str().unwrap_or("NONE (no egress)")
+                );
+            }
+        }
+        _ => println!("  (none running)"),
+    }
+    if let Some(errors) = s["policies"]["errors"].as_array() {
+        for e in errors {
+            println!("policy error: {}", e.as_str().unwrap_or("?"));
+        }
+    }
+    println!("kernel counters: {}", s["kernel_counters"]);
+    if let Some(denials) = s["recent_denials"].as_array() {
+        println!("recent denials: {}", denials.len());
+        for d in denials.iter().rev().take(10) {
+            println!(
+                "  {} {} {}:{} {}",
+                d["ts"].as_str().unwrap_or(""),
+                d["agent"].as_str().unwrap_or("-"),
+                d["host"].as_str().unwrap_or(""),
+                d["port"],
+                d["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+}

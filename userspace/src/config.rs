@@ -1,0 +1,318 @@
+//! The daemon's configuration (`/etc/airlock/airlock.yaml`). Every key is
+//! optional; the defaults below are the documented ones.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/airlock/airlock.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}", render_invalid(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+fn render_invalid(path: &Path, problems: &[String]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The file as written. Unknown keys are errors: a typo must not silently
+/// fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: Option<u32>,
+    cgroup_root: Option<String>,
+    policy_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    proxy_port: Option<u16>,
+    dns_port: Option<u16>,
+    metrics_addr: Option<String>,
+    audit_log: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    dns_upstream: Option<Vec<String>>,
+    resolve: Option<BTreeMap<String, OneOrMany>>,
+    upstream_ca: Option<Vec<PathBuf>>,
+    bpf_pin_dir: Option<PathBuf>,
+    approval_timeout_secs: Option<u64>,
+    approval_webhook: Option<String>,
+    rotate_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The managed cgroup, relative to the cgroup v2 mount.
+    pub cgroup_root: String,
+    pub policy_dir: PathBuf,
+    /// Vault, master key and CA.
+    pub state_dir: PathBuf,
+    /// The proxy listens on 127.0.0.1 and [::1] at this port.
+    pub proxy_port: u16,
+    /// The resolver agents' DNS lands on (UDP, 127.0.0.1 and [::1]).
+    pub dns_port: u16,
+    pub metrics_addr: SocketAddr,
+    pub audit_log: PathBuf,
+    pub admin_socket: PathBuf,
+    /// Empty: the nameservers of /etc/resolv.conf.
+    pub dns_upstream: Vec<SocketAddr>,
+    /// host -> addresses, like curl --resolve: answers agents' lookups and
+    /// the proxy's own upstream connects.
+    pub resolve: BTreeMap<String, Vec<IpAddr>>,
+    /// Extra PEM files trusted for upstream TLS.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Where the eBPF links and maps are pinned (on bpffs).
+    pub bpf_pin_dir: PathBuf,
+    /// How long a request waits for `airlock approvals approve`.
+    pub approval_timeout_secs: u64,
+    /// Where approval notices are POSTed (http:// on loopback or https://).
+    pub approval_webhook: Option<String>,
+    /// How long `secret rotate` keeps the previous value valid.
+    pub rotate_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cgroup_root: "airlock.slice".into(),
+            policy_dir: "/etc/airlock/policies".into(),
+            state_dir: "/var/lib/airlock".into(),
+            proxy_port: 15001,
+            dns_port: 15053,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            audit_log: "/var/log/airlock/audit.jsonl".into(),
+            admin_socket: "/run/airlock/admin.sock".into(),
+            dns_upstream: Vec::new(),
+            resolve: BTreeMap::new(),
+            upstream_ca: Vec::new(),
+            bpf_pin_dir: "/sys/fs/bpf/airlock".into(),
+            approval_timeout_secs: 300,
+            approval_webhook: None,
+            rotate_grace_secs: 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Load `path`. The default path may be absent (all defaults); a path
+    /// the user named must exist.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(err) if !explicit && err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|err| {
+                let loc = err.location();
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line: loc.as_ref().map_or(1, |l| l.line()),
+                    column: loc.as_ref().map_or(1, |l| l.column()),
+                    message: err.to_string(),
+                }
+            })?
+        };
+        let mut problems = Vec::new();
+        let mut cfg = Config::default();
+        if let Some(v) = raw.version {
+            if v != 1 {
+                problems.push(format!(
+                    "version: {v} is not supported (this Airlock reads version 1)"
+                ));
+            }
+        }
+        if let Some(root) = raw.cgroup_root {
+            cfg.cgroup_root = root;
+        }
+        macro_rules! take {
+            ($field:ident) => {
+                if let Some(v) = raw.$field {
+                    cfg.$field = v;
+                }
+            };
+        }
+        take!(policy_dir);
+        take!(state_dir);
+        take!(proxy_port);
+        take!(dns_port);
+        take!(audit_log);
+        take!(admin_socket);
+        take!(upstream_ca);
+        take!(bpf_pin_dir);
+        take!(approval_timeout_secs);
+        take!(rotate_grace_secs);
+        cfg.approval_webhook = raw.approval_webhook;
+        if cfg.proxy_port == 0 {
+            problems.push("proxy_port: must be 1-65535".into());
+        }
+        if cfg.dns_port == 0 {
+            problems.push("dns_port: must be 1-65535".into());
+        }
+        if cfg.proxy_port == cfg.dns_port {
+            problems.push("dns_port: must differ from proxy_port".into());
+        }
+        if let Some(addr) = raw.metrics_addr {
+            match addr.parse() {
+                Ok(a) => cfg.metrics_addr = a,
+                Err(_) => problems.push(format!(
+                    "metrics_addr: {addr:?} is not an address:port (e.g. 127.0.0.1:9464)"
+                )),
+            }
+        }
+        for entry in raw.dns_upstream.unwrap_or_default() {
+            match parse_upstream(&entry) {
+                Some(a) => cfg.dns_upstream.push(a),
+                None => problems.push(format!(
+                    "dns_upstream: {entry:?} is not an IP or IP:port (e.g. 127.0.0.53 or [::1]:5353)"
+                )),
+            }
+        }
+        for (host, ips) in raw.resolve.unwrap_or_default() {
+            let list = match ips {
+                OneOrMany::One(one) => vec![one],
+                OneOrMany::Many(many) => many,
+            };
+            let mut parsed = Vec::new();
+            for ip in list {
+                match ip.parse::<IpAddr>() {
+                    Ok(ip) => parsed.push(ip),
+                    Err(_) => problems.push(format!("resolve.{host}: {ip:?} is not an IP address")),
+                }
+            }
+            cfg.resolve
+                .insert(host.trim_end_matches('.').to_ascii_lowercase(), parsed);
+        }
+        for (key, path) in [
+            ("policy_dir", &cfg.policy_dir),
+            ("state_dir", &cfg.state_dir),
+            ("audit_log", &cfg.audit_log),
+            ("admin_socket", &cfg.admin_socket),
+            ("bpf_pin_dir", &cfg.bpf_pin_dir),
+        ] {
+            if !path.is_absolute() {
+                problems.push(format!(
+                    "{key}: {} must be an absolute path",
+                    path.display()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+}
+
+fn parse_upstream(s: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/airlock/airlock.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let cfg = parse("").expect("defaults");
+        assert_eq!(cfg.cgroup_root, "airlock.slice");
+        assert_eq!(cfg.proxy_port, 15001);
+        assert_eq!(cfg.dns_port, 15053);
+        assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(cfg.admin_socket, PathBuf::from("/run/airlock/admin.sock"));
+    }
+
+    #[test]
+    fn a_typo_is_an_error_with_its_position() {
+        let err = parse("version: 1\nproxy_prot: 15001\n").expect_err("typo");
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/airlock/airlock.yaml:2:"), "{text}");
+        assert!(text.contains("proxy_prot"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err =
+            parse("version: 2\nproxy_port: 0\nmetrics_addr: nowhere\ndns_upstream: [bogus]\n")
+                .expect_err("invalid");
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn upstreams_and_resolve_entries_parse() {
+        let cfg = parse(
+            "dns_upstream: [127.0.0.53, '[::1]:5353']\nresolve:\n  API.Example.test.: 127.0.0.9\n  two.test: [127.0.0.1, '::1']\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.dns_upstream[0].to_string(), "127.0.0.53:53");
+        assert_eq!(cfg.dns_upstream[1].to_string(), "[::1]:5353");
+        assert_eq!(cfg.resolve["api.example.test"].len(), 1);
+        assert_eq!(cfg.resolve["two.test"].len(), 2);
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_named_file_is_an_error() {
+        let missing = Path::new("/nonexistent/airlock.yaml");
+        assert!(Config::load(missing, false).is_ok());
+        assert!(matches!(
+            Config::load(missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

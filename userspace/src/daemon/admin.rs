@@ -1,0 +1,139 @@
+//! The admin socket: root-only, one JSON request a line, one JSON answer a
+//! line. `airlock status` and `airlock approvals` speak it.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::warn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot create the admin socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot reach the Airlock daemon at {path}: {source} (is it running? `airlock daemon` or `systemctl start airlock`)"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon's answer is not JSON: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    Status,
+    ApprovalsList,
+    Approve { id: String },
+    Deny { id: String },
+}
+
+/// What answers admin requests (the daemon).
+pub trait AdminHandler: Send + Sync + 'static {
+    fn handle(&self, req: AdminRequest) -> serde_json::Value;
+}
+
+pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+    let err = |source| AdminError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket file left by a killed daemon would make bind fail.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, handler: Arc<dyn AdminHandler>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // The file mode already keeps others out; the peer check holds even
+        // if the mode were loosened by hand.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 => {}
+            Ok(cred) => {
+                warn!(uid = cred.uid(), "admin socket: refused non-root peer");
+                continue;
+            }
+            Err(_) => continue,
+        }
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _ = answer(stream, handler).await;
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<AdminRequest>(&line) {
+            Ok(req) => {
+                let handler = handler.clone();
+                // Handlers may block briefly (kernel queries); keep them off
+                // the async workers.
+                tokio::task::spawn_blocking(move || handler.handle(req))
+                    .await
+                    .unwrap_or_else(|_| serde_json::json!({"error": "internal"}))
+            }
+            Err(err) => serde_json::json!({"error": format!("bad request: {err}")}),
+        };
+        let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
+        bytes.push(b'\n');
+        write.write_all(&bytes).await?;
+    }
+    Ok(())
+}
+
+/// One request from the command line to the daemon.
+pub fn request(path: &Path, req: &AdminRequest) -> Result<serde_json::Value, AdminError> {
+    use std::io::{BufRead as _, Write as _};
+    let io = |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| AdminError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut line = serde_json::to_vec(req).map_err(AdminError::Decode)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(AdminError::Decode)
+}

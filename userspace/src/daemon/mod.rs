@@ -1,0 +1,186 @@
+//! `airlock daemon`: put the kernel side in place, then serve the proxy,
+//! the resolver, the admin socket and the metrics until told to stop.
+
+mod admin;
+mod dns_view;
+mod notify;
+mod status;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use agent_common::{Settings, Stat};
+use anyhow::Context as _;
+use tracing::{error, info, warn};
+
+pub use admin::{AdminError, AdminRequest, request as admin_request};
+
+use crate::{
+    audit::Audit,
+    cgroup::{AgentIndex, CgroupTree},
+    config::Config,
+    dns::{Resolver, upstreams_from_resolv_conf},
+    ebpf::{ConnTable, Kernel},
+    metrics::{self, Metrics},
+    policy::PolicyStore,
+    proxy::{self, Proxy, listener},
+};
+
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Refuse to run inside the managed tree: the daemon's own connects would
+/// be redirected to itself.
+fn ensure_outside(tree: &CgroupTree) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let own = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| tree.mount.join(p.trim_start_matches('/')));
+    if let Some(own) = own {
+        if own.starts_with(&tree.root) {
+            anyhow::bail!(
+                "the daemon runs inside the managed cgroup {} ({}); start it outside, e.g. from systemd or a root shell",
+                tree.root.display(),
+                own.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let tree = CgroupTree::discover(&config.cgroup_root)?;
+    ensure_outside(&tree)?;
+    tree.ensure_root()?;
+
+    // Listen before the hooks point agents at us, so that the first
+    // redirected connect finds a listener.
+    let proxy_listeners = listener::tcp_pair(config.proxy_port)?;
+    let dns_sockets = listener::udp_pair(config.dns_port).await?;
+    let metrics_listener = metrics::bind(config.metrics_addr).await?;
+    let admin_listener = admin::bind(&config.admin_socket)?;
+
+    let kernel = Kernel::open(
+        &tree.root,
+        &config.bpf_pin_dir,
+        Settings {
+            proxy_port: config.proxy_port,
+            dns_port: config.dns_port,
+            _pad: 0,
+        },
+    )?;
+    let conns: Arc<dyn ConnTable> = kernel.conns.clone();
+    let kernel = Arc::new(kernel);
+
+    let audit = Audit::start(&config.audit_log)?;
+    let metrics = Metrics::new()?;
+    let agents = Arc::new(AgentIndex::new(tree.clone()));
+    let policies = PolicyStore::load(&config.policy_dir, metrics.clone());
+    policies.clone().watch();
+
+    let upstreams = if config.dns_upstream.is_empty() {
+        upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf")).unwrap_or_else(|err| {
+            warn!(error = %err, "no DNS upstreams; agents' allowed names will fail to resolve (set dns_upstream)");
+            Vec::new()
+        })
+    } else {
+        config.dns_upstream.clone()
+    };
+    let view = dns_view::DnsView {
+        conns: conns.clone(),
+        agents: agents.clone(),
+        policies: policies.clone(),
+        resolve: config.resolve.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    };
+    let resolver = Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT);
+
+    let proxy = Arc::new(Proxy {
+        conns,
+        agents: agents.clone(),
+        policies: policies.clone(),
+        audit: audit.clone(),
+        resolver: resolver.clone(),
+        metrics: metrics.clone(),
+        own_ports: vec![
+            config.proxy_port,
+            config.dns_port,
+            config.metrics_addr.port(),
+        ],
+    });
+    for l in proxy_listeners {
+        tokio::spawn(proxy::serve(l, proxy.clone()));
+    }
+    for s in dns_sockets {
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            if let Err(err) = resolver.serve_udp(s).await {
+                error!(error = %err, "DNS listener stopped");
+            }
+        });
+    }
+    let refresh_kernel = kernel.clone();
+    let refresh_metrics = metrics.clone();
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        Arc::new(move || {
+            refresh_metrics.set_bpf_redirects(refresh_kernel.stats.get(Stat::TcpRedirected));
+        }),
+    ));
+    let status = Arc::new(status::StatusSource {
+        started: std::time::Instant::now(),
+        config: config.clone(),
+        config_path,
+        kernel: kernel.clone(),
+        agents,
+        policies,
+        audit,
+        listening: Listening {
+            proxy: vec![
+                SocketAddr::from(([127, 0, 0, 1], config.proxy_port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.proxy_port)),
+            ],
+            dns: vec![
+                SocketAddr::from(([127, 0, 0, 1], config.dns_port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.dns_port)),
+            ],
+            metrics: config.metrics_addr,
+        },
+    });
+    tokio::spawn(admin::serve(admin_listener, status));
+
+    info!(
+        proxy_port = config.proxy_port,
+        dns_port = config.dns_port,
+        cgroup = %tree.root.display(),
+        "airlock daemon ready"
+    );
+    notify::ready();
+    wait_for_stop().await;
+    info!("stopping; the pinned programs stay attached, so agents stay enforced (fail closed)");
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Listening {
+    pub proxy: Vec<SocketAddr>,
+    pub dns: Vec<SocketAddr>,
+    pub metrics: SocketAddr,
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still be killed; just run.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,84 @@
+//! The daemon's answer to `airlock status`.
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use serde_json::json;
+
+use super::{
+    Listening,
+    admin::{AdminHandler, AdminRequest},
+};
+use crate::{audit::Audit, cgroup::AgentIndex, config::Config, ebpf::Kernel, policy::PolicyStore};
+
+pub struct StatusSource {
+    pub started: Instant,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub kernel: Arc<Kernel>,
+    pub agents: Arc<AgentIndex>,
+    pub policies: Arc<PolicyStore>,
+    pub audit: Audit,
+    pub listening: Listening,
+}
+
+impl StatusSource {
+    fn status(&self) -> serde_json::Value {
+        let attached = crate::ebpf::attached_program_count(&self.kernel.report.cgroup);
+        let settings_ok = self.kernel.settings().is_some_and(|s| {
+            s.proxy_port == self.config.proxy_port && s.dns_port == self.config.dns_port
+        });
+        let agents: Vec<_> = self
+            .agents
+            .snapshot()
+            .into_iter()
+            .map(|(id, name)| {
+                json!({
+                    "agent": &*name,
+                    "cgroup_id": id,
+                    "policy": self.policies.get(&name).map(|p| p.source.display().to_string()),
+                })
+            })
+            .collect();
+        let counters: serde_json::Map<String, serde_json::Value> = self
+            .kernel
+            .stats
+            .all()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let healthy = settings_ok
+            && attached
+                .as_ref()
+                .is_ok_and(|n| *n as usize >= self.kernel.report.programs.len());
+        json!({
+            "healthy": healthy,
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "config": self.config_path.display().to_string(),
+            "cgroup": self.kernel.report.cgroup.display().to_string(),
+            "pin_dir": self.kernel.report.pin_dir.display().to_string(),
+            "programs": self.kernel.report.programs,
+            "attached_programs": attached.as_ref().ok(),
+            "attached_programs_error": attached.as_ref().err().map(|e| e.to_string()),
+            "listening": self.listening,
+            "agents": agents,
+            "policies": self.policies.summary(),
+            "kernel_counters": counters,
+            "recent_denials": self.audit.recent_denials(),
+        })
+    }
+}
+
+impl AdminHandler for StatusSource {
+    fn handle(&self, req: AdminRequest) -> serde_json::Value {
+        match req {
+            AdminRequest::Status => self.status(),
+            AdminRequest::ApprovalsList
+            | AdminRequest::Approve { .. }
+            | AdminRequest::Deny { .. } => {
+                json!({"error": "approvals are not enabled in this daemon"})
+            }
+        }
+    }
+}

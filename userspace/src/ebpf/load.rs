@@ -1,0 +1,380 @@
+//! Attach the programs to the managed cgroup root, or re-open the links a
+//! previous daemon pinned. Links are pinned so that enforcement outlives the
+//! daemon: while it is down, redirected connects find no listener and fail
+//! (closed), and a restarted daemon picks the links up again instead of
+//! stacking a second copy of every hook.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use agent_common::{Settings, maps as map_names, programs as prog};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use tracing::{info, warn};
+
+use super::{KernelConnTable, KernelStats, OBJECT, bpffs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "the BPF filesystem at {path} is not usable: {source} (Airlock needs root and a kernel with BPF)"
+    )]
+    BpfFs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "loading the eBPF object failed: {0} (pins under /sys/fs/bpf/airlock from another Airlock version? run `airlock uninstall` first)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {kind} named {name}")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF program {name}: cannot pin its link at {path}: {source}")]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("eBPF program {name}: link is not pinnable: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot remove pin {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// cgroup links (BPF_LINK_CREATE) always coexist with other programs on
+/// the cgroup, and the kernel refuses BPF_F_ALLOW_MULTI for them (EINVAL):
+/// "Single" is aya's name for flags = 0.
+const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+#[derive(Clone, Copy)]
+enum Hook {
+    SockAddr,
+    SockOps,
+    SockCreate,
+    SkbEgress,
+}
+
+const PROGRAMS: [(&str, Hook); 9] = [
+    // sock_create and the egress filter first: from the moment connect
+    // hooks exist, nothing must be able to go around them.
+    (prog::SOCK_CREATE, Hook::SockCreate),
+    (prog::UDP_EGRESS, Hook::SkbEgress),
+    (prog::SOCK_OPS, Hook::SockOps),
+    (prog::RECVMSG4, Hook::SockAddr),
+    (prog::RECVMSG6, Hook::SockAddr),
+    (prog::SENDMSG4, Hook::SockAddr),
+    (prog::SENDMSG6, Hook::SockAddr),
+    (prog::CONNECT4, Hook::SockAddr),
+    (prog::CONNECT6, Hook::SockAddr),
+];
+
+/// Whether each program was attached now or re-opened from its pin.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramState {
+    pub name: &'static str,
+    pub reused: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AttachReport {
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub programs: Vec<ProgramState>,
+}
+
+/// The loaded kernel side: the maps the daemon reads and writes, and the
+/// links, which stay pinned when this value is dropped.
+pub struct Kernel {
+    pub report: AttachReport,
+    pub conns: Arc<KernelConnTable>,
+    pub stats: KernelStats,
+    settings: Array<MapData, Settings>,
+}
+
+impl Kernel {
+    /// Load the object (re-using pinned maps), publish `settings`, and make
+    /// sure every program is attached to `cgroup_root` exactly once.
+    pub fn open(
+        cgroup_root: &Path,
+        pin_dir: &Path,
+        settings: Settings,
+    ) -> Result<Kernel, KernelError> {
+        bpffs::ensure_mounted()?;
+        let pin_dir = pin_dir.to_path_buf();
+        std::fs::create_dir_all(&pin_dir).map_err(|source| KernelError::PinDir {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let log_pin = pin_dir.join("AYA_LOGS");
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_pin_path("AYA_LOGS", log_pin.as_path())
+            .load(OBJECT)
+            .map_err(KernelError::Load)?;
+
+        // Settings before attaching: a hook that runs with all-zero settings
+        // denies, so the order only matters for availability, never safety.
+        let mut settings_map: Array<MapData, Settings> = take_map(&mut ebpf, map_names::SETTINGS)?;
+        settings_map
+            .set(0, settings, 0)
+            .map_err(|source| KernelError::Map {
+                name: map_names::SETTINGS,
+                source,
+            })?;
+
+        let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+            path: cgroup_root.to_path_buf(),
+            source,
+        })?;
+        let mut programs = Vec::with_capacity(PROGRAMS.len());
+        for (name, hook) in PROGRAMS {
+            let reused = attach_or_reopen(&mut ebpf, &cgroup, &pin_dir, name, hook)?;
+            programs.push(ProgramState { name, reused });
+        }
+        let reused = programs.iter().filter(|p| p.reused).count();
+        info!(
+            cgroup = %cgroup_root.display(),
+            attached = programs.len() - reused,
+            reopened = reused,
+            "eBPF programs in place"
+        );
+
+        start_kernel_log(&mut ebpf);
+        let conns = Arc::new(KernelConnTable::new(
+            take_raw(&mut ebpf, map_names::ORIG_BY_CLIENT)?,
+            take_raw(&mut ebpf, map_names::DNS_CLIENTS)?,
+        ));
+        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, map_names::STATS)?;
+        Ok(Kernel {
+            report: AttachReport {
+                pin_dir,
+                cgroup: cgroup_root.to_path_buf(),
+                programs,
+            },
+            conns,
+            stats: KernelStats::new(stats),
+            settings: settings_map,
+        })
+    }
+
+    /// The settings the hooks currently use.
+    pub fn settings(&self) -> Option<Settings> {
+        self.settings.get(&0, 0).ok()
+    }
+}
+
+fn take_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, KernelError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::Missing { kind: "map", name })?;
+    match map {
+        aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => Ok(data),
+        _ => Err(KernelError::Missing {
+            kind: "hash map",
+            name,
+        }),
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+}
+
+fn link_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("link_{name}"))
+}
+
+/// Returns true when a pinned link was re-opened, false when the program
+/// was attached now.
+fn attach_or_reopen(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    pin_dir: &Path,
+    name: &'static str,
+    hook: Hook,
+) -> Result<bool, KernelError> {
+    let pin = link_pin_path(pin_dir, name);
+    if pin.exists() {
+        match PinnedLink::from_pin(&pin) {
+            // Dropping a PinnedLink closes our fd; the pin keeps the link.
+            Ok(_link) => return Ok(true),
+            Err(err) => {
+                warn!(pin = %pin.display(), error = %err, "unusable link pin; attaching afresh");
+                std::fs::remove_file(&pin).map_err(|source| KernelError::Unpin {
+                    path: pin.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    let program = ebpf.program_mut(name).ok_or(KernelError::Missing {
+        kind: "program",
+        name,
+    })?;
+    let err = |source| KernelError::Program { name, source };
+    let link: FdLink = match hook {
+        Hook::SockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        Hook::SockOps => {
+            let p: &mut SockOps = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        Hook::SockCreate => {
+            let p: &mut CgroupSock = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        Hook::SkbEgress => {
+            let p: &mut CgroupSkb = program.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            let id = p
+                .attach(cgroup, CgroupSkbAttachType::Egress, ATTACH_MODE)
+                .map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+    };
+    link.pin(&pin).map_err(|source| KernelError::Pin {
+        name,
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(false)
+}
+
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, KernelError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|source| KernelError::Link { name, source })
+}
+
+/// Forward the kernel side's log records (refused sockets) into tracing.
+/// The log ring is pinned too, so a restarted daemon reads what programs
+/// attached by its predecessor write.
+fn start_kernel_log(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            warn!(error = %err, "kernel log unavailable");
+            return;
+        }
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        // SAFETY: the logger owns the ring buffer's fd and is moved into
+        // the AsyncFd, so the fd stays open for as long as it is registered.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        let mut fd = match registered {
+            Ok(fd) => fd,
+            Err(err) => {
+                warn!(error = %err, "kernel log unavailable");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Detach every pinned program and remove the pins (used by uninstall).
+/// Returns how many links were detached.
+pub fn detach_pinned(pin_dir: &Path) -> Result<usize, KernelError> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(0);
+    };
+    let mut detached = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_link = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("link_"));
+        if is_link {
+            if let Ok(link) = PinnedLink::from_pin(&path) {
+                // Unpinning hands back the last reference; dropping it
+                // detaches the program from the cgroup.
+                if link.unpin().is_ok() {
+                    detached += 1;
+                    continue;
+                }
+            }
+        }
+        std::fs::remove_file(&path).map_err(|source| KernelError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    std::fs::remove_dir(pin_dir).map_err(|source| KernelError::Unpin {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    Ok(detached)
+}

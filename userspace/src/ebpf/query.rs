@@ -1,0 +1,65 @@
+//! How many programs are attached to a cgroup, asked of the kernel.
+
+use std::{fs::File, os::fd::AsRawFd as _, path::Path};
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// The attach types Airlock uses (enum bpf_attach_type).
+const ATTACH_TYPES: [u32; 9] = [
+    1,  // BPF_CGROUP_INET_EGRESS
+    2,  // BPF_CGROUP_INET_SOCK_CREATE
+    3,  // BPF_CGROUP_SOCK_OPS
+    10, // BPF_CGROUP_INET4_CONNECT
+    11, // BPF_CGROUP_INET6_CONNECT
+    14, // BPF_CGROUP_UDP4_SENDMSG
+    15, // BPF_CGROUP_UDP6_SENDMSG
+    19, // BPF_CGROUP_UDP4_RECVMSG
+    20, // BPF_CGROUP_UDP6_RECVMSG
+];
+
+/// `union bpf_attr` as BPF_PROG_QUERY reads it.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// Programs attached directly to `cgroup` for the hooks Airlock uses, as
+/// the kernel counts them: a second daemon that attached again instead of
+/// re-opening its pins would show here.
+pub fn attached_program_count(cgroup: &Path) -> std::io::Result<u32> {
+    let dir = File::open(cgroup)?;
+    let mut total = 0;
+    for attach_type in ATTACH_TYPES {
+        let mut attr = QueryAttr {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            ..QueryAttr::default()
+        };
+        // SAFETY: `attr` is a valid, writable bpf_attr prefix of the size
+        // passed; prog_ids is null so the kernel only writes the count.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<QueryAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        total += attr.prog_cnt;
+    }
+    Ok(total)
+}

@@ -1,0 +1,55 @@
+//! `airlock`: one binary for the daemon and the commands that talk to it.
+//!
+//! Follow a connection through the folders: agent-ebpf (capture) -> proxy
+//! (accept, orig-dst, route) -> policy (decide) -> vault (credentials) ->
+//! upstream -> audit.
+
+mod audit;
+mod ca;
+mod cgroup;
+mod cli;
+mod cmd;
+mod config;
+mod daemon;
+mod dns;
+mod ebpf;
+mod metrics;
+mod policy;
+mod proxy;
+mod secret;
+mod upstream_tls;
+mod vault;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cmd::dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("airlock: {}", render_error(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and the causes its own message does not already include
+/// (typed errors here carry their source's text in their message).
+fn render_error(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}

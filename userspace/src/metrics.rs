@@ -1,0 +1,238 @@
+//! Prometheus metrics (prefix `airlock_`), served as text on metrics_addr.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}: {source}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub credential_injections: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub approvals_pending: IntGauge,
+    pub bpf_redirects: IntCounter,
+    pub dns_queries: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &'static str,
+    metric: T,
+) -> Result<T, MetricsError> {
+    registry
+        .register(Box::new(metric.clone()))
+        .map_err(|source| MetricsError::Register { name, source })?;
+    Ok(metric)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Arc<Metrics>, MetricsError> {
+        let registry = Registry::new_custom(Some("airlock".into()), None).map_err(|source| {
+            MetricsError::Register {
+                name: "registry",
+                source,
+            }
+        })?;
+        let counter_vec = |name: &'static str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .map_err(|source| MetricsError::Register { name, source })
+        };
+        let m = Metrics {
+            connections: register(
+                &registry,
+                "connections_total",
+                counter_vec(
+                    "connections_total",
+                    "Captured connections by decision",
+                    &["agent", "decision"],
+                )?,
+            )?,
+            requests: register(
+                &registry,
+                "requests_total",
+                counter_vec(
+                    "requests_total",
+                    "HTTP requests by decision",
+                    &["agent", "host", "decision"],
+                )?,
+            )?,
+            request_duration: register(
+                &registry,
+                "request_duration_seconds",
+                Histogram::with_opts(HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time from request to response head",
+                ))
+                .map_err(|source| MetricsError::Register {
+                    name: "request_duration_seconds",
+                    source,
+                })?,
+            )?,
+            credential_injections: register(
+                &registry,
+                "credential_injections_total",
+                counter_vec(
+                    "credential_injections_total",
+                    "Placeholders swapped for secrets",
+                    &["secret"],
+                )?,
+            )?,
+            policy_reloads: register(
+                &registry,
+                "policy_reload_total",
+                counter_vec(
+                    "policy_reload_total",
+                    "Policy file loads by result",
+                    &["result"],
+                )?,
+            )?,
+            approvals_pending: register(
+                &registry,
+                "approvals_pending",
+                IntGauge::new("approvals_pending", "Requests waiting for a human").map_err(
+                    |source| MetricsError::Register {
+                        name: "approvals_pending",
+                        source,
+                    },
+                )?,
+            )?,
+            bpf_redirects: register(
+                &registry,
+                "bpf_redirects_total",
+                IntCounter::new(
+                    "bpf_redirects_total",
+                    "Connects the kernel redirected to Airlock",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "bpf_redirects_total",
+                    source,
+                })?,
+            )?,
+            dns_queries: register(
+                &registry,
+                "dns_queries_total",
+                counter_vec(
+                    "dns_queries_total",
+                    "Agents' DNS queries by outcome",
+                    &["agent", "outcome"],
+                )?,
+            )?,
+            registry,
+        };
+        Ok(Arc::new(m))
+    }
+
+    pub fn connection(&self, agent: &str, decision: &str) {
+        self.connections.with_label_values(&[agent, decision]).inc();
+    }
+
+    /// The kernel keeps its own counter; mirror it into the exported one.
+    pub fn set_bpf_redirects(&self, total: u64) {
+        let current = self.bpf_redirects.get();
+        if total > current {
+            self.bpf_redirects.inc_by(total - current);
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            warn!(error = %err, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Listen { addr, source })
+}
+
+/// Serve `GET /metrics`; `before_render` refreshes gauges read from
+/// elsewhere (the kernel's counters).
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    before_render: Arc<dyn Fn() + Send + Sync>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let refresh = before_render.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                let refresh = refresh.clone();
+                async move {
+                    let response = if req.uri().path() == "/metrics" {
+                        refresh();
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    };
+                    Ok::<_, Infallible>(response.unwrap_or_else(|_| Response::new(Full::default())))
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_names_carry_the_airlock_prefix() {
+        let m = Metrics::new().expect("metrics");
+        m.connection("pr-bot", "allow");
+        m.requests
+            .with_label_values(&["pr-bot", "api.example.test", "deny"])
+            .inc();
+        m.set_bpf_redirects(5);
+        m.set_bpf_redirects(3);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains("airlock_connections_total{agent=\"pr-bot\",decision=\"allow\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("airlock_requests_total{agent=\"pr-bot\",decision=\"deny\",host=\"api.example.test\"} 1"), "{text}");
+        assert!(text.contains("airlock_bpf_redirects_total 5"), "{text}");
+        assert!(text.contains("airlock_approvals_pending 0"), "{text}");
+    }
+}

@@ -1,0 +1,264 @@
+//! Decisions: given what the proxy or resolver saw, what does the policy say.
+
+use std::net::IpAddr;
+
+use super::host::Host;
+use super::model::{AllowRule, DenyRule, Policy, RateLimit, RuleId, TcpTarget};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpDecision {
+    Allow(Allowed),
+    Deny(Denied),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub rule: RuleId,
+    /// `rules[0] api.github.com`.
+    pub rule_label: String,
+    /// Secret names whose placeholders may be swapped on this request.
+    pub credentials: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub approval: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// Set when a deny rule matched.
+    pub rule_label: Option<String>,
+    pub reason: DenyReason,
+}
+
+/// Why a request was denied, from least to most specific: the derived order
+/// is what picks the reason reported when several rules name the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DenyReason {
+    NoRuleForHost,
+    MethodNotAllowed,
+    PathNotAllowed,
+    DenyRule,
+}
+
+impl DenyReason {
+    /// Bounded label for the 403 body, audit and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DenyReason::DenyRule => "deny_rule",
+            DenyReason::NoRuleForHost => "no_rule_for_host",
+            DenyReason::MethodNotAllowed => "method_not_allowed",
+            DenyReason::PathNotAllowed => "path_not_allowed",
+        }
+    }
+}
+
+/// A `tcp:` entry that let a connection through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpMatch {
+    /// `tcp[0] github.com:22`.
+    pub label: String,
+}
+
+impl Policy {
+    /// Deny rules first, then allow rules in order (the first match wins and
+    /// brings its credentials, rate limit and approval), else deny.
+    pub fn decide_http(&self, host: &str, port: u16, method: &str, path: &str) -> HttpDecision {
+        let Some(host) = Host::parse(host) else {
+            return deny(None, DenyReason::NoRuleForHost);
+        };
+        let raw_path = path.split_once('?').map_or(path, |(before, _)| before);
+        let path = canonical_path(raw_path);
+
+        if let Some(rule) = self
+            .deny
+            .iter()
+            .find(|rule| deny_matches(rule, &host, port, method, path.as_deref()))
+        {
+            return deny(Some(rule.label.clone()), DenyReason::DenyRule);
+        }
+
+        let mut reason = DenyReason::NoRuleForHost;
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.port != port || !rule.host.matches(&host) {
+                continue;
+            }
+            reason = reason.max(DenyReason::MethodNotAllowed);
+            if !allow_method(rule, method) {
+                continue;
+            }
+            reason = reason.max(DenyReason::PathNotAllowed);
+            // A path that is not canonical can match no path rule: what the
+            // upstream would make of "/a/../b" is not ours to guess.
+            let Some(path) = path.as_deref() else {
+                continue;
+            };
+            if rule.paths.as_ref().is_none_or(|paths| paths.is_match(path)) {
+                return HttpDecision::Allow(Allowed {
+                    rule: RuleId(index),
+                    rule_label: rule.label.clone(),
+                    credentials: rule.credentials.clone(),
+                    rate_limit: rule.rate_limit,
+                    approval: rule.approval,
+                });
+            }
+        }
+        deny(None, reason)
+    }
+
+    /// CIDR entries match `dst` directly; name entries match when `dst` is
+    /// among `resolved(name)`.
+    pub fn tcp_match(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        resolved: &dyn Fn(&str) -> Vec<IpAddr>,
+    ) -> Option<TcpMatch> {
+        // A v4-mapped v6 destination reaches the v4 host: compare it as v4.
+        let dst = dst.to_canonical();
+        self.tcp
+            .iter()
+            .filter(|entry| entry.port == port)
+            .find(|entry| match &entry.target {
+                TcpTarget::Net(net) => net.contains(&dst),
+                TcpTarget::Name(name) => resolved(name)
+                    .into_iter()
+                    .any(|ip| ip.to_canonical() == dst),
+            })
+            .map(|entry| TcpMatch {
+                label: entry.label.clone(),
+            })
+    }
+
+    /// Whether a TLS connection with this SNI is tunnelled uninspected.
+    pub fn passthrough_allows(&self, sni: &str) -> bool {
+        let Some(host) = Host::parse(sni) else {
+            return false;
+        };
+        matches!(host, Host::Name(_))
+            && self
+                .passthrough
+                .iter()
+                .any(|pattern| pattern.matches(&host))
+    }
+
+    /// Whether the agent may resolve `name`: an allow rule names it (and no
+    /// deny rule denies the whole host), a `tcp:` entry names it, or a
+    /// passthrough pattern matches it. Deny rules alone never make a name
+    /// resolvable.
+    pub fn names_host(&self, name: &str) -> bool {
+        let Some(host) = Host::parse(name) else {
+            return false;
+        };
+        let Host::Name(plain) = &host else {
+            // Addresses are not looked up.
+            return false;
+        };
+        let wholly_denied = self
+            .deny
+            .iter()
+            .any(|rule| rule.is_whole_host() && rule.host.matches(&host));
+        let by_rule = !wholly_denied && self.rules.iter().any(|rule| rule.host.matches(&host));
+        by_rule
+            || self
+                .tcp
+                .iter()
+                .any(|entry| matches!(&entry.target, TcpTarget::Name(n) if n == plain))
+            || self
+                .passthrough
+                .iter()
+                .any(|pattern| pattern.matches(&host))
+    }
+
+    /// Secret names referenced by any rule's credentials, sorted, unique.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(String::as_str)
+    }
+
+    /// Whether `rule`'s credentials name `secret`; false for an unknown rule.
+    pub fn rule_allows_secret(&self, rule: RuleId, secret: &str) -> bool {
+        self.rules
+            .get(rule.0)
+            .is_some_and(|rule| rule.credentials.iter().any(|name| name == secret))
+    }
+
+    /// The label of an allow rule, for audit records.
+    pub fn rule_label(&self, rule: RuleId) -> Option<&str> {
+        self.rules.get(rule.0).map(|rule| rule.label.as_str())
+    }
+}
+
+fn deny(rule_label: Option<String>, reason: DenyReason) -> HttpDecision {
+    HttpDecision::Deny(Denied { rule_label, reason })
+}
+
+/// Allow rules compare methods exactly: `get` is not `GET` to an HTTP
+/// server, and an allow list should not widen.
+fn allow_method(rule: &AllowRule, method: &str) -> bool {
+    rule.methods
+        .as_ref()
+        .is_none_or(|methods| methods.iter().any(|m| m == method))
+}
+
+/// Deny rules compare methods ignoring case and treat a non-canonical path
+/// as matching their path patterns: some servers fold `delete` to DELETE or
+/// resolve `..`, and a deny rule must not be sidestepped that way.
+fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Option<&str>) -> bool {
+    rule.port.is_none_or(|p| p == port)
+        && rule.host.matches(host)
+        && rule
+            .methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+        && rule.paths.as_ref().is_none_or(|paths| match path {
+            Some(path) => paths.is_match(path),
+            None => true,
+        })
+}
+
+/// The path as an upstream server would interpret it, or `None` when that
+/// is ambiguous. Percent-encoded unreserved characters (RFC 3986 2.3) are
+/// decoded, since `/%61dmin` *is* `/admin` to the server; other escapes such
+/// as `%2F` stay as they are (npm's scoped packages use them). Dot segments,
+/// empty inner segments and backslashes make the path ambiguous: servers
+/// differ on whether they collapse them.
+pub(super) fn canonical_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = path.get(i + 1..i + 3)?;
+                let value = u8::from_str_radix(hex, 16).ok()?;
+                if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(value));
+                } else {
+                    out.push('%');
+                    out.push_str(hex);
+                }
+                i += 3;
+            }
+            b'\\' => return None,
+            _ => {
+                // Copy the run up to the next byte of interest (keeps UTF-8
+                // sequences whole).
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| matches!(b, b'%' | b'\\'))
+                    .map_or(bytes.len(), |offset| i + offset);
+                out.push_str(&path[i..end]);
+                i = end;
+            }
+        }
+    }
+    let segments: Vec<&str> = out[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.iter().enumerate() {
+        if *segment == "." || *segment == ".." || (segment.is_empty() && index != last) {
+            return None;
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,187 @@
+//! The policies in force, by agent, hot-reloaded from the policy directory.
+//! A file that fails to parse or validate is rejected whole and the version
+//! it replaced stays in force; the rejection is logged and counted.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tracing::{error, info, warn};
+
+use super::{Policy, parse_policy};
+use crate::metrics::Metrics;
+
+pub struct PolicyStore {
+    dir: PathBuf,
+    state: RwLock<State>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    by_agent: HashMap<String, Arc<Policy>>,
+    /// Which agent each file defined when it last loaded cleanly.
+    by_file: HashMap<PathBuf, String>,
+    /// The current rejection of each file that has one.
+    errors: HashMap<PathBuf, String>,
+}
+
+/// Debounce: editors write a file in several steps (truncate, write, rename).
+const SETTLE: Duration = Duration::from_millis(150);
+
+impl PolicyStore {
+    pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Arc<PolicyStore> {
+        let store = Arc::new(PolicyStore {
+            dir: dir.to_path_buf(),
+            state: RwLock::new(State::default()),
+            metrics,
+        });
+        store.reload();
+        store
+    }
+
+    pub fn get(&self, agent: &str) -> Option<Arc<Policy>> {
+        self.state.read().ok()?.by_agent.get(agent).cloned()
+    }
+
+    /// Re-read every policy file. Clean files replace what they defined;
+    /// rejected files leave their previous version in force; removed files
+    /// take their agent's policy with them.
+    pub fn reload(&self) {
+        let files = policy_files(&self.dir);
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
+        let mut next = State::default();
+        // First the files that still parse, then the previous versions of
+        // those that do not, so a good file always wins over a stale one.
+        let mut kept_previous = Vec::new();
+        for path in &files {
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|err| format!("{}: cannot read: {err}", path.display()))
+                .and_then(|text| parse_policy(path, &text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(policy) => {
+                    if let Some(other) = next.by_agent.get(&policy.agent).map(|p| p.source.clone())
+                    {
+                        let msg = format!(
+                            "{}: agent {} is already defined by {}; one agent, one file",
+                            path.display(),
+                            policy.agent,
+                            other.display()
+                        );
+                        self.reject(path, msg, &mut next);
+                        continue;
+                    }
+                    let changed = state.by_agent.get(&policy.agent).is_none_or(|old| {
+                        old.source != policy.source || state.errors.contains_key(path)
+                    }) || !state.by_file.contains_key(path);
+                    if changed {
+                        info!(agent = %policy.agent, file = %path.display(), "policy loaded");
+                    }
+                    self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                    next.by_file.insert(path.clone(), policy.agent.clone());
+                    next.by_agent.insert(policy.agent.clone(), Arc::new(policy));
+                }
+                Err(msg) => {
+                    self.reject(path, msg, &mut next);
+                    if let Some(agent) = state.by_file.get(path) {
+                        if let Some(prev) = state.by_agent.get(agent) {
+                            kept_previous.push((path.clone(), agent.clone(), prev.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (path, agent, prev) in kept_previous {
+            if next.by_agent.contains_key(&agent) {
+                continue;
+            }
+            warn!(agent = %agent, file = %path.display(), "keeping the previous policy in force");
+            next.by_file.insert(path, agent.clone());
+            next.by_agent.insert(agent, prev);
+        }
+        for (path, agent) in &state.by_file {
+            if !files.contains(path) && !next.by_agent.contains_key(agent) {
+                info!(agent = %agent, file = %path.display(), "policy removed: the agent has no egress now");
+            }
+        }
+        *state = next;
+    }
+
+    fn reject(&self, path: &Path, msg: String, next: &mut State) {
+        error!(file = %path.display(), "policy rejected:\n{msg}");
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["error"])
+            .inc();
+        next.errors.insert(path.to_path_buf(), msg);
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        let Ok(state) = self.state.read() else {
+            return serde_json::Value::Null;
+        };
+        let mut agents: Vec<_> = state
+            .by_agent
+            .values()
+            .map(|p| serde_json::json!({"agent": p.agent, "file": p.source.display().to_string()}))
+            .collect();
+        agents.sort_by_key(|v| v["agent"].as_str().map(str::to_owned));
+        let mut errors: Vec<&String> = state.errors.values().collect();
+        errors.sort();
+        serde_json::json!({"dir": self.dir.display().to_string(), "loaded": agents, "errors": errors})
+    }
+
+    /// Reload on every change in the directory, on a thread of its own.
+    pub fn watch(self: Arc<Self>) {
+        use notify::{RecursiveMode, Watcher as _};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = match notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        }) {
+            Ok(w) => w,
+            Err(err) => {
+                error!(error = %err, "cannot watch policies; changes need a daemon restart");
+                return;
+            }
+        };
+        if let Err(err) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+            error!(dir = %self.dir.display(), error = %err, "cannot watch policies; changes need a daemon restart");
+            return;
+        }
+        std::thread::Builder::new()
+            .name("policy-watch".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                while rx.recv().is_ok() {
+                    // Let the burst of events from one save settle.
+                    while rx.recv_timeout(SETTLE).is_ok() {}
+                    self.reload();
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|err| error!(error = %err, "cannot start the policy watcher"));
+    }
+}
+
+fn policy_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| e == "yaml" || e == "yml")
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -1,0 +1,222 @@
+//! Accept loop and the connection-level decision.
+
+use std::{
+    cell::RefCell,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument as _, debug, info_span, warn};
+
+use super::{
+    orig_dst::{ClientAddr, Origin},
+    relay,
+};
+use crate::{
+    audit::{Action, Audit, AuditRecord},
+    cgroup::AgentIndex,
+    dns::Resolver,
+    ebpf::ConnTable,
+    metrics::Metrics,
+    policy::{Policy, PolicyStore},
+};
+
+/// Everything a captured connection needs, shared by all of them.
+pub struct Proxy {
+    pub conns: Arc<dyn ConnTable>,
+    pub agents: Arc<AgentIndex>,
+    pub policies: Arc<PolicyStore>,
+    pub audit: Audit,
+    pub resolver: Arc<Resolver>,
+    pub metrics: Arc<Metrics>,
+    /// Airlock's own loopback ports: an agent may not reach them through
+    /// the proxy (the proxy and resolver it reaches anyway, by redirect).
+    pub own_ports: Vec<u16>,
+}
+
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let proxy = proxy.clone();
+                tokio::spawn(async move { proxy.handle(stream, ClientAddr(peer)).await });
+            }
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Why a connection was refused before any protocol was spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    NoKernelRecord,
+    UnknownCgroup,
+    NoPolicy,
+    AirlockPort,
+    NoRule,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoKernelRecord => "no_kernel_record",
+            Refusal::UnknownCgroup => "unknown_cgroup",
+            Refusal::NoPolicy => "no_policy",
+            Refusal::AirlockPort => "airlock_port",
+            Refusal::NoRule => "no_rule",
+        }
+    }
+}
+
+impl Proxy {
+    async fn handle(self: Arc<Self>, stream: TcpStream, client: ClientAddr) {
+        let started = Instant::now();
+        let Some(record) = self.conns.take_tcp(client.0) else {
+            // Not a connection the kernel redirected (or its record is
+            // stale): whoever it is, it gets nothing.
+            self.refuse(None, None, client, Refusal::NoKernelRecord);
+            return;
+        };
+        let origin = Origin::from(&record);
+        let Some(agent) = self.agents.agent(origin.cgroup_id) else {
+            self.refuse(Some(&origin), None, client, Refusal::UnknownCgroup);
+            return;
+        };
+        let span = info_span!("conn", agent = %agent, client = %client.0, orig_dst = %origin.dst.0);
+        async move {
+            let Some(policy) = self.policies.get(&agent) else {
+                self.refuse(Some(&origin), Some(&agent), client, Refusal::NoPolicy);
+                return;
+            };
+            if self.is_own_port(origin.dst.0) {
+                self.refuse(Some(&origin), Some(&agent), client, Refusal::AirlockPort);
+                return;
+            }
+            if origin.dst.0.port() == 53 {
+                self.metrics.connection(&agent, "dns");
+                let _ = self
+                    .resolver
+                    .clone()
+                    .serve_tcp_conn(stream, Some(agent.to_string()), client.0)
+                    .await;
+                return;
+            }
+            if let Some(rule) = self.tcp_rule(&policy, origin.dst.0).await {
+                self.relay(stream, &origin, &agent, rule, started).await;
+                return;
+            }
+            self.refuse(Some(&origin), Some(&agent), client, Refusal::NoRule);
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn is_own_port(&self, dst: SocketAddr) -> bool {
+        let local = match dst.ip() {
+            IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
+            IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+        };
+        local && self.own_ports.contains(&dst.port())
+    }
+
+    /// A `tcp:` rule matching the original destination: CIDR entries match
+    /// directly; host entries match the addresses the daemon resolves for
+    /// them (the agent's own answer is not trusted).
+    async fn tcp_rule(&self, policy: &Policy, dst: SocketAddr) -> Option<String> {
+        let asked: RefCell<Vec<String>> = RefCell::new(Vec::new());
+        let first = policy.tcp_match(dst.ip(), dst.port(), &|host| {
+            asked.borrow_mut().push(host.to_string());
+            Vec::new()
+        });
+        if let Some(m) = first {
+            return Some(m.label);
+        }
+        let hosts = asked.into_inner();
+        if hosts.is_empty() {
+            return None;
+        }
+        let mut resolved = std::collections::HashMap::new();
+        for host in hosts {
+            let ips = self.resolver.lookup_ip(&host).await.unwrap_or_default();
+            resolved.insert(host, ips);
+        }
+        policy
+            .tcp_match(dst.ip(), dst.port(), &|host| {
+                resolved.get(host).cloned().unwrap_or_default()
+            })
+            .map(|m| m.label)
+    }
+
+    async fn relay(
+        &self,
+        stream: TcpStream,
+        origin: &Origin,
+        agent: &str,
+        rule: String,
+        started: Instant,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let mut record = self.base_record(Some(origin), Some(agent));
+        record.rule = Some(rule);
+        match relay::connect(origin.dst.0).await {
+            Ok(upstream) => {
+                self.metrics.connection(agent, "allow");
+                debug!("relaying raw TCP");
+                let (out, inn) = relay::splice(stream, upstream).await;
+                record.action = Some(Action::Allow);
+                record.bytes_out = out;
+                record.bytes_in = inn;
+            }
+            Err(err) => {
+                self.metrics.connection(agent, "error");
+                record.action = Some(Action::Error);
+                record.reason = Some(format!("upstream_connect: {err}"));
+            }
+        }
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.audit.record(record);
+    }
+
+    fn base_record(&self, origin: Option<&Origin>, agent: Option<&str>) -> AuditRecord {
+        let mut record = AuditRecord {
+            agent: agent.map(str::to_owned),
+            proto: "tcp",
+            ..AuditRecord::default()
+        };
+        if let Some(o) = origin {
+            record.cgroup = o.cgroup_id;
+            record.pid = o.pid;
+            record.uid = o.uid;
+            record.host = o.dst.0.ip().to_string();
+            record.port = o.dst.0.port();
+            record.dst = o.dst.0.to_string();
+        }
+        record
+    }
+
+    fn refuse(
+        &self,
+        origin: Option<&Origin>,
+        agent: Option<&str>,
+        client: ClientAddr,
+        why: Refusal,
+    ) {
+        self.metrics.connection(agent.unwrap_or("-"), "deny");
+        let mut record = self.base_record(origin, agent);
+        record.action = Some(Action::Deny);
+        record.reason = Some(why.reason().to_string());
+        if origin.is_none() {
+            record.dst = format!("client {}", client.0);
+        }
+        debug!(reason = why.reason(), "connection refused");
+        self.audit.record(record);
+        // Dropping the stream closes it: a refused connection learns
+        // nothing but the close.
+    }
+}

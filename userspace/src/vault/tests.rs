@@ -1,0 +1,841 @@
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::*;
+
+const VALUE: &str = "ghp_R3alT0kenValue0123456789";
+const OTHER: &str = "sk-live-AnotherRealValue9876";
+
+fn secret(value: &str) -> Secret {
+    Secret::new(value.as_bytes().to_vec())
+}
+
+fn fresh() -> (tempfile::TempDir, Vault) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Vault::open(dir.path()).expect("open");
+    (dir, vault)
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+}
+
+fn names_in(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| {
+            e.expect("dirent")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn envelope(vault: &Vault) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(vault.path()).expect("read vault")).expect("json")
+}
+
+fn write_envelope(vault: &Vault, value: &serde_json::Value) {
+    fs::write(vault.path(), serde_json::to_vec(value).expect("encode")).expect("write vault");
+}
+
+fn assert_tampered(vault: &Vault, expected: TamperReason) {
+    match vault.load() {
+        Err(VaultError::Tampered { path, reason }) => {
+            assert_eq!(path, vault.path());
+            assert_eq!(reason, expected);
+        }
+        other => panic!("expected Tampered({expected:?}), got {other:?}"),
+    }
+}
+
+#[test]
+fn open_creates_private_state() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = root.path().join("a/b/state");
+    let vault = Vault::open(&state).expect("open");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("master.key")), 0o600);
+    assert_eq!(
+        fs::metadata(state.join("master.key")).expect("key").len(),
+        32
+    );
+    assert_eq!(mode(vault.path()), 0o600);
+    assert_eq!(vault.path(), state.join("vault.json"));
+    assert!(vault.load().expect("load").is_empty());
+    assert!(vault.list().expect("list").is_empty());
+
+    // Opening again must reuse the key, not replace it.
+    let key = fs::read(state.join("master.key")).expect("key");
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let again = Vault::open(&state).expect("reopen");
+    assert_eq!(fs::read(state.join("master.key")).expect("key"), key);
+    let contents = again.load().expect("load");
+    assert_eq!(
+        contents.get("gh").expect("gh").current.expose(),
+        VALUE.as_bytes()
+    );
+}
+
+#[test]
+fn round_trip_set_load_list() {
+    let (dir, vault) = fresh();
+    let info = vault
+        .set("zeta", SecretKind::Header, None, secret(OTHER))
+        .expect("set zeta");
+    assert_eq!(info.name, "zeta");
+    assert_eq!(info.kind, SecretKind::Header);
+    assert_eq!(info.placeholder, "airlock-ph-zeta");
+    assert_eq!(info.version, 1);
+    assert_eq!(info.previous_valid_until, None);
+    assert!(info.updated > 1_600_000_000);
+    vault
+        .set(
+            "alpha",
+            SecretKind::Bearer,
+            Some("sk-airlock-placeholder"),
+            secret(VALUE),
+        )
+        .expect("set alpha");
+
+    let contents = Vault::open(dir.path())
+        .expect("reopen")
+        .load()
+        .expect("load");
+    assert_eq!(contents.len(), 2);
+    let alpha = contents.get("alpha").expect("alpha");
+    assert_eq!(alpha.current.expose(), VALUE.as_bytes());
+    assert_eq!(alpha.placeholder, "sk-airlock-placeholder");
+    assert_eq!(alpha.kind, SecretKind::Bearer);
+    assert!(alpha.previous.is_none());
+    assert_eq!(
+        contents.get("zeta").expect("zeta").current.expose(),
+        OTHER.as_bytes()
+    );
+    assert!(contents.get("missing").is_none());
+    let names: Vec<_> = contents.entries().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+
+    let list = vault.list().expect("list");
+    let names: Vec<_> = list.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+    let shown = format!("{list:?}");
+    assert!(!shown.contains(VALUE) && !shown.contains(OTHER), "{shown}");
+}
+
+#[test]
+fn file_holds_no_plaintext_and_nonce_changes_each_write() {
+    let (_dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let first = envelope(&vault);
+    let raw = fs::read_to_string(vault.path()).expect("read");
+    assert!(!raw.contains(VALUE));
+    assert!(!raw.contains(&STANDARD.encode(VALUE)));
+    assert!(
+        !raw.contains("airlock-ph-gh"),
+        "placeholders are encrypted too"
+    );
+    assert_eq!(first["format"], 1);
+    let nonce = STANDARD
+        .decode(first["nonce"].as_str().expect("nonce"))
+        .expect("b64");
+    assert_eq!(nonce.len(), 12);
+
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set again");
+    let second = envelope(&vault);
+    assert_ne!(first["nonce"], second["nonce"]);
+    assert_ne!(first["ciphertext"], second["ciphertext"]);
+}
+
+#[test]
+fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
+    let (_dir, vault) = fresh();
+    vault
+        .set_at(
+            "gh",
+            SecretKind::Bearer,
+            Some("ghp_placeholder_x"),
+            secret(VALUE),
+            1_000,
+        )
+        .expect("set");
+    vault
+        .rotate_at("gh", secret(OTHER), Duration::from_secs(600), 1_100)
+        .expect("rotate");
+    let info = vault
+        .set_at("gh", SecretKind::Header, None, secret("third-value"), 1_200)
+        .expect("replace");
+    assert_eq!(info.version, 3);
+    assert_eq!(info.kind, SecretKind::Header);
+    assert_eq!(info.placeholder, "ghp_placeholder_x");
+    assert_eq!(info.previous_valid_until, None);
+    assert_eq!(info.updated, 1_200);
+
+    let contents = vault.load().expect("load");
+    let entry = contents.get("gh").expect("gh");
+    assert_eq!(entry.current.expose(), b"third-value");
+    assert!(entry.previous.is_none());
+    assert_eq!(entry.valid_values(1_201).count(), 1);
+    assert_eq!(contents.records["gh"].created, 1_000);
+}
+
+#[test]
+fn rotate_keeps_previous_for_the_grace_only() {
+    let (_dir, vault) = fresh();
+    vault
+        .set_at("gh", SecretKind::Bearer, None, secret(VALUE), 1_000)
+        .expect("set");
+    let info = vault
+        .rotate_at("gh", secret(OTHER), Duration::from_secs(60), 2_000)
+        .expect("rotate");
+    assert_eq!(info.version, 2);
+    assert_eq!(info.previous_valid_until, Some(2_060));
+    assert_eq!(info.placeholder, "airlock-ph-gh");
+    assert_eq!(info.updated, 2_000);
+
+    let contents = vault.load().expect("load");
+    let entry = contents.get("gh").expect("gh");
+    assert_eq!(entry.current.expose(), OTHER.as_bytes());
+    let valid = |now| -> Vec<Vec<u8>> {
+        entry
+            .valid_values(now)
+            .map(|s| s.expose().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        valid(2_000),
+        [OTHER.as_bytes().to_vec(), VALUE.as_bytes().to_vec()]
+    );
+    assert_eq!(valid(2_059).len(), 2);
+    assert_eq!(valid(2_060), [OTHER.as_bytes().to_vec()]);
+    assert_eq!(valid(9_999), [OTHER.as_bytes().to_vec()]);
+
+    // A write after the grace removes the old value from the file.
+    vault
+        .set_at("other", SecretKind::Bearer, None, secret("x-value"), 2_061)
+        .expect("set other");
+    let entry = vault.load().expect("load").get("gh").cloned().expect("gh");
+    assert!(entry.previous.is_none());
+    assert_eq!(entry.previous_valid_until, None);
+}
+
+#[test]
+fn rotate_rounds_fractional_grace_up_and_real_clock_works() {
+    let (_dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let info = vault
+        .rotate_at("gh", secret(OTHER), Duration::from_millis(1_500), 100)
+        .expect("rotate");
+    assert_eq!(info.previous_valid_until, Some(102));
+
+    let info = vault
+        .rotate("gh", secret("third-value"), Duration::from_secs(3_600))
+        .expect("rotate now");
+    let until = info.previous_valid_until.expect("in grace");
+    assert_eq!(until, info.updated + 3_600);
+    let contents = vault.load().expect("load");
+    let values: Vec<_> = contents
+        .get("gh")
+        .expect("gh")
+        .valid_values(info.updated)
+        .map(|s| s.expose().to_vec())
+        .collect();
+    assert_eq!(values, [b"third-value".to_vec(), OTHER.as_bytes().to_vec()]);
+}
+
+#[test]
+fn rotate_and_remove_of_missing_secret_are_not_found() {
+    let (_dir, vault) = fresh();
+    assert!(matches!(
+        vault.rotate("nope", secret(VALUE), Duration::ZERO),
+        Err(VaultError::NotFound { name }) if name == "nope"
+    ));
+    assert!(matches!(
+        vault.remove("nope"),
+        Err(VaultError::NotFound { name }) if name == "nope"
+    ));
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    vault.remove("gh").expect("remove");
+    assert!(vault.load().expect("load").get("gh").is_none());
+    assert!(matches!(
+        vault.remove("gh"),
+        Err(VaultError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn tampered_ciphertext_is_refused_whole() {
+    let (_dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let mut doc = envelope(&vault);
+    let mut ciphertext = STANDARD
+        .decode(doc["ciphertext"].as_str().expect("ct"))
+        .expect("b64");
+    ciphertext[5] ^= 0x01;
+    doc["ciphertext"] = STANDARD.encode(&ciphertext).into();
+    write_envelope(&vault, &doc);
+    let tampered = fs::read(vault.path()).expect("read");
+
+    assert_tampered(&vault, TamperReason::AuthenticationFailed);
+    let err = vault.load().expect_err("tampered");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot be authenticated"), "{msg}");
+    assert!(msg.contains("nothing was loaded"), "{msg}");
+    assert!(msg.contains(&vault.path().display().to_string()), "{msg}");
+    assert!(!msg.contains(VALUE), "{msg}");
+
+    // A write must not paper over the damage with a fresh vault.
+    assert!(matches!(
+        vault.set("new", SecretKind::Bearer, None, secret(OTHER)),
+        Err(VaultError::Tampered { .. })
+    ));
+    assert!(matches!(vault.list(), Err(VaultError::Tampered { .. })));
+    assert_eq!(fs::read(vault.path()).expect("read"), tampered);
+}
+
+#[test]
+fn tampered_nonce_is_refused() {
+    let (_dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let mut doc = envelope(&vault);
+    let mut nonce = STANDARD
+        .decode(doc["nonce"].as_str().expect("nonce"))
+        .expect("b64");
+    nonce[0] ^= 0x80;
+    doc["nonce"] = STANDARD.encode(&nonce).into();
+    write_envelope(&vault, &doc);
+    assert_tampered(&vault, TamperReason::AuthenticationFailed);
+}
+
+#[test]
+fn corrupt_envelopes_are_refused_with_a_reason() {
+    let (_dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let good = envelope(&vault);
+
+    fs::write(vault.path(), b"{ not json").expect("write");
+    assert_tampered(&vault, TamperReason::NotJson);
+
+    let mut doc = good.clone();
+    doc["format"] = 2.into();
+    write_envelope(&vault, &doc);
+    assert_tampered(&vault, TamperReason::UnsupportedFormat);
+
+    let mut doc = good.clone();
+    doc["ciphertext"] = "@@not base64@@".into();
+    write_envelope(&vault, &doc);
+    assert_tampered(&vault, TamperReason::BadBase64);
+
+    let mut doc = good.clone();
+    doc["nonce"] = STANDARD.encode([0u8; 8]).into();
+    write_envelope(&vault, &doc);
+    assert_tampered(&vault, TamperReason::BadNonce);
+
+    let mut doc = good.clone();
+    doc["extra"] = true.into();
+    write_envelope(&vault, &doc);
+    assert_tampered(&vault, TamperReason::BadEnvelope);
+
+    // The untouched envelope still loads: the checks above are not flaky.
+    write_envelope(&vault, &good);
+    assert_eq!(vault.load().expect("load").len(), 1);
+}
+
+#[test]
+fn authenticated_but_invalid_document_is_refused() {
+    let (dir, vault) = fresh();
+    let key = master_key::read(&dir.path().join("master.key")).expect("key");
+    let mut contents = VaultContents::default();
+    for name in ["one", "two"] {
+        contents.records.insert(
+            name.to_owned(),
+            Record {
+                entry: Entry {
+                    name: name.to_owned(),
+                    kind: SecretKind::Bearer,
+                    placeholder: "same-placeholder".to_owned(),
+                    version: 1,
+                    current: secret(VALUE),
+                    previous: None,
+                    previous_valid_until: None,
+                },
+                created: 1,
+                updated: 1,
+            },
+        );
+    }
+    file::write(dir.path(), vault.path(), &key, &contents).expect("write");
+    assert_tampered(&vault, TamperReason::InvalidEntry);
+
+    contents.records.remove("two");
+    contents.records.get_mut("one").expect("one").entry.current = secret("bad\r\nvalue");
+    file::write(dir.path(), vault.path(), &key, &contents).expect("write");
+    assert_tampered(&vault, TamperReason::InvalidEntry);
+}
+
+#[test]
+fn wrong_master_key_is_refused() {
+    let (dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let key_path = dir.path().join("master.key");
+    let mut key = fs::read(&key_path).expect("key");
+    key[0] ^= 0xff;
+    fs::write(&key_path, &key).expect("write key");
+    assert_eq!(mode(&key_path), 0o600);
+    assert_tampered(&vault, TamperReason::AuthenticationFailed);
+    assert!(matches!(
+        Vault::open(dir.path()).and_then(|v| v.load()),
+        Err(VaultError::Tampered { .. })
+    ));
+}
+
+#[test]
+fn master_key_readable_by_others_is_refused_with_chmod_hint() {
+    let (dir, vault) = fresh();
+    let key_path = dir.path().join("master.key");
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    for result in [vault.load().map(drop), Vault::open(dir.path()).map(drop)] {
+        match result {
+            Err(e @ VaultError::MasterKeyPermissions { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("chmod 600 {}", key_path.display())),
+                    "{msg}"
+                );
+                assert!(msg.contains("0644"), "{msg}");
+            }
+            other => panic!("expected MasterKeyPermissions, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        vault.set("gh", SecretKind::Bearer, None, secret(VALUE)),
+        Err(VaultError::MasterKeyPermissions { .. })
+    ));
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert!(matches!(
+        vault.load(),
+        Err(VaultError::MasterKeyPermissions { mode: 0o640, .. })
+    ));
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    vault.load().expect("0600 is accepted");
+}
+
+#[test]
+fn master_key_of_wrong_length_or_symlink_is_refused() {
+    let (dir, vault) = fresh();
+    let key_path = dir.path().join("master.key");
+    let key = fs::read(&key_path).expect("key");
+    fs::write(&key_path, &key[..31]).expect("truncate");
+    assert!(matches!(
+        vault.load(),
+        Err(VaultError::MasterKeyLength { len: 31, .. })
+    ));
+    let mut longer = key.clone();
+    longer.push(0);
+    fs::write(&key_path, &longer).expect("extend");
+    assert!(matches!(
+        vault.load(),
+        Err(VaultError::MasterKeyLength { len: 33, .. })
+    ));
+
+    let real = dir.path().join("elsewhere.key");
+    fs::write(&real, &key).expect("write");
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::remove_file(&key_path).expect("rm");
+    std::os::unix::fs::symlink(&real, &key_path).expect("symlink");
+    assert!(matches!(
+        vault.load(),
+        Err(VaultError::MasterKeyNotFile { .. })
+    ));
+}
+
+#[test]
+fn missing_master_key_with_existing_vault_is_not_recreated() {
+    let (dir, vault) = fresh();
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let key_path = dir.path().join("master.key");
+    fs::remove_file(&key_path).expect("rm key");
+    assert!(matches!(
+        Vault::open(dir.path()),
+        Err(VaultError::MasterKeyMissing { .. })
+    ));
+    assert!(!key_path.exists(), "a new key would orphan the vault");
+    assert!(matches!(
+        vault.load(),
+        Err(VaultError::MasterKeyMissing { .. })
+    ));
+}
+
+#[test]
+fn group_writable_state_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o770)).expect("chmod");
+    match Vault::open(dir.path()) {
+        Err(e @ VaultError::StateDirInsecure { .. }) => {
+            assert!(e.to_string().contains("chmod 700"), "{e}");
+        }
+        other => panic!("expected StateDirInsecure, got {other:?}"),
+    }
+    assert!(!dir.path().join("master.key").exists());
+}
+
+#[test]
+fn writes_leave_no_temp_files_and_survive_a_stale_one() {
+    let (dir, vault) = fresh();
+    let expected: BTreeSet<String> = ["master.key", "vault.json", "vault.lock"]
+        .map(String::from)
+        .into();
+    assert_eq!(names_in(dir.path()), expected);
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    vault
+        .rotate("gh", secret(OTHER), Duration::from_secs(5))
+        .expect("rotate");
+    vault.remove("gh").expect("remove");
+    assert_eq!(names_in(dir.path()), expected);
+
+    // What a crash between writing the temp file and the rename leaves: the
+    // old vault still loads, and the next write replaces the stale temp.
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    let tmp = dir.path().join("vault.json.tmp");
+    fs::write(&tmp, b"half a vault").expect("stale tmp");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_eq!(
+        vault
+            .load()
+            .expect("load")
+            .get("gh")
+            .expect("gh")
+            .current
+            .expose(),
+        VALUE.as_bytes()
+    );
+    vault
+        .set("two", SecretKind::Bearer, None, secret(OTHER))
+        .expect("set two");
+    assert_eq!(names_in(dir.path()), expected);
+    assert_eq!(mode(vault.path()), 0o600);
+    assert_eq!(vault.load().expect("load").len(), 2);
+}
+
+#[test]
+fn concurrent_sets_from_eight_threads_all_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let state = state.clone();
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                // Every thread opens too, so first-run key creation races as well.
+                let vault = Vault::open(&state).expect("open");
+                for i in 0..4 {
+                    vault
+                        .set(
+                            &format!("s{t}-{i}"),
+                            SecretKind::Bearer,
+                            None,
+                            secret(&format!("value-{t}-{i}")),
+                        )
+                        .expect("set");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("thread");
+    }
+    let vault = Vault::open(&state).expect("open");
+    let contents = vault.load().expect("load");
+    assert_eq!(contents.len(), 32);
+    for t in 0..8 {
+        for i in 0..4 {
+            let entry = contents.get(&format!("s{t}-{i}")).expect("entry");
+            assert_eq!(entry.current.expose(), format!("value-{t}-{i}").as_bytes());
+        }
+    }
+}
+
+#[test]
+fn invalid_names_are_rejected() {
+    let (_dir, vault) = fresh();
+    let long = "a".repeat(65);
+    for name in [
+        "", "A", "Gh", "-x", "_x", ".x", "a b", "a/b", "é", "a\n", &long,
+    ] {
+        assert!(
+            matches!(
+                vault.set(name, SecretKind::Bearer, None, secret(VALUE)),
+                Err(VaultError::InvalidName { .. })
+            ),
+            "{name:?} accepted"
+        );
+    }
+    let max = "a".repeat(64);
+    for name in ["a", "0", "gh-token.v2_x", &max] {
+        vault
+            .set(name, SecretKind::Bearer, None, secret(VALUE))
+            .unwrap_or_else(|e| panic!("{name:?} refused: {e}"));
+    }
+    assert!(vault.load().expect("load").get(&max).is_some());
+}
+
+#[test]
+fn invalid_values_are_rejected_without_echoing_them() {
+    let (_dir, vault) = fresh();
+    let too_long = "x".repeat(VALUE_MAX + 1);
+    let with_lf = format!("{VALUE}\n");
+    let with_cr = format!("{VALUE}\rX-Injected: 1");
+    let with_nul = format!("{VALUE}\0");
+    let cases: [(&str, ValueProblem); 5] = [
+        ("", ValueProblem::Empty),
+        (&too_long, ValueProblem::TooLong { len: VALUE_MAX + 1 }),
+        (&with_lf, ValueProblem::ForbiddenByte),
+        (&with_cr, ValueProblem::ForbiddenByte),
+        (&with_nul, ValueProblem::ForbiddenByte),
+    ];
+    for (value, expected) in cases {
+        let err = vault
+            .set("gh", SecretKind::Bearer, None, secret(value))
+            .expect_err("accepted");
+        assert!(
+            matches!(&err, VaultError::InvalidValue { name, problem } if name == "gh" && *problem == expected),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains(VALUE));
+    }
+    vault
+        .set("gh", SecretKind::Bearer, None, secret(VALUE))
+        .expect("set");
+    assert!(matches!(
+        vault.rotate("gh", secret(&with_lf), Duration::ZERO),
+        Err(VaultError::InvalidValue { .. })
+    ));
+    let max = "y".repeat(VALUE_MAX);
+    vault
+        .set("big", SecretKind::Bearer, None, secret(&max))
+        .expect("64 KiB exactly");
+    assert_eq!(
+        vault
+            .load()
+            .expect("load")
+            .get("big")
+            .expect("big")
+            .current
+            .len(),
+        VALUE_MAX
+    );
+}
+
+#[test]
+fn invalid_and_duplicate_placeholders_are_rejected() {
+    let (_dir, vault) = fresh();
+    let long = "p".repeat(201);
+    for placeholder in [
+        "short",
+        "1234567",
+        "has space in",
+        "a/b/c/d/e",
+        "100%valid",
+        "pläceholder",
+        &long,
+    ] {
+        assert!(
+            matches!(
+                vault.set("gh", SecretKind::Bearer, Some(placeholder), secret(VALUE)),
+                Err(VaultError::InvalidPlaceholder { .. })
+            ),
+            "{placeholder:?} accepted"
+        );
+    }
+    let max = "p".repeat(200);
+    for placeholder in ["12345678", "sk-Abc.def_ghi~jkl", &max] {
+        vault
+            .set("gh", SecretKind::Bearer, Some(placeholder), secret(VALUE))
+            .unwrap_or_else(|e| panic!("{placeholder:?} refused: {e}"));
+    }
+
+    vault
+        .set(
+            "one",
+            SecretKind::Bearer,
+            Some("shared-placeholder"),
+            secret(VALUE),
+        )
+        .expect("one");
+    match vault.set(
+        "two",
+        SecretKind::Bearer,
+        Some("shared-placeholder"),
+        secret(OTHER),
+    ) {
+        Err(VaultError::PlaceholderInUse { placeholder, owner }) => {
+            assert_eq!(placeholder, "shared-placeholder");
+            assert_eq!(owner, "one");
+        }
+        other => panic!("expected PlaceholderInUse, got {other:?}"),
+    }
+    // A default placeholder may collide with a custom one too.
+    vault
+        .set(
+            "three",
+            SecretKind::Bearer,
+            Some("airlock-ph-four"),
+            secret(VALUE),
+        )
+        .expect("three");
+    assert!(matches!(
+        vault.set("four", SecretKind::Bearer, None, secret(OTHER)),
+        Err(VaultError::PlaceholderInUse { .. })
+    ));
+    // Re-setting an entry with its own placeholder is not a collision.
+    vault
+        .set(
+            "one",
+            SecretKind::Bearer,
+            Some("shared-placeholder"),
+            secret(OTHER),
+        )
+        .expect("same entry");
+    assert!(vault.load().expect("load").get("two").is_none());
+}
+
+#[test]
+fn debug_and_display_never_show_values() {
+    let (_dir, vault) = fresh();
+    vault
+        .set_at("gh", SecretKind::Bearer, None, secret(VALUE), 1_000)
+        .expect("set");
+    vault
+        .rotate_at("gh", secret(OTHER), Duration::from_secs(60), 1_010)
+        .expect("rotate");
+    let contents = vault.load().expect("load");
+    let entry = contents.get("gh").expect("gh");
+    let errors = [
+        vault
+            .set(
+                "gh",
+                SecretKind::Bearer,
+                None,
+                secret(&format!("{VALUE}\n")),
+            )
+            .expect_err("lf"),
+        vault
+            .rotate("missing", secret(VALUE), Duration::ZERO)
+            .expect_err("missing"),
+    ];
+    let mut shown = vec![
+        format!("{entry:?}"),
+        format!("{entry:#?}"),
+        format!("{contents:?}"),
+        format!("{vault:?}"),
+        format!("{}", entry.current),
+        format!("{:?}", vault.list().expect("list")),
+    ];
+    for e in &errors {
+        shown.push(format!("{e}"));
+        shown.push(format!("{e:?}"));
+    }
+    for text in &shown {
+        assert!(!text.contains(VALUE), "leaked current in {text}");
+        assert!(!text.contains(OTHER), "leaked previous in {text}");
+    }
+    assert!(shown[0].contains("Secret(***)"));
+    assert!(
+        shown[0].contains("airlock-ph-gh"),
+        "non-secret fields still show"
+    );
+}
+
+#[test]
+fn kinds_parse_and_display() {
+    let names = [
+        "bearer",
+        "header",
+        "basic",
+        "query",
+        "oauth2_client_credentials",
+        "aws_sigv4",
+        "github_app",
+    ];
+    for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
+        assert_eq!(kind.to_string(), name);
+        assert_eq!(name.parse::<SecretKind>().expect("parse"), kind);
+        assert_eq!(
+            serde_json::to_string(&kind).expect("json"),
+            format!("\"{name}\"")
+        );
+    }
+    assert_eq!(SecretKind::default(), SecretKind::Bearer);
+    assert!(matches!(
+        "Bearer".parse::<SecretKind>(),
+        Err(VaultError::UnknownKind { kind }) if kind == "Bearer"
+    ));
+
+    let (_dir, vault) = fresh();
+    for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
+        let secret_name = name.replace('_', "-");
+        vault
+            .set(&secret_name, kind, None, secret(VALUE))
+            .expect("set");
+    }
+    let contents = vault.load().expect("load");
+    for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
+        assert_eq!(
+            contents.get(&name.replace('_', "-")).expect("entry").kind,
+            kind
+        );
+    }
+}
+
+#[test]
+fn master_key_owned_by_another_user_is_refused() {
+    // Giving a file away needs root; as an ordinary user there is nothing to test.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let (dir, vault) = fresh();
+    let key_path = dir.path().join("master.key");
+    std::os::unix::fs::chown(&key_path, Some(65534), None).expect("chown");
+    match vault.load() {
+        Err(e @ VaultError::MasterKeyOwner { owner: 65534, .. }) => {
+            assert!(e.to_string().contains("chown"), "{e}");
+        }
+        other => panic!("expected MasterKeyOwner, got {other:?}"),
+    }
+}

@@ -1,0 +1,114 @@
+//! Project tasks: `cargo xtask test` (everything CI runs) and
+//! `cargo xtask bench` (the measurements in BENCHMARKS.md).
+
+mod bench;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Unit tests, privileged end-to-end tests (real cgroups, real eBPF,
+    /// real clients) and unit-file verification. Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks; results are printed as Markdown rows for BENCHMARKS.md.
+    Bench(bench::BenchArgs),
+    /// Internal: the connect() timing client the benchmark runs inside and
+    /// outside an agent cgroup.
+    #[command(hide = true)]
+    ConnectClient(bench::ConnectClientArgs),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Test { args } => test(&args),
+        Task::Bench(args) => bench::run(args),
+        Task::ConnectClient(args) => bench::connect_client(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the end-to-end tests load eBPF programs into real cgroups and need root: run `sudo -E cargo xtask test`"
+        );
+    }
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    verify_units()?;
+    Ok(())
+}
+
+/// `systemd-analyze verify` on the shipped units.
+fn verify_units() -> anyhow::Result<()> {
+    let units: Vec<_> = std::fs::read_dir("systemd")
+        .context("reading systemd/")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "service" || e == "slice")
+        })
+        .collect();
+    if units.is_empty() {
+        return Ok(());
+    }
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!(
+            "systemd-analyze is not installed (apt-get install systemd); it verifies the unit files"
+        );
+    }
+    // The unit runs the installed binary; verify against the one just built.
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify").args(&units);
+    run(&mut cmd)?;
+    println!("units verified: {} passed, 0 failed", units.len());
+    Ok(())
+}
