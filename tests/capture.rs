@@ -55,10 +55,13 @@ fn node_curl_and_python_are_captured_whatever_http_proxy_says() {
         "process.env.HTTP_PROXY='http://127.0.0.1:1'; process.env.HTTPS_PROXY='http://127.0.0.1:1'; fetch('http://127.0.0.1:{}/').then(r => console.log('status', r.status), e => console.log('error', e.cause && e.cause.code))",
         fetch.addr.port()
     );
+    // Node 20's fetch exits silently when a server accepts and closes (it
+    // does so against any server); what matters is checked below: the
+    // audit record, and a target that saw nothing.
     let out = d.run_agent("capture-bot", &["node", "-e", &node_fetch]);
     assert!(
-        stdout(&out).contains("error"),
-        "fetch reached something: {}",
+        !stdout(&out).contains("status"),
+        "fetch got a response: {}",
         describe(&out)
     );
 
@@ -113,7 +116,7 @@ fn tcp_rules_relay_ipv4_ipv6_and_v4_mapped_destinations() {
     let v6 = TagServer::start("[::1]:0", "v6-server");
     let policy = capture_policy(&[
         format!("127.0.0.1/32:{}", v4.addr.port()),
-        format!("[::1]/128:{}", v6.addr.port()),
+        format!("[::1/128]:{}", v6.addr.port()),
     ]);
     let d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
     let src = format!(
@@ -207,9 +210,11 @@ def raw6():
     socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
 def ping():
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-def sctp():
-    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
-for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendto6), ('mapped', mapped), ('raw', raw), ('raw6', raw6), ('ping', ping), ('sctp', sctp)]:
+def mptcp():
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+def udplite():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)
+for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendto6), ('mapped', mapped), ('raw', raw), ('raw6', raw6), ('ping', ping), ('mptcp', mptcp), ('udplite', udplite)]:
     attempt(name, fn)
 "#,
         p = sink.addr.port(),
@@ -217,39 +222,76 @@ for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendt
     );
     // As root, so that EPERM comes from Airlock and not from a missing
     // CAP_NET_RAW.
-    let out = d.run_agent_as("capture-bot", &["--allow-root"], &[PY, "-c", &src]);
-    let text = stdout(&out);
-    for name in [
+    // Control: outside the managed cgroup, as root, these work, so an EPERM
+    // inside can only come from Airlock. (ICMP "ping" sockets also depend
+    // on the host's net.ipv4.ping_group_range; they are checked where the
+    // host allows them.)
+    let required = [
         "sendto",
         "connected",
         "sendto6",
         "mapped",
         "raw",
         "raw6",
-        "ping",
-        "sctp",
-    ] {
+        "mptcp",
+        "udplite",
+    ];
+    let outside = std::process::Command::new(PY)
+        .args(["-c", &src])
+        .output()
+        .expect("python");
+    let works_outside = |name: &str| {
+        stdout(&outside)
+            .lines()
+            .any(|l| l == format!("{name} sent"))
+    };
+    for name in required {
         assert!(
-            text.lines().any(|l| l == format!("{name} EPERM")),
+            works_outside(name),
+            "{name} does not work outside Airlock either, so this would prove nothing:\n{}",
+            describe(&outside)
+        );
+    }
+    let mut kinds = required.to_vec();
+    if works_outside("ping") {
+        kinds.push("ping");
+    }
+    let wait_for = |sink: &UdpSink, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.received.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "control datagrams never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&sink, 3);
+    wait_for(&sink6, 1);
+    let before = sink.received.load(std::sync::atomic::Ordering::SeqCst);
+    let before6 = sink6.received.load(std::sync::atomic::Ordering::SeqCst);
+
+    // As root, so that EPERM comes from Airlock and not from a missing
+    // CAP_NET_RAW.
+    let out = d.run_agent_as("capture-bot", &["--allow-root"], &[PY, "-c", &src]);
+    for name in kinds {
+        assert!(
+            stdout(&out).lines().any(|l| l == format!("{name} EPERM")),
             "{name} was not refused with EPERM:\n{}",
             describe(&out)
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(sink.received.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert_eq!(sink6.received.load(std::sync::atomic::Ordering::SeqCst), 0);
-    // Control: the same datagram from outside the managed cgroup arrives.
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.send_to(b"x", sink.addr))
-        .expect("send from outside");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while sink.received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sink never saw the control datagram"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(
+        sink.received.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "an agent datagram arrived"
+    );
+    assert_eq!(
+        sink6.received.load(std::sync::atomic::Ordering::SeqCst),
+        before6,
+        "an agent datagram arrived"
+    );
 }
 
 #[test]

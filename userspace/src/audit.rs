@@ -201,7 +201,7 @@ mod tests {
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            format_rfc3339(1_795_633_324, 123),
+            format_rfc3339(1_795_546_924, 123),
             "2026-11-24T19:02:04.123Z"
         );
         assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use super::*;
 
-const PR_BOT: &str = include_str!("../../policies/pr-bot.yaml");
-const LLM_CLIENT: &str = include_str!("../../policies/llm-client.yaml");
-const PACKAGE_FETCHER: &str = include_str!("../../policies/package-fetcher.yaml");
+const PR_BOT: &str = include_str!("../../../policies/pr-bot.yaml");
+const LLM_CLIENT: &str = include_str!("../../../policies/llm-client.yaml");
+const PACKAGE_FETCHER: &str = include_str!("../../../policies/package-fetcher.yaml");
 
 /// Joins lines so tests can state line numbers by position (first = line 1).
 fn doc(lines: &[&str]) -> String {
@@ -1138,7 +1138,7 @@ fn load_dir_on_missing_dir_is_one_error() {
 
 #[test]
 fn load_dir_reads_the_examples() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let report = load_dir(&dir);
     assert!(report.errors.is_empty(), "{:#?}", report.errors);
     let agents: Vec<&str> = report.policies.iter().map(|p| p.agent.as_str()).collect();
