@@ -48,6 +48,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The human-in-the-loop queue.
+    Approvals {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: ApprovalAction,
+    },
     /// The CA agents must trust.
     Ca {
         #[command(flatten)]
@@ -126,4 +133,17 @@ pub enum CaAction {
         #[arg(long)]
         bundle: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalAction {
+    /// Requests waiting for a human.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held request through.
+    Approve { id: String },
+    /// Refuse a held request (the agent gets 403).
+    Deny { id: String },
 }

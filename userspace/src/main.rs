@@ -4,18 +4,21 @@
 //! (accept, orig-dst, route) -> policy (decide) -> vault (credentials) ->
 //! upstream -> audit.
 
+mod approvals;
 mod audit;
 mod ca;
 mod cgroup;
 mod cli;
 mod cmd;
 mod config;
+mod creds;
 mod daemon;
 mod dns;
 mod ebpf;
 mod metrics;
 mod policy;
 mod proxy;
+mod ratelimit;
 mod secret;
 mod upstream_tls;
 mod vault;

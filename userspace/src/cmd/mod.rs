@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod approvals;
 mod ca;
 mod daemon;
 mod detach;
@@ -23,6 +24,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy { action } => policy::run(action),
         Command::Status { config, json } => status::run(&config, json),
         Command::Ca { config, action } => ca::run(&config, action),
+        Command::Approvals { config, action } => approvals::run(&config, action),
         Command::Detach { config } => detach::run(&config),
     }
 }

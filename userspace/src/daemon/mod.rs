@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 pub use admin::{AdminError, AdminRequest, request as admin_request};
 
 use crate::{
+    approvals::Approvals,
     audit::Audit,
+    ca::Ca,
     cgroup::{AgentIndex, CgroupTree},
     config::Config,
     dns::{Resolver, upstreams_from_resolv_conf},
@@ -23,6 +25,10 @@ use crate::{
     metrics::{self, Metrics},
     policy::PolicyStore,
     proxy::{self, Proxy, listener},
+    proxy::{Credentials, Intercept},
+    ratelimit::RateLimiter,
+    upstream_tls,
+    vault::Vault,
 };
 
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,6 +77,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let conns: Arc<dyn ConnTable> = kernel.conns.clone();
     let kernel = Arc::new(kernel);
 
+    // State the proxy needs before the first agent request: the CA (and
+    // the trust bundle agents are pointed at) and the vault's master key.
+    let ca = Arc::new(Ca::load_or_create(&config.state_dir)?);
+    ca.write_trust_bundle()?;
+    let vault = Vault::open(&config.state_dir)?;
+    let upstream_tls =
+        upstream_tls::client_config(&config.upstream_ca, &[b"h2".to_vec(), b"http/1.1".to_vec()])?;
+
     let audit = Audit::start(&config.audit_log)?;
     let metrics = Metrics::new()?;
     let agents = Arc::new(AgentIndex::new(tree.clone()));
@@ -95,7 +109,22 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     };
     let resolver = Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT);
 
+    let approvals = Approvals::new(
+        Duration::from_secs(config.approval_timeout_secs),
+        config.approval_webhook.clone(),
+    )?;
+    let intercept = Arc::new(Intercept {
+        ca,
+        client: proxy::upstream_client(resolver.clone(), upstream_tls),
+        credentials: Arc::new(Credentials::new(vault)),
+        limiter: Arc::new(RateLimiter::new()),
+        approvals: approvals.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        resolver: resolver.clone(),
+    });
     let proxy = Arc::new(Proxy {
+        intercept,
         conns,
         agents: agents.clone(),
         policies: policies.clone(),
@@ -136,6 +165,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         agents,
         policies,
         audit,
+        approvals,
         listening: Listening {
             proxy: vec![
                 SocketAddr::from(([127, 0, 0, 1], config.proxy_port)),

@@ -8,7 +8,10 @@ use super::{
     Listening,
     admin::{AdminHandler, AdminRequest},
 };
-use crate::{audit::Audit, cgroup::AgentIndex, config::Config, ebpf::Kernel, policy::PolicyStore};
+use crate::{
+    approvals::Approvals, audit::Audit, cgroup::AgentIndex, config::Config, ebpf::Kernel,
+    policy::PolicyStore,
+};
 
 pub struct StatusSource {
     pub started: Instant,
@@ -18,6 +21,7 @@ pub struct StatusSource {
     pub agents: Arc<AgentIndex>,
     pub policies: Arc<PolicyStore>,
     pub audit: Audit,
+    pub approvals: Arc<Approvals>,
     pub listening: Listening,
 }
 
@@ -66,6 +70,7 @@ impl StatusSource {
             "policies": self.policies.summary(),
             "kernel_counters": counters,
             "recent_denials": self.audit.recent_denials(),
+            "approvals_pending": self.approvals.pending(),
         })
     }
 }
@@ -74,11 +79,23 @@ impl AdminHandler for StatusSource {
     fn handle(&self, req: AdminRequest) -> serde_json::Value {
         match req {
             AdminRequest::Status => self.status(),
-            AdminRequest::ApprovalsList
-            | AdminRequest::Approve { .. }
-            | AdminRequest::Deny { .. } => {
-                json!({"error": "approvals are not enabled in this daemon"})
+            AdminRequest::ApprovalsList => {
+                let pending: Vec<_> = self
+                    .approvals
+                    .list()
+                    .into_iter()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default())
+                    .collect();
+                json!({ "pending": pending })
             }
+            AdminRequest::Approve { id } => match self.approvals.approve(&id) {
+                Ok(()) => json!({"ok": true}),
+                Err(err) => json!({"error": err.to_string()}),
+            },
+            AdminRequest::Deny { id } => match self.approvals.deny(&id) {
+                Ok(()) => json!({"ok": true}),
+                Err(err) => json!({"error": err.to_string()}),
+            },
         }
     }
 }

@@ -12,6 +12,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 
 use super::{
     orig_dst::{ClientAddr, Origin},
+    peek::{self, FirstBytes},
     relay,
 };
 use crate::{
@@ -34,6 +35,7 @@ pub struct Proxy {
     /// Airlock's own loopback ports: an agent may not reach them through
     /// the proxy (the proxy and resolver it reaches anyway, by redirect).
     pub own_ports: Vec<u16>,
+    pub intercept: Arc<super::Intercept>,
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -111,7 +113,24 @@ impl Proxy {
                 self.relay(stream, &origin, &agent, rule, started).await;
                 return;
             }
-            self.refuse(Some(&origin), Some(&agent), client, Refusal::NoRule);
+            let _ = stream.set_nodelay(true);
+            match peek::classify(&stream).await {
+                FirstBytes::Tls(hello) => {
+                    self.intercept
+                        .clone()
+                        .serve_tls(stream, origin, agent, policy, hello)
+                        .await;
+                }
+                FirstBytes::Http => {
+                    self.intercept
+                        .clone()
+                        .serve_plain(stream, origin, agent, policy)
+                        .await;
+                }
+                FirstBytes::Other | FirstBytes::Silent => {
+                    self.refuse(Some(&origin), Some(&agent), client, Refusal::NoRule);
+                }
+            }
         }
         .instrument(span)
         .await

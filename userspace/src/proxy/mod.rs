@@ -1,10 +1,24 @@
 //! Where captured connections land. `accept` claims the kernel's record
 //! for each accepted socket, names the agent, and routes the connection:
-//! raw TCP relay (`tcp:` rules), DNS over TCP, or the HTTP/TLS layer.
+//! raw TCP relay (`tcp:` rules), DNS over TCP, or, for HTTP and TLS,
+//! `intercept` (terminate, decide per request in `forward`, swap
+//! credentials, forward via `upstream`). `rescue` turns failures into
+//! answers.
 
 mod accept;
+mod body;
+mod credentials;
+mod forward;
+mod headers;
+mod intercept;
 pub mod listener;
 pub mod orig_dst;
+mod peek;
 mod relay;
+mod rescue;
+mod upstream;
 
 pub use accept::{Proxy, serve};
+pub use credentials::Credentials;
+pub use intercept::Intercept;
+pub use upstream::client as upstream_client;

@@ -1,0 +1,19 @@
+//! Credential swap and response scrubbing.
+//!
+//! Agents hold placeholders, never secrets. On the way out, [`CredentialSet`]
+//! swaps the placeholders of the secrets a rule allows toward its host for the
+//! real values, and reports any other placeholder so the request is refused.
+//! On the way back, [`Scrubber`] puts placeholders back wherever an upstream
+//! echoes a secret, in headers, streamed bodies and trailers.
+
+mod scrub;
+mod swap;
+
+#[cfg(test)]
+mod tests;
+
+pub use scrub::{ScrubBody, Scrubber};
+pub use swap::{
+    CredKind, Credential, CredentialSet, PLACEHOLDER_MAX_LEN, PLACEHOLDER_MIN_LEN, SwapError,
+    is_valid_placeholder,
+};

@@ -1,0 +1,427 @@
+//! Swapping placeholders for real secrets in a request head.
+//!
+//! Only the head is rewritten: header values (including the `user:pass` inside
+//! a `Basic` Authorization / Proxy-Authorization value) and the URI's query.
+//! The body is never inspected. Bodies stream and can be arbitrarily large, so
+//! rewriting them would mean buffering or a second streaming rewriter on the
+//! upload path; and a placeholder left in a body is forwarded as-is, which
+//! leaks nothing because a placeholder is not a secret. The proxy therefore
+//! must not swap placeholders in bodies, and does not.
+//!
+//! Matching is on raw bytes: placeholders are made of unreserved URI
+//! characters (`[A-Za-z0-9._~-]`), which never need percent-encoding, so the
+//! query is searched exactly as it appears on the wire.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::general_purpose::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, Uri};
+use zeroize::Zeroizing;
+
+use crate::secret::Secret;
+
+/// Shortest placeholder accepted; also the width of the lookup key.
+pub const PLACEHOLDER_MIN_LEN: usize = 8;
+/// Longest placeholder accepted.
+pub const PLACEHOLDER_MAX_LEN: usize = 200;
+
+/// Clients differ on whether they pad the base64 of Basic credentials, so
+/// both forms are accepted on the way in; the re-encoded value is padded.
+const BASIC_DECODER: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Whether `placeholder` has the shape the swap can find: 8..=200 characters
+/// of `[A-Za-z0-9._~-]`. The vault should reject other placeholders when it
+/// loads; [`CredentialSet::new`] ignores them for matching.
+pub fn is_valid_placeholder(placeholder: &str) -> bool {
+    (PLACEHOLDER_MIN_LEN..=PLACEHOLDER_MAX_LEN).contains(&placeholder.len())
+        && placeholder.bytes().all(is_unreserved)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// One secret as the proxy sees it.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub name: String,
+    pub placeholder: String,
+    pub value: Secret,
+    pub kind: CredKind,
+}
+
+/// The static-swap kinds. Kinds whose real value Airlock derives itself
+/// (OAuth2 tokens, GitHub App tokens) reach this module as `Other` with the
+/// current value and are swapped the same textual way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredKind {
+    Bearer,
+    Header,
+    Basic,
+    Query,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("the request carries the placeholder of secret {secret:?}, which no rule allows here")]
+    NotAllowed { secret: String },
+    #[error("header {name} would not be a valid header value with the secret in place")]
+    InvalidHeader { name: String },
+    #[error("the request URI would not be valid with the secret in place")]
+    InvalidUri,
+}
+
+/// All credentials of one vault load, indexed for placeholder search.
+pub struct CredentialSet {
+    creds: Vec<Credential>,
+    /// Credentials keyed by the first [`PLACEHOLDER_MIN_LEN`] bytes of their
+    /// placeholder, sorted by key; each list longest placeholder first so the
+    /// first full match at a position is the longest one.
+    index: Vec<(u64, Vec<usize>)>,
+    /// First bytes of indexed placeholders: most positions are rejected here.
+    first: [bool; 256],
+}
+
+impl fmt::Debug for CredentialSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialSet")
+            .field(
+                "names",
+                &self.creds.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A placeholder occurrence: `cred` found at `start..end` of some text.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    start: usize,
+    end: usize,
+    cred: usize,
+}
+
+/// How one header value is rewritten.
+enum HeaderEdit {
+    /// Placeholders in the value as written.
+    Raw(Vec<Hit>),
+    /// Placeholders inside the decoded `user:pass` of a Basic value; `prefix`
+    /// is the length of the scheme and the spaces after it.
+    Basic {
+        prefix: usize,
+        decoded: Zeroizing<Vec<u8>>,
+        hits: Vec<Hit>,
+    },
+}
+
+/// Every placeholder found in a request head, and where.
+struct Plan {
+    /// `(ordinal in HeaderMap::iter order, edit)`.
+    headers: Vec<(usize, HeaderEdit)>,
+    query: Vec<Hit>,
+    /// Credentials whose placeholder appears anywhere, including places that
+    /// are not rewritten (the raw text of a Basic value that also decoded to
+    /// placeholders), so refusal errs on the side of refusing.
+    found: BTreeSet<usize>,
+}
+
+impl CredentialSet {
+    /// Credentials whose placeholder is not [valid](is_valid_placeholder) are
+    /// kept for scrubbing but never matched. If two credentials share a
+    /// placeholder, the first one owns it: a request with it is then swapped
+    /// or refused as that credential, never given the other's value.
+    pub fn new(creds: Vec<Credential>) -> CredentialSet {
+        let mut order: Vec<usize> = (0..creds.len())
+            .filter(|&i| is_valid_placeholder(&creds[i].placeholder))
+            .collect();
+        // Stable sort: among equal placeholders the earliest stays first.
+        order.sort_by_key(|&i| Reverse(creds[i].placeholder.len()));
+
+        let mut index: Vec<(u64, Vec<usize>)> = Vec::new();
+        let mut first = [false; 256];
+        let mut seen = BTreeSet::new();
+        for i in order {
+            let ph = creds[i].placeholder.as_bytes();
+            if !seen.insert(ph) {
+                continue;
+            }
+            first[usize::from(ph[0])] = true;
+            let key = key_of(ph);
+            match index.binary_search_by_key(&key, |(k, _)| *k) {
+                Ok(at) => index[at].1.push(i),
+                Err(at) => index.insert(at, (key, vec![i])),
+            }
+        }
+        CredentialSet {
+            creds,
+            index,
+            first,
+        }
+    }
+
+    /// Names of the secrets whose placeholder appears in the request head
+    /// (header values, decoded Basic credentials, the query), unique and
+    /// sorted. When one placeholder is a prefix of another, the longest match
+    /// wins; a placeholder cut short matches nothing.
+    pub fn placeholders_in(&self, parts: &http::request::Parts) -> Vec<String> {
+        let plan = self.plan(parts);
+        self.names(plan.found.iter().copied())
+    }
+
+    /// Replaces the placeholders of the `allowed` secret names with their
+    /// values and returns the names injected (unique, sorted). If the head
+    /// carries a placeholder of any other secret, nothing is changed and the
+    /// request must be refused. Swapped header values are marked sensitive so
+    /// HTTP/2 header compression never indexes them.
+    ///
+    /// The caller decides `allowed` from the rule that matched the upstream
+    /// host, and only calls this when the upstream leg is verified TLS.
+    pub fn swap(
+        &self,
+        parts: &mut http::request::Parts,
+        allowed: &[String],
+    ) -> Result<Vec<String>, SwapError> {
+        let plan = self.plan(parts);
+        if let Some(&denied) = plan
+            .found
+            .iter()
+            .filter(|&&i| !allowed.contains(&self.creds[i].name))
+            .min_by(|&&a, &&b| self.creds[a].name.cmp(&self.creds[b].name))
+        {
+            return Err(SwapError::NotAllowed {
+                secret: self.creds[denied].name.clone(),
+            });
+        }
+
+        // Build every new value before touching `parts`, so an error leaves
+        // the request exactly as it came.
+        let mut injected = BTreeSet::new();
+        let mut new_values = Vec::with_capacity(plan.headers.len());
+        let names: Vec<&HeaderName> = parts.headers.iter().map(|(n, _)| n).collect();
+        let values: Vec<&HeaderValue> = parts.headers.iter().map(|(_, v)| v).collect();
+        for (ordinal, edit) in &plan.headers {
+            let new = match edit {
+                HeaderEdit::Raw(hits) => {
+                    let bytes = self.replace(values[*ordinal].as_bytes(), hits, false);
+                    injected.extend(hits.iter().map(|h| h.cred));
+                    bytes
+                }
+                HeaderEdit::Basic {
+                    prefix,
+                    decoded,
+                    hits,
+                } => {
+                    let plain = self.replace(decoded, hits, false);
+                    injected.extend(hits.iter().map(|h| h.cred));
+                    let mut bytes = Zeroizing::new(values[*ordinal].as_bytes()[..*prefix].to_vec());
+                    let encoded = Zeroizing::new(STANDARD.encode(&*plain));
+                    bytes.extend_from_slice(encoded.as_bytes());
+                    bytes
+                }
+            };
+            let mut value =
+                HeaderValue::from_bytes(&new).map_err(|_| SwapError::InvalidHeader {
+                    name: names[*ordinal].as_str().to_owned(),
+                })?;
+            value.set_sensitive(true);
+            new_values.push((*ordinal, value));
+        }
+
+        let new_uri = if plan.query.is_empty() {
+            None
+        } else {
+            injected.extend(plan.query.iter().map(|h| h.cred));
+            Some(self.swap_query(&parts.uri, &plan.query)?)
+        };
+
+        let mut pending = new_values.into_iter().peekable();
+        for (ordinal, (_, value)) in parts.headers.iter_mut().enumerate() {
+            if pending.peek().is_some_and(|(at, _)| *at == ordinal)
+                && let Some((_, new)) = pending.next()
+            {
+                *value = new;
+            }
+        }
+        if let Some(uri) = new_uri {
+            parts.uri = uri;
+        }
+        Ok(self.names(injected))
+    }
+
+    /// `(secret, placeholder)` for every credential, for building a
+    /// [`Scrubber`](super::Scrubber). The caller adds any extra values that
+    /// must not reach agents, such as a rotated value still in its grace
+    /// period.
+    pub fn scrub_pairs(&self) -> Vec<(Secret, Vec<u8>)> {
+        self.creds
+            .iter()
+            .map(|c| (c.value.clone(), c.placeholder.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn names(&self, creds: impl IntoIterator<Item = usize>) -> Vec<String> {
+        let names: BTreeSet<&str> = creds
+            .into_iter()
+            .map(|i| self.creds[i].name.as_str())
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    fn plan(&self, parts: &http::request::Parts) -> Plan {
+        let mut plan = Plan {
+            headers: Vec::new(),
+            query: Vec::new(),
+            found: BTreeSet::new(),
+        };
+        for (ordinal, (name, value)) in parts.headers.iter().enumerate() {
+            let bytes = value.as_bytes();
+            let raw = self.find(bytes);
+            plan.found.extend(raw.iter().map(|h| h.cred));
+            let basic = if name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
+                self.find_in_basic(bytes)
+            } else {
+                None
+            };
+            let edit = match basic {
+                Some((prefix, decoded, hits)) => {
+                    plan.found.extend(hits.iter().map(|h| h.cred));
+                    HeaderEdit::Basic {
+                        prefix,
+                        decoded,
+                        hits,
+                    }
+                }
+                None if !raw.is_empty() => HeaderEdit::Raw(raw),
+                None => continue,
+            };
+            plan.headers.push((ordinal, edit));
+        }
+        if let Some(query) = parts.uri.query() {
+            plan.query = self.find(query.as_bytes());
+            plan.found.extend(plan.query.iter().map(|h| h.cred));
+        }
+        plan
+    }
+
+    /// For a `Basic <base64>` value whose decoded credentials contain
+    /// placeholders: the length of the part before the base64, the decoded
+    /// bytes, and the placeholders in them.
+    fn find_in_basic(&self, value: &[u8]) -> Option<(usize, Zeroizing<Vec<u8>>, Vec<Hit>)> {
+        let scheme_at = value.iter().position(|b| !b.is_ascii_whitespace())?;
+        let rest = &value[scheme_at..];
+        let scheme = rest.get(..5)?;
+        if !scheme.eq_ignore_ascii_case(b"basic") {
+            return None;
+        }
+        let after = &rest[5..];
+        let spaces = after.iter().take_while(|b| **b == b' ').count();
+        if spaces == 0 {
+            return None;
+        }
+        let token = after[spaces..].trim_ascii_end();
+        let decoded = Zeroizing::new(BASIC_DECODER.decode(token).ok()?);
+        let hits = self.find(&decoded);
+        if hits.is_empty() {
+            return None;
+        }
+        Some((scheme_at + 5 + spaces, decoded, hits))
+    }
+
+    /// Leftmost-longest, non-overlapping placeholder occurrences in `text`.
+    fn find(&self, text: &[u8]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let mut at = 0;
+        while at + PLACEHOLDER_MIN_LEN <= text.len() {
+            if self.first[usize::from(text[at])]
+                && let Some(hit) = self.longest_at(text, at)
+            {
+                at = hit.end;
+                hits.push(hit);
+            } else {
+                at += 1;
+            }
+        }
+        hits
+    }
+
+    fn longest_at(&self, text: &[u8], at: usize) -> Option<Hit> {
+        let rest = &text[at..];
+        let key = key_of(rest);
+        let slot = self.index.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        self.index[slot].1.iter().find_map(|&cred| {
+            let ph = self.creds[cred].placeholder.as_bytes();
+            rest.starts_with(ph).then_some(Hit {
+                start: at,
+                end: at + ph.len(),
+                cred,
+            })
+        })
+    }
+
+    /// `text` with each hit replaced by its credential's value, percent-
+    /// encoded when the text is a query so a value with `&`, `=` or spaces
+    /// cannot change the query's structure.
+    fn replace(&self, text: &[u8], hits: &[Hit], percent_encode: bool) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(text.len() + 64));
+        let mut done = 0;
+        for hit in hits {
+            out.extend_from_slice(&text[done..hit.start]);
+            let value = self.creds[hit.cred].value.expose();
+            if percent_encode {
+                for &b in value {
+                    if is_unreserved(b) {
+                        out.push(b);
+                    } else {
+                        out.extend_from_slice(&[
+                            b'%',
+                            HEX[usize::from(b >> 4)],
+                            HEX[usize::from(b & 0xf)],
+                        ]);
+                    }
+                }
+            } else {
+                out.extend_from_slice(value);
+            }
+            done = hit.end;
+        }
+        out.extend_from_slice(&text[done..]);
+        out
+    }
+
+    fn swap_query(&self, uri: &Uri, hits: &[Hit]) -> Result<Uri, SwapError> {
+        let query = uri.query().unwrap_or_default();
+        let swapped = self.replace(query.as_bytes(), hits, true);
+        let mut path_and_query =
+            Zeroizing::new(Vec::with_capacity(uri.path().len() + 1 + swapped.len()));
+        path_and_query.extend_from_slice(uri.path().as_bytes());
+        path_and_query.push(b'?');
+        path_and_query.extend_from_slice(&swapped);
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(
+            PathAndQuery::try_from(path_and_query.as_slice()).map_err(|_| SwapError::InvalidUri)?,
+        );
+        Uri::from_parts(parts).map_err(|_| SwapError::InvalidUri)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The first [`PLACEHOLDER_MIN_LEN`] bytes as a number; callers guarantee
+/// `bytes` is at least that long.
+fn key_of(bytes: &[u8]) -> u64 {
+    let mut key = [0u8; PLACEHOLDER_MIN_LEN];
+    let n = bytes.len().min(PLACEHOLDER_MIN_LEN);
+    key[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(key)
+}

@@ -1,0 +1,794 @@
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, request::Parts};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+
+use super::*;
+use crate::secret::Secret;
+
+const GITHUB_PH: &str = "airlock-ph-github-token";
+const GITHUB_VALUE: &str = "ghp_REALgithub0123456789";
+const CUSTOM_PH: &str = "sk-airlock-xyz123";
+const CUSTOM_VALUE: &str = "sk-live-REALcustom9876";
+const SHORT_PH: &str = "airlock-ph-deploy";
+const SHORT_VALUE: &str = "REALdeployKEY-short";
+const LONG_PH: &str = "airlock-ph-deploy-admin";
+const LONG_VALUE: &str = "REALdeployKEY-admin";
+
+fn cred(name: &str, placeholder: &str, value: &str, kind: CredKind) -> Credential {
+    Credential {
+        name: name.to_owned(),
+        placeholder: placeholder.to_owned(),
+        value: Secret::new(value.as_bytes().to_vec()),
+        kind,
+    }
+}
+
+fn set() -> CredentialSet {
+    CredentialSet::new(vec![
+        cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer),
+        cred("custom", CUSTOM_PH, CUSTOM_VALUE, CredKind::Header),
+        cred("deploy", SHORT_PH, SHORT_VALUE, CredKind::Basic),
+        cred("deploy-admin", LONG_PH, LONG_VALUE, CredKind::Query),
+    ])
+}
+
+fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+    let mut builder = Request::builder().uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).unwrap().into_parts().0
+}
+
+fn allow(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn values(parts: &Parts, name: &str) -> Vec<String> {
+    parts
+        .headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn swaps_allowed_placeholder_in_header() {
+    let set = set();
+    let mut p = parts(
+        "https://api.github.com/user",
+        &[
+            ("authorization", &format!("Bearer {GITHUB_PH}")),
+            ("accept", "application/json"),
+        ],
+    );
+    let injected = set.swap(&mut p, &allow(&["github"])).unwrap();
+    assert_eq!(injected, vec!["github"]);
+    let auth = p.headers.get("authorization").unwrap();
+    assert_eq!(auth.to_str().unwrap(), format!("Bearer {GITHUB_VALUE}"));
+    assert!(
+        auth.is_sensitive(),
+        "swapped values must not be HPACK-indexed"
+    );
+    assert_eq!(p.headers.get("accept").unwrap(), "application/json");
+    assert_eq!(p.uri, "https://api.github.com/user");
+}
+
+#[test]
+fn nothing_to_swap_leaves_request_alone() {
+    let set = set();
+    let mut p = parts("https://example.com/?a=b", &[("x-other", "plain")]);
+    let before = (p.uri.clone(), p.headers.clone());
+    assert!(set.swap(&mut p, &allow(&[])).unwrap().is_empty());
+    assert_eq!((p.uri.clone(), p.headers.clone()), before);
+    assert!(!p.headers.get("x-other").unwrap().is_sensitive());
+}
+
+#[test]
+fn refuses_placeholder_of_secret_not_allowed_and_leaves_parts_unchanged() {
+    let set = set();
+    let mut p = parts(
+        &format!("https://api.github.com/x?k={GITHUB_PH}"),
+        &[
+            ("authorization", &format!("Bearer {GITHUB_PH}")),
+            ("x-api-key", CUSTOM_PH),
+        ],
+    );
+    let before = (p.uri.clone(), p.headers.clone());
+    match set.swap(&mut p, &allow(&["github"])) {
+        Err(SwapError::NotAllowed { secret }) => assert_eq!(secret, "custom"),
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+    assert_eq!(p.uri, before.0);
+    assert_eq!(p.headers, before.1);
+    assert_eq!(
+        values(&p, "authorization"),
+        vec![format!("Bearer {GITHUB_PH}")]
+    );
+}
+
+#[test]
+fn refuses_placeholder_hidden_in_basic_credentials() {
+    let set = set();
+    let basic = STANDARD.encode(format!("user:{CUSTOM_PH}"));
+    let mut p = parts(
+        "https://example.com/",
+        &[("authorization", &format!("Basic {basic}"))],
+    );
+    let before = p.headers.clone();
+    assert!(matches!(
+        set.swap(&mut p, &allow(&["github"])),
+        Err(SwapError::NotAllowed { secret }) if secret == "custom"
+    ));
+    assert_eq!(p.headers, before);
+}
+
+#[test]
+fn longest_placeholder_wins_when_one_is_a_prefix_of_another() {
+    let set = set();
+    let mut p = parts(
+        "https://example.com/",
+        &[("x-a", LONG_PH), ("x-b", &format!("{SHORT_PH}.x"))],
+    );
+    assert_eq!(set.placeholders_in(&p), vec!["deploy", "deploy-admin"]);
+    // Only the long one in x-a: allowing it alone must not trip on the short.
+    let mut only_long = parts("https://example.com/", &[("x-a", LONG_PH)]);
+    assert_eq!(set.placeholders_in(&only_long), vec!["deploy-admin"]);
+    assert_eq!(
+        set.swap(&mut only_long, &allow(&["deploy-admin"])).unwrap(),
+        vec!["deploy-admin"]
+    );
+    assert_eq!(only_long.headers.get("x-a").unwrap(), LONG_VALUE);
+
+    set.swap(&mut p, &allow(&["deploy", "deploy-admin"]))
+        .unwrap();
+    assert_eq!(p.headers.get("x-a").unwrap(), LONG_VALUE);
+    assert_eq!(
+        p.headers.get("x-b").unwrap().to_str().unwrap(),
+        format!("{SHORT_VALUE}.x")
+    );
+}
+
+#[test]
+fn truncated_placeholder_matches_nothing() {
+    let set = set();
+    let cut = &GITHUB_PH[..GITHUB_PH.len() - 1];
+    let p = parts("https://example.com/", &[("x-a", cut)]);
+    assert!(set.placeholders_in(&p).is_empty());
+}
+
+#[test]
+fn basic_auth_round_trip() {
+    let set = set();
+    for (user_pass, expected) in [
+        (format!("bot:{SHORT_PH}"), format!("bot:{SHORT_VALUE}")),
+        (
+            format!("{SHORT_PH}:x-oauth"),
+            format!("{SHORT_VALUE}:x-oauth"),
+        ),
+        (SHORT_PH.to_owned(), SHORT_VALUE.to_owned()),
+    ] {
+        for encoded in [
+            STANDARD.encode(&user_pass),
+            STANDARD_NO_PAD.encode(&user_pass),
+        ] {
+            for (header, scheme) in [("authorization", "Basic"), ("proxy-authorization", "basic")] {
+                let mut p = parts(
+                    "https://example.com/",
+                    &[(header, &format!("{scheme} {encoded}"))],
+                );
+                assert_eq!(set.placeholders_in(&p), vec!["deploy"]);
+                assert_eq!(
+                    set.swap(&mut p, &allow(&["deploy"])).unwrap(),
+                    vec!["deploy"]
+                );
+                let value = p.headers.get(header).unwrap().to_str().unwrap();
+                let token = value
+                    .strip_prefix(&format!("{scheme} "))
+                    .unwrap_or_else(|| panic!("scheme lost in {header}"));
+                let decoded = STANDARD.decode(token).unwrap();
+                assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn basic_value_in_other_headers_is_not_decoded() {
+    let set = set();
+    let encoded = STANDARD.encode(format!("bot:{SHORT_PH}"));
+    let p = parts(
+        "https://example.com/",
+        &[("x-forwarded-auth", &format!("Basic {encoded}"))],
+    );
+    assert!(set.placeholders_in(&p).is_empty());
+}
+
+#[test]
+fn query_swap_keeps_scheme_authority_and_path() {
+    let set = set();
+    let mut p = parts(
+        &format!("https://api.example.com:8443/v1/items?key={CUSTOM_PH}&q=1"),
+        &[],
+    );
+    assert_eq!(
+        set.swap(&mut p, &allow(&["custom"])).unwrap(),
+        vec!["custom"]
+    );
+    assert_eq!(p.uri.scheme_str(), Some("https"));
+    assert_eq!(p.uri.authority().unwrap().as_str(), "api.example.com:8443");
+    assert_eq!(p.uri.path(), "/v1/items");
+    assert_eq!(
+        p.uri.query(),
+        Some(format!("key={CUSTOM_VALUE}&q=1").as_str())
+    );
+
+    // Origin-form, as the proxy sees most requests.
+    let mut origin = parts(&format!("/search?q=x&token={CUSTOM_PH}"), &[]);
+    set.swap(&mut origin, &allow(&["custom"])).unwrap();
+    assert_eq!(
+        origin.uri.to_string(),
+        format!("/search?q=x&token={CUSTOM_VALUE}")
+    );
+}
+
+#[test]
+fn query_value_with_reserved_characters_is_percent_encoded() {
+    let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%", CredKind::Query)]);
+    let mut p = parts(&format!("/x?key={CUSTOM_PH}&z=1"), &[]);
+    set.swap(&mut p, &allow(&["odd"])).unwrap();
+    assert_eq!(p.uri.query(), Some("key=a%26b%3Dc%20d%25&z=1"));
+}
+
+#[test]
+fn every_value_of_a_repeated_header_is_swapped() {
+    let set = set();
+    let mut p = parts(
+        "https://example.com/",
+        &[
+            ("x-api-key", CUSTOM_PH),
+            ("x-trace", "abc"),
+            ("x-api-key", "static"),
+            ("x-api-key", &format!("k={CUSTOM_PH};k2={CUSTOM_PH}")),
+        ],
+    );
+    set.swap(&mut p, &allow(&["custom"])).unwrap();
+    assert_eq!(
+        values(&p, "x-api-key"),
+        vec![
+            CUSTOM_VALUE.to_owned(),
+            "static".to_owned(),
+            format!("k={CUSTOM_VALUE};k2={CUSTOM_VALUE}"),
+        ]
+    );
+    assert_eq!(values(&p, "x-trace"), vec!["abc"]);
+    assert!(p.headers.contains_key("x-api-key"));
+}
+
+#[test]
+fn placeholders_in_finds_all_places() {
+    let set = set();
+    let basic = STANDARD.encode(format!("u:{SHORT_PH}"));
+    let p = parts(
+        &format!("https://example.com/p?a={LONG_PH}"),
+        &[
+            ("authorization", &format!("Basic {basic}")),
+            ("x-one", &format!("Bearer {GITHUB_PH}")),
+            ("x-two", &format!("{GITHUB_PH},{CUSTOM_PH}")),
+        ],
+    );
+    assert_eq!(
+        set.placeholders_in(&p),
+        vec!["custom", "deploy", "deploy-admin", "github"]
+    );
+}
+
+#[test]
+fn invalid_header_after_swap_is_an_error_and_changes_nothing() {
+    let set = CredentialSet::new(vec![
+        cred("bad", CUSTOM_PH, "line\r\nX-Injected: 1", CredKind::Header),
+        cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer),
+    ]);
+    let mut p = parts(
+        "https://example.com/",
+        &[("x-a", GITHUB_PH), ("x-b", CUSTOM_PH)],
+    );
+    let before = p.headers.clone();
+    match set.swap(&mut p, &allow(&["bad", "github"])) {
+        Err(SwapError::InvalidHeader { name }) => assert_eq!(name, "x-b"),
+        other => panic!("expected InvalidHeader, got {other:?}"),
+    }
+    assert_eq!(p.headers, before);
+}
+
+#[test]
+fn errors_and_debug_never_show_secret_values() {
+    let set = set();
+    let secrets = [GITHUB_VALUE, CUSTOM_VALUE, SHORT_VALUE, LONG_VALUE];
+    let mut shown = vec![format!("{set:?}"), format!("{:?}", set.scrub_pairs())];
+    let creds = vec![cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer)];
+    shown.push(format!("{creds:?}"));
+    shown.push(format!("{:?}", Scrubber::new(set.scrub_pairs())));
+
+    let mut p = parts("/", &[("x-a", CUSTOM_PH)]);
+    let err = set.swap(&mut p, &allow(&["github"])).unwrap_err();
+    shown.push(err.to_string());
+    shown.push(format!("{err:?}"));
+    let bad = CredentialSet::new(vec![cred(
+        "bad",
+        CUSTOM_PH,
+        "sec\nret-VALUE",
+        CredKind::Header,
+    )]);
+    let err = bad.swap(&mut p, &allow(&["bad"])).unwrap_err();
+    shown.push(err.to_string());
+    shown.push(format!("{err:?}"));
+    assert!(shown.iter().any(|s| s.contains("custom")), "{shown:?}");
+    for text in &shown {
+        for secret in secrets.iter().chain(&["ret-VALUE"]) {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+    }
+}
+
+#[test]
+fn scrub_pairs_cover_every_credential() {
+    let pairs = set().scrub_pairs();
+    let mut seen: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(s, p)| {
+            (
+                String::from_utf8(s.expose().to_vec()).unwrap(),
+                String::from_utf8(p.clone()).unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (GITHUB_VALUE.to_owned(), GITHUB_PH.to_owned()),
+        (CUSTOM_VALUE.to_owned(), CUSTOM_PH.to_owned()),
+        (SHORT_VALUE.to_owned(), SHORT_PH.to_owned()),
+        (LONG_VALUE.to_owned(), LONG_PH.to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn placeholder_shape_is_checked() {
+    assert!(is_valid_placeholder("airlock-ph-github-token"));
+    assert!(is_valid_placeholder("a.b_c~d-8"));
+    assert!(!is_valid_placeholder("short"));
+    assert!(!is_valid_placeholder("has space-123"));
+    assert!(!is_valid_placeholder("slash/isnt-ok"));
+    assert!(!is_valid_placeholder(&"x".repeat(201)));
+    assert!(is_valid_placeholder(&"x".repeat(200)));
+    // An invalid placeholder is never matched, so it is never swapped.
+    let set = CredentialSet::new(vec![cred("s", "bad ph!", "v", CredKind::Other)]);
+    let p = parts("/", &[("x", "bad ph!")]);
+    assert!(set.placeholders_in(&p).is_empty());
+}
+
+#[test]
+fn duplicate_placeholder_belongs_to_the_first_credential() {
+    let set = CredentialSet::new(vec![
+        cred("first", CUSTOM_PH, "one-VALUE", CredKind::Header),
+        cred("second", CUSTOM_PH, "two-VALUE", CredKind::Header),
+    ]);
+    let mut p = parts("/", &[("x", CUSTOM_PH)]);
+    assert_eq!(set.placeholders_in(&p), vec!["first"]);
+    assert!(matches!(
+        set.swap(&mut p, &allow(&["second"])),
+        Err(SwapError::NotAllowed { secret }) if secret == "first"
+    ));
+    assert_eq!(p.headers.get("x").unwrap(), CUSTOM_PH);
+}
+
+// ---- scrubbing ----
+
+const SECRET20: &[u8] = b"S3cr3t-0123456789xyz";
+const PH20: &[u8] = b"airlock-ph-s20";
+
+fn scrubber(pairs: &[(&[u8], &[u8])]) -> Scrubber {
+    Scrubber::new(
+        pairs
+            .iter()
+            .map(|(s, p)| (Secret::new(s.to_vec()), p.to_vec()))
+            .collect(),
+    )
+}
+
+/// A body that yields the given frames, always ready.
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn chunks(parts: &[&[u8]]) -> Frames {
+    Frames(
+        parts
+            .iter()
+            .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+            .collect(),
+    )
+}
+
+/// Polls a body that never waits to its end.
+fn drain<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (Vec<Bytes>, Option<HeaderMap>)
+where
+    B::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut data = Vec::new();
+    let mut trailers = None;
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => {
+                    assert!(trailers.is_none(), "data after trailers");
+                    assert!(!d.is_empty(), "empty data frame emitted");
+                    data.push(d);
+                }
+                Err(f) => trailers = Some(f.into_trailers().unwrap()),
+            },
+            Poll::Ready(Some(Err(e))) => panic!("body error {e:?}"),
+            Poll::Ready(None) => break,
+            Poll::Pending => panic!("body waited with nothing to wait for"),
+        }
+    }
+    assert!(body.is_end_stream());
+    (data, trailers)
+}
+
+fn scrub_all(s: &Scrubber, pieces: &[&[u8]]) -> Vec<u8> {
+    drain(s.wrap(chunks(pieces))).0.concat()
+}
+
+/// Oracle for a single secret: plain non-overlapping leftmost replacement.
+fn replaced(input: &[u8], secret: &[u8], ph: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        if input[i..].starts_with(secret) {
+            out.extend_from_slice(ph);
+            i += secret.len();
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn body_with_secret() -> Vec<u8> {
+    [b"data: {\"echo\":\"".as_slice(), SECRET20, b"\"}\n\n"].concat()
+}
+
+#[test]
+fn secret_split_across_two_chunks_at_every_position() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let input = body_with_secret();
+    let expected = replaced(&input, SECRET20, PH20);
+    assert_ne!(expected, input);
+    for cut in 0..=input.len() {
+        let out = scrub_all(&s, &[&input[..cut], &input[cut..]]);
+        assert_eq!(out, expected, "cut at {cut}");
+    }
+}
+
+#[test]
+fn secret_split_across_three_chunks_at_every_position() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let input = body_with_secret();
+    let expected = replaced(&input, SECRET20, PH20);
+    for a in 0..=input.len() {
+        for b in a..=input.len() {
+            let out = scrub_all(&s, &[&input[..a], &input[a..b], &input[b..]]);
+            assert_eq!(out, expected, "cuts at {a},{b}");
+        }
+    }
+}
+
+#[test]
+fn secret_split_into_n_chunks() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let input = body_with_secret();
+    let expected = replaced(&input, SECRET20, PH20);
+    for size in 1..=SECRET20.len() + 1 {
+        let pieces: Vec<&[u8]> = input.chunks(size).collect();
+        assert_eq!(scrub_all(&s, &pieces), expected, "chunk size {size}");
+    }
+}
+
+#[test]
+fn secret_at_the_very_end_and_start() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let at_end = [b"token=".as_slice(), SECRET20].concat();
+    assert_eq!(
+        scrub_all(&s, &[&at_end]),
+        [b"token=".as_slice(), PH20].concat()
+    );
+    assert_eq!(scrub_all(&s, &[SECRET20]), PH20);
+    let (_, tail) = at_end.split_at(10);
+    assert_eq!(
+        scrub_all(&s, &[&at_end[..10], tail]),
+        [b"token=".as_slice(), PH20].concat()
+    );
+}
+
+#[test]
+fn repeated_and_self_overlapping_occurrences() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let twice = [SECRET20, SECRET20, b"-", SECRET20].concat();
+    let expected = [PH20, PH20, b"-", PH20].concat();
+    for size in [1, 3, 7, 19, 20, 21, 64] {
+        let pieces: Vec<&[u8]> = twice.chunks(size).collect();
+        assert_eq!(scrub_all(&s, &pieces), expected, "chunk size {size}");
+    }
+
+    // A secret whose own prefix repeats: a scanner that restarts after the
+    // failed attempt would miss the real occurrence.
+    let secret: &[u8] = b"aaaaaaaaab";
+    let s = scrubber(&[(secret, b"PH")]);
+    let input = b"aaaaaaaaaaaaabaaaab";
+    for size in 1..=input.len() {
+        let pieces: Vec<&[u8]> = input.chunks(size).collect();
+        assert_eq!(scrub_all(&s, &pieces), b"aaaaPHaaaab", "chunk size {size}");
+    }
+}
+
+#[test]
+fn two_secrets_and_longest_wins() {
+    let s = scrubber(&[
+        (b"alpha-secret-1".as_slice(), b"PH-A".as_slice()),
+        (b"beta-secret-22", b"PH-B"),
+        (b"alpha-secret-1-extended", b"PH-AX"),
+    ]);
+    let input = b"x alpha-secret-1 y beta-secret-22 z alpha-secret-1-extended alpha-secret-1-ext";
+    let expected = b"x PH-A y PH-B z PH-AX PH-A-ext".to_vec();
+    for size in 1..=input.len() {
+        let pieces: Vec<&[u8]> = input.chunks(size).collect();
+        assert_eq!(scrub_all(&s, &pieces), expected, "chunk size {size}");
+    }
+}
+
+#[test]
+fn overlapping_different_secrets_do_not_hide_a_later_one() {
+    // The first match ends inside an occurrence of the second secret that
+    // begins before it; the next full occurrence must still be found.
+    let s = scrubber(&[(b"zab".as_slice(), b"<Z>".as_slice()), (b"abab", b"<X>")]);
+    assert_eq!(scrub_all(&s, &[b"zababab"]), b"<Z><X>");
+    assert_eq!(scrub_all(&s, &[b"za", b"bab", b"ab"]), b"<Z><X>");
+}
+
+#[test]
+fn partial_prefix_at_end_of_stream_is_emitted_unchanged() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let partial = &SECRET20[..SECRET20.len() - 1];
+    let input = [b"head ".as_slice(), partial].concat();
+    for cut in 0..=input.len() {
+        assert_eq!(
+            scrub_all(&s, &[&input[..cut], &input[cut..]]),
+            input,
+            "cut {cut}"
+        );
+    }
+    // Held bytes that turn out not to be a secret are emitted with the next chunk.
+    let (data, _) = drain(s.wrap(chunks(&[b"xx S3cr", b"ap and more"])));
+    assert_eq!(data.concat(), b"xx S3crap and more");
+}
+
+#[test]
+fn empty_chunks_are_harmless() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let out = scrub_all(
+        &s,
+        &[
+            b"",
+            b"a ",
+            b"",
+            &SECRET20[..5],
+            b"",
+            &SECRET20[5..],
+            b"",
+            b" b",
+            b"",
+        ],
+    );
+    assert_eq!(out, [b"a ".as_slice(), PH20, b" b"].concat());
+    assert_eq!(scrub_all(&s, &[b"", b""]), b"");
+    assert_eq!(scrub_all(&s, &[]), b"");
+}
+
+#[test]
+fn trailers_are_scrubbed_and_come_after_held_bytes() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "x-echo",
+        HeaderValue::from_bytes(&[b"v=".as_slice(), SECRET20].concat()).unwrap(),
+    );
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let partial = &SECRET20[..4];
+    let body = Frames(
+        [
+            Frame::data(Bytes::from_static(b"data ")),
+            Frame::data(Bytes::copy_from_slice(partial)),
+            Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let (data, trailers) = drain(s.wrap(body));
+    assert_eq!(data.concat(), [b"data ".as_slice(), partial].concat());
+    let trailers = trailers.expect("trailers passed through");
+    assert_eq!(
+        trailers.get("x-echo").unwrap().as_bytes(),
+        [b"v=".as_slice(), PH20].concat()
+    );
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
+
+#[test]
+fn header_values_are_scrubbed() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let mut with = HeaderValue::from_bytes(&[b"Bearer ".as_slice(), SECRET20].concat()).unwrap();
+    with.set_sensitive(true);
+    let new = s.scrub_header_value(&with).expect("changed");
+    assert_eq!(new.as_bytes(), [b"Bearer ".as_slice(), PH20].concat());
+    assert!(new.is_sensitive());
+    assert!(
+        s.scrub_header_value(&HeaderValue::from_static("S3cr3t-01 no"))
+            .is_none()
+    );
+    assert!(
+        s.scrub_header_value(&HeaderValue::from_static("nothing"))
+            .is_none()
+    );
+}
+
+#[test]
+fn chunk_without_secret_passes_through_without_copy() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let chunk = Bytes::from_static(b"no candidates here at all: 0123");
+    let ptr = chunk.as_ptr();
+    let (data, _) = drain(s.wrap(Frames([Frame::data(chunk)].into())));
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].as_ptr(), ptr, "chunk was copied");
+
+    let empty = Scrubber::new(Vec::new());
+    assert!(empty.is_empty());
+    assert!(!s.is_empty());
+    let with_secret = Bytes::copy_from_slice(&body_with_secret());
+    let ptr = with_secret.as_ptr();
+    let (data, _) = drain(empty.wrap(Frames([Frame::data(with_secret)].into())));
+    assert_eq!(data[0].as_ptr(), ptr);
+}
+
+/// A body fed from a channel, as a proxied upstream response would be.
+struct ChannelBody(tokio::sync::mpsc::UnboundedReceiver<Frame<Bytes>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn poll_data<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Poll<Option<Bytes>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(frame.into_data().ok().unwrap())),
+        Poll::Ready(Some(Err(_))) => panic!("body error"),
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[test]
+fn chunks_stream_without_waiting_for_the_next() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = s.wrap(ChannelBody(rx));
+
+    tx.send(Frame::data(Bytes::from_static(b"event: a\ndata: 1\n\n")))
+        .unwrap();
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from_static(b"event: a\ndata: 1\n\n")))
+    );
+    assert_eq!(poll_data(&mut body), Poll::Pending, "nothing more was sent");
+
+    // A chunk ending in what may be a secret's start: the rest goes at once.
+    tx.send(Frame::data(Bytes::copy_from_slice(
+        &[b"data: 2 ".as_slice(), &SECRET20[..6]].concat(),
+    )))
+    .unwrap();
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from_static(b"data: 2 ")))
+    );
+    assert_eq!(poll_data(&mut body), Poll::Pending);
+
+    tx.send(Frame::data(Bytes::copy_from_slice(&SECRET20[6..])))
+        .unwrap();
+    tx.send(Frame::data(Bytes::from_static(b"\n\n"))).unwrap();
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from_static(PH20)))
+    );
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from_static(b"\n\n")))
+    );
+    drop(tx);
+    assert_eq!(poll_data(&mut body), Poll::Ready(None));
+    assert!(body.is_end_stream());
+}
+
+#[tokio::test]
+async fn collects_through_http_body_util() {
+    let s = scrubber(&[(SECRET20, PH20), (b"other-secret-value", b"PH-O")]);
+    let input = [
+        b"{\"a\":\"".as_slice(),
+        SECRET20,
+        b"\",\"b\":\"other-secret-value\"}",
+    ]
+    .concat();
+    let pieces: Vec<&[u8]> = input.chunks(5).collect();
+    let collected = s.wrap(chunks(&pieces)).collect().await.unwrap().to_bytes();
+    assert_eq!(
+        collected.as_ref(),
+        [b"{\"a\":\"".as_slice(), PH20, b"\",\"b\":\"PH-O\"}"].concat()
+    );
+}
+
+#[test]
+fn large_body_throughput() {
+    let s = scrubber(&[
+        (SECRET20, PH20),
+        (
+            b"sk-live-REALcustom9876".as_slice(),
+            b"sk-airlock-xyz123".as_slice(),
+        ),
+    ]);
+    // Text in which the secrets' first bytes are common, so the slow path runs.
+    let line = b"data: {\"msg\":\"the quick brown fox jumps over the lazy dog S3 sk\"}\n";
+    let mut input = Vec::with_capacity(1 << 20);
+    while input.len() < (1 << 20) {
+        input.extend_from_slice(line);
+    }
+    input.truncate(1 << 20);
+    input[500_000..500_020].copy_from_slice(SECRET20);
+    let pieces: Vec<&[u8]> = input.chunks(16 * 1024).collect();
+
+    let start = Instant::now();
+    let out = scrub_all(&s, &pieces);
+    let elapsed = start.elapsed();
+    assert_eq!(out, replaced(&input, SECRET20, PH20));
+    println!(
+        "scrubbed 1 MiB in {elapsed:?}: {:.0} MiB/s",
+        1.0 / elapsed.as_secs_f64()
+    );
+}

@@ -1,0 +1,375 @@
+//! One request from an agent: check the host, ask the policy, apply the
+//! brakes (rate limit, human approval), swap placeholders for secrets,
+//! forward, scrub the answer, and audit it when it is done.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use tracing::warn;
+
+use super::{
+    Intercept,
+    body::{Counted, OnDone, ProxyBody, boxed},
+    headers,
+    orig_dst::Origin,
+    rescue::{Asked, ProxyError},
+};
+use crate::{
+    approvals::{Approvals, PendingRequest, Verdict},
+    audit::{Action, Audit, AuditRecord},
+    creds::SwapError,
+    policy::{HttpDecision, Policy},
+};
+
+/// Streaming APIs (LLMs) may think for a while before the first byte.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What is fixed for every request on one agent connection.
+pub struct ConnCtx {
+    pub agent: Arc<str>,
+    pub origin: Origin,
+    pub policy: Arc<Policy>,
+    /// The SNI (or, without one, the dialled address) for TLS; None for
+    /// plain HTTP, where each request's Host names it.
+    pub tls_host: Option<String>,
+    pub port: u16,
+}
+
+impl ConnCtx {
+    fn tls(&self) -> bool {
+        self.tls_host.is_some()
+    }
+}
+
+fn normalize_host(h: &str) -> String {
+    let h = h.trim().trim_end_matches('.');
+    // Strip a port: "host:443", "[::1]:443"; keep bare IPv6.
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if h.matches(':').count() == 1 {
+        h.split(':').next().unwrap_or(h)
+    } else {
+        h
+    };
+    h.to_ascii_lowercase()
+}
+
+impl Intercept {
+    pub async fn handle(
+        self: Arc<Self>,
+        ctx: Arc<ConnCtx>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let method = parts.method.as_str().to_owned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let named = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .map(normalize_host);
+        let host = match (&ctx.tls_host, &named) {
+            (Some(sni), _) => sni.clone(),
+            (None, Some(h)) => h.clone(),
+            (None, None) => ctx.origin.dst.0.ip().to_string(),
+        };
+        let mut record = AuditRecord {
+            agent: Some(ctx.agent.to_string()),
+            cgroup: ctx.origin.cgroup_id,
+            pid: ctx.origin.pid,
+            uid: ctx.origin.uid,
+            host: host.clone(),
+            port: ctx.port,
+            dst: ctx.origin.dst.0.to_string(),
+            proto: if ctx.tls() { "https" } else { "http" },
+            method: Some(method.clone()),
+            path: Some(path.clone()),
+            request_id: self.audit.request_id(),
+            ..AuditRecord::default()
+        };
+        // The SNI decided which certificate the agent got; a Host naming
+        // another server on the same connection would dodge that decision.
+        let mismatch = ctx.tls() && named.as_ref().is_some_and(|n| *n != host);
+        let outcome = if mismatch {
+            Err(ProxyError::Denied {
+                reason: "host_mismatch",
+                rule: None,
+            })
+        } else {
+            self.clone()
+                .pipeline(
+                    &ctx,
+                    &host,
+                    &method,
+                    &path,
+                    &mut parts,
+                    body,
+                    &mut record,
+                    started,
+                )
+                .await
+        };
+        match outcome {
+            Ok(resp) => resp,
+            Err(err) => {
+                let asked = Asked {
+                    agent: &ctx.agent,
+                    host: &host,
+                    method: &method,
+                    path: &path,
+                };
+                self.metrics
+                    .requests
+                    .with_label_values(&[&ctx.agent, &host, err.decision()])
+                    .inc();
+                let resp = err.to_response(&asked);
+                record.action = Some(err.action());
+                record.reason = Some(err.reason().to_string());
+                if record.rule.is_none() {
+                    record.rule = err.rule().map(str::to_owned);
+                }
+                record.status = Some(resp.status().as_u16());
+                record.duration_ms = started.elapsed().as_millis() as u64;
+                self.audit.record(record);
+                resp
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pipeline(
+        self: Arc<Self>,
+        ctx: &ConnCtx,
+        host: &str,
+        method: &str,
+        path: &str,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+        record: &mut AuditRecord,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let allowed = match ctx.policy.decide_http(host, ctx.port, method, path) {
+            HttpDecision::Allow(a) => a,
+            HttpDecision::Deny(d) => {
+                return Err(ProxyError::Denied {
+                    reason: d.reason.as_str(),
+                    rule: d.rule_label,
+                });
+            }
+        };
+        record.rule = Some(allowed.rule_label.clone());
+        if let Some(limit) = &allowed.rate_limit {
+            self.limiter
+                .check(&ctx.agent, allowed.rule.0, limit.count, limit.per)
+                .map_err(|retry| ProxyError::RateLimited {
+                    rule: allowed.rule_label.clone(),
+                    retry_after: retry.0,
+                })?;
+        }
+        let mut action = Action::Allow;
+        if allowed.approval {
+            let pending = PendingRequest {
+                id: Approvals::new_id(),
+                agent: ctx.agent.to_string(),
+                method: method.to_owned(),
+                host: host.to_owned(),
+                path: path.to_owned(),
+                body_digest: None,
+                created_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                rule: allowed.rule_label.clone(),
+            };
+            self.metrics.approvals_pending.inc();
+            let verdict = self.approvals.request(pending).await;
+            self.metrics.approvals_pending.dec();
+            match verdict {
+                Verdict::Approved => action = Action::Approve,
+                Verdict::Denied => return Err(ProxyError::ApprovalDenied),
+                Verdict::TimedOut => return Err(ProxyError::ApprovalTimeout),
+            }
+        }
+
+        let (creds, scrubber) = self.credentials.current();
+        let injected = if creds.placeholders_in(parts).is_empty() {
+            Vec::new()
+        } else {
+            if !ctx.tls() {
+                return Err(ProxyError::CredentialOverPlainHttp);
+            }
+            creds
+                .swap(parts, &allowed.credentials)
+                .map_err(|err| match err {
+                    SwapError::NotAllowed { secret } => {
+                        // What an exfiltration attempt looks like.
+                        warn!(agent = %ctx.agent, host, secret = %secret, "placeholder sent where no rule allows it");
+                        ProxyError::PlaceholderNotAllowed { secret }
+                    }
+                    SwapError::InvalidHeader { .. } | SwapError::InvalidUri => ProxyError::Denied {
+                        reason: "invalid_request_after_swap",
+                        rule: None,
+                    },
+                })?
+        };
+        for name in &injected {
+            self.metrics
+                .credential_injections
+                .with_label_values(&[name])
+                .inc();
+        }
+        record.credentials = injected.clone();
+
+        let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+        let agent_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        let authority = if host.contains(':') {
+            format!("[{host}]:{}", ctx.port)
+        } else {
+            format!("{host}:{}", ctx.port)
+        };
+        parts.uri = Uri::builder()
+            .scheme(if ctx.tls() { "https" } else { "http" })
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::Denied {
+                reason: "invalid_uri",
+                rule: None,
+            })?;
+        parts.version = Version::HTTP_11;
+        let bytes_out = Arc::new(AtomicU64::new(0));
+        let upstream_req = Request::from_parts(
+            std::mem::replace(parts, Request::new(()).into_parts().0),
+            boxed(Counted::new(body, bytes_out.clone(), None)),
+        );
+
+        let resp = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, self.client.request(upstream_req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|err| ProxyError::Upstream {
+                reason: error_chain(&err),
+            })?;
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[&ctx.agent, host, "allow"])
+            .inc();
+
+        let (mut rparts, rbody) = resp.into_parts();
+        let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(agent_side)) = (switching, agent_upgrade) {
+            if let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                tokio::spawn(splice_upgraded(agent_side, upstream_side));
+            }
+        }
+        headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+        let body = if injected.is_empty() {
+            boxed(rbody)
+        } else {
+            for value in rparts.headers.values_mut() {
+                if let Some(clean) = scrubber.scrub_header_value(value) {
+                    *value = clean;
+                }
+            }
+            // Scrubbing can change the length.
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            boxed(scrubber.wrap(rbody))
+        };
+        rparts
+            .headers
+            .insert("x-airlock-request-id", header_value(&record.request_id));
+        record.action = Some(action);
+        record.status = Some(rparts.status.as_u16());
+        let done = AuditWhenDone {
+            audit: self.audit.clone(),
+            record: std::mem::take(record),
+            bytes_out,
+            started,
+        };
+        let body = boxed(Counted::new(
+            body,
+            Arc::new(AtomicU64::new(0)),
+            Some(Box::new(done)),
+        ));
+        Ok(Response::from_parts(rparts, body))
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+async fn splice_upgraded(agent: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(agent), Ok(upstream)) = tokio::join!(agent, upstream) else {
+        return;
+    };
+    let mut agent = hyper_util::rt::TokioIo::new(agent);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+}
+
+/// Writes the request's audit record when the response body is finished
+/// (or abandoned), with the bytes that really moved.
+struct AuditWhenDone {
+    audit: Audit,
+    record: AuditRecord,
+    bytes_out: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl OnDone for AuditWhenDone {
+    fn done(self: Box<Self>, bytes_in: u64) {
+        let mut record = self.record;
+        record.bytes_in = bytes_in;
+        record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.audit.record(record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn host_headers_normalize_to_bare_lower_case_names() {
+        assert_eq!(normalize_host("API.Example.test:443"), "api.example.test");
+        assert_eq!(normalize_host("api.example.test."), "api.example.test");
+        assert_eq!(normalize_host("[::1]:8443"), "::1");
+        assert_eq!(normalize_host("::1"), "::1");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+}

@@ -1,0 +1,116 @@
+//! Hop-by-hop headers belong to one connection and must not be forwarded:
+//! a `Connection: close` passed upstream would kill the pooled connection.
+
+use http::{HeaderMap, HeaderName, header};
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Remove hop-by-hop headers, including those the Connection header names.
+/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
+/// WebSocket handshake that policy allowed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && name == header::CONNECTION {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// An HTTP/1.1 upgrade request (WebSocket).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_close_and_named_headers_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("authorization", "Bearer x"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("upgrade").is_none());
+        assert_eq!(
+            h.get("authorization").map(|v| v.as_bytes()),
+            Some(&b"Bearer x"[..])
+        );
+    }
+
+    #[test]
+    fn an_allowed_upgrade_keeps_its_handshake_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get("connection").map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+}

@@ -1,0 +1,209 @@
+//! Connections that speak HTTP: decide on the SNI, mint a certificate for
+//! it only then, terminate TLS, and serve HTTP/1.1 or HTTP/2 (by ALPN) with
+//! every request going through `forward`. Plain HTTP is served the same
+//! way without TLS. Hosts listed as `passthrough` are tunnelled untouched.
+
+use std::{sync::Arc, time::Duration};
+
+use hyper::{Request, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::{
+    forward::ConnCtx, orig_dst::Origin, peek::ClientHello, relay, upstream::UpstreamClient,
+};
+use crate::{
+    approvals::Approvals,
+    audit::{Action, Audit, AuditRecord},
+    ca::Ca,
+    dns::Resolver,
+    metrics::Metrics,
+    policy::Policy,
+    ratelimit::RateLimiter,
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const H2: &[u8] = b"h2";
+const H1: &[u8] = b"http/1.1";
+
+/// Everything the HTTP layer shares across connections.
+pub struct Intercept {
+    pub ca: Arc<Ca>,
+    pub client: UpstreamClient,
+    pub credentials: Arc<super::credentials::Credentials>,
+    pub limiter: Arc<RateLimiter>,
+    pub approvals: Arc<Approvals>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Audit,
+    pub resolver: Arc<Resolver>,
+}
+
+/// The server side's HTTP settings: both protocols, upgrades allowed.
+fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().max_concurrent_streams(256);
+    builder
+}
+
+impl Intercept {
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        origin: Origin,
+        agent: Arc<str>,
+        policy: Arc<Policy>,
+        hello: ClientHello,
+    ) {
+        let host = hello
+            .sni
+            .clone()
+            .unwrap_or_else(|| origin.dst.0.ip().to_string());
+        if policy.passthrough_allows(&host) {
+            self.passthrough(stream, &origin, &agent, &host).await;
+            return;
+        }
+        let ip_host = host.parse::<std::net::IpAddr>().is_ok();
+        if !ip_host && !policy.names_host(&host) {
+            // Decide before minting: a host the policy never names gets no
+            // certificate (and no cache entry), only a closed connection.
+            self.refuse(&origin, &agent, &host, "no_rule_for_host");
+            return;
+        }
+        let alpn: Vec<Vec<u8>> = if hello.alpn.iter().any(|p| p == H2) {
+            vec![H2.to_vec(), H1.to_vec()]
+        } else {
+            vec![H1.to_vec()]
+        };
+        let config = match self.ca.server_config(&host, &alpn) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::error!(host, error = %err, "cannot mint a certificate");
+                self.refuse(&origin, &agent, &host, "certificate_error");
+                return;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                // Usually the agent does not trust Airlock's CA.
+                debug!(host, error = %err, "TLS handshake with agent failed");
+                self.refuse(&origin, &agent, &host, "agent_tls_handshake_failed");
+                return;
+            }
+            Err(_) => {
+                self.refuse(&origin, &agent, &host, "agent_tls_handshake_timeout");
+                return;
+            }
+        };
+        self.metrics.connection(&agent, "intercept");
+        let ctx = Arc::new(ConnCtx {
+            agent,
+            origin,
+            policy,
+            tls_host: Some(host),
+            port: origin.dst.0.port(),
+        });
+        self.serve_http_conn(TokioIo::new(tls), ctx).await;
+    }
+
+    pub async fn serve_plain(
+        self: Arc<Self>,
+        stream: TcpStream,
+        origin: Origin,
+        agent: Arc<str>,
+        policy: Arc<Policy>,
+    ) {
+        self.metrics.connection(&agent, "intercept");
+        let ctx = Arc::new(ConnCtx {
+            agent,
+            origin,
+            policy,
+            tls_host: None,
+            port: origin.dst.0.port(),
+        });
+        self.serve_http_conn(TokioIo::new(stream), ctx).await;
+    }
+
+    async fn serve_http_conn<I>(self: Arc<Self>, io: I, ctx: Arc<ConnCtx>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let this = self.clone();
+            let ctx = ctx.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.handle(ctx, req).await) }
+        });
+        if let Err(err) = http_server()
+            .serve_connection_with_upgrades(io, service)
+            .await
+        {
+            debug!(error = %err, "agent connection ended with an error");
+        }
+    }
+
+    /// TLS tunnelled uninspected: decided on the SNI alone, no credentials.
+    /// The upstream is the SNI host as the daemon resolves it.
+    async fn passthrough(&self, stream: TcpStream, origin: &Origin, agent: &str, host: &str) {
+        let started = std::time::Instant::now();
+        let mut record = self.record(origin, agent, host);
+        record.rule = Some(format!("passthrough {host}"));
+        let target = match self.resolver.lookup_ip(host).await {
+            Ok(ips) => ips
+                .first()
+                .map(|ip| std::net::SocketAddr::new(*ip, origin.dst.0.port())),
+            Err(_) => None,
+        };
+        let Some(target) = target else {
+            record.action = Some(Action::Error);
+            record.reason = Some("resolve_failed".into());
+            self.audit.record(record);
+            return;
+        };
+        match relay::connect(target).await {
+            Ok(upstream) => {
+                self.metrics.connection(agent, "passthrough");
+                let (out, inn) = relay::splice(stream, upstream).await;
+                record.action = Some(Action::Allow);
+                record.bytes_out = out;
+                record.bytes_in = inn;
+            }
+            Err(err) => {
+                record.action = Some(Action::Error);
+                record.reason = Some(format!("upstream_connect: {err}"));
+            }
+        }
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.audit.record(record);
+    }
+
+    fn record(&self, origin: &Origin, agent: &str, host: &str) -> AuditRecord {
+        AuditRecord {
+            agent: Some(agent.to_owned()),
+            cgroup: origin.cgroup_id,
+            pid: origin.pid,
+            uid: origin.uid,
+            host: host.to_owned(),
+            port: origin.dst.0.port(),
+            dst: origin.dst.0.to_string(),
+            proto: "tls",
+            ..AuditRecord::default()
+        }
+    }
+
+    fn refuse(&self, origin: &Origin, agent: &str, host: &str, reason: &str) {
+        self.metrics.connection(agent, "deny");
+        let mut record = self.record(origin, agent, host);
+        record.action = Some(Action::Deny);
+        record.reason = Some(reason.to_owned());
+        self.audit.record(record);
+    }
+}

@@ -1,0 +1,178 @@
+//! Every way a request can fail, turned into a response in one place: the
+//! status, a JSON body the agent can read, and a bounded reason label.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use super::body::{ProxyBody, full};
+use crate::audit::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("denied by policy: {reason}")]
+    Denied {
+        reason: &'static str,
+        rule: Option<String>,
+    },
+    #[error("request carries the placeholder of secret {secret}, which no rule allows here")]
+    PlaceholderNotAllowed { secret: String },
+    #[error("a credential would travel over plain HTTP")]
+    CredentialOverPlainHttp,
+    #[error("rate limit of rule {rule} exceeded")]
+    RateLimited { rule: String, retry_after: Duration },
+    #[error("a human denied the request")]
+    ApprovalDenied,
+    #[error("no human answered in time")]
+    ApprovalTimeout,
+    #[error("upstream failed: {reason}")]
+    Upstream { reason: String },
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+/// What the agent asked, for the JSON body.
+pub struct Asked<'a> {
+    pub agent: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+impl ProxyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Denied { reason, .. } => reason,
+            ProxyError::PlaceholderNotAllowed { .. } => "placeholder_not_allowed",
+            ProxyError::CredentialOverPlainHttp => "credential_over_plain_http",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::ApprovalDenied => "approval_denied",
+            ProxyError::ApprovalTimeout => "approval_timeout",
+            ProxyError::Upstream { .. } => "upstream_error",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn action(&self) -> Action {
+        match self {
+            ProxyError::RateLimited { .. } => Action::RateLimited,
+            ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout => Action::Error,
+            _ => Action::Deny,
+        }
+    }
+
+    /// The metric label for requests_total{decision}.
+    pub fn decision(&self) -> &'static str {
+        match self.action() {
+            Action::RateLimited => "rate_limited",
+            Action::Error => "error",
+            _ => "deny",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            ProxyError::Denied { rule, .. } => rule.as_deref(),
+            ProxyError::RateLimited { rule, .. } => Some(rule),
+            _ => None,
+        }
+    }
+
+    pub fn to_response(&self, asked: &Asked<'_>) -> Response<ProxyBody> {
+        let error = match self.action() {
+            Action::RateLimited => "rate_limited",
+            Action::Error => "upstream",
+            _ => "denied",
+        };
+        let mut body = json!({
+            "error": error,
+            "agent": asked.agent,
+            "host": asked.host,
+            "method": asked.method,
+            "path": asked.path,
+            "reason": self.reason(),
+        });
+        if let ProxyError::Upstream { reason } = self {
+            body["detail"] = json!(reason);
+        }
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert("x-airlock-reason", HeaderValue::from_static(self.reason()));
+        if let ProxyError::RateLimited { retry_after, .. } = self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    const ASKED: Asked<'static> = Asked {
+        agent: "pr-bot",
+        host: "api.github.com",
+        method: "DELETE",
+        path: "/repos/x",
+    };
+
+    async fn json_of(resp: Response<ProxyBody>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_denial_is_403_with_the_designed_json() {
+        let err = ProxyError::Denied {
+            reason: "method_not_allowed",
+            rule: None,
+        };
+        let resp = err.to_response(&ASKED);
+        assert_eq!(resp.status(), 403);
+        let body = json_of(resp).await;
+        assert_eq!(body["error"], "denied");
+        assert_eq!(body["agent"], "pr-bot");
+        assert_eq!(body["host"], "api.github.com");
+        assert_eq!(body["method"], "DELETE");
+        assert_eq!(body["path"], "/repos/x");
+        assert_eq!(body["reason"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn rate_limits_are_429_with_retry_after() {
+        let err = ProxyError::RateLimited {
+            rule: "rules[0]".into(),
+            retry_after: Duration::from_millis(11_200),
+        };
+        let resp = err.to_response(&ASKED);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "12");
+        assert_eq!(json_of(resp).await["reason"], "rate_limited");
+    }
+
+    #[test]
+    fn upstream_failures_are_502_and_504() {
+        assert_eq!(ProxyError::Upstream { reason: "x".into() }.status(), 502);
+        assert_eq!(ProxyError::UpstreamTimeout.status(), 504);
+        assert_eq!(ProxyError::ApprovalTimeout.reason(), "approval_timeout");
+    }
+}

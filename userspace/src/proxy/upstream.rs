@@ -1,0 +1,272 @@
+//! The proxy's side toward the real servers: a pooled hyper client whose
+//! connector resolves names with the daemon's resolver (never the address
+//! the agent dialled) and speaks verified TLS (system roots plus the
+//! configured extra CAs).
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Uri;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::dns::Resolver;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type UpstreamClient = Client<Connector, super::body::ProxyBody>;
+
+pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        // Agents' own Host header was checked against the SNI; keep it.
+        .set_host(true)
+        .build(Connector { resolver, tls })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no host in upstream URI {uri}")]
+    NoHost { uri: String },
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: crate::dns::DnsError,
+    },
+    #[error("connecting to {host} ({addrs}): {source}")]
+    Connect {
+        host: String,
+        addrs: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connecting to {host}: timed out after {}s", CONNECT_TIMEOUT.as_secs())]
+    Timeout { host: String },
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{host} is not a valid TLS server name")]
+    ServerName { host: String },
+}
+
+#[derive(Clone)]
+pub struct Connector {
+    resolver: Arc<Resolver>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = UpstreamIo;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect(uri).await })
+    }
+}
+
+impl Connector {
+    async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError::NoHost {
+                uri: uri.to_string(),
+            })?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let ips = self
+            .resolver
+            .lookup_ip(&host)
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                host: host.clone(),
+                source,
+            })?;
+        let addrs: Vec<SocketAddr> = ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(&addrs))
+            .await
+            .map_err(|_| ConnectError::Timeout { host: host.clone() })?
+            .map_err(|source| ConnectError::Connect {
+                host: host.clone(),
+                addrs: addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            })?;
+        // Nagle on the upstream leg stalls small writes behind delayed ACKs.
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return Ok(UpstreamIo {
+                inner: TokioIo::new(Stream::Plain(tcp)),
+                h2: false,
+            });
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| ConnectError::ServerName { host: host.clone() })?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnectError::Tls { host, source })?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok(UpstreamIo {
+            inner: TokioIo::new(Stream::Tls(Box::new(tls))),
+            h2,
+        })
+    }
+}
+
+async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to an upstream, as hyper's client wants it.
+pub struct UpstreamIo {
+    inner: TokioIo<Stream>,
+    h2: bool,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        if self.h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

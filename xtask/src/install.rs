@@ -1,0 +1,220 @@
+//! `cargo xtask install` / `uninstall`: Airlock as a service on this host.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{cargo, is_root, run};
+
+const BIN: &str = "/usr/local/bin/airlock";
+const CONFIG_DIR: &str = "/etc/airlock";
+const CONFIG: &str = "/etc/airlock/airlock.yaml";
+const UNIT_DIR: &str = "/etc/systemd/system";
+const PID_FILE: &str = "/run/airlock/airlock.pid";
+const DAEMON_LOG: &str = "/var/log/airlock/daemon.log";
+const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
+
+#[derive(Args)]
+pub struct UninstallArgs {
+    /// Also delete /etc/airlock and /var/lib/airlock (vault, master key, CA).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+fn systemd_is_pid1() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn say(msg: impl AsRef<str>) {
+    println!("==> {}", msg.as_ref());
+}
+
+pub fn install() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("installing a system service needs root: run `sudo -E cargo xtask install`");
+    }
+    say("building the release binary (the eBPF object is embedded)");
+    run(cargo().args(["build", "--release", "--package", "airlock"]))?;
+
+    say(format!("installing {BIN}"));
+    // Copy then rename, so a running daemon keeps its old inode.
+    let staged = PathBuf::from(format!("{BIN}.new"));
+    std::fs::copy("target/release/airlock", &staged).context("copying the binary")?;
+    set_mode(&staged, 0o755)?;
+    std::fs::rename(&staged, BIN).with_context(|| format!("installing {BIN}"))?;
+
+    std::fs::create_dir_all(format!("{CONFIG_DIR}/policies"))?;
+    if Path::new(CONFIG).exists() {
+        say(format!("keeping {CONFIG}"));
+    } else {
+        std::fs::write(CONFIG, DEFAULT_CONFIG)?;
+        say(format!("wrote {CONFIG}"));
+    }
+    for entry in std::fs::read_dir("policies")
+        .context("reading policies/")?
+        .flatten()
+    {
+        let dst = Path::new(CONFIG_DIR)
+            .join("policies")
+            .join(entry.file_name());
+        if dst.exists() {
+            continue;
+        }
+        std::fs::copy(entry.path(), &dst)?;
+        say(format!("example policy {}", dst.display()));
+    }
+    for unit in ["airlock.service", "airlock.slice"] {
+        std::fs::create_dir_all(UNIT_DIR)?;
+        std::fs::copy(
+            Path::new("systemd").join(unit),
+            Path::new(UNIT_DIR).join(unit),
+        )?;
+    }
+    for (dir, mode) in [
+        ("/var/lib/airlock", 0o711),
+        ("/var/log/airlock", 0o750),
+        ("/run/airlock", 0o755),
+    ] {
+        std::fs::create_dir_all(dir)?;
+        set_mode(Path::new(dir), mode)?;
+    }
+
+    if systemd_is_pid1() {
+        say("starting airlock.service with systemd");
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        run(Command::new("systemctl").args(["enable", "airlock.service"]))?;
+        run(Command::new("systemctl").args(["restart", "airlock.service"]))?;
+    } else {
+        stop_background()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(DAEMON_LOG)?;
+        // setsid: the daemon leaves this terminal's session and outlives it.
+        let child = Command::new("setsid")
+            .args([BIN, "daemon", "--config", CONFIG])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the daemon")?;
+        std::fs::write(PID_FILE, format!("{}\n", child.id()))?;
+        say(format!(
+            "systemd is not PID 1 here: started the daemon in the background (pid {}, log {DAEMON_LOG}, pid file {PID_FILE})",
+            child.id()
+        ));
+    }
+    wait_healthy()?;
+    let out = Command::new(BIN).args(["status"]).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "\nAirlock is running. Run an agent with, for example:\n  sudo airlock run --agent package-fetcher --user nobody -- node -e \"fetch('https://registry.npmjs.org/left-pad').then(r => console.log(r.status))\"\nPolicies: {CONFIG_DIR}/policies (edits apply at once). Audit: /var/log/airlock/audit.jsonl. Uninstall: sudo -E cargo xtask uninstall"
+    );
+    Ok(())
+}
+
+fn wait_healthy() -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(BIN).args(["status", "--json"]).output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(DAEMON_LOG).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            bail!(
+                "the daemon did not become healthy within 30s:\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stop a daemon that a previous install started without systemd.
+fn stop_background() -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(PID_FILE) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return Ok(());
+    };
+    let is_airlock = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.contains("airlock") && c.contains("daemon"))
+        .unwrap_or(false);
+    if !is_airlock {
+        let _ = std::fs::remove_file(PID_FILE);
+        return Ok(());
+    }
+    say(format!("stopping the running daemon (pid {pid})"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_file(PID_FILE);
+    Ok(())
+}
+
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("uninstalling a system service needs root: run `sudo -E cargo xtask uninstall`");
+    }
+    if systemd_is_pid1() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "airlock.service"])
+            .status();
+    }
+    stop_background()?;
+    if Path::new(BIN).exists() {
+        say("detaching the eBPF programs and removing the agents' cgroup root");
+        let mut detach = Command::new(BIN);
+        detach.args(["detach", "--config", CONFIG]);
+        if !Path::new(CONFIG).exists() {
+            detach = Command::new(BIN);
+            detach.arg("detach");
+        }
+        run(&mut detach)?;
+        std::fs::remove_file(BIN)?;
+    }
+    for unit in ["airlock.service", "airlock.slice"] {
+        let _ = std::fs::remove_file(Path::new(UNIT_DIR).join(unit));
+    }
+    if systemd_is_pid1() {
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
+    }
+    let _ = std::fs::remove_dir_all("/run/airlock");
+    if args.purge {
+        for dir in [CONFIG_DIR, "/var/lib/airlock", "/var/log/airlock"] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        say("removed configuration, vault, CA and logs");
+    } else {
+        say(
+            "kept /etc/airlock (config, policies) and /var/lib/airlock (vault, CA); --purge removes them",
+        );
+    }
+    say("Airlock is uninstalled");
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
