@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod servers;
+pub mod upstream;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -203,6 +204,86 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .expect("airlock run")
+    }
+
+    /// Run an agent whose resolver is 127.0.0.53 (a private
+    /// /etc/resolv.conf in its own mount namespace): its lookups are
+    /// captured and answered by Airlock's resolver, and if capture ever
+    /// failed they would still stay on loopback.
+    pub fn run_agent_dns(&self, agent: &str, cmd: &[&str]) -> Output {
+        let resolv = self.dir.path().join("resolv.conf");
+        if !resolv.exists() {
+            std::fs::write(
+                &resolv,
+                "nameserver 127.0.0.53\noptions timeout:2 attempts:1\n",
+            )
+            .expect("resolv.conf");
+            set_mode(&resolv, 0o644);
+        }
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$@\"",
+            resolv.display()
+        );
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                AIRLOCK,
+                "run",
+                "--config",
+            ])
+            .arg(&self.config)
+            .args(["--agent", agent, "--user", "nobody", "--"])
+            .args(cmd)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare + airlock run")
+    }
+
+    /// `airlock secret set NAME` with the value on stdin.
+    pub fn secret_set(&self, name: &str, value: &str) {
+        let mut child = Command::new(AIRLOCK)
+            .args(["secret", "set", name, "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("airlock secret set");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(value.as_bytes())
+            .expect("write secret");
+        let out = child.wait_with_output().expect("secret set");
+        assert!(
+            out.status.success(),
+            "secret set failed: {}",
+            describe(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(value),
+            "secret set printed the secret"
+        );
+    }
+
+    /// GET /metrics from the daemon.
+    pub fn metrics(&self) -> String {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("get");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).expect("read metrics");
+        text
     }
 
     pub fn audit_records(&self) -> Vec<serde_json::Value> {

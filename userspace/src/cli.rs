@@ -18,7 +18,13 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
     /// Daemon configuration file.
-    #[arg(long, short = 'c', value_name = "FILE", env = "AIRLOCK_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "AIRLOCK_CONFIG",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 }
 

@@ -4,6 +4,7 @@
 //! (accept, orig-dst, route) -> policy (decide) -> vault (credentials) ->
 //! upstream -> audit.
 
+mod agent_env;
 mod approvals;
 mod audit;
 mod ca;

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use crate::{cargo, is_root, run};
+use crate::{cargo, is_root, run as run_cmd};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -176,7 +176,7 @@ fn connect(count: u32, rounds: u32) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
-    run(cargo().args([
+    run_cmd(cargo().args([
         "build",
         "--release",
         "--package",

@@ -16,19 +16,8 @@ use anyhow::{Context as _, bail};
 use crate::{
     cgroup::{CgroupTree, valid_agent_name},
     cli::RunArgs,
-    policy::{self, EnvValue},
-    vault::Vault,
+    daemon::{AdminRequest, admin_request},
 };
-
-/// Variables that make common runtimes trust Airlock's CA. The ones that
-/// REPLACE the trust store get the bundle (system roots + Airlock CA), so
-/// passed-through hosts still verify; Node's adds to its roots.
-const BUNDLE_VARS: [&str; 4] = [
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-];
 
 struct Target {
     uid: u32,
@@ -78,7 +67,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).envs(&env);
-    cmd.env("AIRLOCK_AGENT", &args.agent);
     if let Some(t) = &target {
         cmd.uid(t.uid).gid(t.gid);
         cmd.env("HOME", &t.home)
@@ -100,63 +88,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Err(err).with_context(|| format!("cannot run {:?}", args.command[0]))
 }
 
-/// The environment an agent gets: its policy's `env:` with placeholders
-/// (never secrets), and the CA trust variables.
+/// The environment of the policy the daemon has in force (a policy file
+/// being edited with a typo does not change what the agent gets).
 fn agent_env(
     config: &crate::config::Config,
     agent: &str,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let report = policy::load_dir(&config.policy_dir);
-    let Some(found) = report.policies.iter().find(|p| p.agent == agent) else {
-        let mut msg = format!(
-            "no policy for agent {agent} in {}: it would get no egress at all. Write {}/{agent}.yaml",
-            config.policy_dir.display(),
-            config.policy_dir.display()
-        );
-        for errors in &report.errors {
-            msg.push_str(&format!("\n{errors}"));
-        }
-        bail!(msg);
-    };
-    let placeholders: BTreeMap<String, String> = if config.state_dir.join("vault.json").exists() {
-        Vault::open(&config.state_dir)?
-            .list()?
-            .into_iter()
-            .map(|info| (info.name, info.placeholder))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    let mut env = BTreeMap::new();
-    for (key, value) in &found.env {
-        let value = match value {
-            EnvValue::Plain(s) => s.clone(),
-            EnvValue::Placeholder { secret } => match placeholders.get(secret) {
-                Some(p) => p.clone(),
-                None => {
-                    eprintln!(
-                        "airlock: warning: secret {secret} (for {key}) is not in the vault; requests using it will be refused until `airlock secret set {secret}`"
-                    );
-                    format!("airlock-ph-{secret}")
-                }
-            },
-        };
-        env.insert(key.clone(), value);
+    let answer = admin_request(
+        &config.admin_socket,
+        &AdminRequest::AgentEnv {
+            agent: agent.to_string(),
+        },
+    )?;
+    if let Some(err) = answer["error"].as_str() {
+        bail!("{err}");
     }
-    let ca_dir = config.state_dir.join("ca");
-    let (cert, bundle) = (ca_dir.join("ca.crt"), ca_dir.join("bundle.pem"));
-    if cert.exists() && bundle.exists() {
-        env.insert("NODE_EXTRA_CA_CERTS".into(), cert.display().to_string());
-        for var in BUNDLE_VARS {
-            env.insert(var.into(), bundle.display().to_string());
-        }
-    } else {
+    for secret in answer["missing_secrets"].as_array().into_iter().flatten() {
         eprintln!(
-            "airlock: warning: no CA at {} yet (the daemon creates it); TLS to intercepted hosts will fail verification",
-            cert.display()
+            "airlock: warning: secret {} is not in the vault; requests using it will not carry it until `airlock secret set {}`",
+            secret.as_str().unwrap_or("?"),
+            secret.as_str().unwrap_or("?")
         );
     }
-    Ok(env)
+    let vars = answer["env"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(vars)
 }
 
 fn lookup_user(user: &str) -> anyhow::Result<Target> {

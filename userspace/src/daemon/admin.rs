@@ -45,8 +45,16 @@ pub enum AdminError {
 pub enum AdminRequest {
     Status,
     ApprovalsList,
-    Approve { id: String },
-    Deny { id: String },
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+    },
+    /// The environment `airlock run` gives the agent.
+    AgentEnv {
+        agent: String,
+    },
 }
 
 /// What answers admin requests (the daemon).

@@ -84,6 +84,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let vault = Vault::open(&config.state_dir)?;
     let upstream_tls =
         upstream_tls::client_config(&config.upstream_ca, &[b"h2".to_vec(), b"http/1.1".to_vec()])?;
+    let upstream_tls_h1 =
+        upstream_tls::client_config(&config.upstream_ca, &[b"http/1.1".to_vec()])?;
 
     let audit = Audit::start(&config.audit_log)?;
     let metrics = Metrics::new()?;
@@ -116,6 +118,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let intercept = Arc::new(Intercept {
         ca,
         client: proxy::upstream_client(resolver.clone(), upstream_tls),
+        client_h1: proxy::upstream_client(resolver.clone(), upstream_tls_h1),
         credentials: Arc::new(Credentials::new(vault)),
         limiter: Arc::new(RateLimiter::new()),
         approvals: approvals.clone(),

@@ -75,6 +75,24 @@ impl StatusSource {
     }
 }
 
+impl StatusSource {
+    fn agent_env(&self, agent: &str) -> serde_json::Value {
+        let Some(policy) = self.policies.get(agent) else {
+            return json!({"error": format!(
+                "no policy for agent {agent} is in force (policy_dir {}): it would get no egress at all",
+                self.config.policy_dir.display()
+            )});
+        };
+        let placeholders =
+            match crate::vault::Vault::open(&self.config.state_dir).and_then(|v| v.list()) {
+                Ok(list) => list.into_iter().map(|i| (i.name, i.placeholder)).collect(),
+                Err(err) => return json!({"error": format!("vault: {err}")}),
+            };
+        let env = crate::agent_env::build(&policy, &placeholders, &self.config.state_dir);
+        json!({"env": env.vars, "missing_secrets": env.missing_secrets})
+    }
+}
+
 impl AdminHandler for StatusSource {
     fn handle(&self, req: AdminRequest) -> serde_json::Value {
         match req {
@@ -92,6 +110,7 @@ impl AdminHandler for StatusSource {
                 Ok(()) => json!({"ok": true}),
                 Err(err) => json!({"error": err.to_string()}),
             },
+            AdminRequest::AgentEnv { agent } => self.agent_env(&agent),
             AdminRequest::Deny { id } => match self.approvals.deny(&id) {
                 Ok(()) => json!({"ok": true}),
                 Err(err) => json!({"error": err.to_string()}),

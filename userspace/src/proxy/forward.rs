@@ -260,7 +260,12 @@ impl Intercept {
             boxed(Counted::new(body, bytes_out.clone(), None)),
         );
 
-        let resp = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, self.client.request(upstream_req))
+        let client = if upgrade {
+            &self.client_h1
+        } else {
+            &self.client
+        };
+        let resp = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, client.request(upstream_req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(|err| ProxyError::Upstream {

@@ -34,6 +34,8 @@ const H1: &[u8] = b"http/1.1";
 pub struct Intercept {
     pub ca: Arc<Ca>,
     pub client: UpstreamClient,
+    /// HTTP/1.1 only: an Upgrade (WebSocket) cannot ride an h2 connection.
+    pub client_h1: UpstreamClient,
     pub credentials: Arc<super::credentials::Credentials>,
     pub limiter: Arc<RateLimiter>,
     pub approvals: Arc<Approvals>,

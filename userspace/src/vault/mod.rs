@@ -257,8 +257,10 @@ fn exists(path: &Path) -> Result<bool, VaultError> {
     }
 }
 
-/// Creates the state directory 0700 if needed, and refuses one that others
-/// can write to: whoever can write there can swap the vault or the key.
+/// Creates the state directory 0711 if needed (others may traverse it to
+/// reach the CA certificate below, never list it; the vault and key files
+/// are 0600), and refuses one that others can write to: whoever can write
+/// there can swap the vault or the key.
 fn ensure_state_dir(dir: &Path) -> Result<(), VaultError> {
     let err = |source: io::Error| VaultError::StateDir {
         path: dir.to_owned(),
@@ -266,7 +268,7 @@ fn ensure_state_dir(dir: &Path) -> Result<(), VaultError> {
     };
     DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
         .map_err(err)?;
     let meta = fs::metadata(dir).map_err(err)?;

@@ -63,7 +63,9 @@ fn open_creates_private_state() {
     let root = tempfile::tempdir().expect("tempdir");
     let state = root.path().join("a/b/state");
     let vault = Vault::open(&state).expect("open");
-    assert_eq!(mode(&state), 0o700);
+    // Traversable (agents reach the CA certificate below), never listable
+    // or writable by others.
+    assert_eq!(mode(&state), 0o711);
     assert_eq!(mode(&state.join("master.key")), 0o600);
     assert_eq!(
         fs::metadata(state.join("master.key")).expect("key").len(),

