@@ -1,0 +1,381 @@
+//! Operating Airlock: metrics that move, rate limits, the human approval
+//! queue with its webhook, and `airlock status`. Real daemon, real agents,
+//! a real HTTPS upstream on loopback.
+
+mod harness;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpListener,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use harness::{Daemon, DaemonOptions, describe, stdout, upstream::TlsUpstream};
+
+/// A webhook receiver on loopback: keeps each request body it gets.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook");
+    let port = listener.local_addr().expect("addr").port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    store.lock().expect("store").push(v);
+                }
+            }
+            let _ = reader.get_mut().write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, got)
+}
+
+fn setup(rules: &str, extra_config: &str) -> (Daemon, TlsUpstream) {
+    let dir = tempfile::tempdir().expect("dir").keep();
+    let up = TlsUpstream::start(&dir, &["api.example.test"]);
+    let policy = format!(
+        "agent: ops-bot\nrules:\n{}",
+        rules.replace("{PORT}", &up.port.to_string())
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("ops-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "resolve:\n  api.example.test: 127.0.0.1\nupstream_ca: [{}]\n{extra_config}",
+            up.ca_pem.display()
+        ),
+    });
+    (d, up)
+}
+
+/// One HTTPS GET from an agent; returns the status code curl saw.
+fn agent_get(d: &Daemon, url: &str) -> String {
+    let out = d.run_agent_dns(
+        "ops-bot",
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            url,
+        ],
+    );
+    stdout(&out)
+}
+
+fn counter(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_move_as_agents_make_allowed_and_denied_requests() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n    paths: [\"/hello\"]\n",
+        "",
+    );
+    let before = d.metrics();
+    let allowed =
+        "airlock_requests_total{agent=\"ops-bot\",decision=\"allow\",host=\"api.example.test\"}";
+    let denied =
+        "airlock_requests_total{agent=\"ops-bot\",decision=\"deny\",host=\"api.example.test\"}";
+    assert_eq!(counter(&before, allowed), 0.0);
+    let p = up.port;
+    assert_eq!(
+        agent_get(&d, &format!("https://api.example.test:{p}/hello")),
+        "200"
+    );
+    assert_eq!(
+        agent_get(&d, &format!("https://api.example.test:{p}/hello")),
+        "200"
+    );
+    assert_eq!(
+        agent_get(&d, &format!("https://api.example.test:{p}/secret")),
+        "403"
+    );
+    let after = d.metrics();
+    assert_eq!(counter(&after, allowed), 2.0, "{after}");
+    assert_eq!(counter(&after, denied), 1.0, "{after}");
+    assert!(
+        counter(&after, "airlock_bpf_redirects_total") >= 3.0,
+        "{after}"
+    );
+    assert!(
+        counter(&after, "airlock_connections_total{agent=\"ops-bot\"") >= 3.0,
+        "{after}"
+    );
+    assert!(
+        counter(&after, "airlock_request_duration_seconds_count") >= 2.0,
+        "{after}"
+    );
+    assert!(
+        counter(&after, "airlock_dns_queries_total{agent=\"ops-bot\"") >= 1.0,
+        "the agent's lookups went through Airlock's resolver: {after}"
+    );
+}
+
+#[test]
+fn the_sixth_request_inside_five_per_minute_gets_429() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n    rate_limit: 5/minute\n",
+        "",
+    );
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    // One agent process, six requests on fresh connections.
+    let py = format!(
+        "import requests\nfor i in range(6):\n    r = requests.get('{url}', timeout=10)\n    print(r.status_code, r.headers.get('retry-after'), r.json().get('reason') if r.status_code != 200 else '-')\n"
+    );
+    let out = d.run_agent_dns("ops-bot", &["/usr/bin/python3", "-c", &py]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines[..5], vec!["200 None -".to_string(); 5], "{lines:?}");
+    let last: Vec<&str> = lines[5].split(' ').collect();
+    assert_eq!(last[0], "429", "{lines:?}");
+    let retry: u64 = last[1].parse().expect("Retry-After seconds");
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    assert_eq!(last[2], "rate_limited");
+    assert_eq!(
+        up.seen().len(),
+        5,
+        "the limited request reached the upstream"
+    );
+    let rec = d.wait_audit("for the 429", |r| r["action"] == "rate_limited");
+    assert_eq!(rec["status"], 429);
+}
+
+/// Wait for one pending approval and return its id.
+fn pending_id(d: &Daemon, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = std::process::Command::new(harness::AIRLOCK)
+            .args(["approvals", "list", "--json", "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("approvals list");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let fresh = v["pending"].as_array().into_iter().flatten().find_map(|p| {
+            let id = p["id"].as_str()?.to_owned();
+            (!seen.contains(&id)).then(|| {
+                assert_eq!(p["agent"], "ops-bot", "{p}");
+                assert_eq!(p["method"], "POST", "{p}");
+                assert_eq!(p["host"], "api.example.test", "{p}");
+                assert_eq!(p["path"], "/hello", "{p}");
+                id
+            })
+        });
+        if let Some(id) = fresh {
+            seen.push(id.clone());
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending approval appeared: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn approvals_hold_requests_until_a_human_answers_or_the_timeout() {
+    let (hook_port, notices) = webhook_receiver();
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [POST]\n    approval: true\n  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        &format!(
+            "approval_timeout_secs: 2\napproval_webhook: http://127.0.0.1:{hook_port}/airlock\n"
+        ),
+    );
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    let post = || {
+        let d = &d;
+        let url = url.clone();
+        move || {
+            d.run_agent_dns(
+                "ops-bot",
+                &[
+                    "curl",
+                    "-sS",
+                    "-X",
+                    "POST",
+                    "-d",
+                    "x=1",
+                    "-w",
+                    " %{http_code}",
+                    "--max-time",
+                    "30",
+                    &url,
+                ],
+            )
+        }
+    };
+    let mut seen = Vec::new();
+    std::thread::scope(|s| {
+        // Approved: the request completes.
+        let held = s.spawn(post());
+        let id = pending_id(&d, &mut seen);
+        assert_eq!(up.seen().len(), 0, "a held request reached the upstream");
+        let ok = std::process::Command::new(harness::AIRLOCK)
+            .args(["approvals", "approve", &id, "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("approve");
+        assert!(ok.status.success(), "{}", describe(&ok));
+        let out = held.join().expect("approved request");
+        assert!(stdout(&out).ends_with(" 200"), "{}", describe(&out));
+        assert_eq!(up.seen().len(), 1);
+
+        // Denied: 403 with the reason.
+        let held = s.spawn(post());
+        let id = pending_id(&d, &mut seen);
+        let ok = std::process::Command::new(harness::AIRLOCK)
+            .args(["approvals", "deny", &id, "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("deny");
+        assert!(ok.status.success(), "{}", describe(&ok));
+        let out = held.join().expect("denied request");
+        let text = stdout(&out);
+        assert!(
+            text.contains("approval_denied") && text.ends_with(" 403"),
+            "{}",
+            describe(&out)
+        );
+
+        // Unanswered: refused after the timeout.
+        let held = s.spawn(post());
+        let _ = pending_id(&d, &mut seen);
+        let out = held.join().expect("timed out request");
+        let text = stdout(&out);
+        assert!(
+            text.contains("approval_timeout") && text.ends_with(" 403"),
+            "{}",
+            describe(&out)
+        );
+    });
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the approved request reached the upstream"
+    );
+    // An unknown id is an error that says so.
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["approvals", "approve", "nosuchid", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("approve unknown");
+    assert!(!out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = notices.lock().expect("notices").clone();
+        if got.len() >= 3 {
+            let ids: Vec<&str> = got.iter().filter_map(|n| n["id"].as_str()).collect();
+            for id in &seen {
+                assert!(
+                    ids.contains(&id.as_str()),
+                    "no webhook notice for {id}: {got:?}"
+                );
+            }
+            assert!(
+                got.iter()
+                    .all(|n| n["agent"] == "ops-bot" && n["event"] == "approval_requested")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhook notices: {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let approved = d.wait_audit("for the approved request", |r| r["action"] == "approve");
+    assert_eq!(approved["status"], 200);
+}
+
+#[test]
+fn status_reports_health_programs_agents_and_denials() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        "",
+    );
+    // Allowed by policy; the upstream itself answers 404.
+    assert_eq!(
+        agent_get(&d, &format!("https://api.example.test:{}/nope", up.port)),
+        "404"
+    );
+    assert_eq!(
+        agent_get(&d, &format!("https://api.example.test:{}/hello", up.port)),
+        "200"
+    );
+    let out = d.run_agent_dns(
+        "ops-bot",
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+            &format!("https://api.example.test:{}/x", up.port),
+        ],
+    );
+    assert_eq!(stdout(&out), "403");
+    let status = d.status().expect("status");
+    assert_eq!(status["healthy"], true, "{status}");
+    assert_eq!(status["attached_programs"], 9, "{status}");
+    let agents = status["agents"].as_array().expect("agents");
+    assert!(
+        agents
+            .iter()
+            .any(|a| a["agent"] == "ops-bot" && a["policy"].is_string()),
+        "{status}"
+    );
+    let denials = status["recent_denials"].as_array().expect("denials");
+    assert!(denials.iter().any(|r| r["method"] == "DELETE"), "{status}");
+    let human = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    let text = stdout(&human);
+    assert!(
+        text.contains("healthy") && text.contains("ops-bot") && text.contains("9 attached"),
+        "{text}"
+    );
+    // A daemon that is down: status says so, with the fix, and fails.
+    let mut d = d;
+    d.kill9();
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the Airlock daemon") && err.contains("airlock daemon"),
+        "{err}"
+    );
+}
