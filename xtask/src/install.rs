@@ -218,3 +218,114 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
+
+/// Install, prove the installed service works for a Node agent under the
+/// example policies, uninstall, and prove nothing is left behind. CI runs
+/// it after the tests. Traffic stays on loopback: the agent's resolver is
+/// pointed at 127.0.0.53 and its request goes to a listener of ours.
+pub fn install_check() -> anyhow::Result<()> {
+    install()?;
+    let result = check_installed();
+    let removed = uninstall(UninstallArgs { purge: true });
+    result?;
+    removed?;
+    check_removed()?;
+    println!("install-check: ok");
+    Ok(())
+}
+
+fn check_installed() -> anyhow::Result<()> {
+    let out = Command::new(BIN).args(["status", "--json"]).output()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("status JSON")?;
+    if status["healthy"] != true || status["attached_programs"] != 9 {
+        bail!("installed daemon is not healthy: {status}");
+    }
+    // A target the example policies do not name.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("airlock-install-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.53\n")?;
+    set_mode(&dir, 0o755)?;
+    set_mode(&resolv, 0o644)?;
+    let node = format!(
+        "fetch('http://127.0.0.1:{port}/').then(async r => console.log(r.status, JSON.stringify(await r.json())), e => console.log('error', e))"
+    );
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec \"$@\"",
+        resolv.display()
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            BIN,
+        ])
+        .args([
+            "run",
+            "--agent",
+            "package-fetcher",
+            "--user",
+            "nobody",
+            "--",
+            "node",
+            "-e",
+            &node,
+        ])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !(text.starts_with("403 ") && text.contains("\"agent\":\"package-fetcher\"")) {
+        bail!(
+            "a Node agent under the example policy was not answered by Airlock: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(listener);
+    say(
+        "installed service: healthy, 9 programs attached, Node agent captured and judged by the example policy",
+    );
+    Ok(())
+}
+
+fn check_removed() -> anyhow::Result<()> {
+    let mut left = Vec::new();
+    if Path::new("/sys/fs/bpf/airlock").exists() {
+        left.push("pinned programs in /sys/fs/bpf/airlock".to_string());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if let Some(mount) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(str::to_owned))?
+    }) {
+        let slice = Path::new(&mount).join("airlock.slice");
+        if slice.exists() {
+            left.push(format!("cgroup {}", slice.display()));
+        }
+    }
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with(BIN) && cmdline.contains(" daemon") {
+            left.push(format!(
+                "process {} ({cmdline})",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    if Path::new(BIN).exists() {
+        left.push(BIN.to_string());
+    }
+    if !left.is_empty() {
+        bail!("uninstall left things behind: {}", left.join(", "));
+    }
+    say("uninstalled: no pinned program, cgroup, process or binary left");
+    Ok(())
+}

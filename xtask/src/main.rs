@@ -29,6 +29,9 @@ enum Task {
     Install,
     /// Stop Airlock, detach its programs, remove its cgroup; keeps the vault.
     Uninstall(install::UninstallArgs),
+    /// Install, check the running service with a Node agent, uninstall, and
+    /// check nothing is left (CI runs this after the tests).
+    InstallCheck,
     /// Benchmarks; results are printed as Markdown rows for BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Internal: the connect() timing client that the benchmark runs inside
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test(&args),
         Task::Install => install::install(),
         Task::Uninstall(args) => install::uninstall(args),
+        Task::InstallCheck => install::install_check(),
         Task::Bench(args) => bench::run(args),
         Task::ConnectClient(args) => bench::connect_client(args),
     };
