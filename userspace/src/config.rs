@@ -62,6 +62,7 @@ struct RawConfig {
     approval_timeout_secs: Option<u64>,
     approval_webhook: Option<String>,
     rotate_grace_secs: Option<u64>,
+    agent_tls_resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +102,10 @@ pub struct Config {
     pub approval_webhook: Option<String>,
     /// How long `secret rotate` keeps the previous value valid.
     pub rotate_grace_secs: u64,
+    /// Agents may resume TLS sessions with Airlock (saves the leaf
+    /// signature on a reconnect). Benchmarks turn it off to measure full
+    /// handshakes.
+    pub agent_tls_resumption: bool,
 }
 
 impl Default for Config {
@@ -121,6 +126,7 @@ impl Default for Config {
             approval_timeout_secs: 300,
             approval_webhook: None,
             rotate_grace_secs: 3600,
+            agent_tls_resumption: true,
         }
     }
 }
@@ -184,6 +190,7 @@ impl Config {
         take!(bpf_pin_dir);
         take!(approval_timeout_secs);
         take!(rotate_grace_secs);
+        take!(agent_tls_resumption);
         cfg.approval_webhook = raw.approval_webhook;
         if cfg.proxy_port == 0 {
             problems.push("proxy_port: must be 1-65535".into());

@@ -43,6 +43,9 @@ pub(super) struct Minter {
     ca_der: CertificateDer<'static>,
     leaf_key: KeyPair,
     leaf_signing: Arc<dyn SigningKey>,
+    /// Off: every agent handshake is a full one (no tickets, no session
+    /// cache), which is what the handshake benchmark must measure.
+    resumption: bool,
     cache: Mutex<Cache>,
 }
 
@@ -90,12 +93,19 @@ impl Minter {
             ca_der,
             leaf_key,
             leaf_signing,
+            resumption: true,
             cache: Mutex::new(Cache::new(CACHE_CAPACITY)),
         };
         // Same key, yet the certificate could still be unusable (expired, a
         // different subject, not a CA): find out now, not on the first agent.
         minter.self_check(disk_roots).map_err(unusable)?;
         Ok(minter)
+    }
+
+    /// Set before the first `server_config`: cached configs keep the
+    /// setting they were built with.
+    pub(super) fn set_resumption(&mut self, on: bool) {
+        self.resumption = on;
     }
 
     fn self_check(&self, roots: RootCertStore) -> Result<(), rustls::Error> {
@@ -171,6 +181,10 @@ impl Minter {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = alpn.to_vec();
+        if !self.resumption {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         Ok(Arc::new(config))
     }
 

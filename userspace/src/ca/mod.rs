@@ -150,6 +150,12 @@ impl Ca {
         })
     }
 
+    /// Whether agents may resume TLS sessions with Airlock's leaves.
+    pub fn with_session_resumption(mut self, on: bool) -> Ca {
+        self.minter.set_resumption(on);
+        self
+    }
+
     /// The CA certificate agents must trust.
     pub fn cert_path(&self) -> &Path {
         &self.cert_path

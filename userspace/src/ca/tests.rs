@@ -498,3 +498,24 @@ fn mint_timing() {
     let hit = start.elapsed() / n;
     eprintln!("server_config: cache miss {miss:?} per mint, cache hit {hit:?}");
 }
+
+#[test]
+fn session_resumption_follows_the_setting() {
+    for on in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path())
+            .unwrap()
+            .with_session_resumption(on);
+        let client = client_trusting(&ca, &[]);
+        let server = ca.server_config("api.example.test", &[]).unwrap();
+        let first = handshake(client.clone(), server.clone(), "api.example.test").unwrap();
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let second = handshake(client, server, "api.example.test").unwrap();
+        let expected = if on {
+            rustls::HandshakeKind::Resumed
+        } else {
+            rustls::HandshakeKind::Full
+        };
+        assert_eq!(second.handshake_kind(), Some(expected), "resumption {on}");
+    }
+}

@@ -79,7 +79,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     // State the proxy needs before the first agent request: the CA (and
     // the trust bundle agents are pointed at) and the vault's master key.
-    let ca = Arc::new(Ca::load_or_create(&config.state_dir)?);
+    let ca = Arc::new(
+        Ca::load_or_create(&config.state_dir)?.with_session_resumption(config.agent_tls_resumption),
+    );
     ca.write_trust_bundle()?;
     let vault = Vault::open(&config.state_dir)?;
     let upstream_tls =

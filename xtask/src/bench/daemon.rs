@@ -1,0 +1,122 @@
+//! A daemon of the benchmark's own: temp dir, its own cgroup root, pins and
+//! ports, so a benchmark never touches an installed Airlock.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+pub struct BenchDaemon {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub proxy_port: u16,
+    airlock: PathBuf,
+    child: Child,
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+impl BenchDaemon {
+    /// `extra_config` is appended to the generated config (YAML lines).
+    pub fn start(airlock: &Path, policy: &str, extra_config: &str) -> anyhow::Result<BenchDaemon> {
+        let id = std::process::id();
+        let dir = std::env::temp_dir().join(format!("airlock-bench-{id}"));
+        std::fs::create_dir_all(dir.join("policies"))?;
+        std::fs::write(dir.join("policies/bench.yaml"), policy)?;
+        let config = dir.join("airlock.yaml");
+        let proxy_port = free_port()?;
+        std::fs::write(
+            &config,
+            format!(
+                "cgroup_root: airlock-bench-{id}.slice\npolicy_dir: {d}/policies\nstate_dir: {d}/state\nproxy_port: {proxy_port}\ndns_port: {}\nmetrics_addr: 127.0.0.1:{}\naudit_log: {d}/audit.jsonl\nadmin_socket: {d}/admin.sock\nbpf_pin_dir: /sys/fs/bpf/airlock-bench-{id}\n{extra_config}",
+                free_port()?,
+                free_port()?,
+                d = dir.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("daemon.log"))?;
+        let child = Command::new(airlock)
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the daemon")?;
+        let daemon = BenchDaemon {
+            dir,
+            config,
+            proxy_port,
+            airlock: airlock.to_path_buf(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.healthy() {
+            if Instant::now() > deadline {
+                bail!(
+                    "bench daemon not healthy; see {}",
+                    daemon.dir.join("daemon.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(daemon)
+    }
+
+    fn healthy(&self) -> bool {
+        Command::new(&self.airlock)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `program args...` as agent `bench`, in the agent's cgroup.
+    pub fn agent(&self, program: &Path) -> Command {
+        let mut c = Command::new(&self.airlock);
+        c.args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--agent", "bench", "--allow-root", "--"])
+            .arg(program);
+        c
+    }
+
+    /// The CA certificate agents trust.
+    pub fn ca_path(&self) -> anyhow::Result<PathBuf> {
+        let out = Command::new(&self.airlock)
+            .args(["ca", "path", "--config"])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!("airlock ca path: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new(&self.airlock)
+            .args(["detach", "--config"])
+            .arg(&self.config)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,402 @@
+//! `cargo xtask bench http`: oha against nginx over HTTPS, directly and as
+//! an agent through Airlock, in one run.
+//!
+//! Layout on a 2-core machine: oha and nginx share core 0, Airlock has core
+//! 1 ("the proxy on its own core"), except for the one-connection latency
+//! scenario, where Airlock joins core 0 ("sharing a core"). CPU is read from
+//! a cgroup per process; RSS is the daemon's VmHWM at the end.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::{
+    Binaries,
+    daemon::BenchDaemon,
+    meter::{Meter, peak_rss_kib},
+    origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
+};
+use crate::run as run_cmd;
+
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Rounds per scenario, alternating direct and Airlock; figures are
+    /// medians of rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Requests per keep-alive run at 32 connections; the other scenarios
+    /// scale from it.
+    #[arg(long, default_value_t = 30_000)]
+    requests: u32,
+    /// 1 MiB responses per run.
+    #[arg(long, default_value_t = 400)]
+    big: u32,
+}
+
+/// No single oha run may take longer than this.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Direct,
+    Airlock,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    count: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    proxy_cpu_us: u64,
+    origin_cpu_us: u64,
+}
+
+struct Scenario<'a> {
+    name: &'a str,
+    path: &'a str,
+    requests: u32,
+    connections: u32,
+    keepalive: bool,
+}
+
+struct Bench {
+    daemon: BenchDaemon,
+    origin: Origin,
+    proxy_meter: Meter,
+    origin_meter: Meter,
+    airlock_ca: PathBuf,
+    oha: PathBuf,
+    taskset: PathBuf,
+    load_cpu: u32,
+    proxy_cpu: u32,
+    out: PathBuf,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let home_cargo = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin"));
+    std::env::split_paths(&path)
+        .chain(home_cargo)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
+    let oha = on_path("oha").context("oha is not installed: cargo install oha --locked")?;
+    let taskset = on_path("taskset").context("taskset is not installed (util-linux)")?;
+    let (load_cpu, proxy_cpu) = if cpus() >= 2 { (0, 1) } else { (0, 0) };
+
+    let dir = std::env::temp_dir().join(format!("airlock-bench-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let origin = Origin::start(&dir, load_cpu)?;
+    let origin_meter = Meter::create("origin")?;
+    origin_meter.adopt(origin.pid())?;
+
+    let policy = format!(
+        "agent: bench\nrules:\n  - host: {HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n",
+        origin.port
+    );
+    let extra = format!(
+        "resolve:\n  {HOST}: 127.0.0.1\nupstream_ca: [{}]\nagent_tls_resumption: false\n",
+        origin.ca.display()
+    );
+    let daemon = BenchDaemon::start(&bins.airlock, &policy, &extra)?;
+    let proxy_meter = Meter::create("proxy")?;
+    proxy_meter.adopt(daemon.pid())?;
+    let airlock_ca = daemon.ca_path()?;
+    let bench = Bench {
+        daemon,
+        origin,
+        proxy_meter,
+        origin_meter,
+        airlock_ca,
+        oha,
+        taskset,
+        load_cpu,
+        proxy_cpu,
+        out: dir.join("oha.json"),
+    };
+    let result = bench.all(&args);
+    drop(bench);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+impl Bench {
+    fn all(&self, args: &HttpArgs) -> anyhow::Result<()> {
+        self.pin_proxy(self.proxy_cpu)?;
+        // Warm both paths: leaf minted, upstream pool filled, caches hot.
+        for via in [Via::Direct, Via::Airlock] {
+            self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
+        }
+
+        let ka32 = self.scenario("keep-alive", SMALL_PATH, args.requests, 32, true);
+        let ka1 = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
+        let fresh = self.scenario(
+            "new TLS connection per request",
+            SMALL_PATH,
+            args.requests / 6,
+            8,
+            false,
+        );
+        let big = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
+
+        let ka32_runs = self.rounds(&ka32, args.rounds)?;
+        self.pin_proxy(self.load_cpu)?;
+        let ka1_runs = self.rounds(&ka1, args.rounds);
+        self.pin_proxy(self.proxy_cpu)?;
+        let ka1_runs = ka1_runs?;
+        let fresh_runs = self.rounds(&fresh, args.rounds)?;
+        let big_runs = self.rounds(&big, args.rounds)?;
+        let rss_kib = peak_rss_kib(self.daemon.pid())?;
+
+        println!(
+            "\nHTTPS, oha {} -> nginx (1 worker, no session resumption); Airlock with agent TLS resumption off; {} rounds, medians",
+            oha_version(&self.oha),
+            args.rounds
+        );
+        println!(
+            "oha and nginx on CPU {}, Airlock on CPU {} (CPU {} for the 1-connection rows)\n",
+            self.load_cpu, self.proxy_cpu, self.load_cpu
+        );
+        println!("| scenario | metric | direct | through Airlock | Airlock / direct |");
+        println!("|---|---|---|---|---|");
+        let (d, a) = ka32_runs;
+        row(&ka32, "requests/s", d.rps, a.rps, "");
+        println!(
+            "| {} | proxy CPU per request | | {:.1} µs | |",
+            ka32.label(),
+            a.proxy_cpu_us as f64 / a.count as f64
+        );
+        latency_rows(&ka32, &d, &a);
+        let (d, a) = ka1_runs;
+        row(&ka1, "requests/s", d.rps, a.rps, "");
+        latency_rows(&ka1, &d, &a);
+        let (d, a) = fresh_runs;
+        row(&fresh, "connections/s", d.rps, a.rps, "");
+        let origin_per_conn = d.origin_cpu_us as f64 / d.count as f64;
+        let proxy_per_conn = a.proxy_cpu_us as f64 / a.count as f64;
+        println!(
+            "| {} | CPU per connection: origin (direct) vs Airlock | {:.0} µs | {:.0} µs | {:.2}x |",
+            fresh.label(),
+            origin_per_conn,
+            proxy_per_conn,
+            proxy_per_conn / origin_per_conn
+        );
+        let (d, a) = big_runs;
+        let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
+        row(&big, "MiB/s", d.rps * mib, a.rps * mib, "");
+        println!(
+            "| {} | proxy CPU per MiB | | {:.2} ms | |",
+            big.label(),
+            a.proxy_cpu_us as f64 / 1000.0 / (a.count as f64 * mib)
+        );
+        println!(
+            "| daemon | peak RSS (VmHWM) | | {:.1} MiB | |",
+            rss_kib as f64 / 1024.0
+        );
+        Ok(())
+    }
+
+    fn scenario<'a>(
+        &self,
+        name: &'a str,
+        path: &'a str,
+        requests: u32,
+        connections: u32,
+        keepalive: bool,
+    ) -> Scenario<'a> {
+        Scenario {
+            name,
+            path,
+            requests,
+            connections,
+            keepalive,
+        }
+    }
+
+    /// Moves every daemon thread to `cpu` (new threads inherit it).
+    fn pin_proxy(&self, cpu: u32) -> anyhow::Result<()> {
+        run_cmd(
+            Command::new(&self.taskset)
+                .args([
+                    "-a",
+                    "-p",
+                    "-c",
+                    &cpu.to_string(),
+                    &self.daemon.pid().to_string(),
+                ])
+                .stdout(Stdio::null()),
+        )
+    }
+
+    /// `rounds` alternating runs; the median of each figure per side.
+    fn rounds(&self, s: &Scenario, rounds: u32) -> anyhow::Result<(Run, Run)> {
+        let (mut direct, mut airlock) = (Vec::new(), Vec::new());
+        for _ in 0..rounds.max(1) {
+            direct.push(self.oha(Via::Direct, s)?);
+            airlock.push(self.oha(Via::Airlock, s)?);
+        }
+        Ok((median(&direct), median(&airlock)))
+    }
+
+    fn oha(&self, via: Via, s: &Scenario) -> anyhow::Result<Run> {
+        let port = self.origin.port;
+        let mut cmd = match via {
+            Via::Direct => Command::new(&self.taskset),
+            Via::Airlock => self.daemon.agent(&self.taskset),
+        };
+        cmd.args(["-c", &self.load_cpu.to_string()])
+            .arg(&self.oha)
+            .arg(format!("https://{HOST}:{port}{}", s.path))
+            .args(["--no-tui", "--output-format", "json", "-o"])
+            .arg(&self.out)
+            .args([
+                "-n",
+                &s.requests.to_string(),
+                "-c",
+                &s.connections.to_string(),
+            ])
+            .args(["--connect-to", &format!("{HOST}:{port}:127.0.0.1:{port}")])
+            .arg("--cacert")
+            .arg(match via {
+                Via::Direct => &self.origin.ca,
+                Via::Airlock => &self.airlock_ca,
+            });
+        if !s.keepalive {
+            cmd.arg("--disable-keepalive");
+        }
+        let (proxy0, origin0) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let _ = std::fs::remove_file(&self.out);
+        run_bounded(&mut cmd)?;
+        let (proxy1, origin1) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let text = std::fs::read_to_string(&self.out)
+            .with_context(|| format!("reading oha's report {}", self.out.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text).context("oha's JSON report")?;
+        let ok = report["statusCodeDistribution"]["200"]
+            .as_u64()
+            .unwrap_or(0);
+        let errors = &report["errorDistribution"];
+        if ok != u64::from(s.requests) || errors.as_object().is_some_and(|e| !e.is_empty()) {
+            bail!(
+                "{} {}: {ok}/{} answered 200; statuses {}, errors {errors}",
+                via.name(),
+                s.label(),
+                s.requests,
+                report["statusCodeDistribution"]
+            );
+        }
+        let secs = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        Ok(Run {
+            count: ok,
+            rps: secs(&report["summary"]["requestsPerSec"]),
+            p50_us: secs(&report["latencyPercentiles"]["p50"]) * 1e6,
+            p99_us: secs(&report["latencyPercentiles"]["p99"]) * 1e6,
+            proxy_cpu_us: proxy1 - proxy0,
+            origin_cpu_us: origin1 - origin0,
+        })
+    }
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Airlock => "through Airlock",
+        }
+    }
+}
+
+impl Scenario<'_> {
+    fn label(&self) -> String {
+        format!("{}, {} conn", self.name, self.connections)
+    }
+}
+
+fn run_bounded(cmd: &mut Command) -> anyhow::Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("{cmd:?} failed ({status}): {err}");
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} exceeded {}s", RUN_LIMIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn median(runs: &[Run]) -> Run {
+    let pick = |f: fn(&Run) -> f64| {
+        let mut xs: Vec<f64> = runs.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    // CPU figures are per-run totals: take the median run's per-item cost
+    // by scaling to the median count.
+    let count = pick(|r| r.count as f64) as u64;
+    let per = |f: fn(&Run) -> u64| {
+        let mut xs: Vec<f64> = runs.iter().map(|r| f(r) as f64 / r.count as f64).collect();
+        xs.sort_by(f64::total_cmp);
+        (xs[xs.len() / 2] * count as f64) as u64
+    };
+    Run {
+        count,
+        rps: pick(|r| r.rps),
+        p50_us: pick(|r| r.p50_us),
+        p99_us: pick(|r| r.p99_us),
+        proxy_cpu_us: per(|r| r.proxy_cpu_us),
+        origin_cpu_us: per(|r| r.origin_cpu_us),
+    }
+}
+
+fn row(s: &Scenario, metric: &str, direct: f64, airlock: f64, _note: &str) {
+    println!(
+        "| {} | {metric} | {direct:.0} | {airlock:.0} | {:.2}x |",
+        s.label(),
+        airlock / direct
+    );
+}
+
+fn latency_rows(s: &Scenario, d: &Run, a: &Run) {
+    for (name, dv, av) in [("p50", d.p50_us, a.p50_us), ("p99", d.p99_us, a.p99_us)] {
+        println!(
+            "| {} | {name} latency | {dv:.0} µs | {av:.0} µs | {:+.0} µs added |",
+            s.label(),
+            av - dv
+        );
+    }
+}
+
+fn oha_version(oha: &Path) -> String {
+    Command::new(oha)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,73 @@
+//! CPU and memory of one process, read from a cgroup of its own: cgroup v2
+//! `cpu.stat` counts every thread in microseconds, including threads that
+//! have already exited, which per-thread /proc counters would lose.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+pub struct Meter {
+    path: PathBuf,
+}
+
+/// The cgroup v2 mount, from /proc/self/mountinfo (never assumed).
+fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup2 filesystem in /proc/self/mountinfo")
+}
+
+impl Meter {
+    /// A leaf cgroup `airlock-bench-<pid>-meter/<name>`.
+    pub fn create(name: &str) -> anyhow::Result<Meter> {
+        let path = cgroup2_mount()?
+            .join(format!("airlock-bench-{}-meter", std::process::id()))
+            .join(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Meter { path })
+    }
+
+    /// Moves `pid` (all its threads) into this cgroup.
+    pub fn adopt(&self, pid: u32) -> anyhow::Result<()> {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", self.path.display()))
+    }
+
+    /// CPU time (user + system) of everything that ran in here, in µs.
+    pub fn cpu_usec(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(self.path.join("cpu.stat"))?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no usage_usec in {}/cpu.stat", self.path.display()))
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Succeeds once the adopted process has exited; the parent goes
+        // with its last child.
+        let _ = std::fs::remove_dir(&self.path);
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Peak resident set of `pid` (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))?;
+    match status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    {
+        Some(kib) => Ok(kib),
+        None => bail!("no VmHWM for pid {pid}"),
+    }
+}

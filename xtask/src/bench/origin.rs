@@ -1,0 +1,147 @@
+//! The origin the HTTP benchmark talks to: nginx on loopback, serving
+//! HTTPS with a CA of the benchmark's own, one worker, no TLS session
+//! resumption (every new connection is a full handshake).
+
+use std::{
+    net::{Ipv4Addr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+use super::daemon::free_port;
+
+pub const HOST: &str = "bench.test";
+pub const SMALL_PATH: &str = "/small";
+pub const BIG_PATH: &str = "/1m";
+pub const BIG_BYTES: usize = 1 << 20;
+
+pub struct Origin {
+    pub port: u16,
+    /// The CA the origin's certificate chains to.
+    pub ca: PathBuf,
+    child: Child,
+}
+
+/// CA and leaf for `HOST`, both ECDSA P-256 like Airlock's own leaves.
+fn write_pki(dir: &Path) -> anyhow::Result<()> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Airlock benchmark origin CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let leaf =
+        CertificateParams::new(vec![HOST.to_owned()])?.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    std::fs::write(dir.join("chain.pem"), leaf.pem() + &ca_cert.pem())?;
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem())?;
+    Ok(())
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp;
+    proxy_temp_path {d}/tmp;
+    fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp;
+    scgi_temp_path {d}/tmp;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    open_file_cache max=16;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {HOST};
+        ssl_certificate {d}/chain.pem;
+        ssl_certificate_key {d}/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location = {SMALL_PATH} {{
+            default_type text/plain;
+            return 200 "hello from the benchmark origin\n";
+        }}
+        location / {{
+            root {d}/www;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+impl Origin {
+    /// Starts nginx pinned to `cpu`.
+    pub fn start(dir: &Path, cpu: u32) -> anyhow::Result<Origin> {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            bail!("nginx is not installed: apt-get install nginx-light (the benchmark's origin)");
+        }
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        write_pki(dir)?;
+        let body: Vec<u8> = (0..BIG_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(dir.join("www").join(&BIG_PATH[1..]), body)?;
+        let port = free_port()?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir, port))?;
+        let child = Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "nginx", "-e"])
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let origin = Origin {
+            port,
+            ca: dir.join("ca.pem"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "nginx did not listen on 127.0.0.1:{port}; see {}",
+                    dir.join("error.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(origin)
+    }
+
+    /// taskset execs nginx: this is nginx's own pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
