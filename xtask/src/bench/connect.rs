@@ -84,6 +84,7 @@ pub fn connect(bins: &Binaries, count: u32, rounds: u32) -> anyhow::Result<()> {
         &bins.airlock,
         "agent: bench\nrules:\n  - host: bench.test\n",
         "",
+        None,
     )?;
     let direct = SocketAddr::from((Ipv4Addr::LOCALHOST, daemon.proxy_port));
     let dialled = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));

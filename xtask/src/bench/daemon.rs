@@ -26,7 +26,14 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 impl BenchDaemon {
     /// `extra_config` is appended to the generated config (YAML lines).
-    pub fn start(airlock: &Path, policy: &str, extra_config: &str) -> anyhow::Result<BenchDaemon> {
+    /// With `cpu`, the daemon starts pinned there, so its runtime sizes
+    /// itself to that one core rather than to the machine.
+    pub fn start(
+        airlock: &Path,
+        policy: &str,
+        extra_config: &str,
+        cpu: Option<u32>,
+    ) -> anyhow::Result<BenchDaemon> {
         let id = std::process::id();
         let dir = std::env::temp_dir().join(format!("airlock-bench-{id}"));
         std::fs::create_dir_all(dir.join("policies"))?;
@@ -43,7 +50,16 @@ impl BenchDaemon {
             ),
         )?;
         let log = std::fs::File::create(dir.join("daemon.log"))?;
-        let child = Command::new(airlock)
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(airlock);
+                c
+            }
+            None => Command::new(airlock),
+        };
+        // taskset execs the daemon: the child's pid is the daemon's.
+        let child = cmd
             .args(["daemon", "--config"])
             .arg(&config)
             .stdin(Stdio::null())

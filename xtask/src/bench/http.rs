@@ -110,7 +110,7 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
         "resolve:\n  {HOST}: 127.0.0.1\nupstream_ca: [{}]\nagent_tls_resumption: false\n",
         origin.ca.display()
     );
-    let daemon = BenchDaemon::start(&bins.airlock, &policy, &extra)?;
+    let daemon = BenchDaemon::start(&bins.airlock, &policy, &extra, Some(proxy_cpu))?;
     let proxy_meter = Meter::create("proxy")?;
     proxy_meter.adopt(daemon.pid())?;
     let airlock_ca = daemon.ca_path()?;
@@ -134,7 +134,6 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
 
 impl Bench {
     fn all(&self, args: &HttpArgs) -> anyhow::Result<()> {
-        self.pin_proxy(self.proxy_cpu)?;
         // Warm both paths: leaf minted, upstream pool filled, caches hot.
         for via in [Via::Direct, Via::Airlock] {
             self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
