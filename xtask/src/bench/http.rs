@@ -18,7 +18,7 @@ use clap::Args;
 use super::{
     Binaries,
     daemon::BenchDaemon,
-    meter::{Meter, peak_rss_kib},
+    meter::{Meter, status_kib},
     origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
 };
 use crate::run as run_cmd;
@@ -36,6 +36,22 @@ pub struct HttpArgs {
     /// 1 MiB responses per run.
     #[arg(long, default_value_t = 400)]
     big: u32,
+    /// Run only these scenarios (repeatable); all by default.
+    #[arg(long, value_enum)]
+    only: Vec<Kind>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Kind {
+    /// Keep-alive, small responses, 32 connections.
+    Ka32,
+    /// Keep-alive, small responses, 1 connection, Airlock sharing the
+    /// load generator's core.
+    Ka1,
+    /// A new full TLS handshake per request.
+    Fresh,
+    /// 1 MiB responses.
+    Big,
 }
 
 /// No single oha run may take longer than this.
@@ -138,29 +154,73 @@ impl Bench {
         for via in [Via::Direct, Via::Airlock] {
             self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
         }
-
-        let ka32 = self.scenario("keep-alive", SMALL_PATH, args.requests, 32, true);
-        let ka1 = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
-        let fresh = self.scenario(
-            "new TLS connection per request",
-            SMALL_PATH,
-            args.requests / 6,
-            8,
-            false,
-        );
-        let big = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
-
-        let ka32_runs = self.rounds(&ka32, args.rounds)?;
-        self.pin_proxy(self.load_cpu)?;
-        let ka1_runs = self.rounds(&ka1, args.rounds);
-        self.pin_proxy(self.proxy_cpu)?;
-        let ka1_runs = ka1_runs?;
-        let fresh_runs = self.rounds(&fresh, args.rounds)?;
-        let big_runs = self.rounds(&big, args.rounds)?;
-        let rss_kib = peak_rss_kib(self.daemon.pid())?;
+        let wanted = |k: Kind| args.only.is_empty() || args.only.contains(&k);
+        let mut rows = Vec::new();
+        if wanted(Kind::Ka32) {
+            let s = self.scenario("keep-alive", SMALL_PATH, args.requests, 32, true);
+            let (d, a) = self.rounds(&s, args.rounds)?;
+            rows.push(row(&s, "requests/s", d.rps, a.rps));
+            rows.push(format!(
+                "| {} | proxy CPU per request | | {:.1} µs | |",
+                s.label(),
+                per_item(a.proxy_cpu_us, a.count)
+            ));
+            rows.extend(latency_rows(&s, &d, &a));
+        }
+        if wanted(Kind::Ka1) {
+            let s = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
+            self.pin_proxy(self.load_cpu)?;
+            let runs = self.rounds(&s, args.rounds);
+            self.pin_proxy(self.proxy_cpu)?;
+            let (d, a) = runs?;
+            rows.push(row(&s, "requests/s", d.rps, a.rps));
+            rows.extend(latency_rows(&s, &d, &a));
+        }
+        if wanted(Kind::Fresh) {
+            let s = self.scenario(
+                "new TLS connection per request",
+                SMALL_PATH,
+                args.requests / 6,
+                8,
+                false,
+            );
+            let (d, a) = self.rounds(&s, args.rounds)?;
+            rows.push(row(&s, "connections/s", d.rps, a.rps));
+            let origin = per_item(d.origin_cpu_us, d.count);
+            let proxy = per_item(a.proxy_cpu_us, a.count);
+            rows.push(format!(
+                "| {} | CPU per connection: origin (direct) vs Airlock | {origin:.0} µs | {proxy:.0} µs | {:.2}x |",
+                s.label(),
+                proxy / origin
+            ));
+        }
+        if wanted(Kind::Big) {
+            let s = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
+            let (d, a) = self.rounds(&s, args.rounds)?;
+            let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
+            rows.push(row(&s, "MiB/s", d.rps * mib, a.rps * mib));
+            rows.push(format!(
+                "| {} | proxy CPU per MiB | | {:.2} ms | |",
+                s.label(),
+                per_item(a.proxy_cpu_us, a.count) / 1000.0 / mib
+            ));
+        }
+        // The peak is set at start-up, when aya parses the kernel's BTF
+        // (/sys/kernel/btf/vmlinux) to load the programs; the resident set
+        // after the load is what serving costs.
+        let pid = self.daemon.pid();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        rows.push(format!(
+            "| daemon | peak RSS (VmHWM, includes start-up) | | {:.1} MiB | |",
+            mib(status_kib(pid, "VmHWM")?)
+        ));
+        rows.push(format!(
+            "| daemon | RSS after the runs (VmRSS) | | {:.1} MiB | |",
+            mib(status_kib(pid, "VmRSS")?)
+        ));
 
         println!(
-            "\nHTTPS, oha {} -> nginx (1 worker, no session resumption); Airlock with agent TLS resumption off; {} rounds, medians",
+            "\nHTTPS, {} -> nginx (1 worker, no session resumption); Airlock with agent TLS resumption off; {} rounds, medians",
             oha_version(&self.oha),
             args.rounds
         );
@@ -170,40 +230,9 @@ impl Bench {
         );
         println!("| scenario | metric | direct | through Airlock | Airlock / direct |");
         println!("|---|---|---|---|---|");
-        let (d, a) = ka32_runs;
-        row(&ka32, "requests/s", d.rps, a.rps, "");
-        println!(
-            "| {} | proxy CPU per request | | {:.1} µs | |",
-            ka32.label(),
-            a.proxy_cpu_us as f64 / a.count as f64
-        );
-        latency_rows(&ka32, &d, &a);
-        let (d, a) = ka1_runs;
-        row(&ka1, "requests/s", d.rps, a.rps, "");
-        latency_rows(&ka1, &d, &a);
-        let (d, a) = fresh_runs;
-        row(&fresh, "connections/s", d.rps, a.rps, "");
-        let origin_per_conn = d.origin_cpu_us as f64 / d.count as f64;
-        let proxy_per_conn = a.proxy_cpu_us as f64 / a.count as f64;
-        println!(
-            "| {} | CPU per connection: origin (direct) vs Airlock | {:.0} µs | {:.0} µs | {:.2}x |",
-            fresh.label(),
-            origin_per_conn,
-            proxy_per_conn,
-            proxy_per_conn / origin_per_conn
-        );
-        let (d, a) = big_runs;
-        let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
-        row(&big, "MiB/s", d.rps * mib, a.rps * mib, "");
-        println!(
-            "| {} | proxy CPU per MiB | | {:.2} ms | |",
-            big.label(),
-            a.proxy_cpu_us as f64 / 1000.0 / (a.count as f64 * mib)
-        );
-        println!(
-            "| daemon | peak RSS (VmHWM) | | {:.1} MiB | |",
-            rss_kib as f64 / 1024.0
-        );
+        for r in rows {
+            println!("{r}");
+        }
         Ok(())
     }
 
@@ -374,22 +403,29 @@ fn median(runs: &[Run]) -> Run {
     }
 }
 
-fn row(s: &Scenario, metric: &str, direct: f64, airlock: f64, _note: &str) {
-    println!(
+fn per_item(total_us: u64, count: u64) -> f64 {
+    total_us as f64 / count.max(1) as f64
+}
+
+fn row(s: &Scenario, metric: &str, direct: f64, airlock: f64) -> String {
+    format!(
         "| {} | {metric} | {direct:.0} | {airlock:.0} | {:.2}x |",
         s.label(),
         airlock / direct
-    );
+    )
 }
 
-fn latency_rows(s: &Scenario, d: &Run, a: &Run) {
-    for (name, dv, av) in [("p50", d.p50_us, a.p50_us), ("p99", d.p99_us, a.p99_us)] {
-        println!(
-            "| {} | {name} latency | {dv:.0} µs | {av:.0} µs | {:+.0} µs added |",
-            s.label(),
-            av - dv
-        );
-    }
+fn latency_rows(s: &Scenario, d: &Run, a: &Run) -> Vec<String> {
+    [("p50", d.p50_us, a.p50_us), ("p99", d.p99_us, a.p99_us)]
+        .into_iter()
+        .map(|(name, dv, av)| {
+            format!(
+                "| {} | {name} latency | {dv:.0} µs | {av:.0} µs | {:+.0} µs added |",
+                s.label(),
+                av - dv
+            )
+        })
+        .collect()
 }
 
 fn oha_version(oha: &Path) -> String {

@@ -59,15 +59,15 @@ impl Drop for Meter {
     }
 }
 
-/// Peak resident set of `pid` (VmHWM), in KiB.
-pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/<pid>/status` memory figure (`VmHWM`, `VmRSS`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))?;
     match status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
     {
         Some(kib) => Ok(kib),
-        None => bail!("no VmHWM for pid {pid}"),
+        None => bail!("no {field} for pid {pid}"),
     }
 }
