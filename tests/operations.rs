@@ -185,6 +185,12 @@ fn pending_id(d: &Daemon, seen: &mut Vec<String>) -> String {
                 assert_eq!(p["method"], "POST", "{p}");
                 assert_eq!(p["host"], "api.example.test", "{p}");
                 assert_eq!(p["path"], "/hello", "{p}");
+                // The human sees what will be sent: SHA-256 of `x=1`.
+                assert_eq!(
+                    p["body_digest"],
+                    "1f206b11c23e28cc250ded7fc0098d3823a8467a54340f1ac4e535cb8544493f",
+                    "{p}"
+                );
                 id
             })
         });
@@ -247,6 +253,11 @@ fn approvals_hold_requests_until_a_human_answers_or_the_timeout() {
         let out = held.join().expect("approved request");
         assert!(stdout(&out).ends_with(" 200"), "{}", describe(&out));
         assert_eq!(up.seen().len(), 1);
+        assert_eq!(
+            up.seen()[0].header("content-length"),
+            Some("3"),
+            "the held body went upstream whole"
+        );
 
         // Denied: 403 with the reason.
         let held = s.spawn(post());

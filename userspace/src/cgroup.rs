@@ -206,11 +206,6 @@ fn walk(
     }
 }
 
-/// On cgroup v2 a cgroup's id is its directory's inode number.
-pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
-    Ok(std::fs::metadata(path)?.ino())
-}
-
 /// cgroup id -> agent, refreshed from the tree when an id is unknown.
 pub struct AgentIndex {
     tree: CgroupTree,
@@ -235,10 +230,6 @@ impl AgentIndex {
                 scanned: None,
             }),
         }
-    }
-
-    pub fn tree(&self) -> &CgroupTree {
-        &self.tree
     }
 
     /// The agent a cgroup id belongs to; None for ids outside the managed

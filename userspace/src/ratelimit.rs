@@ -194,15 +194,12 @@ impl RateLimiter {
     }
 
     /// Buckets currently held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         match self.buckets.lock() {
             Ok(table) => table.len,
             Err(poisoned) => poisoned.into_inner().len,
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

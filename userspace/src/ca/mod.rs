@@ -162,11 +162,13 @@ impl Ca {
     }
 
     /// Where [`Ca::write_trust_bundle`] writes the system roots plus this CA.
+    #[cfg(test)]
     pub fn bundle_path(&self) -> &Path {
         &self.bundle_path
     }
 
     /// The CA certificate, PEM encoded.
+    #[cfg(test)]
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

@@ -36,7 +36,18 @@ pub fn run(action: PolicyAction) -> anyhow::Result<ExitCode> {
             }
         };
         for p in &report.policies {
-            println!("ok: {} (agent {})", p.source.display(), p.agent);
+            let secrets: Vec<&str> = p.secrets().collect();
+            if secrets.is_empty() {
+                println!("ok: {} (agent {})", p.source.display(), p.agent);
+            } else {
+                // What `airlock secret set` must hold before the agent runs.
+                println!(
+                    "ok: {} (agent {}; secrets: {})",
+                    p.source.display(),
+                    p.agent,
+                    secrets.join(", ")
+                );
+            }
             ok += 1;
         }
         for e in &report.errors {

@@ -12,8 +12,7 @@ mod swap;
 #[cfg(test)]
 mod tests;
 
-pub use scrub::{ScrubBody, Scrubber};
-pub use swap::{
-    CredKind, Credential, CredentialSet, PLACEHOLDER_MAX_LEN, PLACEHOLDER_MIN_LEN, SwapError,
-    is_valid_placeholder,
-};
+pub use scrub::Scrubber;
+#[cfg(test)]
+use swap::is_valid_placeholder;
+pub use swap::{Credential, CredentialSet, SwapError};

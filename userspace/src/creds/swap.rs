@@ -57,19 +57,6 @@ pub struct Credential {
     pub name: String,
     pub placeholder: String,
     pub value: Secret,
-    pub kind: CredKind,
-}
-
-/// The static-swap kinds. Kinds whose real value Airlock derives itself
-/// (OAuth2 tokens, GitHub App tokens) reach this module as `Other` with the
-/// current value and are swapped the same textual way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredKind {
-    Bearer,
-    Header,
-    Basic,
-    Query,
-    Other,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -23,21 +23,20 @@ const SHORT_VALUE: &str = "REALdeployKEY-short";
 const LONG_PH: &str = "airlock-ph-deploy-admin";
 const LONG_VALUE: &str = "REALdeployKEY-admin";
 
-fn cred(name: &str, placeholder: &str, value: &str, kind: CredKind) -> Credential {
+fn cred(name: &str, placeholder: &str, value: &str) -> Credential {
     Credential {
         name: name.to_owned(),
         placeholder: placeholder.to_owned(),
         value: Secret::new(value.as_bytes().to_vec()),
-        kind,
     }
 }
 
 fn set() -> CredentialSet {
     CredentialSet::new(vec![
-        cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer),
-        cred("custom", CUSTOM_PH, CUSTOM_VALUE, CredKind::Header),
-        cred("deploy", SHORT_PH, SHORT_VALUE, CredKind::Basic),
-        cred("deploy-admin", LONG_PH, LONG_VALUE, CredKind::Query),
+        cred("github", GITHUB_PH, GITHUB_VALUE),
+        cred("custom", CUSTOM_PH, CUSTOM_VALUE),
+        cred("deploy", SHORT_PH, SHORT_VALUE),
+        cred("deploy-admin", LONG_PH, LONG_VALUE),
     ])
 }
 
@@ -244,7 +243,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
 
 #[test]
 fn query_value_with_reserved_characters_is_percent_encoded() {
-    let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%", CredKind::Query)]);
+    let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%")]);
     let mut p = parts(&format!("/x?key={CUSTOM_PH}&z=1"), &[]);
     set.swap(&mut p, &allow(&["odd"])).unwrap();
     assert_eq!(p.uri.query(), Some("key=a%26b%3Dc%20d%25&z=1"));
@@ -296,8 +295,8 @@ fn placeholders_in_finds_all_places() {
 #[test]
 fn invalid_header_after_swap_is_an_error_and_changes_nothing() {
     let set = CredentialSet::new(vec![
-        cred("bad", CUSTOM_PH, "line\r\nX-Injected: 1", CredKind::Header),
-        cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer),
+        cred("bad", CUSTOM_PH, "line\r\nX-Injected: 1"),
+        cred("github", GITHUB_PH, GITHUB_VALUE),
     ]);
     let mut p = parts(
         "https://example.com/",
@@ -316,7 +315,7 @@ fn errors_and_debug_never_show_secret_values() {
     let set = set();
     let secrets = [GITHUB_VALUE, CUSTOM_VALUE, SHORT_VALUE, LONG_VALUE];
     let mut shown = vec![format!("{set:?}"), format!("{:?}", set.scrub_pairs())];
-    let creds = vec![cred("github", GITHUB_PH, GITHUB_VALUE, CredKind::Bearer)];
+    let creds = vec![cred("github", GITHUB_PH, GITHUB_VALUE)];
     shown.push(format!("{creds:?}"));
     shown.push(format!("{:?}", Scrubber::new(set.scrub_pairs())));
 
@@ -324,12 +323,7 @@ fn errors_and_debug_never_show_secret_values() {
     let err = set.swap(&mut p, &allow(&["github"])).unwrap_err();
     shown.push(err.to_string());
     shown.push(format!("{err:?}"));
-    let bad = CredentialSet::new(vec![cred(
-        "bad",
-        CUSTOM_PH,
-        "sec\nret-VALUE",
-        CredKind::Header,
-    )]);
+    let bad = CredentialSet::new(vec![cred("bad", CUSTOM_PH, "sec\nret-VALUE")]);
     let err = bad.swap(&mut p, &allow(&["bad"])).unwrap_err();
     shown.push(err.to_string());
     shown.push(format!("{err:?}"));
@@ -374,7 +368,7 @@ fn placeholder_shape_is_checked() {
     assert!(!is_valid_placeholder(&"x".repeat(201)));
     assert!(is_valid_placeholder(&"x".repeat(200)));
     // An invalid placeholder is never matched, so it is never swapped.
-    let set = CredentialSet::new(vec![cred("s", "bad ph!", "v", CredKind::Other)]);
+    let set = CredentialSet::new(vec![cred("s", "bad ph!", "v")]);
     let p = parts("/", &[("x", "bad ph!")]);
     assert!(set.placeholders_in(&p).is_empty());
 }
@@ -382,8 +376,8 @@ fn placeholder_shape_is_checked() {
 #[test]
 fn duplicate_placeholder_belongs_to_the_first_credential() {
     let set = CredentialSet::new(vec![
-        cred("first", CUSTOM_PH, "one-VALUE", CredKind::Header),
-        cred("second", CUSTOM_PH, "two-VALUE", CredKind::Header),
+        cred("first", CUSTOM_PH, "one-VALUE"),
+        cred("second", CUSTOM_PH, "two-VALUE"),
     ]);
     let mut p = parts("/", &[("x", CUSTOM_PH)]);
     assert_eq!(set.placeholders_in(&p), vec!["first"]);

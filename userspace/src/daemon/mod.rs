@@ -12,7 +12,7 @@ use agent_common::{Settings, Stat};
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
-pub use admin::{AdminError, AdminRequest, request as admin_request};
+pub use admin::{AdminRequest, request as admin_request};
 
 use crate::{
     approvals::Approvals,
@@ -83,6 +83,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Ca::load_or_create(&config.state_dir)?.with_session_resumption(config.agent_tls_resumption),
     );
     ca.write_trust_bundle()?;
+    let ca_path = ca.cert_path().to_path_buf();
     let vault = Vault::open(&config.state_dir)?;
     let upstream_tls =
         upstream_tls::client_config(&config.upstream_ca, &[b"h2".to_vec(), b"http/1.1".to_vec()])?;
@@ -189,6 +190,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         proxy_port = config.proxy_port,
         dns_port = config.dns_port,
         cgroup = %tree.root.display(),
+        ca = %ca_path.display(),
         "airlock daemon ready"
     );
     notify::ready();

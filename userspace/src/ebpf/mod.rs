@@ -7,7 +7,7 @@ mod load;
 mod maps;
 mod query;
 
-pub use load::{AttachReport, Kernel, KernelError, ProgramState, detach_pinned};
+pub use load::{Kernel, KernelError, detach_pinned};
 pub use maps::{ConnTable, KernelConnTable, KernelStats};
 pub use query::attached_program_count;
 

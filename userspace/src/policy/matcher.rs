@@ -174,15 +174,11 @@ impl Policy {
     }
 
     /// Whether `rule`'s credentials name `secret`; false for an unknown rule.
+    #[cfg(test)]
     pub fn rule_allows_secret(&self, rule: RuleId, secret: &str) -> bool {
         self.rules
             .get(rule.0)
             .is_some_and(|rule| rule.credentials.iter().any(|name| name == secret))
-    }
-
-    /// The label of an allow rule, for audit records.
-    pub fn rule_label(&self, rule: RuleId) -> Option<&str> {
-        self.rules.get(rule.0).map(|rule| rule.label.as_str())
     }
 }
 

@@ -22,8 +22,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use error::{PolicyError, PolicyErrors};
-pub use matcher::{Allowed, Denied, DenyReason, HttpDecision, TcpMatch};
-pub use model::{EnvValue, Policy, RateLimit, RuleId};
+pub use matcher::HttpDecision;
+#[cfg(test)]
+use matcher::{Allowed, Denied, DenyReason, TcpMatch};
+pub use model::{EnvValue, Policy};
+#[cfg(test)]
+use model::{RateLimit, RuleId};
 pub use store::PolicyStore;
 
 use error::Problem;

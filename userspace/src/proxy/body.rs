@@ -23,10 +23,6 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-pub fn empty() -> ProxyBody {
-    full(Bytes::new())
-}
-
 pub fn boxed<B>(body: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,

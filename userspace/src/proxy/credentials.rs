@@ -10,8 +10,8 @@ use std::{
 use tracing::{error, info};
 
 use crate::{
-    creds::{CredKind, Credential, CredentialSet, Scrubber},
-    vault::{SecretKind, Vault},
+    creds::{Credential, CredentialSet, Scrubber},
+    vault::Vault,
 };
 
 pub struct Credentials {
@@ -84,7 +84,6 @@ impl Credentials {
                         name: entry.name.clone(),
                         placeholder: entry.placeholder.clone(),
                         value: entry.current.clone(),
-                        kind: kind_of(entry.kind),
                     });
                     // A previous value in its rotation grace may still be
                     // echoed by an upstream: scrub it too.
@@ -111,15 +110,5 @@ impl Credentials {
             s.scrubber = scrubber;
             s.mtime = mtime;
         }
-    }
-}
-
-fn kind_of(kind: SecretKind) -> CredKind {
-    match kind {
-        SecretKind::Bearer => CredKind::Bearer,
-        SecretKind::Header => CredKind::Header,
-        SecretKind::Basic => CredKind::Basic,
-        SecretKind::Query => CredKind::Query,
-        _ => CredKind::Other,
     }
 }

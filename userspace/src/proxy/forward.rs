@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tracing::warn;
 
@@ -30,6 +32,12 @@ use crate::{
 
 /// Streaming APIs (LLMs) may think for a while before the first byte.
 const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// A request held for approval is read whole first, so that the human is
+/// shown the digest of exactly the bytes that will be sent. Bigger bodies
+/// are refused rather than approved unseen.
+const APPROVAL_BODY_MAX: usize = 1 << 20;
+/// An agent that stops sending half-way must not pin an approval slot.
+const APPROVAL_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What is fixed for every request on one agent connection.
 pub struct ConnCtx {
@@ -179,14 +187,20 @@ impl Intercept {
                 })?;
         }
         let mut action = Action::Allow;
-        if allowed.approval {
+        let outgoing = if allowed.approval {
+            Outgoing::Held(read_for_approval(body, &allowed.rule_label).await?)
+        } else {
+            Outgoing::Streamed(body)
+        };
+        if let Outgoing::Held(held) = &outgoing {
+            let body_digest = Some(PendingRequest::digest_body(held));
             let pending = PendingRequest {
                 id: Approvals::new_id(),
                 agent: ctx.agent.to_string(),
                 method: method.to_owned(),
                 host: host.to_owned(),
                 path: path.to_owned(),
-                body_digest: None,
+                body_digest,
                 created_unix: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -255,9 +269,13 @@ impl Intercept {
             })?;
         parts.version = Version::HTTP_11;
         let bytes_out = Arc::new(AtomicU64::new(0));
+        let upstream_body = match outgoing {
+            Outgoing::Held(bytes) => boxed(Counted::new(Full::new(bytes), bytes_out.clone(), None)),
+            Outgoing::Streamed(body) => boxed(Counted::new(body, bytes_out.clone(), None)),
+        };
         let upstream_req = Request::from_parts(
             std::mem::replace(parts, Request::new(()).into_parts().0),
-            boxed(Counted::new(body, bytes_out.clone(), None)),
+            upstream_body,
         );
 
         let client = if upgrade {
@@ -316,6 +334,32 @@ impl Intercept {
             Some(Box::new(done)),
         ));
         Ok(Response::from_parts(rparts, body))
+    }
+}
+
+/// What goes upstream: the agent's body as it streams, or a body read
+/// whole before a human approved it.
+enum Outgoing {
+    Streamed(Incoming),
+    Held(Bytes),
+}
+
+/// The whole request body, bounded in size and time.
+async fn read_for_approval(body: Incoming, rule: &str) -> Result<Bytes, ProxyError> {
+    let refused = |reason| ProxyError::Denied {
+        reason,
+        rule: Some(rule.to_owned()),
+    };
+    let collected = tokio::time::timeout(
+        APPROVAL_BODY_TIMEOUT,
+        Limited::new(body, APPROVAL_BODY_MAX).collect(),
+    )
+    .await
+    .map_err(|_| refused("approval_body_timeout"))?;
+    match collected {
+        Ok(all) => Ok(all.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(refused("approval_body_too_large")),
+        Err(_) => Err(refused("request_body_error")),
     }
 }
 

@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use super::body::{ProxyBody, full};
-use crate::audit::Action;
+use crate::{audit::Action, ratelimit::RetryAfter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -114,7 +114,7 @@ impl ProxyError {
         );
         headers.insert("x-airlock-reason", HeaderValue::from_static(self.reason()));
         if let ProxyError::RateLimited { retry_after, .. } = self {
-            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let secs = RetryAfter(*retry_after).secs_ceil();
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 headers.insert(header::RETRY_AFTER, v);
             }

@@ -140,6 +140,7 @@ pub struct VaultContents {
 }
 
 impl VaultContents {
+    #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.records.get(name).map(|record| &record.entry)
     }
@@ -149,10 +150,12 @@ impl VaultContents {
         self.records.values().map(|record| &record.entry)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use entry::{Entry, SecretInfo, SecretKind, VaultContents};
-pub use validate::{NAME_MAX, PLACEHOLDER_MAX, PLACEHOLDER_MIN, VALUE_MAX};
+pub use validate::VALUE_MAX;
 
 use crate::secret::Secret;
 use entry::Record;
