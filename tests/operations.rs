@@ -365,6 +365,38 @@ fn status_reports_health_programs_agents_and_denials() {
     );
     let denials = status["recent_denials"].as_array().expect("denials");
     assert!(denials.iter().any(|r| r["method"] == "DELETE"), "{status}");
+    // Live connections: an SSE stream (open ~1.5 s) counts while it is
+    // open and no longer once it has ended.
+    let live = |d: &Daemon| {
+        d.status().expect("status")["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["agent"] == "ops-bot")
+            .and_then(|a| a["live_connections"].as_u64())
+            .expect("live_connections for ops-bot")
+    };
+    assert_eq!(live(&d), 0, "no agent connection is open yet");
+    std::thread::scope(|s| {
+        let sse = s.spawn(|| agent_get(&d, &format!("https://api.example.test:{}/sse", up.port)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live(&d) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the open SSE stream never showed in status"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(sse.join().expect("sse"), "200");
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live(&d) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a closed connection is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let human = std::process::Command::new(harness::AIRLOCK)
         .args(["status", "--config"])
         .arg(&d.config)

@@ -44,9 +44,10 @@ fn print_human(s: &serde_json::Value) {
         Some(agents) if !agents.is_empty() => {
             for a in agents {
                 println!(
-                    "  {:<20} cgroup {:<8} policy {}",
+                    "  {:<20} cgroup {:<8} live connections {:<4} policy {}",
                     a["agent"].as_str().unwrap_or("?"),
                     a["cgroup_id"],
+                    a["live_connections"],
                     a["policy"].as_str().unwrap_or("NONE (no egress)")
                 );
             }

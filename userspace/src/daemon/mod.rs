@@ -25,7 +25,7 @@ use crate::{
     metrics::{self, Metrics},
     policy::PolicyStore,
     proxy::{self, Proxy, listener},
-    proxy::{Credentials, Intercept},
+    proxy::{Credentials, Intercept, LiveConns},
     ratelimit::RateLimiter,
     upstream_tls,
     vault::Vault,
@@ -129,8 +129,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         audit: audit.clone(),
         resolver: resolver.clone(),
     });
+    let live = Arc::new(LiveConns::default());
     let proxy = Arc::new(Proxy {
         intercept,
+        live: live.clone(),
         conns,
         agents: agents.clone(),
         policies: policies.clone(),
@@ -172,6 +174,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         policies,
         audit,
         approvals,
+        live,
         listening: Listening {
             proxy: vec![
                 SocketAddr::from(([127, 0, 0, 1], config.proxy_port)),

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     approvals::Approvals, audit::Audit, cgroup::AgentIndex, config::Config, ebpf::Kernel,
-    policy::PolicyStore,
+    policy::PolicyStore, proxy::LiveConns,
 };
 
 pub struct StatusSource {
@@ -22,6 +22,7 @@ pub struct StatusSource {
     pub policies: Arc<PolicyStore>,
     pub audit: Audit,
     pub approvals: Arc<Approvals>,
+    pub live: Arc<LiveConns>,
     pub listening: Listening,
 }
 
@@ -31,6 +32,7 @@ impl StatusSource {
         let settings_ok = self.kernel.settings().is_some_and(|s| {
             s.proxy_port == self.config.proxy_port && s.dns_port == self.config.dns_port
         });
+        let live = self.live.snapshot();
         let agents: Vec<_> = self
             .agents
             .snapshot()
@@ -40,6 +42,7 @@ impl StatusSource {
                     "agent": &*name,
                     "cgroup_id": id,
                     "policy": self.policies.get(&name).map(|p| p.source.display().to_string()),
+                    "live_connections": live.get(&*name).copied().unwrap_or(0),
                 })
             })
             .collect();

@@ -36,6 +36,7 @@ pub struct Proxy {
     /// the proxy (the proxy and resolver it reaches anyway, by redirect).
     pub own_ports: Vec<u16>,
     pub intercept: Arc<super::Intercept>,
+    pub live: Arc<super::LiveConns>,
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -100,6 +101,7 @@ impl Proxy {
                 self.refuse(Some(&origin), Some(&agent), client, Refusal::AirlockPort);
                 return;
             }
+            let _live = self.live.enter(agent.clone());
             if origin.dst.0.port() == 53 {
                 self.metrics.connection(&agent, "dns");
                 let _ = self
