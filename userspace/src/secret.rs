@@ -50,7 +50,7 @@ impl fmt::Display for Secret {
 mod tests {
     use super::Secret;
 
-    const VALUE: &str = "sk-live-0123456789abcdef";
+    const VALUE: &str = "test-value-0123456789abcdef";
 
     #[test]
     fn debug_and_display_are_redacted() {

@@ -15,9 +15,9 @@ use super::*;
 use crate::secret::Secret;
 
 const GITHUB_PH: &str = "airlock-ph-github-token";
-const GITHUB_VALUE: &str = "ghp_REALgithub0123456789";
-const CUSTOM_PH: &str = "sk-airlock-xyz123";
-const CUSTOM_VALUE: &str = "sk-live-REALcustom9876";
+const GITHUB_VALUE: &str = "gh-test-REALvalue0123456789";
+const CUSTOM_PH: &str = "ph-airlock-xyz123";
+const CUSTOM_VALUE: &str = "test-live-REALcustom9876";
 const SHORT_PH: &str = "airlock-ph-deploy";
 const SHORT_VALUE: &str = "REALdeployKEY-short";
 const LONG_PH: &str = "airlock-ph-deploy-admin";
@@ -763,8 +763,8 @@ fn large_body_throughput() {
     let s = scrubber(&[
         (SECRET20, PH20),
         (
-            b"sk-live-REALcustom9876".as_slice(),
-            b"sk-airlock-xyz123".as_slice(),
+            b"test-live-REALcustom9876".as_slice(),
+            b"ph-airlock-xyz123".as_slice(),
         ),
     ]);
     // Text in which the secrets' first bytes are common, so the slow path runs.

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 
 use super::*;
 
-const VALUE: &str = "ghp_R3alT0kenValue0123456789";
-const OTHER: &str = "sk-live-AnotherRealValue9876";
+const VALUE: &str = "test-R3alT0kenValue0123456789";
+const OTHER: &str = "test-AnotherRealValue9876";
 
 fn secret(value: &str) -> Secret {
     Secret::new(value.as_bytes().to_vec())
@@ -106,7 +106,7 @@ fn round_trip_set_load_list() {
         .set(
             "alpha",
             SecretKind::Bearer,
-            Some("sk-airlock-placeholder"),
+            Some("ph-airlock-placeholder"),
             secret(VALUE),
         )
         .expect("set alpha");
@@ -118,7 +118,7 @@ fn round_trip_set_load_list() {
     assert_eq!(contents.len(), 2);
     let alpha = contents.get("alpha").expect("alpha");
     assert_eq!(alpha.current.expose(), VALUE.as_bytes());
-    assert_eq!(alpha.placeholder, "sk-airlock-placeholder");
+    assert_eq!(alpha.placeholder, "ph-airlock-placeholder");
     assert_eq!(alpha.kind, SecretKind::Bearer);
     assert!(alpha.previous.is_none());
     assert_eq!(
@@ -171,7 +171,7 @@ fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
         .set_at(
             "gh",
             SecretKind::Bearer,
-            Some("ghp_placeholder_x"),
+            Some("gh-placeholder_x"),
             secret(VALUE),
             1_000,
         )
@@ -184,7 +184,7 @@ fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
         .expect("replace");
     assert_eq!(info.version, 3);
     assert_eq!(info.kind, SecretKind::Header);
-    assert_eq!(info.placeholder, "ghp_placeholder_x");
+    assert_eq!(info.placeholder, "gh-placeholder_x");
     assert_eq!(info.previous_valid_until, None);
     assert_eq!(info.updated, 1_200);
 
@@ -685,7 +685,7 @@ fn invalid_and_duplicate_placeholders_are_rejected() {
         );
     }
     let max = "p".repeat(200);
-    for placeholder in ["12345678", "sk-Abc.def_ghi~jkl", &max] {
+    for placeholder in ["12345678", "ph-Abc.def_ghi~jkl", &max] {
         vault
             .set("gh", SecretKind::Bearer, Some(placeholder), secret(VALUE))
             .unwrap_or_else(|e| panic!("{placeholder:?} refused: {e}"));
