@@ -68,6 +68,11 @@ fn setup(rules: &str, extra_config: &str) -> (Daemon, TlsUpstream) {
 
 /// One HTTPS GET from an agent; returns the status code curl saw.
 fn agent_get(d: &Daemon, url: &str) -> String {
+    agent_request(d, "GET", url)
+}
+
+/// One HTTPS request from an agent; returns the status code curl saw.
+fn agent_request(d: &Daemon, method: &str, url: &str) -> String {
     let out = d.run_agent_dns(
         "ops-bot",
         &[
@@ -79,6 +84,8 @@ fn agent_get(d: &Daemon, url: &str) -> String {
             "%{http_code}",
             "--max-time",
             "20",
+            "-X",
+            method,
             url,
         ],
     );
@@ -338,21 +345,14 @@ fn status_reports_health_programs_agents_and_denials() {
         agent_get(&d, &format!("https://api.example.test:{}/hello", up.port)),
         "200"
     );
-    let out = d.run_agent_dns(
-        "ops-bot",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
+    assert_eq!(
+        agent_request(
+            &d,
             "DELETE",
-            &format!("https://api.example.test:{}/x", up.port),
-        ],
+            &format!("https://api.example.test:{}/x", up.port)
+        ),
+        "403"
     );
-    assert_eq!(stdout(&out), "403");
     let status = d.status().expect("status");
     assert_eq!(status["healthy"], true, "{status}");
     assert_eq!(status["attached_programs"], 9, "{status}");

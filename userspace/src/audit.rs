@@ -70,10 +70,17 @@ const RECENT_DENIALS: usize = 32;
 /// How long a record may wait for others to share its write.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// What the writer thread is sent.
+enum Msg {
+    Record(Box<AuditRecord>),
+    /// Write everything queued before this, then answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
 /// The audit sink: cheap to clone, never blocks the caller.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::UnboundedSender<AuditRecord>,
+    tx: mpsc::UnboundedSender<Msg>,
     recent: Arc<Mutex<VecDeque<AuditRecord>>>,
     next_id: Arc<AtomicU64>,
 }
@@ -137,9 +144,20 @@ impl Audit {
                 recent.push_back(record.clone());
             }
         }
-        // The writer only stops at shutdown; a record sent then is lost
-        // with the process either way.
-        let _ = self.tx.send(record);
+        // The writer runs as long as the process; at a clean stop the
+        // daemon flushes it (see `flush`).
+        let _ = self.tx.send(Msg::Record(Box::new(record)));
+    }
+
+    /// Waits until every record sent before this call is written, or
+    /// `timeout` passes (a stuck disk must not hang shutdown). Returns
+    /// whether the log is complete.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(done_tx)).is_err() {
+            return false;
+        }
+        done_rx.recv_timeout(timeout).is_ok()
     }
 
     pub fn recent_denials(&self) -> Vec<AuditRecord> {
@@ -150,24 +168,30 @@ impl Audit {
     }
 }
 
-fn write_loop(
-    mut file: std::fs::File,
-    path: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<AuditRecord>,
-) {
+fn write_loop(mut file: std::fs::File, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.blocking_recv() {
         buf.clear();
-        push_line(&mut buf, &first);
+        let mut flushed = Vec::new();
+        let mut take = |msg: Msg, buf: &mut Vec<u8>| match msg {
+            Msg::Record(record) => push_line(buf, &record),
+            Msg::Flush(done) => flushed.push(done),
+        };
+        take(first, &mut buf);
         // Drain what is queued so a burst costs one write, not one per record.
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(next) => push_line(&mut buf, &next),
+                Ok(next) => take(next, &mut buf),
                 Err(_) => break,
             }
         }
-        if let Err(err) = file.write_all(&buf) {
-            tracing::error!(path = %path.display(), error = %err, "audit log write failed");
+        if !buf.is_empty() {
+            if let Err(err) = file.write_all(&buf) {
+                tracing::error!(path = %path.display(), error = %err, "audit log write failed");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
         // Under load, let records gather: one wake-up and one write per
         // batch instead of a context switch per request. Idle, the next
@@ -210,6 +234,29 @@ fn format_rfc3339(secs: u64, millis: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_returns_once_everything_sent_before_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(&path).expect("start");
+        for round in 0..3 {
+            for i in 0..1000u16 {
+                audit.record(AuditRecord {
+                    host: "api.example.test".into(),
+                    port: i,
+                    ..AuditRecord::default()
+                });
+            }
+            assert!(
+                audit.flush(std::time::Duration::from_secs(10)),
+                "flush timed out"
+            );
+            // No polling: flush promises the lines are in the file now.
+            let text = std::fs::read_to_string(&path).expect("audit log");
+            assert_eq!(text.lines().count(), 1000 * (round + 1));
+        }
+    }
 
     #[test]
     fn timestamps_are_utc_rfc3339() {

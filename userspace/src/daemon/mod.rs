@@ -91,6 +91,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         upstream_tls::client_config(&config.upstream_ca, &[b"http/1.1".to_vec()])?;
 
     let audit = Audit::start(&config.audit_log)?;
+    let audit_at_stop = audit.clone();
     let metrics = Metrics::new()?;
     let agents = Arc::new(AgentIndex::new(tree.clone()));
     let policies = PolicyStore::load(&config.policy_dir, metrics.clone());
@@ -199,8 +200,17 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     notify::ready();
     wait_for_stop().await;
     info!("stopping; the pinned programs stay attached, so agents stay enforced (fail closed)");
+    if !audit_at_stop.flush(AUDIT_FLUSH_AT_STOP) {
+        error!(
+            path = %config.audit_log.display(),
+            "audit log not fully written at stop: records still queued are lost"
+        );
+    }
     Ok(())
 }
+
+/// How long a stopping daemon waits for the audit log to be written.
+const AUDIT_FLUSH_AT_STOP: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Listening {
