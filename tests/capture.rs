@@ -504,10 +504,6 @@ fn scopeguard(child: std::process::Child) -> Guard {
     Guard(child)
 }
 
-fn harness_py() -> &'static str {
-    PY
-}
-
 #[test]
 fn two_thousand_connections_are_each_attributed_to_their_agent_and_destination() {
     let servers: Vec<TagServer> = (0..4)

@@ -70,17 +70,51 @@ fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
     let node_https = format!(
         "require('https').get('{url}', {{headers: {{authorization: 'Bearer ' + process.env.API_TOKEN}}}}, r => {{ let b = ''; r.on('data', c => b += c); r.on('end', () => console.log(r.statusCode, b)) }}).on('error', e => {{ console.log('error', e); process.exit(1) }})"
     );
+    // An HTTP/2 client that names the host in a Host header rather than
+    // :authority (Node does so when given one), which an HTTP/2 upstream
+    // must not receive as Host.
+    let node_http2 = format!(
+        "const c = require('http2').connect('https://api.example.test:{port}'); c.on('error', e => {{ console.log('error', e); process.exit(1) }}); const r = c.request({{':path': '/echo', host: 'api.example.test:{port}', authorization: 'Bearer ' + process.env.API_TOKEN}}); let s = 0, b = ''; r.on('response', h => s = h[':status']); r.on('data', d => b += d); r.on('end', () => {{ console.log(s, b); c.close(); if (s !== 200) process.exit(1) }})",
+        port = up.port
+    );
     let python = format!(
         "import os, requests\nr = requests.get('{url}', headers={{'Authorization': 'Bearer ' + os.environ['API_TOKEN']}}, timeout=10)\nprint(r.status_code, r.text)\n"
     );
-    let runs: Vec<(&str, Vec<String>)> = vec![
-        ("curl http/1.1", vec!["sh".into(), "-c".into(), curl_h1]),
-        ("curl --http2", vec!["sh".into(), "-c".into(), curl_h2]),
-        ("node fetch", vec!["node".into(), "-e".into(), node_fetch]),
-        ("node https", vec!["node".into(), "-e".into(), node_https]),
-        ("python requests", vec![PY.into(), "-c".into(), python]),
+    // With the HTTP version the upstream must see: the agent's own (the
+    // upstream offers both).
+    let runs: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "curl http/1.1",
+            vec!["sh".into(), "-c".into(), curl_h1],
+            "HTTP/1.1",
+        ),
+        (
+            "curl --http2",
+            vec!["sh".into(), "-c".into(), curl_h2],
+            "HTTP/2.0",
+        ),
+        (
+            "node fetch",
+            vec!["node".into(), "-e".into(), node_fetch],
+            "HTTP/1.1",
+        ),
+        (
+            "node https",
+            vec!["node".into(), "-e".into(), node_https],
+            "HTTP/1.1",
+        ),
+        (
+            "node http2",
+            vec!["node".into(), "-e".into(), node_http2],
+            "HTTP/2.0",
+        ),
+        (
+            "python requests",
+            vec![PY.into(), "-c".into(), python],
+            "HTTP/1.1",
+        ),
     ];
-    for (name, cmd) in &runs {
+    for (name, cmd, version) in &runs {
         let before = up.seen().len();
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let out = d.run_agent_dns("web-bot", &args);
@@ -105,6 +139,7 @@ fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
             "{name}: the upstream did not receive the real secret\n{}",
             d.log_text()
         );
+        assert_eq!(last.version, *version, "{name}: HTTP version upstream");
     }
     // HTTP/2 toward the agent where it asked for it.
     let rec = d.wait_audit("for an https request", |r| {

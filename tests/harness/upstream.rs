@@ -147,6 +147,15 @@ async fn handle(
             .collect(),
     };
     seen.lock().expect("seen").push(record.clone());
+    if req.version() == hyper::Version::HTTP_2 && req.headers().contains_key(hyper::header::HOST) {
+        // As strict as nginx: over HTTP/2 the host travels as :authority,
+        // and a Host header as well is answered 400 ("client sent duplicate
+        // host header"). A proxy that forwards an HTTP/1.1 agent's Host
+        // over HTTP/2 fails here, as it would against such a server.
+        let mut r = Response::new(full("duplicate host header\n"));
+        *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),

@@ -121,7 +121,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     )?;
     let intercept = Arc::new(Intercept {
         ca,
-        client: proxy::upstream_client(resolver.clone(), upstream_tls),
+        client_h2: proxy::upstream_client(resolver.clone(), upstream_tls),
         client_h1: proxy::upstream_client(resolver.clone(), upstream_tls_h1),
         credentials: Arc::new(Credentials::new(vault)),
         limiter: Arc::new(RateLimiter::new()),

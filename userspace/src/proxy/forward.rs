@@ -246,6 +246,7 @@ impl Intercept {
         }
         record.credentials = injected.clone();
 
+        let agent_h2 = parts.version == Version::HTTP_2;
         let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
         let agent_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -253,6 +254,13 @@ impl Intercept {
             None
         };
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if agent_h2 {
+            // Toward an h2 upstream the host travels as :authority, from
+            // the URI below; a Host header as well makes servers such as
+            // nginx answer 400. If the upstream turns out to speak only
+            // HTTP/1.1, hyper writes Host from the URI.
+            parts.headers.remove(header::HOST);
+        }
         let authority = if host.contains(':') {
             format!("[{host}]:{}", ctx.port)
         } else {
@@ -278,10 +286,16 @@ impl Intercept {
             upstream_body,
         );
 
-        let client = if upgrade {
-            &self.client_h1
+        // The upstream leg speaks the agent's protocol. An HTTP/1.1 agent has
+        // one request in flight per connection, so its own pooled
+        // connection costs less per request than a stream on a shared h2
+        // connection (no hop through the h2 connection's task, no flow
+        // control windows on large bodies), and it is what the agent would
+        // have used without Airlock.
+        let client = if agent_h2 && !upgrade {
+            &self.client_h2
         } else {
-            &self.client
+            &self.client_h1
         };
         let resp = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, client.request(upstream_req))
             .await

@@ -33,8 +33,11 @@ const H1: &[u8] = b"http/1.1";
 /// Everything the HTTP layer shares across connections.
 pub struct Intercept {
     pub ca: Arc<Ca>,
-    pub client: UpstreamClient,
-    /// HTTP/1.1 only: an Upgrade (WebSocket) cannot ride an h2 connection.
+    /// Offers h2 first: for agents that speak HTTP/2, so that their
+    /// streams stay multiplexed on the way out.
+    pub client_h2: UpstreamClient,
+    /// HTTP/1.1 only: for agents that speak HTTP/1.1, and for upgrades
+    /// (WebSocket), which cannot ride an h2 connection.
     pub client_h1: UpstreamClient,
     pub credentials: Arc<super::credentials::Credentials>,
     pub limiter: Arc<RateLimiter>,
