@@ -295,6 +295,20 @@ for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendt
         before6,
         "an agent datagram arrived"
     );
+    // The kernel side says why: its log ring reaches the daemon's log
+    // (raw IPv4: family 2, SOCK_RAW 3).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d
+        .log_text()
+        .contains("airlock: refused socket family=2 type=3")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel's refusal never reached the daemon log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -73,6 +73,22 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Internal: the daemon's eBPF loader. Loads and attaches the programs,
+    /// prints the outcome as JSON and exits.
+    #[command(name = "kernel-attach", hide = true)]
+    KernelAttach(KernelAttachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelAttachArgs {
+    #[arg(long)]
+    pub cgroup_root: PathBuf,
+    #[arg(long)]
+    pub pin_dir: PathBuf,
+    #[arg(long)]
+    pub proxy_port: u16,
+    #[arg(long)]
+    pub dns_port: u16,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod approvals;
 mod ca;
 mod daemon;
 mod detach;
+mod kernel_attach;
 mod policy;
 mod run;
 mod secret;
@@ -26,6 +27,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca { config, action } => ca::run(&config, action),
         Command::Approvals { config, action } => approvals::run(&config, action),
         Command::Detach { config } => detach::run(&config),
+        Command::KernelAttach(args) => kernel_attach::run(&args),
     }
 }
 

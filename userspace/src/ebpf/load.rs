@@ -1,19 +1,24 @@
-//! Attach the programs to the managed cgroup root, or re-open the links a
-//! previous daemon pinned. Links are pinned so that enforcement outlives the
-//! daemon: while it is down, redirected connects find no listener and fail
-//! (closed), and a restarted daemon picks the links up again instead of
-//! stacking a second copy of every hook.
+//! Load the embedded object and attach its programs to the managed cgroup
+//! root, or re-open the links a previous run pinned. Links are pinned so
+//! that enforcement outlives the daemon: while it is down, redirected
+//! connects find no listener and fail (closed), and a restarted daemon
+//! picks the links up again instead of stacking a second copy of every
+//! hook.
+//!
+//! This runs in `airlock kernel-attach`, a short-lived child of the daemon
+//! (see `kernel.rs`): aya's loader reads and parses the kernel's whole BTF
+//! (megabytes), and that memory should not stay with the long-running
+//! daemon.
 
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use agent_common::{Settings, maps as map_names, programs as prog};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
@@ -21,7 +26,7 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use super::{KernelConnTable, KernelStats, OBJECT, bpffs};
+use super::{OBJECT, bpffs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -79,6 +84,24 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("cannot start the eBPF loader `{exe} kernel-attach`: {source}")]
+    LoaderSpawn {
+        exe: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The loader's own error, as it printed it.
+    #[error("{0}")]
+    LoaderFailed(String),
+    #[error("the eBPF loader exited ({status}) without a report; its log is above")]
+    LoaderNoReport { status: std::process::ExitStatus },
+    #[error("eBPF map {name}: cannot open its pin {path}: {source}")]
+    MapPin {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("cannot remove pin {path}: {source}")]
     Unpin {
         path: PathBuf,
@@ -115,111 +138,82 @@ const PROGRAMS: [(&str, Hook); 9] = [
 ];
 
 /// Whether each program was attached now or re-opened from its pin.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ProgramState {
-    pub name: &'static str,
+    pub name: String,
     pub reused: bool,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AttachReport {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub programs: Vec<ProgramState>,
 }
 
-/// The loaded kernel side: the maps the daemon reads and writes, and the
-/// links, which stay pinned when this value is dropped.
-pub struct Kernel {
-    pub report: AttachReport,
-    pub conns: Arc<KernelConnTable>,
-    pub stats: KernelStats,
-    settings: Array<MapData, Settings>,
+/// Where the object's maps are pinned: by name, under the pin directory.
+pub(super) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(name)
 }
 
-impl Kernel {
-    /// Load the object (re-using pinned maps), publish `settings`, and make
-    /// sure every program is attached to `cgroup_root` exactly once.
-    pub fn open(
-        cgroup_root: &Path,
-        pin_dir: &Path,
-        settings: Settings,
-    ) -> Result<Kernel, KernelError> {
-        bpffs::ensure_mounted()?;
-        let pin_dir = pin_dir.to_path_buf();
-        std::fs::create_dir_all(&pin_dir).map_err(|source| KernelError::PinDir {
-            path: pin_dir.clone(),
+/// The program that writes the kernel log (refused sockets): the log ring
+/// is found among its maps.
+pub(super) const LOG_PROGRAM: &str = prog::SOCK_CREATE;
+
+/// Load the object (re-using pinned maps), publish `settings`, and make
+/// sure every program is attached to `cgroup_root` exactly once.
+pub fn attach(
+    cgroup_root: &Path,
+    pin_dir: &Path,
+    settings: Settings,
+) -> Result<AttachReport, KernelError> {
+    bpffs::ensure_mounted()?;
+    let pin_dir = pin_dir.to_path_buf();
+    std::fs::create_dir_all(&pin_dir).map_err(|source| KernelError::PinDir {
+        path: pin_dir.clone(),
+        source,
+    })?;
+    let log_pin = map_pin(&pin_dir, "AYA_LOGS");
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&pin_dir)
+        .map_pin_path("AYA_LOGS", log_pin.as_path())
+        .load(OBJECT)
+        .map_err(KernelError::Load)?;
+
+    // Settings before attaching: a hook that runs with all-zero settings
+    // denies, so the order only matters for availability, never safety.
+    let mut settings_map: Array<MapData, Settings> = take_map(&mut ebpf, map_names::SETTINGS)?;
+    settings_map
+        .set(0, settings, 0)
+        .map_err(|source| KernelError::Map {
+            name: map_names::SETTINGS,
             source,
         })?;
-        let log_pin = pin_dir.join("AYA_LOGS");
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .map_pin_path("AYA_LOGS", log_pin.as_path())
-            .load(OBJECT)
-            .map_err(KernelError::Load)?;
 
-        // Settings before attaching: a hook that runs with all-zero settings
-        // denies, so the order only matters for availability, never safety.
-        let mut settings_map: Array<MapData, Settings> = take_map(&mut ebpf, map_names::SETTINGS)?;
-        settings_map
-            .set(0, settings, 0)
-            .map_err(|source| KernelError::Map {
-                name: map_names::SETTINGS,
-                source,
-            })?;
-
-        let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
-            path: cgroup_root.to_path_buf(),
-            source,
-        })?;
-        let mut programs = Vec::with_capacity(PROGRAMS.len());
-        for (name, hook) in PROGRAMS {
-            let reused = attach_or_reopen(&mut ebpf, &cgroup, &pin_dir, name, hook)?;
-            programs.push(ProgramState { name, reused });
-        }
-        let reused = programs.iter().filter(|p| p.reused).count();
-        info!(
-            cgroup = %cgroup_root.display(),
-            attached = programs.len() - reused,
-            reopened = reused,
-            "eBPF programs in place"
-        );
-
-        start_kernel_log(&mut ebpf);
-        let conns = Arc::new(KernelConnTable::new(
-            take_raw(&mut ebpf, map_names::ORIG_BY_CLIENT)?,
-            take_raw(&mut ebpf, map_names::DNS_CLIENTS)?,
-        ));
-        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, map_names::STATS)?;
-        Ok(Kernel {
-            report: AttachReport {
-                pin_dir,
-                cgroup: cgroup_root.to_path_buf(),
-                programs,
-            },
-            conns,
-            stats: KernelStats::new(stats),
-            settings: settings_map,
-        })
+    let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+        path: cgroup_root.to_path_buf(),
+        source,
+    })?;
+    let mut programs = Vec::with_capacity(PROGRAMS.len());
+    for (name, hook) in PROGRAMS {
+        let reused = attach_or_reopen(&mut ebpf, &cgroup, &pin_dir, name, hook)?;
+        programs.push(ProgramState {
+            name: name.to_owned(),
+            reused,
+        });
     }
-
-    /// The settings the hooks currently use.
-    pub fn settings(&self) -> Option<Settings> {
-        self.settings.get(&0, 0).ok()
-    }
-}
-
-fn take_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, KernelError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(KernelError::Missing { kind: "map", name })?;
-    match map {
-        aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => Ok(data),
-        _ => Err(KernelError::Missing {
-            kind: "hash map",
-            name,
-        }),
-    }
+    let reused = programs.iter().filter(|p| p.reused).count();
+    info!(
+        cgroup = %cgroup_root.display(),
+        attached = programs.len() - reused,
+        reopened = reused,
+        "eBPF programs in place"
+    );
+    Ok(AttachReport {
+        pin_dir,
+        cgroup: cgroup_root.to_path_buf(),
+        programs,
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -232,7 +226,7 @@ where
     T::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
-fn link_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+pub(super) fn link_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(format!("link_{name}"))
 }
 
@@ -305,43 +299,6 @@ where
     FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
 {
     FdLink::try_from(link).map_err(|source| KernelError::Link { name, source })
-}
-
-/// Forward the kernel side's log records (refused sockets) into tracing.
-/// The log ring is pinned too, so a restarted daemon reads what programs
-/// attached by its predecessor write.
-fn start_kernel_log(ebpf: &mut Ebpf) {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
-        Err(err) => {
-            warn!(error = %err, "kernel log unavailable");
-            return;
-        }
-    };
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    handle.spawn(async move {
-        // SAFETY: the logger owns the ring buffer's fd and is moved into
-        // the AsyncFd, so the fd stays open for as long as it is registered.
-        let registered = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-        };
-        let mut fd = match registered {
-            Ok(fd) => fd,
-            Err(err) => {
-                warn!(error = %err, "kernel log unavailable");
-                return;
-            }
-        };
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 /// Detach every pinned program and remove the pins (used by uninstall).

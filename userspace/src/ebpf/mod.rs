@@ -1,13 +1,16 @@
-//! The only modules that touch aya: load the embedded object, attach it to
-//! the managed cgroup root or re-open the pinned links of a previous run,
-//! and read the maps the kernel side fills.
+//! The only modules that touch aya: load the embedded object and attach it
+//! to the managed cgroup root, or re-open the pinned links of a previous
+//! run (`load`, in a short-lived child), open the pinned maps for the
+//! daemon (`kernel`), and read the maps the kernel side fills (`maps`).
 
 mod bpffs;
+mod kernel;
 mod load;
 mod maps;
 mod query;
 
-pub use load::{Kernel, KernelError, detach_pinned};
+pub use kernel::{Kernel, LoaderOutcome};
+pub use load::{KernelError, attach, detach_pinned};
 pub use maps::{ConnTable, KernelConnTable, KernelStats};
 pub use query::attached_program_count;
 

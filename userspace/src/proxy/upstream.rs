@@ -29,6 +29,7 @@ use tokio::{
 use crate::dns::Resolver;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const UPSTREAM_READ_BUFFER_MAX: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<Connector, super::body::ProxyBody>;
 
@@ -36,6 +37,11 @@ pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> Upstre
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
+        // hyper grows its read buffer to 400 KiB per connection on large
+        // bodies; capped at 64 KiB, 1 MiB bodies move as fast and the
+        // daemon's peak RSS stays lower (BENCHMARKS.md). It also bounds an
+        // upstream's response head.
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER_MAX)
         // Agents' own Host header was checked against the SNI; keep it.
         .set_host(true)
         .build(Connector { resolver, tls })

@@ -1,0 +1,224 @@
+//! The daemon's handle on the kernel side. Loading and attaching run in a
+//! child, `airlock kernel-attach` (see `load.rs`), which pins everything
+//! and exits; the daemon then opens the pinned maps it reads and writes.
+//! The loader's parse of the kernel's BTF (megabytes) is thereby freed
+//! with the child instead of setting the daemon's peak memory for good.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use agent_common::{Settings, maps as map_names};
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::links::{FdLink, PinnedLink},
+};
+use tracing::warn;
+
+use super::{
+    KernelConnTable, KernelStats,
+    load::{AttachReport, KernelError, LOG_PROGRAM, link_pin_path, map_pin},
+};
+
+/// The loader is this very binary, whatever its path is now.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// What the loader prints on standard output, one JSON document.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub enum LoaderOutcome {
+    Attached(AttachReport),
+    Failed(String),
+}
+
+/// The loaded kernel side: the maps the daemon reads and writes, and the
+/// links, which stay pinned when this value is dropped.
+pub struct Kernel {
+    pub report: AttachReport,
+    pub conns: Arc<KernelConnTable>,
+    pub stats: KernelStats,
+    settings: Array<MapData, Settings>,
+}
+
+impl Kernel {
+    /// Have the loader publish `settings` and attach every program to
+    /// `cgroup_root` exactly once, then open the pinned maps.
+    pub fn open(
+        cgroup_root: &Path,
+        pin_dir: &Path,
+        settings: Settings,
+    ) -> Result<Kernel, KernelError> {
+        let report = run_loader(cgroup_root, pin_dir, settings)?;
+        let settings: Array<MapData, Settings> =
+            Array::try_from(Map::Array(open_pin(pin_dir, map_names::SETTINGS)?)).map_err(
+                |source| KernelError::Map {
+                    name: map_names::SETTINGS,
+                    source,
+                },
+            )?;
+        let stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(open_pin(pin_dir, map_names::STATS)?)).map_err(
+                |source| KernelError::Map {
+                    name: map_names::STATS,
+                    source,
+                },
+            )?;
+        let conns = Arc::new(KernelConnTable::new(
+            open_pin(pin_dir, map_names::ORIG_BY_CLIENT)?,
+            open_pin(pin_dir, map_names::DNS_CLIENTS)?,
+        ));
+        start_kernel_log(pin_dir);
+        Ok(Kernel {
+            report,
+            conns,
+            stats: KernelStats::new(stats),
+            settings,
+        })
+    }
+
+    /// The settings the hooks currently use.
+    pub fn settings(&self) -> Option<Settings> {
+        self.settings.get(&0, 0).ok()
+    }
+}
+
+/// The loader's command line (after the program name): `cli::Command::KernelAttach`.
+fn loader_args(cgroup_root: &Path, pin_dir: &Path, settings: Settings) -> Vec<OsString> {
+    vec![
+        "kernel-attach".into(),
+        "--cgroup-root".into(),
+        cgroup_root.into(),
+        "--pin-dir".into(),
+        pin_dir.into(),
+        "--proxy-port".into(),
+        settings.proxy_port.to_string().into(),
+        "--dns-port".into(),
+        settings.dns_port.to_string().into(),
+    ]
+}
+
+fn run_loader(
+    cgroup_root: &Path,
+    pin_dir: &Path,
+    settings: Settings,
+) -> Result<AttachReport, KernelError> {
+    // Its log lines (stderr) go where the daemon's go.
+    let output = Command::new(SELF_EXE)
+        .args(loader_args(cgroup_root, pin_dir, settings))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| KernelError::LoaderSpawn {
+            exe: std::env::current_exe()
+                .map_or_else(|_| SELF_EXE.to_owned(), |p| p.display().to_string()),
+            source,
+        })?;
+    match serde_json::from_slice::<LoaderOutcome>(&output.stdout) {
+        Ok(LoaderOutcome::Attached(report)) if output.status.success() => Ok(report),
+        Ok(LoaderOutcome::Failed(message)) => Err(KernelError::LoaderFailed(message)),
+        _ => Err(KernelError::LoaderNoReport {
+            status: output.status,
+        }),
+    }
+}
+
+fn open_pin(pin_dir: &Path, name: &'static str) -> Result<MapData, KernelError> {
+    let path: PathBuf = map_pin(pin_dir, name);
+    MapData::from_pin(&path).map_err(|source| KernelError::MapPin { name, path, source })
+}
+
+/// Forward the kernel side's log records (refused sockets) into tracing.
+/// The log ring is pinned, and found through the program that writes it,
+/// so a restarted daemon reads what programs attached by its predecessor
+/// write.
+fn start_kernel_log(pin_dir: &Path) {
+    let program_id = PinnedLink::from_pin(link_pin_path(pin_dir, LOG_PROGRAM))
+        .map_err(|err| err.to_string())
+        .and_then(|pinned| {
+            // Dropping the FdLink closes our fd; the pin keeps the link.
+            FdLink::from(pinned)
+                .info()
+                .map(|info| info.program_id())
+                .map_err(|err| err.to_string())
+        });
+    let logger = match program_id
+        .and_then(|id| aya_log::EbpfLogger::init_from_id(id).map_err(|err| err.to_string()))
+    {
+        Ok(logger) => logger,
+        Err(error) => {
+            warn!(%error, "kernel log unavailable");
+            return;
+        }
+    };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        // SAFETY: the logger owns the ring buffer's fd and is moved into
+        // the AsyncFd, so the fd stays open for as long as it is registered.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        let mut fd = match registered {
+            Ok(fd) => fd,
+            Err(err) => {
+                warn!(error = %err, "kernel log unavailable");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command as Cmd};
+
+    #[test]
+    fn the_loader_command_line_parses_back_to_the_same_settings() {
+        let settings = Settings {
+            proxy_port: 15001,
+            dns_port: 15053,
+            _pad: 0,
+        };
+        let args = loader_args(
+            Path::new("/sys/fs/cgroup/airlock.slice"),
+            Path::new("/sys/fs/bpf/airlock"),
+            settings,
+        );
+        let cli = Cli::try_parse_from(std::iter::once(OsString::from("airlock")).chain(args))
+            .expect("the daemon's loader command line must parse");
+        let Cmd::KernelAttach(parsed) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(
+            parsed.cgroup_root,
+            Path::new("/sys/fs/cgroup/airlock.slice")
+        );
+        assert_eq!(parsed.pin_dir, Path::new("/sys/fs/bpf/airlock"));
+        assert_eq!((parsed.proxy_port, parsed.dns_port), (15001, 15053));
+    }
+
+    #[test]
+    fn the_loader_outcome_round_trips_and_carries_errors_verbatim() {
+        let failed =
+            LoaderOutcome::Failed("the BPF filesystem at /sys/fs/bpf is not usable".into());
+        let text = serde_json::to_string(&failed).unwrap();
+        match serde_json::from_str::<LoaderOutcome>(&text).unwrap() {
+            LoaderOutcome::Failed(m) => assert!(m.contains("/sys/fs/bpf"), "{m}"),
+            LoaderOutcome::Attached(_) => panic!("wrong variant"),
+        }
+    }
+}
