@@ -2,7 +2,6 @@
 //! changes (`airlock secret set/rotate/rm` take effect without a restart).
 
 use std::{
-    path::PathBuf,
     sync::{Arc, RwLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -39,12 +38,8 @@ impl Credentials {
         this
     }
 
-    fn vault_path(&self) -> PathBuf {
-        self.vault.path().to_path_buf()
-    }
-
     fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(self.vault_path())
+        std::fs::metadata(self.vault.path())
             .and_then(|m| m.modified())
             .ok()
     }
