@@ -6,9 +6,11 @@
 
 use std::{
     ffi::OsString,
+    io::Read as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use agent_common::{Settings, maps as map_names};
@@ -25,6 +27,8 @@ use super::{
 
 /// The loader is this very binary, whatever its path is now.
 const SELF_EXE: &str = "/proc/self/exe";
+/// Loading takes well under a second; this only bounds a stuck kernel call.
+const LOADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the loader prints on standard output, one JSON document.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -104,24 +108,50 @@ fn run_loader(
     pin_dir: &Path,
     settings: Settings,
 ) -> Result<AttachReport, KernelError> {
+    let spawn_error = |source| KernelError::LoaderSpawn {
+        exe: std::env::current_exe()
+            .map_or_else(|_| SELF_EXE.to_owned(), |p| p.display().to_string()),
+        source,
+    };
     // Its log lines (stderr) go where the daemon's go.
-    let output = Command::new(SELF_EXE)
+    let mut child = Command::new(SELF_EXE)
         .args(loader_args(cgroup_root, pin_dir, settings))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
-        .map_err(|source| KernelError::LoaderSpawn {
-            exe: std::env::current_exe()
-                .map_or_else(|_| SELF_EXE.to_owned(), |p| p.display().to_string()),
-            source,
-        })?;
-    match serde_json::from_slice::<LoaderOutcome>(&output.stdout) {
-        Ok(LoaderOutcome::Attached(report)) if output.status.success() => Ok(report),
+        .spawn()
+        .map_err(spawn_error)?;
+    // The report is a few hundred bytes, well inside the pipe's buffer, so
+    // waiting before reading cannot deadlock. A loader stuck in the kernel
+    // must not leave the daemon hanging at start-up without a word.
+    let deadline = Instant::now() + LOADER_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(spawn_error)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(KernelError::LoaderTimeout {
+                    secs: LOADER_TIMEOUT.as_secs(),
+                });
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut stdout).map_err(spawn_error)?;
+    }
+    interpret(status, &stdout)
+}
+
+/// Only a successful exit with a report counts as attached; anything else
+/// is an error, and the daemon does not start.
+fn interpret(status: ExitStatus, stdout: &[u8]) -> Result<AttachReport, KernelError> {
+    match serde_json::from_slice::<LoaderOutcome>(stdout) {
+        Ok(LoaderOutcome::Attached(report)) if status.success() => Ok(report),
         Ok(LoaderOutcome::Failed(message)) => Err(KernelError::LoaderFailed(message)),
-        _ => Err(KernelError::LoaderNoReport {
-            status: output.status,
-        }),
+        _ => Err(KernelError::LoaderNoReport { status }),
     }
 }
 
@@ -212,13 +242,37 @@ mod tests {
     }
 
     #[test]
-    fn the_loader_outcome_round_trips_and_carries_errors_verbatim() {
-        let failed =
-            LoaderOutcome::Failed("the BPF filesystem at /sys/fs/bpf is not usable".into());
-        let text = serde_json::to_string(&failed).unwrap();
-        match serde_json::from_str::<LoaderOutcome>(&text).unwrap() {
-            LoaderOutcome::Failed(m) => assert!(m.contains("/sys/fs/bpf"), "{m}"),
-            LoaderOutcome::Attached(_) => panic!("wrong variant"),
+    fn only_a_clean_exit_with_a_report_counts_as_attached() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let ok = ExitStatus::from_raw(0);
+        let failed = ExitStatus::from_raw(1 << 8);
+        let killed = ExitStatus::from_raw(9);
+        let report = serde_json::to_vec(&LoaderOutcome::Attached(AttachReport {
+            pin_dir: "/sys/fs/bpf/airlock".into(),
+            cgroup: "/sys/fs/cgroup/airlock.slice".into(),
+            programs: Vec::new(),
+        }))
+        .unwrap();
+        assert!(interpret(ok, &report).is_ok());
+        // A report followed by a failing exit is not trusted.
+        assert!(matches!(
+            interpret(failed, &report),
+            Err(KernelError::LoaderNoReport { .. })
+        ));
+        // The loader's own error reaches the daemon's error verbatim.
+        let message = "the BPF filesystem at /sys/fs/bpf is not usable";
+        let err = interpret(
+            failed,
+            &serde_json::to_vec(&LoaderOutcome::Failed(message.into())).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), message);
+        // Killed half-way, or printing nothing usable: no report, an error.
+        for (status, out) in [(killed, &b""[..]), (ok, &b"{\"Attached\""[..])] {
+            assert!(matches!(
+                interpret(status, out),
+                Err(KernelError::LoaderNoReport { .. })
+            ));
         }
     }
 }

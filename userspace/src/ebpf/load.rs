@@ -93,6 +93,10 @@ pub enum KernelError {
     /// The loader's own error, as it printed it.
     #[error("{0}")]
     LoaderFailed(String),
+    #[error(
+        "the eBPF loader did not finish within {secs}s and was stopped; check `dmesg` and that /sys/fs/bpf is a usable bpf filesystem"
+    )]
+    LoaderTimeout { secs: u64 },
     #[error("the eBPF loader exited ({status}) without a report; its log is above")]
     LoaderNoReport { status: std::process::ExitStatus },
     #[error("eBPF map {name}: cannot open its pin {path}: {source}")]
