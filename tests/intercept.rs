@@ -252,6 +252,30 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     );
 }
 
+/// `secret rotate` tells the running daemon, so the very next request
+/// carries the new value: no restart, no window with the old one.
+#[test]
+fn a_rotated_secret_goes_upstream_from_the_next_request() {
+    const ROTATED: &str = "r0tated-Value-fedcba9876543210";
+    let Setup { d, up } = setup("");
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    let curl = format!("curl -sS -H \"Authorization: Bearer $API_TOKEN\" {url}");
+    let sent = |up: &TlsUpstream| {
+        up.seen()
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_owned))
+    };
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sent(&up), Some(format!("Bearer {SECRET}")));
+
+    d.secret_rotate("api-token", ROTATED);
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sent(&up), Some(format!("Bearer {ROTATED}")));
+    assert!(!stdout(&out).contains(ROTATED), "{}", describe(&out));
+}
+
 #[test]
 fn an_sse_event_arrives_before_the_stream_ends_and_websockets_echo() {
     let Setup { d, up } = setup("");

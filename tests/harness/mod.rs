@@ -144,10 +144,10 @@ impl Daemon {
             {
                 panic!("daemon exited early ({status}):\n{}", self.log_text());
             }
-            if let Ok(s) = self.status() {
-                if s["healthy"] == true {
-                    return;
-                }
+            if let Ok(s) = self.status()
+                && s["healthy"] == true
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -249,29 +249,44 @@ impl Daemon {
 
     /// `airlock secret set NAME` with the value on stdin.
     pub fn secret_set(&self, name: &str, value: &str) {
+        self.secret_with_value("set", name, value);
+    }
+
+    /// `airlock secret rotate NAME` with the new value on stdin.
+    pub fn secret_rotate(&self, name: &str, value: &str) {
+        self.secret_with_value("rotate", name, value);
+    }
+
+    fn secret_with_value(&self, action: &str, name: &str, value: &str) {
         let mut child = Command::new(AIRLOCK)
-            .args(["secret", "set", name, "--config"])
+            .args(["secret", action, name, "--config"])
             .arg(&self.config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("airlock secret set");
+            .expect("airlock secret");
         child
             .stdin
             .take()
             .expect("stdin")
             .write_all(value.as_bytes())
             .expect("write secret");
-        let out = child.wait_with_output().expect("secret set");
+        let out = child.wait_with_output().expect("airlock secret");
         assert!(
             out.status.success(),
-            "secret set failed: {}",
+            "secret {action} failed: {}",
             describe(&out)
         );
         assert!(
-            !String::from_utf8_lossy(&out.stdout).contains(value),
-            "secret set printed the secret"
+            !String::from_utf8_lossy(&out.stdout).contains(value)
+                && !String::from_utf8_lossy(&out.stderr).contains(value),
+            "secret {action} printed the secret"
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "secret {action} warned: {}",
+            describe(&out)
         );
     }
 

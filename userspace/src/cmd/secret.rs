@@ -1,9 +1,10 @@
-use std::{io::Read as _, process::ExitCode, time::Duration};
+use std::{io::Read as _, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
     cli::{ConfigArg, SecretAction},
+    daemon::{AdminError, AdminRequest},
     secret::Secret,
     vault::{SecretKind, Vault},
 };
@@ -20,6 +21,7 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
             let kind: SecretKind = kind.parse()?;
             let value = read_value()?;
             let info = vault.set(&name, kind, placeholder.as_deref(), value)?;
+            tell_daemon(&config.admin_socket);
             println!(
                 "stored {} ({}, version {}); agents use the placeholder {}",
                 info.name, info.kind, info.version, info.placeholder
@@ -46,12 +48,14 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
         }
         SecretAction::Rm { name } => {
             vault.remove(&name)?;
+            tell_daemon(&config.admin_socket);
             println!("removed {name}");
         }
         SecretAction::Rotate { name, grace_secs } => {
             let grace = Duration::from_secs(grace_secs.unwrap_or(config.rotate_grace_secs));
             let value = read_value()?;
             let info = vault.rotate(&name, value, grace)?;
+            tell_daemon(&config.admin_socket);
             println!(
                 "rotated {} to version {}; the previous value stays valid for {}s",
                 info.name,
@@ -61,6 +65,26 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the change hold from the daemon's next request. A daemon that is
+/// not running reads the vault when it starts; one that cannot be told
+/// still sees the file change within a second.
+fn tell_daemon(admin_socket: &Path) {
+    match crate::daemon::admin_request(admin_socket, &AdminRequest::VaultChanged) {
+        Ok(answer) if answer.get("ok").is_some() => {}
+        Err(AdminError::Connect { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) => {}
+        Ok(answer) => eprintln!(
+            "warning: the daemon did not confirm that it re-read the vault ({answer}); it sees the change within a second"
+        ),
+        Err(err) => eprintln!(
+            "warning: could not tell the daemon: {err}; it sees the change within a second"
+        ),
+    }
 }
 
 /// The value comes from stdin, never argv (argv is world-readable in /proc).

@@ -55,6 +55,8 @@ pub enum AdminRequest {
     AgentEnv {
         agent: String,
     },
+    /// `airlock secret` changed the vault: re-read it before answering.
+    VaultChanged,
 }
 
 /// What answers admin requests (the daemon).

@@ -12,7 +12,7 @@ use agent_common::{Settings, Stat};
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
-pub use admin::{AdminRequest, request as admin_request};
+pub use admin::{AdminError, AdminRequest, request as admin_request};
 
 use crate::{
     approvals::Approvals,
@@ -119,11 +119,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         Duration::from_secs(config.approval_timeout_secs),
         config.approval_webhook.clone(),
     )?;
+    let credentials = Arc::new(Credentials::new(vault));
     let intercept = Arc::new(Intercept {
         ca,
         client_h2: proxy::upstream_client(resolver.clone(), upstream_tls),
         client_h1: proxy::upstream_client(resolver.clone(), upstream_tls_h1),
-        credentials: Arc::new(Credentials::new(vault)),
+        credentials: credentials.clone(),
         limiter: Arc::new(RateLimiter::new()),
         approvals: approvals.clone(),
         metrics: metrics.clone(),
@@ -176,6 +177,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         audit,
         approvals,
         live,
+        credentials,
         listening: Listening {
             proxy: vec![
                 SocketAddr::from(([127, 0, 0, 1], config.proxy_port)),

@@ -9,8 +9,13 @@ use super::{
     admin::{AdminHandler, AdminRequest},
 };
 use crate::{
-    approvals::Approvals, audit::Audit, cgroup::AgentIndex, config::Config, ebpf::Kernel,
-    policy::PolicyStore, proxy::LiveConns,
+    approvals::Approvals,
+    audit::Audit,
+    cgroup::AgentIndex,
+    config::Config,
+    ebpf::Kernel,
+    policy::PolicyStore,
+    proxy::{Credentials, LiveConns},
 };
 
 pub struct StatusSource {
@@ -24,6 +29,7 @@ pub struct StatusSource {
     pub approvals: Arc<Approvals>,
     pub live: Arc<LiveConns>,
     pub listening: Listening,
+    pub credentials: Arc<Credentials>,
 }
 
 impl StatusSource {
@@ -114,6 +120,10 @@ impl AdminHandler for StatusSource {
                 Err(err) => json!({"error": err.to_string()}),
             },
             AdminRequest::AgentEnv { agent } => self.agent_env(&agent),
+            AdminRequest::VaultChanged => {
+                self.credentials.reload();
+                json!({"ok": true})
+            }
             AdminRequest::Deny { id } => match self.approvals.deny(&id) {
                 Ok(()) => json!({"ok": true}),
                 Err(err) => json!({"error": err.to_string()}),

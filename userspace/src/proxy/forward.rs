@@ -48,9 +48,28 @@ pub struct ConnCtx {
     /// plain HTTP, where each request's Host names it.
     pub tls_host: Option<String>,
     pub port: u16,
+    /// The dialled address as the audit writes it, formatted once per
+    /// connection rather than per request.
+    pub dst: String,
 }
 
 impl ConnCtx {
+    pub fn new(
+        agent: Arc<str>,
+        origin: Origin,
+        policy: Arc<Policy>,
+        tls_host: Option<String>,
+    ) -> ConnCtx {
+        ConnCtx {
+            agent,
+            policy,
+            tls_host,
+            port: origin.dst.0.port(),
+            dst: origin.dst.0.to_string(),
+            origin,
+        }
+    }
+
     fn tls(&self) -> bool {
         self.tls_host.is_some()
     }
@@ -100,7 +119,7 @@ impl Intercept {
             uid: ctx.origin.uid,
             host: host.clone(),
             port: ctx.port,
-            dst: ctx.origin.dst.0.to_string(),
+            dst: ctx.dst.clone(),
             proto: if ctx.tls() { "https" } else { "http" },
             method: Some(method.clone()),
             path: Some(path.clone()),
@@ -217,7 +236,7 @@ impl Intercept {
             }
         }
 
-        let (creds, scrubber) = self.credentials.current();
+        let (creds, scrubber) = self.credentials.current(started);
         let injected = if creds.placeholders_in(parts).is_empty() {
             Vec::new()
         } else {

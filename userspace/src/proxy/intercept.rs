@@ -110,13 +110,7 @@ impl Intercept {
             }
         };
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx {
-            agent,
-            origin,
-            policy,
-            tls_host: Some(host),
-            port: origin.dst.0.port(),
-        });
+        let ctx = Arc::new(ConnCtx::new(agent, origin, policy, Some(host)));
         self.serve_http_conn(TokioIo::new(tls), ctx).await;
     }
 
@@ -128,13 +122,7 @@ impl Intercept {
         policy: Arc<Policy>,
     ) {
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx {
-            agent,
-            origin,
-            policy,
-            tls_host: None,
-            port: origin.dst.0.port(),
-        });
+        let ctx = Arc::new(ConnCtx::new(agent, origin, policy, None));
         self.serve_http_conn(TokioIo::new(stream), ctx).await;
     }
 

@@ -8,6 +8,13 @@ use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 /// cookies and stalls; the kernel caps this at net.core.somaxconn.
 const BACKLOG: u32 = 8192;
 
+/// Congestion control for the agent leg, first available wins. The agent
+/// leg never leaves the host (the kernel hooks only redirect to these
+/// loopback listeners), and a host-wide `bbr` default would pace it with a
+/// kernel timer per burst: on a 1 MiB response that was 8 % of the
+/// proxy's CPU (BENCHMARKS.md). Neither of these paces.
+const AGENT_LEG_CONGESTION: [&[u8]; 2] = [b"cubic", b"reno"];
+
 #[derive(Debug, thiserror::Error)]
 #[error(
     "cannot listen on {addr}: {source} (is another Airlock, or something else, using the port?)"
@@ -36,8 +43,22 @@ fn tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.set_nodelay(true).map_err(err)?;
+    unpaced(&socket);
     socket.bind(addr).map_err(err)?;
     socket.listen(BACKLOG).map_err(err)
+}
+
+/// Accepted connections inherit the listener's congestion control. Best
+/// effort: with neither available the host's default stays, which is
+/// slower but as correct.
+fn unpaced(socket: &TcpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    for name in AGENT_LEG_CONGESTION {
+        if sock.set_tcp_congestion(name).is_ok() {
+            return;
+        }
+    }
+    tracing::debug!("no unpaced congestion control available for the agent leg");
 }
 
 /// UDP on 127.0.0.1:port and [::1]:port.
@@ -52,4 +73,30 @@ pub async fn udp_pair(port: u16) -> Result<[UdpSocket; 2], ListenError> {
             .await
             .map_err(|source| ListenError { addr: v6, source })?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::{AGENT_LEG_CONGESTION, tcp};
+
+    /// Whatever the host's default (bbr here), an accepted agent
+    /// connection runs an unpaced congestion control.
+    #[tokio::test]
+    async fn accepted_agent_connections_are_not_paced() {
+        let listener = tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let name = socket2::SockRef::from(&accepted)
+            .tcp_congestion()
+            .expect("TCP_CONGESTION");
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        assert!(
+            AGENT_LEG_CONGESTION.contains(&name),
+            "accepted connection runs {}",
+            String::from_utf8_lossy(name)
+        );
+    }
 }
