@@ -127,8 +127,20 @@ async fn answer(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io::
     Ok(())
 }
 
+/// A daemon that accepts but never answers must not hang the command that
+/// asked (`airlock secret set` tells the daemon after every change).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One request from the command line to the daemon.
 pub fn request(path: &Path, req: &AdminRequest) -> Result<serde_json::Value, AdminError> {
+    request_within(path, req, REQUEST_TIMEOUT)
+}
+
+fn request_within(
+    path: &Path,
+    req: &AdminRequest,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, AdminError> {
     use std::io::{BufRead as _, Write as _};
     let io = |source| AdminError::Io {
         path: path.to_path_buf(),
@@ -139,6 +151,8 @@ pub fn request(path: &Path, req: &AdminRequest) -> Result<serde_json::Value, Adm
             path: path.to_path_buf(),
             source,
         })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(AdminError::Decode)?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
@@ -146,4 +160,34 @@ pub fn request(path: &Path, req: &AdminRequest) -> Result<serde_json::Value, Adm
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(io)?;
     serde_json::from_str(&answer).map_err(AdminError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{AdminError, AdminRequest, request_within};
+
+    #[test]
+    fn a_daemon_that_never_answers_gives_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // Accepts, reads nothing, answers nothing.
+        let _hold = std::thread::spawn(move || {
+            let conn = listener.accept();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(conn);
+        });
+        let started = Instant::now();
+        let result = request_within(
+            &path,
+            &AdminRequest::VaultChanged,
+            Duration::from_millis(200),
+        );
+        assert!(matches!(&result, Err(AdminError::Io { .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("admin.sock"), "{text}");
+    }
 }

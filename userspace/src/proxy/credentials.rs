@@ -162,14 +162,21 @@ mod tests {
             .expect("set");
     }
 
-    #[test]
-    fn a_vault_changed_without_a_notice_is_seen_after_the_recheck_interval() {
+    /// Credentials over an empty vault, looked at once (at `start +
+    /// RECHECK`), then a secret stored behind their back.
+    fn changed_after_a_look() -> (tempfile::TempDir, Credentials, Instant) {
         let dir = tempfile::tempdir().expect("tempdir");
         let vault = Vault::open(dir.path()).expect("open");
         let creds = Credentials::new(vault.clone());
         let start = Instant::now();
         assert!(creds.current(start + RECHECK).1.is_empty());
         store(&vault);
+        (dir, creds, start)
+    }
+
+    #[test]
+    fn a_vault_changed_without_a_notice_is_seen_after_the_recheck_interval() {
+        let (_dir, creds, start) = changed_after_a_look();
         assert!(
             creds.current(start + RECHECK).1.is_empty(),
             "no look at the file before the interval has passed"
@@ -179,12 +186,7 @@ mod tests {
 
     #[test]
     fn a_notice_makes_the_change_hold_at_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let vault = Vault::open(dir.path()).expect("open");
-        let creds = Credentials::new(vault.clone());
-        let start = Instant::now();
-        assert!(creds.current(start + RECHECK).1.is_empty());
-        store(&vault);
+        let (_dir, creds, start) = changed_after_a_look();
         creds.reload();
         assert!(!creds.current(start + RECHECK).1.is_empty());
     }
