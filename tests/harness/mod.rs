@@ -36,6 +36,35 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `AIRLOCK_TEST_DAEMON_CPU=N` starts every daemon confined to CPU N, as
+/// `taskset -c N` would. A daemon that starts on one CPU runs a
+/// single-threaded runtime, so `cargo xtask test` runs the proxy suites
+/// both ways.
+fn daemon_cpu() -> Option<usize> {
+    let value = std::env::var("AIRLOCK_TEST_DAEMON_CPU").ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("AIRLOCK_TEST_DAEMON_CPU={value:?} is not a CPU number")),
+    )
+}
+
+fn confine_to_cpu(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only sched_setaffinity runs, which is
+    // async-signal-safe; the cpu_set_t lives on the child's stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 static NEXT_ID: AtomicU16 = AtomicU16::new(0);
 
 pub struct DaemonOptions {
@@ -125,15 +154,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("daemon log");
-        let child = Command::new(AIRLOCK)
-            .args(["daemon", "--config"])
+        let mut cmd = Command::new(AIRLOCK);
+        cmd.args(["daemon", "--config"])
             .arg(&self.config)
             .env("AIRLOCK_LOG", "info,airlock=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start airlock daemon");
+            .stderr(log);
+        if let Some(cpu) = daemon_cpu() {
+            confine_to_cpu(&mut cmd, cpu);
+        }
+        let child = cmd.spawn().expect("start airlock daemon");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -147,6 +178,14 @@ impl Daemon {
             if let Ok(s) = self.status()
                 && s["healthy"] == true
             {
+                if daemon_cpu().is_some() {
+                    // The point of confining it: the single-threaded runtime.
+                    let log = self.log_text();
+                    assert!(
+                        log.contains("runtime=single-threaded"),
+                        "daemon confined to one CPU did not start single-threaded:\n{log}"
+                    );
+                }
                 return;
             }
             assert!(

@@ -34,6 +34,8 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // The journal and log files get plain text, a terminal colours.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cmd::dispatch(cli.command) {
         Ok(code) => code,

@@ -92,8 +92,39 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--exclude", "agent-ebpf"])
         .args(extra))?;
+    // A daemon confined to one CPU runs a single-threaded runtime, the
+    // others a thread pool: the end-to-end suites run against both.
+    let cpu = first_allowed_cpu()?;
+    eprintln!("+ the end-to-end suites again, with each daemon confined to CPU {cpu}");
+    run(cargo()
+        .env("AIRLOCK_TEST_DAEMON_CPU", cpu.to_string())
+        .args(["test", "--package", "airlock"])
+        .args([
+            "--test",
+            "capture",
+            "--test",
+            "intercept",
+            "--test",
+            "operations",
+        ])
+        .args(extra))?;
     verify_units()?;
     Ok(())
+}
+
+/// The lowest CPU this process may run on (CI runners are often given a
+/// subset of the machine's CPUs).
+fn first_allowed_cpu() -> anyhow::Result<u32> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| {
+            let first = list.trim().split([',', '-']).next()?;
+            first.parse().ok()
+        })
+        .context("no Cpus_allowed_list in /proc/self/status")
 }
 
 /// `systemd-analyze verify` on the shipped units. verify insists that

@@ -6,11 +6,22 @@ use crate::cli::ConfigArg;
 
 pub fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let (config, path) = super::load_config(&arg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("airlock")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime().context("starting the async runtime")?;
     runtime.block_on(crate::daemon::run(config, path))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon confined to one CPU (`taskset`, `CPUAffinity=`) runs every task
+/// on the thread that polls the sockets. A one-worker thread pool would do
+/// the same work but pay for queues and wake-ups made for several threads:
+/// 3 % of the CPU per request (BENCHMARKS.md). Blocking work
+/// (`spawn_blocking`) has its own threads either way.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().thread_name("airlock").build()
 }

@@ -53,6 +53,16 @@ fn ensure_outside(tree: &CgroupTree) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the async runtime runs, for the start-up line: operators pinning
+/// the daemon to CPUs can see what they got.
+fn runtime_shape() -> String {
+    let handle = tokio::runtime::Handle::current();
+    match handle.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded".to_owned(),
+        _ => format!("{} worker threads", handle.metrics().num_workers()),
+    }
+}
+
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let tree = CgroupTree::discover(&config.cgroup_root)?;
     ensure_outside(&tree)?;
@@ -197,6 +207,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         dns_port = config.dns_port,
         cgroup = %tree.root.display(),
         ca = %ca_path.display(),
+        runtime = %runtime_shape(),
         "airlock daemon ready"
     );
     notify::ready();
