@@ -5,6 +5,7 @@
 //! to a hundred threads.
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
     io::Write as _,
     path::{Path, PathBuf},
@@ -40,30 +41,95 @@ pub enum Action {
 
 /// The fields of DESIGN.md's audit record. Credentials are secret names,
 /// never values.
+///
+/// A record is built for every request, so what is fixed per connection
+/// (agent, host, dialled address) or per policy (rule) is shared rather
+/// than copied, and the timestamp and id are formatted by the writer
+/// thread, off the proxy's.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditRecord {
-    pub ts: String,
-    pub agent: Option<String>,
+    pub ts: Timestamp,
+    pub agent: Option<Arc<str>>,
     pub cgroup: u64,
     pub pid: u32,
     pub uid: u32,
     pub action: Option<Action>,
     /// What the agent named (SNI, Host) or, without one, the address it dialled.
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
     /// The address the agent's socket dialled, as the kernel recorded it.
-    pub dst: String,
+    pub dst: Arc<str>,
     pub proto: &'static str,
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
+    /// A copy: the request's own path shares the buffer its head was read
+    /// into, which would stay allocated until the record is written.
     pub path: Option<String>,
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     pub credentials: Vec<String>,
     pub status: Option<u16>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub duration_ms: u64,
-    pub request_id: String,
-    pub reason: Option<String>,
+    pub request_id: RequestId,
+    pub reason: Option<Cow<'static, str>>,
+}
+
+/// When a record was made; set by [`Audit::record`] if the maker did not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timestamp(Option<SystemTime>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(Some(SystemTime::now()))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let since = self
+            .0
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        s.collect_str(&Rfc3339 {
+            secs: since.as_secs(),
+            millis: since.subsec_millis(),
+        })
+    }
+}
+
+/// Identifies one request in the audit log and in the
+/// `x-airlock-request-id` header of its answer: 16 hex digits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    fn is_unset(self) -> bool {
+        self.0 == 0
+    }
+
+    /// As a header value, without going through a `String`.
+    pub fn header_value(self) -> http::HeaderValue {
+        let mut digits = [0u8; 16];
+        for (i, d) in digits.iter_mut().enumerate() {
+            let nibble = (self.0 >> (60 - 4 * i)) & 0xf;
+            *d = b"0123456789abcdef"[nibble as usize];
+        }
+        // Hex digits are always a valid header value.
+        http::HeaderValue::from_bytes(&digits)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 const RECENT_DENIALS: usize = 32;
@@ -122,15 +188,15 @@ impl Audit {
         })
     }
 
-    pub fn request_id(&self) -> String {
-        format!("{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    pub fn request_id(&self) -> RequestId {
+        RequestId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn record(&self, mut record: AuditRecord) {
-        if record.ts.is_empty() {
-            record.ts = now_rfc3339();
+        if record.ts == Timestamp::default() {
+            record.ts = Timestamp::now();
         }
-        if record.request_id.is_empty() {
+        if record.request_id.is_unset() {
             record.request_id = self.request_id();
         }
         if matches!(
@@ -206,29 +272,30 @@ fn push_line(buf: &mut Vec<u8>, record: &AuditRecord) {
     }
 }
 
-/// UTC timestamp with milliseconds, e.g. 2026-11-24T19:02:04.123Z.
-pub fn now_rfc3339() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_rfc3339(now.as_secs(), now.subsec_millis())
+/// UTC with milliseconds, e.g. 2026-11-24T19:02:04.123Z.
+struct Rfc3339 {
+    secs: u64,
+    millis: u32,
 }
 
-fn format_rfc3339(secs: u64, millis: u32) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = self.secs / 86_400;
+        let rem = self.secs % 86_400;
+        let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(mo <= 2);
+        let millis = self.millis;
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +325,16 @@ mod tests {
         }
     }
 
+    fn format_rfc3339(secs: u64, millis: u32) -> String {
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let at = at + std::time::Duration::from_millis(millis.into());
+        serde_json::to_value(Timestamp(Some(at)))
+            .expect("serializes")
+            .as_str()
+            .expect("a string")
+            .to_owned()
+    }
+
     #[test]
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
@@ -266,6 +343,17 @@ mod tests {
             "2026-11-24T19:02:04.123Z"
         );
         assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits_in_the_log_and_the_header() {
+        let id = RequestId(0x0123_4567_89ab_cdef);
+        assert_eq!(
+            serde_json::to_value(id).expect("serializes"),
+            "0123456789abcdef"
+        );
+        assert_eq!(id.header_value(), "0123456789abcdef");
+        assert_eq!(RequestId(0xa).header_value(), "000000000000000a");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,14 +53,14 @@ impl DnsPolicy for DnsView {
             DnsOutcome::UpstreamFailed => Action::Error,
         };
         self.audit.record(AuditRecord {
-            agent: event.agent,
+            agent: event.agent.map(Arc::from),
             action: Some(action),
-            host: event.name,
+            host: event.name.into(),
             port: 53,
-            dst: event.peer.to_string(),
+            dst: event.peer.to_string().into(),
             proto: "dns",
-            method: Some(event.qtype),
-            reason: Some(event.outcome.as_str().to_string()),
+            method: Some(event.qtype.into()),
+            reason: Some(event.outcome.as_str().into()),
             ..AuditRecord::default()
         });
     }

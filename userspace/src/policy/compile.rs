@@ -319,12 +319,12 @@ impl Compiler {
         let (host, port) = host_port?;
         let port = port.unwrap_or(DEFAULT_PORT);
         Some(AllowRule {
-            label: label("rules", index, &host, Some(port)),
+            label: label("rules", index, &host, Some(port)).into(),
             host,
             port,
             methods: methods?,
             paths: paths?,
-            credentials,
+            credentials: credentials.into(),
             rate_limit,
             approval: spec.approval.unwrap_or(false),
         })
@@ -336,7 +336,7 @@ impl Compiler {
         let paths = self.paths(at, spec.paths);
         let (host, port) = host_port?;
         Some(DenyRule {
-            label: label("deny", index, &host, port),
+            label: label("deny", index, &host, port).into(),
             host,
             port,
             methods: methods?,

@@ -1,7 +1,10 @@
 //! Host names and patterns: parsing from the policy, normalising what the
 //! proxy sees (SNI, Host header, DNS question), and matching one to the other.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv6Addr},
+};
 
 /// A host as the policy names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,10 +15,11 @@ pub(super) enum HostPattern {
     Ip(IpAddr),
 }
 
-/// A host as seen on the wire, after normalisation.
+/// A host as seen on the wire, after normalisation. Borrowed when the wire
+/// form is already normal, as it almost always is: this runs per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Host {
-    Name(String),
+pub(super) enum Host<'a> {
+    Name(Cow<'a, str>),
     Ip(IpAddr),
 }
 
@@ -54,7 +58,7 @@ impl HostPattern {
 
     pub(super) fn matches(&self, host: &Host) -> bool {
         match (self, host) {
-            (HostPattern::Exact(want), Host::Name(name)) => want == name,
+            (HostPattern::Exact(want), Host::Name(name)) => want == name.as_ref(),
             (HostPattern::Wildcard(suffix), Host::Name(name)) => {
                 // Needs a non-empty label before ".suffix"; `name` holds only
                 // valid labels, so "x." + suffix cannot be faked with dots.
@@ -79,19 +83,23 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
-impl Host {
+impl<'a> Host<'a> {
     /// Normalises a host from the wire; `None` when it is not a valid DNS
     /// name or IP literal, which the caller treats as "matches nothing".
     /// Validating here is what keeps a Host header like `evil/x.example.com`
     /// from satisfying `*.example.com`.
-    pub(super) fn parse(text: &str) -> Option<Self> {
+    pub(super) fn parse(text: &'a str) -> Option<Self> {
         if let Some(ip) = parse_ip_literal(text) {
             return Some(Host::Ip(ip));
         }
-        let lower = text.to_ascii_lowercase();
-        let name = lower.strip_suffix('.').unwrap_or(&lower);
-        check_dns_name(name).ok()?;
-        Some(Host::Name(name.to_owned()))
+        let name = text.strip_suffix('.').unwrap_or(text);
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
+        check_dns_name(&name).ok()?;
+        Some(Host::Name(name))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Decisions: given what the proxy or resolver saw, what does the policy say.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use super::host::Host;
 use super::model::{AllowRule, DenyRule, Policy, RateLimit, RuleId, TcpTarget};
@@ -15,9 +15,9 @@ pub enum HttpDecision {
 pub struct Allowed {
     pub rule: RuleId,
     /// `rules[0] api.github.com`.
-    pub rule_label: String,
+    pub rule_label: Arc<str>,
     /// Secret names whose placeholders may be swapped on this request.
-    pub credentials: Vec<String>,
+    pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
 }
@@ -25,7 +25,7 @@ pub struct Allowed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
     /// Set when a deny rule matched.
-    pub rule_label: Option<String>,
+    pub rule_label: Option<Arc<str>>,
     pub reason: DenyReason,
 }
 
@@ -182,7 +182,7 @@ impl Policy {
     }
 }
 
-fn deny(rule_label: Option<String>, reason: DenyReason) -> HttpDecision {
+fn deny(rule_label: Option<Arc<str>>, reason: DenyReason) -> HttpDecision {
     HttpDecision::Deny(Denied { rule_label, reason })
 }
 
@@ -216,10 +216,29 @@ fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Opt
 /// as `%2F` stay as they are (npm's scoped packages use them). Dot segments,
 /// empty inner segments and backslashes make the path ambiguous: servers
 /// differ on whether they collapse them.
-pub(super) fn canonical_path(path: &str) -> Option<String> {
+pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
+    // Most paths have nothing to decode: check them where they lie.
+    let out = if path.contains(['%', '\\']) {
+        Cow::Owned(decode_unreserved(path)?)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let mut segments = out[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Decodes the escapes of unreserved characters; `None` on a backslash or
+/// a broken escape.
+fn decode_unreserved(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
@@ -247,13 +266,6 @@ pub(super) fn canonical_path(path: &str) -> Option<String> {
                 out.push_str(&path[i..end]);
                 i = end;
             }
-        }
-    }
-    let segments: Vec<&str> = out[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (index, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." || (segment.is_empty() && index != last) {
-            return None;
         }
     }
     Some(out)

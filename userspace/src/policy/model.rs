@@ -2,6 +2,7 @@
 //! Nothing here can be invalid, so matching never has to fail.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::GlobSet;
@@ -46,20 +47,21 @@ pub struct RuleId(pub usize);
 
 #[derive(Debug, Clone)]
 pub(super) struct AllowRule {
-    /// `rules[0] api.github.com`, for audit records and errors.
-    pub label: String,
+    /// `rules[0] api.github.com`, for audit records and errors; shared
+    /// with every request's record.
+    pub label: Arc<str>,
     pub host: HostPattern,
     pub port: u16,
     pub methods: Option<Vec<String>>,
     pub paths: Option<GlobSet>,
-    pub credentials: Vec<String>,
+    pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct DenyRule {
-    pub label: String,
+    pub label: Arc<str>,
     pub host: HostPattern,
     /// `None`: every port.
     pub port: Option<u16>,

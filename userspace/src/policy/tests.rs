@@ -93,8 +93,8 @@ fn pr_bot_example_reads_opens_prs_and_never_deletes() {
         "/repos/myorg/myrepo/pulls?state=open",
     ));
     assert_eq!(read.rule, RuleId(0));
-    assert_eq!(read.rule_label, "rules[0] api.github.com");
-    assert_eq!(read.credentials, vec!["github-token".to_owned()]);
+    assert_eq!(&*read.rule_label, "rules[0] api.github.com");
+    assert_eq!(*read.credentials, ["github-token".to_owned()]);
     assert!(!read.approval);
     allowed(p.decide_http("api.github.com", 443, "GET", "/repos/myorg/myrepo"));
 
@@ -199,7 +199,7 @@ fn llm_client_example_binds_each_key_to_its_api() {
     )));
 
     let chat = allowed(p.decide_http("api.openai.com", 443, "POST", "/v1/chat/completions"));
-    assert_eq!(chat.credentials, vec!["openai-api-key".to_owned()]);
+    assert_eq!(*chat.credentials, ["openai-api-key".to_owned()]);
     assert!(p.rule_allows_secret(chat.rule, "openai-api-key"));
     assert!(!p.rule_allows_secret(chat.rule, "anthropic-api-key"));
     allowed(p.decide_http("api.openai.com", 443, "POST", "/v1/responses"));
@@ -216,7 +216,7 @@ fn llm_client_example_binds_each_key_to_its_api() {
     );
 
     let messages = allowed(p.decide_http("api.anthropic.com", 443, "POST", "/v1/messages"));
-    assert_eq!(messages.credentials, vec!["anthropic-api-key".to_owned()]);
+    assert_eq!(*messages.credentials, ["anthropic-api-key".to_owned()]);
     assert_eq!(messages.rate_limit.map(|limit| limit.count), Some(50));
     assert!(!p.rule_allows_secret(messages.rule, "openai-api-key"));
     assert!(!p.rule_allows_secret(RuleId(99), "openai-api-key"));
@@ -313,7 +313,7 @@ fn ports_default_to_443_and_can_be_given_either_way() {
         DenyReason::NoRuleForHost
     );
     let inline = allowed(p.decide_http("inline.example", 8443, "GET", "/"));
-    assert_eq!(inline.rule_label, "rules[1] inline.example:8443");
+    assert_eq!(&*inline.rule_label, "rules[1] inline.example:8443");
     assert_eq!(
         reason(p.decide_http("inline.example", 443, "GET", "/")),
         DenyReason::NoRuleForHost
@@ -846,7 +846,7 @@ fn wildcard_rule_may_carry_credentials() {
         "    credentials: [{secret: tok}]",
     ]));
     let a = allowed(p.decide_http("x.example.com", 443, "GET", "/"));
-    assert_eq!(a.credentials, vec!["tok".to_owned()]);
+    assert_eq!(*a.credentials, ["tok".to_owned()]);
 }
 
 #[test]

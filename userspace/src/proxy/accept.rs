@@ -184,7 +184,7 @@ impl Proxy {
     ) {
         let _ = stream.set_nodelay(true);
         let mut record = self.base_record(Some(origin), Some(agent));
-        record.rule = Some(rule);
+        record.rule = Some(rule.into());
         match relay::connect(origin.dst.0).await {
             Ok(upstream) => {
                 self.metrics.connection(agent, "allow");
@@ -197,7 +197,7 @@ impl Proxy {
             Err(err) => {
                 self.metrics.connection(agent, "error");
                 record.action = Some(Action::Error);
-                record.reason = Some(format!("upstream_connect: {err}"));
+                record.reason = Some(format!("upstream_connect: {err}").into());
             }
         }
         record.duration_ms = started.elapsed().as_millis() as u64;
@@ -206,7 +206,7 @@ impl Proxy {
 
     fn base_record(&self, origin: Option<&Origin>, agent: Option<&str>) -> AuditRecord {
         let mut record = AuditRecord {
-            agent: agent.map(str::to_owned),
+            agent: agent.map(Arc::from),
             proto: "tcp",
             ..AuditRecord::default()
         };
@@ -214,9 +214,9 @@ impl Proxy {
             record.cgroup = o.cgroup_id;
             record.pid = o.pid;
             record.uid = o.uid;
-            record.host = o.dst.0.ip().to_string();
+            record.host = o.dst.0.ip().to_string().into();
             record.port = o.dst.0.port();
-            record.dst = o.dst.0.to_string();
+            record.dst = o.dst.0.to_string().into();
         }
         record
     }
@@ -231,9 +231,9 @@ impl Proxy {
         self.metrics.connection(agent.unwrap_or("-"), "deny");
         let mut record = self.base_record(origin, agent);
         record.action = Some(Action::Deny);
-        record.reason = Some(why.reason().to_string());
+        record.reason = Some(why.reason().into());
         if origin.is_none() {
-            record.dst = format!("client {}", client.0);
+            record.dst = format!("client {}", client.0).into();
         }
         debug!(reason = why.reason(), "connection refused");
         self.audit.record(record);

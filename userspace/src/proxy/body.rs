@@ -1,5 +1,7 @@
-//! The body type the proxy serves and forwards, and a byte-counting wrapper
-//! that writes the request's audit record when the body is done.
+//! The body type the proxy serves and forwards, and the wrappers that count
+//! the bytes that pass: into a shared tally (request bodies), or up to the
+//! end of the body, where the request's audit record is written (answers).
+//! Every request makes one of each, so neither allocates.
 
 use std::{
     pin::Pin,
@@ -12,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -23,6 +25,11 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
+/// No body. Costs no allocation: the box holds a zero-sized value.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
 pub fn boxed<B>(body: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -31,42 +38,30 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// Runs once when the body it rides on is dropped: at the end of the
-/// stream, or when either side hangs up.
-pub trait OnDone: Send + 'static {
-    fn done(self: Box<Self>, bytes: u64);
+fn data_len<E>(polled: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+        _ => 0,
+    }
 }
 
 pin_project_lite::pin_project! {
-    /// Counts the bytes that pass; reports the total once.
-    pub struct Counted<B> {
+    /// Adds the bytes that pass to a tally that someone else reads, while
+    /// the body may still be streaming.
+    pub struct Tallied<B> {
         #[pin]
         inner: B,
-        bytes: Arc<AtomicU64>,
-        on_done: Option<Box<dyn OnDone>>,
-    }
-
-    impl<B> PinnedDrop for Counted<B> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(done) = this.on_done.take() {
-                done.done(this.bytes.load(Ordering::Relaxed));
-            }
-        }
+        tally: Arc<AtomicU64>,
     }
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, bytes: Arc<AtomicU64>, on_done: Option<Box<dyn OnDone>>) -> Self {
-        Self {
-            inner,
-            bytes,
-            on_done,
-        }
+impl<B> Tallied<B> {
+    pub fn new(inner: B, tally: Arc<AtomicU64>) -> Self {
+        Self { inner, tally }
     }
 }
 
-impl<B> Body for Counted<B>
+impl<B> Body for Tallied<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -79,11 +74,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
+        this.tally.fetch_add(data_len(&polled), Ordering::Relaxed);
         polled
     }
 
@@ -93,5 +84,144 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Runs once when the body it rides on is dropped: at the end of the
+/// stream, or when either side hangs up.
+pub trait OnDone: Send + 'static {
+    fn done(self, bytes: u64);
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes that pass; reports the total once, when dropped.
+    pub struct Reported<B, D: OnDone> {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        on_done: Option<D>,
+    }
+
+    impl<B, D: OnDone> PinnedDrop for Reported<B, D> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(done) = this.on_done.take() {
+                done.done(*this.bytes);
+            }
+        }
+    }
+}
+
+impl<B, D: OnDone> Reported<B, D> {
+    pub fn new(inner: B, on_done: D) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            on_done: Some(on_done),
+        }
+    }
+}
+
+impl<B, D> Body for Reported<B, D>
+where
+    B: Body<Data = Bytes>,
+    D: OnDone,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        *this.bytes += data_len(&polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Record(Arc<Mutex<Vec<u64>>>);
+
+    impl OnDone for Record {
+        fn done(self, bytes: u64) {
+            self.0.lock().expect("lock").push(bytes);
+        }
+    }
+
+    /// A body that yields the given chunks, one frame each.
+    struct Chunks(std::collections::VecDeque<&'static str>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))),
+            )
+        }
+    }
+
+    fn chunks(parts: &[&'static str]) -> Chunks {
+        Chunks(parts.iter().copied().collect())
+    }
+
+    #[tokio::test]
+    async fn a_finished_body_reports_its_bytes_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let body = Reported::new(chunks(&["hello ", "world"]), Record(seen.clone()));
+        let all = body.collect().await.expect("body").to_bytes();
+        assert_eq!(all, "hello world");
+        assert_eq!(*seen.lock().expect("lock"), vec![11]);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_reports_what_passed_so_far() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut body = Box::pin(Reported::new(
+            chunks(&["abc", "defg"]),
+            Record(seen.clone()),
+        ));
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "abc");
+        drop(body);
+        assert_eq!(*seen.lock().expect("lock"), vec![3]);
+    }
+
+    #[tokio::test]
+    async fn a_tally_is_readable_while_the_body_streams() {
+        let tally = Arc::new(AtomicU64::new(0));
+        let mut body = Box::pin(Tallied::new(chunks(&["abc", "defg"]), tally.clone()));
+        body.frame().await.expect("a frame").expect("data");
+        assert_eq!(tally.load(Ordering::Relaxed), 3);
+        body.frame().await.expect("a frame").expect("data");
+        assert_eq!(tally.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn an_empty_body_is_empty() {
+        let body = empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
     }
 }

@@ -3,6 +3,7 @@
 //! forward, scrub the answer, and audit it when it is done.
 
 use std::{
+    borrow::Cow,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -11,14 +12,18 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, Version, header};
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http::{
+    HeaderName, Method, Request, Response, Uri, Version, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tracing::warn;
 
 use super::{
     Intercept,
-    body::{Counted, OnDone, ProxyBody, boxed},
+    body::{OnDone, ProxyBody, Reported, Tallied, boxed, empty},
     headers,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
@@ -39,6 +44,9 @@ const APPROVAL_BODY_MAX: usize = 1 << 20;
 /// An agent that stops sending half-way must not pin an approval slot.
 const APPROVAL_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Names the request in the answer, as in the audit log.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-airlock-request-id");
+
 /// What is fixed for every request on one agent connection.
 pub struct ConnCtx {
     pub agent: Arc<str>,
@@ -46,11 +54,13 @@ pub struct ConnCtx {
     pub policy: Arc<Policy>,
     /// The SNI (or, without one, the dialled address) for TLS; None for
     /// plain HTTP, where each request's Host names it.
-    pub tls_host: Option<String>,
+    pub tls_host: Option<Arc<str>>,
+    /// Where a TLS connection's requests go, made once per connection.
+    tls_authority: Option<Authority>,
     pub port: u16,
     /// The dialled address as the audit writes it, formatted once per
     /// connection rather than per request.
-    pub dst: String,
+    pub dst: Arc<str>,
 }
 
 impl ConnCtx {
@@ -60,12 +70,16 @@ impl ConnCtx {
         policy: Arc<Policy>,
         tls_host: Option<String>,
     ) -> ConnCtx {
+        let port = origin.dst.0.port();
         ConnCtx {
             agent,
             policy,
-            tls_host,
-            port: origin.dst.0.port(),
-            dst: origin.dst.0.to_string(),
+            tls_authority: tls_host
+                .as_deref()
+                .and_then(|host| authority(host, port).ok()),
+            tls_host: tls_host.map(Arc::from),
+            port,
+            dst: origin.dst.0.to_string().into(),
             origin,
         }
     }
@@ -75,7 +89,40 @@ impl ConnCtx {
     }
 }
 
-fn normalize_host(h: &str) -> String {
+/// Where requests for `host` go: "host:port", "[v6]:port".
+fn authority(host: &str, port: u16) -> Result<Authority, http::uri::InvalidUri> {
+    if host.contains(':') {
+        Authority::try_from(format!("[{host}]:{port}"))
+    } else {
+        Authority::try_from(format!("{host}:{port}"))
+    }
+}
+
+/// The standard methods' names without an allocation per request.
+fn method_name(method: &Method) -> Cow<'static, str> {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().position(|m| m == method) {
+        Some(i) => Cow::Borrowed(NAMES[i]),
+        None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
+/// The name a Host header gives, as the policy compares names: no port, no
+/// trailing dot, lower case. Borrowed when it is already so.
+fn normalize_host(h: &str) -> Cow<'_, str> {
     let h = h.trim().trim_end_matches('.');
     // Strip a port: "host:443", "[::1]:443"; keep bare IPv6.
     let h = if let Some(rest) = h.strip_prefix('[') {
@@ -85,7 +132,11 @@ fn normalize_host(h: &str) -> String {
     } else {
         h
     };
-    h.to_ascii_lowercase()
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(h)
+    }
 }
 
 impl Intercept {
@@ -96,24 +147,30 @@ impl Intercept {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let method = parts.method.as_str().to_owned();
+        let method = method_name(&parts.method);
         let path = parts
             .uri
             .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let named = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .map(normalize_host);
-        let host = match (&ctx.tls_host, &named) {
-            (Some(sni), _) => sni.clone(),
-            (None, Some(h)) => h.clone(),
-            (None, None) => ctx.origin.dst.0.ip().to_string(),
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let (host, mismatch) = {
+            let named = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .map(normalize_host);
+            match (&ctx.tls_host, named) {
+                // The SNI decided which certificate the agent got; a Host
+                // naming another server on the same connection would dodge
+                // that decision.
+                (Some(sni), named) => (sni.clone(), named.is_some_and(|n| *n != **sni)),
+                (None, Some(h)) => (Arc::from(h.as_ref()), false),
+                (None, None) => (Arc::from(ctx.origin.dst.0.ip().to_string()), false),
+            }
         };
         let mut record = AuditRecord {
-            agent: Some(ctx.agent.to_string()),
+            agent: Some(ctx.agent.clone()),
             cgroup: ctx.origin.cgroup_id,
             pid: ctx.origin.pid,
             uid: ctx.origin.uid,
@@ -122,13 +179,10 @@ impl Intercept {
             dst: ctx.dst.clone(),
             proto: if ctx.tls() { "https" } else { "http" },
             method: Some(method.clone()),
-            path: Some(path.clone()),
+            path: Some(path.as_str().to_owned()),
             request_id: self.audit.request_id(),
             ..AuditRecord::default()
         };
-        // The SNI decided which certificate the agent got; a Host naming
-        // another server on the same connection would dodge that decision.
-        let mismatch = ctx.tls() && named.as_ref().is_some_and(|n| *n != host);
         let outcome = if mismatch {
             Err(ProxyError::Denied {
                 reason: "host_mismatch",
@@ -155,7 +209,7 @@ impl Intercept {
                     agent: &ctx.agent,
                     host: &host,
                     method: &method,
-                    path: &path,
+                    path: path.as_str(),
                 };
                 self.metrics
                     .requests
@@ -163,9 +217,9 @@ impl Intercept {
                     .inc();
                 let resp = err.to_response(&asked);
                 record.action = Some(err.action());
-                record.reason = Some(err.reason().to_string());
+                record.reason = Some(Cow::Borrowed(err.reason()));
                 if record.rule.is_none() {
-                    record.rule = err.rule().map(str::to_owned);
+                    record.rule = err.rule().cloned();
                 }
                 record.status = Some(resp.status().as_u16());
                 record.duration_ms = started.elapsed().as_millis() as u64;
@@ -181,13 +235,16 @@ impl Intercept {
         ctx: &ConnCtx,
         host: &str,
         method: &str,
-        path: &str,
+        path: &PathAndQuery,
         parts: &mut http::request::Parts,
         body: Incoming,
         record: &mut AuditRecord,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let allowed = match ctx.policy.decide_http(host, ctx.port, method, path) {
+        let allowed = match ctx
+            .policy
+            .decide_http(host, ctx.port, method, path.as_str())
+        {
             HttpDecision::Allow(a) => a,
             HttpDecision::Deny(d) => {
                 return Err(ProxyError::Denied {
@@ -218,13 +275,13 @@ impl Intercept {
                 agent: ctx.agent.to_string(),
                 method: method.to_owned(),
                 host: host.to_owned(),
-                path: path.to_owned(),
+                path: path.as_str().to_owned(),
                 body_digest,
                 created_unix: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
-                rule: allowed.rule_label.clone(),
+                rule: allowed.rule_label.to_string(),
             };
             self.metrics.approvals_pending.inc();
             let verdict = self.approvals.request(pending).await;
@@ -280,25 +337,37 @@ impl Intercept {
             // HTTP/1.1, hyper writes Host from the URI.
             parts.headers.remove(header::HOST);
         }
-        let authority = if host.contains(':') {
-            format!("[{host}]:{}", ctx.port)
-        } else {
-            format!("{host}:{}", ctx.port)
-        };
-        parts.uri = Uri::builder()
-            .scheme(if ctx.tls() { "https" } else { "http" })
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|_| ProxyError::Denied {
+        let authority = match &ctx.tls_authority {
+            Some(a) => a.clone(),
+            None => authority(host, ctx.port).map_err(|_| ProxyError::Denied {
                 reason: "invalid_uri",
                 rule: None,
-            })?;
+            })?,
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(if ctx.tls() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path.clone());
+        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::Denied {
+            reason: "invalid_uri",
+            rule: None,
+        })?;
         parts.version = Version::HTTP_11;
-        let bytes_out = Arc::new(AtomicU64::new(0));
-        let upstream_body = match outgoing {
-            Outgoing::Held(bytes) => boxed(Counted::new(Full::new(bytes), bytes_out.clone(), None)),
-            Outgoing::Streamed(body) => boxed(Counted::new(body, bytes_out.clone(), None)),
+        // Most requests (GET) have no body: nothing to count or box.
+        let bytes_out = match &outgoing {
+            Outgoing::Streamed(body) if body.is_end_stream() => None,
+            _ => Some(Arc::new(AtomicU64::new(0))),
+        };
+        let upstream_body = match (outgoing, &bytes_out) {
+            (_, None) => empty(),
+            (Outgoing::Held(bytes), Some(tally)) => {
+                boxed(Tallied::new(Full::new(bytes), tally.clone()))
+            }
+            (Outgoing::Streamed(body), Some(tally)) => boxed(Tallied::new(body, tally.clone())),
         };
         let upstream_req = Request::from_parts(
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -339,7 +408,7 @@ impl Intercept {
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
         let body = if injected.is_empty() {
-            boxed(rbody)
+            Either::Left(rbody)
         } else {
             for value in rparts.headers.values_mut() {
                 if let Some(clean) = scrubber.scrub_header_value(value) {
@@ -348,11 +417,11 @@ impl Intercept {
             }
             // Scrubbing can change the length.
             rparts.headers.remove(header::CONTENT_LENGTH);
-            boxed(scrubber.wrap(rbody))
+            Either::Right(scrubber.wrap(rbody))
         };
         rparts
             .headers
-            .insert("x-airlock-request-id", header_value(&record.request_id));
+            .insert(REQUEST_ID_HEADER, record.request_id.header_value());
         record.action = Some(action);
         record.status = Some(rparts.status.as_u16());
         let done = AuditWhenDone {
@@ -361,11 +430,7 @@ impl Intercept {
             bytes_out,
             started,
         };
-        let body = boxed(Counted::new(
-            body,
-            Arc::new(AtomicU64::new(0)),
-            Some(Box::new(done)),
-        ));
+        let body = boxed(Reported::new(body, done));
         Ok(Response::from_parts(rparts, body))
     }
 }
@@ -381,7 +446,7 @@ enum Outgoing {
 async fn read_for_approval(body: Incoming, rule: &str) -> Result<Bytes, ProxyError> {
     let refused = |reason| ProxyError::Denied {
         reason,
-        rule: Some(rule.to_owned()),
+        rule: Some(rule.into()),
     };
     let collected = tokio::time::timeout(
         APPROVAL_BODY_TIMEOUT,
@@ -394,10 +459,6 @@ async fn read_for_approval(body: Incoming, rule: &str) -> Result<Bytes, ProxyErr
         Err(err) if err.is::<LengthLimitError>() => Err(refused("approval_body_too_large")),
         Err(_) => Err(refused("request_body_error")),
     }
-}
-
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -428,15 +489,18 @@ async fn splice_upgraded(agent: hyper::upgrade::OnUpgrade, upstream: hyper::upgr
 struct AuditWhenDone {
     audit: Audit,
     record: AuditRecord,
-    bytes_out: Arc<AtomicU64>,
+    /// None when the request had no body.
+    bytes_out: Option<Arc<AtomicU64>>,
     started: Instant,
 }
 
 impl OnDone for AuditWhenDone {
-    fn done(self: Box<Self>, bytes_in: u64) {
+    fn done(self, bytes_in: u64) {
         let mut record = self.record;
         record.bytes_in = bytes_in;
-        record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        record.bytes_out = self
+            .bytes_out
+            .map_or(0, |tally| tally.load(Ordering::Relaxed));
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         self.audit.record(record);
     }

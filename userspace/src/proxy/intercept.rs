@@ -148,7 +148,7 @@ impl Intercept {
     async fn passthrough(&self, stream: TcpStream, origin: &Origin, agent: &str, host: &str) {
         let started = std::time::Instant::now();
         let mut record = self.record(origin, agent, host);
-        record.rule = Some(format!("passthrough {host}"));
+        record.rule = Some(format!("passthrough {host}").into());
         let target = match self.resolver.lookup_ip(host).await {
             Ok(ips) => ips
                 .first()
@@ -171,7 +171,7 @@ impl Intercept {
             }
             Err(err) => {
                 record.action = Some(Action::Error);
-                record.reason = Some(format!("upstream_connect: {err}"));
+                record.reason = Some(format!("upstream_connect: {err}").into());
             }
         }
         record.duration_ms = started.elapsed().as_millis() as u64;
@@ -180,23 +180,23 @@ impl Intercept {
 
     fn record(&self, origin: &Origin, agent: &str, host: &str) -> AuditRecord {
         AuditRecord {
-            agent: Some(agent.to_owned()),
+            agent: Some(agent.into()),
             cgroup: origin.cgroup_id,
             pid: origin.pid,
             uid: origin.uid,
-            host: host.to_owned(),
+            host: host.into(),
             port: origin.dst.0.port(),
-            dst: origin.dst.0.to_string(),
+            dst: origin.dst.0.to_string().into(),
             proto: "tls",
             ..AuditRecord::default()
         }
     }
 
-    fn refuse(&self, origin: &Origin, agent: &str, host: &str, reason: &str) {
+    fn refuse(&self, origin: &Origin, agent: &str, host: &str, reason: &'static str) {
         self.metrics.connection(agent, "deny");
         let mut record = self.record(origin, agent, host);
         record.action = Some(Action::Deny);
-        record.reason = Some(reason.to_owned());
+        record.reason = Some(reason.into());
         self.audit.record(record);
     }
 }

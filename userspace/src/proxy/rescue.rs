@@ -1,7 +1,7 @@
 //! Every way a request can fail, turned into a response in one place: the
 //! status, a JSON body the agent can read, and a bounded reason label.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
@@ -14,14 +14,17 @@ pub enum ProxyError {
     #[error("denied by policy: {reason}")]
     Denied {
         reason: &'static str,
-        rule: Option<String>,
+        rule: Option<Arc<str>>,
     },
     #[error("request carries the placeholder of secret {secret}, which no rule allows here")]
     PlaceholderNotAllowed { secret: String },
     #[error("a credential would travel over plain HTTP")]
     CredentialOverPlainHttp,
     #[error("rate limit of rule {rule} exceeded")]
-    RateLimited { rule: String, retry_after: Duration },
+    RateLimited {
+        rule: Arc<str>,
+        retry_after: Duration,
+    },
     #[error("a human denied the request")]
     ApprovalDenied,
     #[error("no human answered in time")]
@@ -80,9 +83,9 @@ impl ProxyError {
         }
     }
 
-    pub fn rule(&self) -> Option<&str> {
+    pub fn rule(&self) -> Option<&Arc<str>> {
         match self {
-            ProxyError::Denied { rule, .. } => rule.as_deref(),
+            ProxyError::Denied { rule, .. } => rule.as_ref(),
             ProxyError::RateLimited { rule, .. } => Some(rule),
             _ => None,
         }
