@@ -1,7 +1,7 @@
 //! Hop-by-hop headers belong to one connection and must not be forwarded:
 //! a `Connection: close` passed upstream would kill the pooled connection.
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -18,16 +18,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
 /// WebSocket handshake that policy allowed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Runs twice per request, so it allocates nothing in the usual case:
+    // values are shared bytes, cheap to clone out of the map, and names
+    // are looked up by &str.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    let more: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&more) {
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        for token in text.split(',').map(str::trim) {
+            if !(keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                headers.remove(token);
+            }
+        }
     }
     for name in &HOP_BY_HOP {
         if keep_upgrade && name == header::CONNECTION {
@@ -93,6 +98,22 @@ mod tests {
             h.get("authorization").map(|v| v.as_bytes()),
             Some(&b"Bearer x"[..])
         );
+    }
+
+    #[test]
+    fn every_connection_header_line_is_honoured_in_any_case() {
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", " X-First-Hop ,X-SECOND-HOP"),
+            ("x-first-hop", "1"),
+            ("x-second-hop", "2"),
+            ("x-end-to-end", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-first-hop").is_none());
+        assert!(h.get("x-second-hop").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("x-end-to-end").map(|v| v.as_bytes()), Some(&b"3"[..]));
     }
 
     #[test]
