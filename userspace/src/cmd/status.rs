@@ -36,6 +36,20 @@ fn print_human(s: &serde_json::Value) {
     if let Some(err) = s["attached_programs_error"].as_str() {
         println!("          kernel query failed: {err}");
     }
+    let audit = &s["audit"];
+    println!(
+        "audit:    {}, {} records queued, {} lost",
+        match (
+            audit["accepting"].as_bool(),
+            audit["write_failing"].as_bool()
+        ) {
+            (Some(true), _) => "writing",
+            (_, Some(true)) => "WRITES FAILING: requests are refused",
+            _ => "FALLING BEHIND: requests are refused",
+        },
+        audit["backlog"],
+        audit["lost_records"]
+    );
     println!("proxy:    {}", s["listening"]["proxy"]);
     println!("dns:      {}", s["listening"]["dns"]);
     println!("metrics:  {}", s["listening"]["metrics"]);

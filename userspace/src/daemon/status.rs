@@ -59,7 +59,9 @@ impl StatusSource {
             .into_iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
+        let audit = self.audit.state();
         let healthy = settings_ok
+            && audit.accepting
             && attached
                 .as_ref()
                 .is_ok_and(|n| *n as usize >= self.kernel.report.programs.len());
@@ -79,6 +81,7 @@ impl StatusSource {
             "policies": self.policies.summary(),
             "kernel_counters": counters,
             "recent_denials": self.audit.recent_denials(),
+            "audit": audit,
             "approvals_pending": self.approvals.pending(),
         })
     }

@@ -63,6 +63,7 @@ enum Refusal {
     NoPolicy,
     AirlockPort,
     NoRule,
+    AuditUnavailable,
 }
 
 impl Refusal {
@@ -73,6 +74,7 @@ impl Refusal {
             Refusal::NoPolicy => "no_policy",
             Refusal::AirlockPort => "airlock_port",
             Refusal::NoRule => "no_rule",
+            Refusal::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -99,6 +101,15 @@ impl Proxy {
             };
             if self.is_own_port(origin.dst.0) {
                 self.refuse(Some(&origin), Some(&agent), client, Refusal::AirlockPort);
+                return;
+            }
+            if !self.audit.accepting() {
+                self.refuse(
+                    Some(&origin),
+                    Some(&agent),
+                    client,
+                    Refusal::AuditUnavailable,
+                );
                 return;
             }
             let _live = self.live.enter(agent.clone());

@@ -188,6 +188,9 @@ impl Intercept {
                 reason: "host_mismatch",
                 rule: None,
             })
+        } else if !self.audit.accepting() {
+            // Fail closed: what cannot be recorded does not go out.
+            Err(ProxyError::AuditUnavailable)
         } else {
             self.clone()
                 .pipeline(

@@ -33,6 +33,8 @@ pub enum ProxyError {
     Upstream { reason: String },
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("the audit log is not being written")]
+    AuditUnavailable,
 }
 
 /// What the agent asked, for the JSON body.
@@ -54,13 +56,16 @@ impl ProxyError {
             ProxyError::ApprovalTimeout => "approval_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::AuditUnavailable => "audit_unavailable",
         }
     }
 
     pub fn action(&self) -> Action {
         match self {
             ProxyError::RateLimited { .. } => Action::RateLimited,
-            ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout => Action::Error,
+            ProxyError::Upstream { .. }
+            | ProxyError::UpstreamTimeout
+            | ProxyError::AuditUnavailable => Action::Error,
             _ => Action::Deny,
         }
     }
@@ -79,6 +84,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -176,6 +182,7 @@ mod tests {
     fn upstream_failures_are_502_and_504() {
         assert_eq!(ProxyError::Upstream { reason: "x".into() }.status(), 502);
         assert_eq!(ProxyError::UpstreamTimeout.status(), 504);
+        assert_eq!(ProxyError::AuditUnavailable.status(), 503);
         assert_eq!(ProxyError::ApprovalTimeout.reason(), "approval_timeout");
     }
 }
