@@ -36,8 +36,31 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the admin socket {path} answers only root: run the command as root (sudo airlock ...)"
+    )]
+    NotRoot { path: PathBuf },
+    #[error(
+        "the daemon at {path} closed the connection without answering (it answers only root: run the command as root)"
+    )]
+    Closed { path: PathBuf },
     #[error("the daemon's answer is not JSON: {0}")]
     Decode(#[source] serde_json::Error),
+}
+
+/// A connect refused for want of permission is the root-only socket, not a
+/// daemon that is down.
+fn connect_error(path: &Path, source: std::io::Error) -> AdminError {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        AdminError::NotRoot {
+            path: path.to_path_buf(),
+        }
+    } else {
+        AdminError::Connect {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,15 +165,21 @@ fn request_within(
     timeout: std::time::Duration,
 ) -> Result<serde_json::Value, AdminError> {
     use std::io::{BufRead as _, Write as _};
-    let io = |source| AdminError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(path).map_err(|source| AdminError::Connect {
+    let io = |source: std::io::Error| match source.kind() {
+        // The daemon hangs up on peers that are not root, before or after
+        // the request is written.
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            AdminError::Closed {
+                path: path.to_path_buf(),
+            }
+        }
+        _ => AdminError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        },
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|source| connect_error(path, source))?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(AdminError::Decode)?;
@@ -158,7 +187,11 @@ fn request_within(
     stream.write_all(&line).map_err(io)?;
     let mut reader = std::io::BufReader::new(stream);
     let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(io)?;
+    if reader.read_line(&mut answer).map_err(io)? == 0 {
+        return Err(AdminError::Closed {
+            path: path.to_path_buf(),
+        });
+    }
     serde_json::from_str(&answer).map_err(AdminError::Decode)
 }
 
@@ -167,6 +200,32 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{AdminError, AdminRequest, request_within};
+
+    #[test]
+    fn a_hang_up_without_an_answer_says_the_socket_is_for_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let peer = std::thread::spawn(move || {
+            // What the daemon does with a non-root peer: accept, then close.
+            let (conn, _) = listener.accept().expect("accept");
+            drop(conn);
+        });
+        let err = request_within(&path, &AdminRequest::Status, Duration::from_secs(5))
+            .expect_err("no answer");
+        peer.join().expect("peer");
+        assert!(matches!(err, AdminError::Closed { .. }), "{err:?}");
+        assert!(err.to_string().contains("run the command as root"), "{err}");
+    }
+
+    #[test]
+    fn a_connect_refused_for_permission_names_root_not_a_stopped_daemon() {
+        let path = std::path::Path::new("/run/airlock/admin.sock");
+        let denied = super::connect_error(path, std::io::ErrorKind::PermissionDenied.into());
+        assert!(denied.to_string().contains("answers only root"), "{denied}");
+        let absent = super::connect_error(path, std::io::ErrorKind::NotFound.into());
+        assert!(absent.to_string().contains("is it running?"), "{absent}");
+    }
 
     #[test]
     fn a_daemon_that_never_answers_gives_an_error_not_a_hang() {
