@@ -1,7 +1,7 @@
 //! The body type the proxy serves and forwards, and the wrappers that count
 //! the bytes that pass: into a shared tally (request bodies), or up to the
 //! end of the body, where the request's audit record is written (answers).
-//! Every request makes one of each, so neither allocates.
+//! Every request makes one of each; the counting itself allocates nothing.
 
 use std::{
     pin::Pin,
@@ -38,52 +38,16 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-fn data_len<E>(polled: &Poll<Option<Result<Frame<Bytes>, E>>>) -> u64 {
-    match polled {
-        Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
-        _ => 0,
-    }
+/// Where a [`Counted`] body puts the byte count of each data frame.
+pub trait Count {
+    fn add(&mut self, bytes: u64);
 }
 
-pin_project_lite::pin_project! {
-    /// Adds the bytes that pass to a tally that someone else reads, while
-    /// the body may still be streaming.
-    pub struct Tallied<B> {
-        #[pin]
-        inner: B,
-        tally: Arc<AtomicU64>,
-    }
-}
-
-impl<B> Tallied<B> {
-    pub fn new(inner: B, tally: Arc<AtomicU64>) -> Self {
-        Self { inner, tally }
-    }
-}
-
-impl<B> Body for Tallied<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        this.tally.fetch_add(data_len(&polled), Ordering::Relaxed);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// A tally that someone else reads while the body may still be streaming
+/// (request bodies: the answer's audit record reads it).
+impl Count for Arc<AtomicU64> {
+    fn add(&mut self, bytes: u64) {
+        self.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -93,39 +57,54 @@ pub trait OnDone: Send + 'static {
     fn done(self, bytes: u64);
 }
 
-pin_project_lite::pin_project! {
-    /// Counts the bytes that pass; reports the total once, when dropped.
-    pub struct Reported<B, D: OnDone> {
-        #[pin]
-        inner: B,
-        bytes: u64,
-        on_done: Option<D>,
-    }
-
-    impl<B, D: OnDone> PinnedDrop for Reported<B, D> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(done) = this.on_done.take() {
-                done.done(*this.bytes);
-            }
-        }
-    }
+/// Counts locally and reports the total once, when dropped with its body.
+pub struct Report<D: OnDone> {
+    bytes: u64,
+    on_done: Option<D>,
 }
 
-impl<B, D: OnDone> Reported<B, D> {
-    pub fn new(inner: B, on_done: D) -> Self {
-        Self {
-            inner,
+impl<D: OnDone> Report<D> {
+    pub fn new(on_done: D) -> Self {
+        Report {
             bytes: 0,
             on_done: Some(on_done),
         }
     }
 }
 
-impl<B, D> Body for Reported<B, D>
+impl<D: OnDone> Count for Report<D> {
+    fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+    }
+}
+
+impl<D: OnDone> Drop for Report<D> {
+    fn drop(&mut self) {
+        if let Some(done) = self.on_done.take() {
+            done.done(self.bytes);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the data bytes that pass into `C`.
+    pub struct Counted<B, C> {
+        #[pin]
+        inner: B,
+        count: C,
+    }
+}
+
+impl<B, C: Count> Counted<B, C> {
+    pub fn new(inner: B, count: C) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B, C> Body for Counted<B, C>
 where
     B: Body<Data = Bytes>,
-    D: OnDone,
+    C: Count,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -136,7 +115,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        *this.bytes += data_len(&polled);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.add(data.len() as u64);
+        }
         polled
     }
 
@@ -189,7 +172,10 @@ mod tests {
     #[tokio::test]
     async fn a_finished_body_reports_its_bytes_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let body = Reported::new(chunks(&["hello ", "world"]), Record(seen.clone()));
+        let body = Counted::new(
+            chunks(&["hello ", "world"]),
+            Report::new(Record(seen.clone())),
+        );
         let all = body.collect().await.expect("body").to_bytes();
         assert_eq!(all, "hello world");
         assert_eq!(*seen.lock().expect("lock"), vec![11]);
@@ -198,9 +184,9 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_body_reports_what_passed_so_far() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut body = Box::pin(Reported::new(
+        let mut body = Box::pin(Counted::new(
             chunks(&["abc", "defg"]),
-            Record(seen.clone()),
+            Report::new(Record(seen.clone())),
         ));
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "abc");
@@ -211,7 +197,7 @@ mod tests {
     #[tokio::test]
     async fn a_tally_is_readable_while_the_body_streams() {
         let tally = Arc::new(AtomicU64::new(0));
-        let mut body = Box::pin(Tallied::new(chunks(&["abc", "defg"]), tally.clone()));
+        let mut body = Box::pin(Counted::new(chunks(&["abc", "defg"]), tally.clone()));
         body.frame().await.expect("a frame").expect("data");
         assert_eq!(tally.load(Ordering::Relaxed), 3);
         body.frame().await.expect("a frame").expect("data");

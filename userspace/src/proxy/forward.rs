@@ -23,7 +23,7 @@ use tracing::warn;
 
 use super::{
     Intercept,
-    body::{OnDone, ProxyBody, Reported, Tallied, boxed, empty},
+    body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
     headers,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
@@ -368,9 +368,9 @@ impl Intercept {
         let upstream_body = match (outgoing, &bytes_out) {
             (_, None) => empty(),
             (Outgoing::Held(bytes), Some(tally)) => {
-                boxed(Tallied::new(Full::new(bytes), tally.clone()))
+                boxed(Counted::new(Full::new(bytes), tally.clone()))
             }
-            (Outgoing::Streamed(body), Some(tally)) => boxed(Tallied::new(body, tally.clone())),
+            (Outgoing::Streamed(body), Some(tally)) => boxed(Counted::new(body, tally.clone())),
         };
         let upstream_req = Request::from_parts(
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -433,7 +433,7 @@ impl Intercept {
             bytes_out,
             started,
         };
-        let body = boxed(Reported::new(body, done));
+        let body = boxed(Counted::new(body, Report::new(done)));
         Ok(Response::from_parts(rparts, body))
     }
 }
