@@ -4,9 +4,14 @@
 
 mod harness;
 
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{Daemon, DaemonOptions, describe, stdout, upstream::TlsUpstream};
+use harness::{
+    Daemon, DaemonOptions, describe, stdout,
+    upstream::{Seen, TlsUpstream},
+};
 
 const PY: &str = "/usr/bin/python3";
 const SECRET: &str = "s3cr3t-Value-0123456789abcdef";
@@ -19,8 +24,12 @@ struct Setup {
 
 fn setup(extra_rules: &str) -> Setup {
     let dir = tempfile::tempdir().expect("upstream dir");
-    let up = TlsUpstream::start(dir.path(), &["api.example.test", "other.example.test"]);
+    let up = TlsUpstream::start(
+        dir.path(),
+        &["api.example.test", "other.example.test", "aws.example.test"],
+    );
     let p = up.port;
+    let extra_rules = extra_rules.replace("{port}", &p.to_string());
     let ca = dir.keep().join("upstream-ca.pem");
     let policy = format!(
         r#"agent: web-bot
@@ -42,7 +51,7 @@ rules:
     let d = Daemon::start(DaemonOptions {
         policies: vec![("web-bot.yaml".into(), policy)],
         extra_config: format!(
-            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
             ca.display()
         ),
     });
@@ -434,4 +443,152 @@ fn a_tampered_vault_is_refused_whole_with_a_clear_error() {
         "a partial vault was listed"
     );
     assert_no_secret("the error", &err);
+}
+
+const AWS_PH: &str = "AKIAAIRLOCKTESTPH001";
+const AWS_ID: &str = "AKIATESTREALID000042";
+const AWS_SECRET: &str = "testRealSecretKey/0123456789+abcdefABCDEF";
+const AWS_RULE: &str = "  - host: aws.example.test:{port}\n    methods: [GET, POST]\n    credentials:\n      - secret: aws\n";
+
+/// Recomputes, with botocore and the real key, the Authorization header of
+/// a request as the upstream received it, over the headers it names as
+/// signed. Reads `{seen, body, id, secret}` as JSON on stdin.
+const BOTOCORE_SIGN: &str = r#"
+import json, sys
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+a = json.load(sys.stdin)
+seen = a['seen']
+auth = dict(seen['headers'])['authorization']
+scope = auth.split('Credential=')[1].split(',')[0].split('/')
+signed = auth.split('SignedHeaders=')[1].split(',')[0].split(';')
+headers = {k: v for k, v in seen['headers'] if k in signed}
+headers.setdefault('host', seen['authority'])
+req = AWSRequest(method=seen['method'], url='https://' + headers['host'] + seen['path'],
+                 headers=headers, data=a['body'].encode())
+req.context['timestamp'] = headers['x-amz-date']
+signer = SigV4Auth(Credentials(a['id'], a['secret']), scope[3], scope[2])
+sts = signer.string_to_sign(req, signer.canonical_request(req))
+print('AWS4-HMAC-SHA256 Credential=%s, SignedHeaders=%s, Signature=%s'
+      % (signer.scope(req), ';'.join(sorted(signed)), signer.signature(sts, req)))
+"#;
+
+fn botocore_authorization(seen: &Seen, body: &str) -> String {
+    let input = serde_json::json!({
+        "seen": {
+            "method": seen.method,
+            "path": seen.path,
+            "authority": seen.authority,
+            "headers": seen.headers,
+        },
+        "body": body,
+        "id": AWS_ID,
+        "secret": AWS_SECRET,
+    });
+    let mut child = Command::new(PY)
+        .args(["-c", BOTOCORE_SIGN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with botocore (Debian: python3-botocore)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("botocore");
+    assert!(out.status.success(), "botocore: {}", describe(&out));
+    stdout(&out).trim().to_owned()
+}
+
+/// An AWS client signs with the placeholder as its access key id; the
+/// upstream receives the request signed with the real key, exactly as
+/// botocore signs it given the real key. The secret key never travels,
+/// and the agent sees neither part of the real key, even when the
+/// upstream echoes the Authorization header.
+#[test]
+fn aws_requests_are_re_signed_with_the_real_key() {
+    let Setup { d, up } = setup(AWS_RULE);
+    d.secret_set_kind(
+        "aws",
+        "aws_sigv4",
+        AWS_PH,
+        &format!("{AWS_ID}:{AWS_SECRET}"),
+    );
+    let base = format!("https://aws.example.test:{}", up.port);
+    let sigv4 = format!("--aws-sigv4 aws:amz:us-east-1:sts --user {AWS_PH}:agent-side-secret");
+    const BODY: &str = r#"{"Action":"GetCallerIdentity"}"#;
+    let runs = [
+        (
+            "a GET with a query, over HTTP/1.1",
+            format!(
+                "curl -sS --fail-with-body --http1.1 {sigv4} '{base}/echo?Version=2011-06-15&Action=GetCallerIdentity'"
+            ),
+            "",
+            "HTTP/1.1",
+        ),
+        (
+            "a POST with a body, over HTTP/2",
+            format!(
+                "curl -sS --fail-with-body --http2 {sigv4} -H 'content-type: application/json' -d '{BODY}' {base}/echo"
+            ),
+            BODY,
+            "HTTP/2.0",
+        ),
+    ];
+    for (name, cmd, body, version) in runs {
+        let before = up.seen().len();
+        let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{name}: {}", describe(&out));
+        // The echo reflects the Authorization header the upstream got.
+        assert!(
+            text.contains(&format!("Credential={AWS_PH}/")),
+            "{name}: {text}"
+        );
+        for part in [AWS_ID, AWS_SECRET] {
+            assert!(!text.contains(part), "{name}: the agent saw {part}: {text}");
+        }
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1, "{name}");
+        let got = &seen[before];
+        assert_eq!(got.version, version, "{name}");
+        let auth = got.header("authorization").expect("authorization");
+        assert!(
+            auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={AWS_ID}/")),
+            "{name}: {auth}"
+        );
+        assert!(!format!("{got:?}").contains(AWS_SECRET), "{name}: {got:?}");
+        assert_eq!(auth, botocore_authorization(got, body), "{name}");
+    }
+    let rec = d.wait_audit("for the re-signed request", |r| {
+        r["host"] == "aws.example.test" && r["method"] == "POST"
+    });
+    assert_eq!(rec["credentials"], serde_json::json!(["aws"]));
+
+    // The same placeholder elsewhere than the signature is refused: a
+    // presigned URL would hand the agent a URL signed with the real key.
+    let before = up.seen().len();
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS '{base}/echo?X-Amz-Credential={AWS_PH}%2F20261125%2Fus-east-1%2Fs3%2Faws4_request'"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("aws_sigv4_placeholder_misplaced"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "a refused request reached the upstream"
+    );
 }

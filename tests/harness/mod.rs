@@ -288,17 +288,28 @@ impl Daemon {
 
     /// `airlock secret set NAME` with the value on stdin.
     pub fn secret_set(&self, name: &str, value: &str) {
-        self.secret_with_value("set", name, value);
+        self.secret_with_value(&["set", name], value);
+    }
+
+    /// `airlock secret set NAME --kind KIND --placeholder PH` with the value on stdin.
+    pub fn secret_set_kind(&self, name: &str, kind: &str, placeholder: &str, value: &str) {
+        self.secret_with_value(
+            &["set", name, "--kind", kind, "--placeholder", placeholder],
+            value,
+        );
     }
 
     /// `airlock secret rotate NAME` with the new value on stdin.
     pub fn secret_rotate(&self, name: &str, value: &str) {
-        self.secret_with_value("rotate", name, value);
+        self.secret_with_value(&["rotate", name], value);
     }
 
-    fn secret_with_value(&self, action: &str, name: &str, value: &str) {
+    fn secret_with_value(&self, args: &[&str], value: &str) {
+        let action = args[0];
         let mut child = Command::new(AIRLOCK)
-            .args(["secret", action, name, "--config"])
+            .arg("secret")
+            .args(args)
+            .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -21,6 +21,9 @@ use hyper_util::{
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: String,
+    /// The URI's authority: HTTP/2's :authority (HTTP/1.1 names the host
+    /// in its Host header instead).
+    pub authority: Option<String>,
     pub path: String,
     pub version: String,
     pub headers: Vec<(String, String)>,
@@ -129,6 +132,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let record = Seen {
         method: req.method().to_string(),
+        authority: req.uri().authority().map(|a| a.to_string()),
         path: req
             .uri()
             .path_and_query()

@@ -114,7 +114,7 @@ pub enum SecretAction {
     /// Store a secret; the value is read from standard input.
     Set {
         name: String,
-        /// bearer, header, basic, query, oauth2_client_credentials, aws_sigv4, github_app
+        /// bearer, header, basic, query, or aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN])
         #[arg(long, default_value = "bearer")]
         kind: String,
         /// The string agents use in place of the secret (default airlock-ph-NAME).

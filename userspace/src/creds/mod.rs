@@ -7,12 +7,14 @@
 //! echoes a secret, in headers, streamed bodies and trailers.
 
 mod scrub;
+mod sigv4;
 mod swap;
 
 #[cfg(test)]
 mod tests;
 
 pub use scrub::Scrubber;
+pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;
-pub use swap::{Credential, CredentialSet, SwapError};
+pub use swap::{Credential, CredentialSet, SwapError, Swapped};

@@ -8,6 +8,10 @@
 //! leaks nothing because a placeholder is not a secret. The proxy therefore
 //! must not swap placeholders in bodies, and does not.
 //!
+//! An `aws_sigv4` placeholder is the exception: it is not pasted over, since
+//! SigV4 never sends the secret key. The swap only checks where it stands
+//! and hands the real key back for re-signing ([`super::sigv4`]).
+//!
 //! Matching is on raw bytes: placeholders are made of unreserved URI
 //! characters (`[A-Za-z0-9._~-]`), which never need percent-encoding, so the
 //! query is searched exactly as it appears on the wire.
@@ -25,7 +29,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Uri};
 use zeroize::Zeroizing;
 
+use super::sigv4::{ALGORITHM, AwsKey, SigV4Error};
 use crate::secret::Secret;
+use crate::vault::SecretKind;
 
 /// Shortest placeholder accepted; also the width of the lookup key.
 pub const PLACEHOLDER_MIN_LEN: usize = 8;
@@ -55,8 +61,40 @@ fn is_unreserved(b: u8) -> bool {
 #[derive(Debug, Clone)]
 pub struct Credential {
     pub name: String,
+    pub kind: SecretKind,
     pub placeholder: String,
     pub value: Secret,
+}
+
+impl Credential {
+    /// The values an upstream could echo: an `aws_sigv4` secret's parts
+    /// travel (or are used) apart, the others whole.
+    pub fn scrub_values(kind: SecretKind, value: &Secret) -> Vec<Secret> {
+        let mut values = vec![value.clone()];
+        if kind == SecretKind::AwsSigv4
+            && let Some(key) = AwsKey::parse(value)
+        {
+            values.extend(key.parts().cloned());
+        }
+        values
+    }
+}
+
+/// What [`CredentialSet::swap`] did to a request head.
+#[derive(Debug, Default)]
+pub struct Swapped {
+    /// Names of the secrets used, unique and sorted.
+    pub injected: Vec<String>,
+    /// An `aws_sigv4` secret whose placeholder signed the request: the
+    /// caller re-signs the request once it is final.
+    pub resign: Option<Resign>,
+}
+
+/// The real key for [`super::sigv4::resign`], and the placeholder the agent signed with.
+#[derive(Debug)]
+pub struct Resign {
+    pub key: AwsKey,
+    pub placeholder: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +105,8 @@ pub enum SwapError {
     InvalidHeader { name: String },
     #[error("the request URI would not be valid with the secret in place")]
     InvalidUri,
+    #[error("cannot re-sign the request for secret {secret:?}: {problem}")]
+    AwsSigV4 { secret: String, problem: SigV4Error },
 }
 
 /// All credentials of one vault load, indexed for placeholder search.
@@ -178,7 +218,7 @@ impl CredentialSet {
         &self,
         parts: &mut http::request::Parts,
         allowed: &[String],
-    ) -> Result<Vec<String>, SwapError> {
+    ) -> Result<Swapped, SwapError> {
         let plan = self.plan(parts);
         if let Some(&denied) = plan
             .found
@@ -190,6 +230,8 @@ impl CredentialSet {
                 secret: self.creds[denied].name.clone(),
             });
         }
+        let resign = self.resign_plan(parts, &plan)?;
+        let signer = resign.as_ref().map(|(cred, _)| *cred);
 
         // Build every new value before touching `parts`, so an error leaves
         // the request exactly as it came.
@@ -199,6 +241,11 @@ impl CredentialSet {
         let values: Vec<&HeaderValue> = parts.headers.iter().map(|(_, v)| v).collect();
         for (ordinal, edit) in &plan.headers {
             let new = match edit {
+                // Left for the re-signing, which replaces the whole header.
+                HeaderEdit::Raw(hits) if hits.iter().all(|h| Some(h.cred) == signer) => {
+                    injected.extend(signer);
+                    continue;
+                }
                 HeaderEdit::Raw(hits) => {
                     let bytes = self.replace(values[*ordinal].as_bytes(), hits, false);
                     injected.extend(hits.iter().map(|h| h.cred));
@@ -243,7 +290,65 @@ impl CredentialSet {
         if let Some(uri) = new_uri {
             parts.uri = uri;
         }
-        Ok(self.names(injected))
+        Ok(Swapped {
+            injected: self.names(injected),
+            resign: resign.map(|(_, r)| r),
+        })
+    }
+
+    /// The `aws_sigv4` secret whose placeholder signed the request, if any.
+    /// Its placeholder is not pasted over: it names the key to re-sign with,
+    /// and may stand only where an SDK puts its access key id (the
+    /// Authorization header) or a token (`X-Amz-Security-Token`), alone.
+    fn resign_plan(
+        &self,
+        parts: &http::request::Parts,
+        plan: &Plan,
+    ) -> Result<Option<(usize, Resign)>, SwapError> {
+        let mut found = plan
+            .found
+            .iter()
+            .copied()
+            .filter(|&i| self.creds[i].kind == SecretKind::AwsSigv4);
+        let Some(cred) = found.next() else {
+            return Ok(None);
+        };
+        let refuse = |problem| SwapError::AwsSigV4 {
+            secret: self.creds[cred].name.clone(),
+            problem,
+        };
+        let in_basic = plan.headers.iter().any(|(_, edit)| {
+            matches!(edit, HeaderEdit::Basic { hits, .. } if hits.iter().any(|h| h.cred == cred))
+        });
+        if found.next().is_some() || in_basic || plan.query.iter().any(|h| h.cred == cred) {
+            return Err(refuse(SigV4Error::Misplaced));
+        }
+        for (ordinal, (name, value)) in parts.headers.iter().enumerate() {
+            let hits = self.find(value.as_bytes());
+            let basic = plan
+                .headers
+                .iter()
+                .any(|(at, edit)| *at == ordinal && matches!(edit, HeaderEdit::Basic { .. }));
+            let here = hits.iter().any(|h| h.cred == cred);
+            let alone = hits.iter().all(|h| h.cred == cred);
+            let signature = name == AUTHORIZATION
+                && value
+                    .as_bytes()
+                    .trim_ascii_start()
+                    .starts_with(ALGORITHM.as_bytes());
+            let place = signature || name.as_str() == "x-amz-security-token";
+            if here && !(place && alone && !basic) {
+                return Err(refuse(SigV4Error::Misplaced));
+            }
+        }
+        let key = AwsKey::parse(&self.creds[cred].value).ok_or(refuse(SigV4Error::BadSecret))?;
+        Ok(Some((
+            cred,
+            Resign {
+                key,
+                placeholder: self.creds[cred].placeholder.clone(),
+            },
+        )))
     }
 
     /// `(secret, placeholder)` for every credential, for building a
@@ -253,7 +358,11 @@ impl CredentialSet {
     pub fn scrub_pairs(&self) -> Vec<(Secret, Vec<u8>)> {
         self.creds
             .iter()
-            .map(|c| (c.value.clone(), c.placeholder.as_bytes().to_vec()))
+            .flat_map(|c| {
+                Credential::scrub_values(c.kind, &c.value)
+                    .into_iter()
+                    .map(|v| (v, c.placeholder.as_bytes().to_vec()))
+            })
             .collect()
     }
 

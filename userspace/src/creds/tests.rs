@@ -26,6 +26,7 @@ const LONG_VALUE: &str = "REALdeployKEY-admin";
 fn cred(name: &str, placeholder: &str, value: &str) -> Credential {
     Credential {
         name: name.to_owned(),
+        kind: crate::vault::SecretKind::Bearer,
         placeholder: placeholder.to_owned(),
         value: Secret::new(value.as_bytes().to_vec()),
     }
@@ -71,7 +72,7 @@ fn swaps_allowed_placeholder_in_header() {
             ("accept", "application/json"),
         ],
     );
-    let injected = set.swap(&mut p, &allow(&["github"])).unwrap();
+    let injected = set.swap(&mut p, &allow(&["github"])).unwrap().injected;
     assert_eq!(injected, vec!["github"]);
     let auth = p.headers.get("authorization").unwrap();
     assert_eq!(auth.to_str().unwrap(), format!("Bearer {GITHUB_VALUE}"));
@@ -88,7 +89,7 @@ fn nothing_to_swap_leaves_request_alone() {
     let set = set();
     let mut p = parts("https://example.com/?a=b", &[("x-other", "plain")]);
     let before = (p.uri.clone(), p.headers.clone());
-    assert!(set.swap(&mut p, &allow(&[])).unwrap().is_empty());
+    assert!(set.swap(&mut p, &allow(&[])).unwrap().injected.is_empty());
     assert_eq!((p.uri.clone(), p.headers.clone()), before);
     assert!(!p.headers.get("x-other").unwrap().is_sensitive());
 }
@@ -144,7 +145,9 @@ fn longest_placeholder_wins_when_one_is_a_prefix_of_another() {
     let mut only_long = parts("https://example.com/", &[("x-a", LONG_PH)]);
     assert_eq!(set.placeholders_in(&only_long), vec!["deploy-admin"]);
     assert_eq!(
-        set.swap(&mut only_long, &allow(&["deploy-admin"])).unwrap(),
+        set.swap(&mut only_long, &allow(&["deploy-admin"]))
+            .unwrap()
+            .injected,
         vec!["deploy-admin"]
     );
     assert_eq!(only_long.headers.get("x-a").unwrap(), LONG_VALUE);
@@ -188,7 +191,7 @@ fn basic_auth_round_trip() {
                 );
                 assert_eq!(set.placeholders_in(&p), vec!["deploy"]);
                 assert_eq!(
-                    set.swap(&mut p, &allow(&["deploy"])).unwrap(),
+                    set.swap(&mut p, &allow(&["deploy"])).unwrap().injected,
                     vec!["deploy"]
                 );
                 let value = p.headers.get(header).unwrap().to_str().unwrap();
@@ -221,7 +224,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
         &[],
     );
     assert_eq!(
-        set.swap(&mut p, &allow(&["custom"])).unwrap(),
+        set.swap(&mut p, &allow(&["custom"])).unwrap().injected,
         vec!["custom"]
     );
     assert_eq!(p.uri.scheme_str(), Some("https"));
@@ -234,7 +237,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
 
     // Origin-form, as the proxy sees most requests.
     let mut origin = parts(&format!("/search?q=x&token={CUSTOM_PH}"), &[]);
-    set.swap(&mut origin, &allow(&["custom"])).unwrap();
+    set.swap(&mut origin, &allow(&["custom"])).unwrap().injected;
     assert_eq!(
         origin.uri.to_string(),
         format!("/search?q=x&token={CUSTOM_VALUE}")
@@ -245,7 +248,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
 fn query_value_with_reserved_characters_is_percent_encoded() {
     let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%")]);
     let mut p = parts(&format!("/x?key={CUSTOM_PH}&z=1"), &[]);
-    set.swap(&mut p, &allow(&["odd"])).unwrap();
+    set.swap(&mut p, &allow(&["odd"])).unwrap().injected;
     assert_eq!(p.uri.query(), Some("key=a%26b%3Dc%20d%25&z=1"));
 }
 
@@ -261,7 +264,7 @@ fn every_value_of_a_repeated_header_is_swapped() {
             ("x-api-key", &format!("k={CUSTOM_PH};k2={CUSTOM_PH}")),
         ],
     );
-    set.swap(&mut p, &allow(&["custom"])).unwrap();
+    set.swap(&mut p, &allow(&["custom"])).unwrap().injected;
     assert_eq!(
         values(&p, "x-api-key"),
         vec![
@@ -785,4 +788,94 @@ fn large_body_throughput() {
         "scrubbed 1 MiB in {elapsed:?}: {:.0} MiB/s",
         1.0 / elapsed.as_secs_f64()
     );
+}
+
+const AWS_PH: &str = "AKIAAIRLOCKPLACEHOLD";
+const AWS_ID: &str = "AKIAREALKEY000000001";
+const AWS_SECRET: &str = "REALsecretAccessKey/0123+abc";
+
+fn aws_set() -> CredentialSet {
+    let mut aws = cred("aws", AWS_PH, &format!("{AWS_ID}:{AWS_SECRET}"));
+    aws.kind = crate::vault::SecretKind::AwsSigv4;
+    CredentialSet::new(vec![aws, cred("github", GITHUB_PH, GITHUB_VALUE)])
+}
+
+fn aws_auth() -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential={AWS_PH}/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+    )
+}
+
+#[test]
+fn an_aws_placeholder_is_left_for_re_signing_never_pasted_over() {
+    let set = aws_set();
+    let mut p = parts(
+        "https://sts.amazonaws.com/",
+        &[
+            ("authorization", &aws_auth()),
+            ("x-amz-date", "20261125T101500Z"),
+        ],
+    );
+    let swapped = set.swap(&mut p, &allow(&["aws"])).unwrap();
+    assert_eq!(swapped.injected, vec!["aws"]);
+    let resign = swapped.resign.expect("to re-sign");
+    assert_eq!(resign.placeholder, AWS_PH);
+    assert_eq!(resign.key.secret_access_key.expose(), AWS_SECRET.as_bytes());
+    assert_eq!(values(&p, "authorization"), vec![aws_auth()]);
+}
+
+#[test]
+fn an_aws_placeholder_anywhere_but_the_signature_is_refused() {
+    let set = aws_set();
+    let misplaced = [
+        // A presigned URL would hand the agent a URL signed with the real key.
+        parts(
+            &format!("https://s3.amazonaws.com/b/k?X-Amz-Credential={AWS_PH}%2F20261125"),
+            &[],
+        ),
+        parts("https://sts.amazonaws.com/", &[("x-note", AWS_PH)]),
+        parts(
+            "https://sts.amazonaws.com/",
+            &[("authorization", &format!("Bearer {AWS_PH}"))],
+        ),
+        parts(
+            "https://sts.amazonaws.com/",
+            &[(
+                "authorization",
+                &format!("Basic {}", STANDARD.encode(format!("{AWS_PH}:x"))),
+            )],
+        ),
+    ];
+    for mut p in misplaced {
+        let before = format!("{p:?}");
+        match set.swap(&mut p, &allow(&["aws", "github"])) {
+            Err(SwapError::AwsSigV4 { secret, .. }) => assert_eq!(secret, "aws"),
+            other => panic!("not refused: {other:?} for {before}"),
+        }
+        assert_eq!(format!("{p:?}"), before, "changed on refusal");
+    }
+    // The policy's gate comes first: a rule without the secret refuses it
+    // as any other placeholder.
+    let mut p = parts(
+        "https://sts.amazonaws.com/",
+        &[("authorization", &aws_auth())],
+    );
+    assert!(matches!(
+        set.swap(&mut p, &allow(&["github"])),
+        Err(SwapError::NotAllowed { .. })
+    ));
+}
+
+#[test]
+fn an_aws_secret_is_scrubbed_whole_and_by_parts() {
+    let scrubber = Scrubber::new(aws_set().scrub_pairs());
+    for echoed in [AWS_ID, AWS_SECRET, &format!("{AWS_ID}:{AWS_SECRET}")] {
+        let value = HeaderValue::from_str(&format!("echo {echoed}")).unwrap();
+        let clean = scrubber.scrub_header_value(&value).expect("scrubbed");
+        assert_eq!(
+            clean.to_str().unwrap(),
+            format!("echo {AWS_PH}"),
+            "{echoed}"
+        );
+    }
 }

@@ -114,13 +114,16 @@ impl Credentials {
                 for entry in contents.entries() {
                     creds.push(Credential {
                         name: entry.name.clone(),
+                        kind: entry.kind,
                         placeholder: entry.placeholder.clone(),
                         value: entry.current.clone(),
                     });
                     // A previous value in its rotation grace may still be
                     // echoed by an upstream: scrub it too.
                     for old in entry.valid_values(now).skip(1) {
-                        extra.push((old.clone(), entry.placeholder.as_bytes().to_vec()));
+                        for value in Credential::scrub_values(entry.kind, old) {
+                            extra.push((value, entry.placeholder.as_bytes().to_vec()));
+                        }
                     }
                 }
                 let count = creds.len();

@@ -31,7 +31,7 @@ use super::{
 use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
     audit::{Action, Audit, AuditRecord},
-    creds::SwapError,
+    creds::{self, SwapError, Swapped},
     policy::{HttpDecision, Policy},
 };
 
@@ -43,6 +43,33 @@ const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
 const APPROVAL_BODY_MAX: usize = 1 << 20;
 /// An agent that stops sending half-way must not pin an approval slot.
 const APPROVAL_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A SigV4 request without `x-amz-content-sha256` (every AWS service but
+/// S3) is signed over its body's hash, so the body is read whole first.
+/// These APIs take JSON or form bodies; S3 uploads declare their hash.
+const SIGV4_BODY_MAX: usize = 8 << 20;
+
+/// Limits for reading a request body whole, and the reasons given when they
+/// are passed.
+struct WholeBody {
+    max: usize,
+    timeout: Duration,
+    too_large: &'static str,
+    too_slow: &'static str,
+}
+
+const FOR_APPROVAL: WholeBody = WholeBody {
+    max: APPROVAL_BODY_MAX,
+    timeout: APPROVAL_BODY_TIMEOUT,
+    too_large: "approval_body_too_large",
+    too_slow: "approval_body_timeout",
+};
+
+const FOR_SIGV4: WholeBody = WholeBody {
+    max: SIGV4_BODY_MAX,
+    timeout: APPROVAL_BODY_TIMEOUT,
+    too_large: "aws_sigv4_body_too_large",
+    too_slow: "aws_sigv4_body_timeout",
+};
 
 /// Names the request in the answer, as in the audit log.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-airlock-request-id");
@@ -267,7 +294,7 @@ impl Intercept {
         }
         let mut action = Action::Allow;
         let outgoing = if allowed.approval {
-            Outgoing::Held(read_for_approval(body, &allowed.rule_label).await?)
+            Outgoing::Held(read_whole(body, &allowed.rule_label, FOR_APPROVAL).await?)
         } else {
             Outgoing::Streamed(body)
         };
@@ -297,8 +324,8 @@ impl Intercept {
         }
 
         let (creds, scrubber) = self.credentials.current(started);
-        let injected = if creds.placeholders_in(parts).is_empty() {
-            Vec::new()
+        let Swapped { injected, resign } = if creds.placeholders_in(parts).is_empty() {
+            Swapped::default()
         } else {
             if !ctx.tls() {
                 return Err(ProxyError::CredentialOverPlainHttp);
@@ -315,7 +342,36 @@ impl Intercept {
                         reason: "invalid_request_after_swap",
                         rule: None,
                     },
+                    SwapError::AwsSigV4 { secret, problem } => {
+                        warn!(agent = %ctx.agent, host, secret = %secret, %problem, "request not re-signed");
+                        ProxyError::Denied {
+                            reason: problem.reason(),
+                            rule: Some(allowed.rule_label.clone()),
+                        }
+                    }
                 })?
+        };
+        let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
+            reason: problem.reason(),
+            rule: Some(allowed.rule_label.clone()),
+        };
+        let mut outgoing = outgoing;
+        let payload_hash = match &resign {
+            None => None,
+            Some(_) => match creds::declared_payload_hash(&parts.headers).map_err(sigv4_refused)? {
+                Some(declared) => Some(declared),
+                None => {
+                    let bytes = match outgoing {
+                        Outgoing::Held(bytes) => bytes,
+                        Outgoing::Streamed(body) => {
+                            read_whole(body, &allowed.rule_label, FOR_SIGV4).await?
+                        }
+                    };
+                    let hash = creds::hex_sha256(&bytes);
+                    outgoing = Outgoing::Held(bytes);
+                    Some(hash)
+                }
+            },
         };
         for name in &injected {
             self.metrics
@@ -360,6 +416,10 @@ impl Intercept {
             rule: None,
         })?;
         parts.version = Version::HTTP_11;
+        // Last, so that the signature covers the request exactly as sent.
+        if let (Some(resign), Some(hash)) = (&resign, &payload_hash) {
+            creds::resign(parts, &resign.key, &resign.placeholder, hash).map_err(sigv4_refused)?;
+        }
         // Most requests (GET) have no body: nothing to count or box.
         let bytes_out = match &outgoing {
             Outgoing::Streamed(body) if body.is_end_stream() => None,
@@ -446,20 +506,17 @@ enum Outgoing {
 }
 
 /// The whole request body, bounded in size and time.
-async fn read_for_approval(body: Incoming, rule: &str) -> Result<Bytes, ProxyError> {
+async fn read_whole(body: Incoming, rule: &str, limits: WholeBody) -> Result<Bytes, ProxyError> {
     let refused = |reason| ProxyError::Denied {
         reason,
         rule: Some(rule.into()),
     };
-    let collected = tokio::time::timeout(
-        APPROVAL_BODY_TIMEOUT,
-        Limited::new(body, APPROVAL_BODY_MAX).collect(),
-    )
-    .await
-    .map_err(|_| refused("approval_body_timeout"))?;
+    let collected = tokio::time::timeout(limits.timeout, Limited::new(body, limits.max).collect())
+        .await
+        .map_err(|_| refused(limits.too_slow))?;
     match collected {
         Ok(all) => Ok(all.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(refused("approval_body_too_large")),
+        Err(err) if err.is::<LengthLimitError>() => Err(refused(limits.too_large)),
         Err(_) => Err(refused("request_body_error")),
     }
 }

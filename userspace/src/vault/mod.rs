@@ -136,6 +136,7 @@ impl Vault {
     ) -> Result<SecretInfo, VaultError> {
         validate::name(name)?;
         validate::value(name, &value)?;
+        validate::value_for_kind(name, kind, &value)?;
         if let Some(placeholder) = placeholder {
             validate::placeholder(placeholder)?;
         }
@@ -199,6 +200,7 @@ impl Vault {
                 .get_mut(name)
                 .ok_or_else(|| not_found(name))?;
             let entry = &mut record.entry;
+            validate::value_for_kind(name, entry.kind, &value)?;
             entry.previous = Some(std::mem::replace(&mut entry.current, value));
             entry.previous_valid_until = Some(now.saturating_add(grace_secs));
             entry.version = entry.version.saturating_add(1);
@@ -324,6 +326,8 @@ pub enum ValueProblem {
     },
     /// NUL, CR or LF.
     ForbiddenByte,
+    /// An `aws_sigv4` value that is not `ID:SECRET[:TOKEN]`.
+    NotAwsKey,
 }
 
 impl fmt::Display for ValueProblem {
@@ -336,6 +340,10 @@ impl fmt::Display for ValueProblem {
             ValueProblem::ForbiddenByte => f.write_str(
                 "it contains a NUL, CR or LF byte (values go into HTTP headers); \
                  strip the trailing newline",
+            ),
+            ValueProblem::NotAwsKey => f.write_str(
+                "an aws_sigv4 value is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or \
+                 ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN, without spaces",
             ),
         }
     }
@@ -417,6 +425,13 @@ pub enum VaultError {
         "unknown secret kind {kind:?}: expected bearer, header, basic, query, oauth2_client_credentials, aws_sigv4 or github_app"
     )]
     UnknownKind { kind: String },
+
+    #[error(
+        "secret kind {kind} is not supported yet: Airlock does not fetch or refresh its \
+         tokens, so it would paste the stored value as the token; store a token you \
+         obtained as kind bearer (or header) instead"
+    )]
+    KindNotSupported { kind: SecretKind },
 
     #[error("no secret named {name:?} in the vault")]
     NotFound { name: String },

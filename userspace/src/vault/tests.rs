@@ -809,19 +809,95 @@ fn kinds_parse_and_display() {
     ));
 
     let (_dir, vault) = fresh();
+    let stored = [
+        SecretKind::Bearer,
+        SecretKind::Header,
+        SecretKind::Basic,
+        SecretKind::Query,
+        SecretKind::AwsSigv4,
+    ];
+    for kind in [SecretKind::Oauth2ClientCredentials, SecretKind::GithubApp] {
+        let err = vault
+            .set("fetched", kind, None, secret(VALUE))
+            .expect_err("a kind whose tokens Airlock would fetch");
+        assert!(
+            matches!(err, VaultError::KindNotSupported { kind: k } if k == kind),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("kind bearer"), "{err}");
+    }
     for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
+        if !stored.contains(&kind) {
+            continue;
+        }
         let secret_name = name.replace('_', "-");
+        let value = match kind {
+            SecretKind::AwsSigv4 => AWS_VALUE,
+            _ => VALUE,
+        };
         vault
-            .set(&secret_name, kind, None, secret(VALUE))
+            .set(&secret_name, kind, None, secret(value))
             .expect("set");
     }
     let contents = vault.load().expect("load");
+    assert_eq!(contents.len(), stored.len());
     for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
+        if !stored.contains(&kind) {
+            continue;
+        }
         assert_eq!(
             contents.get(&name.replace('_', "-")).expect("entry").kind,
             kind
         );
     }
+}
+
+const AWS_VALUE: &str = "AKIDTESTVALUE0000001:test/aws+secret";
+
+#[test]
+fn an_aws_sigv4_value_must_be_a_key_pair_on_set_and_on_rotate() {
+    let (_dir, vault) = fresh();
+    for bad in [
+        VALUE,
+        "AKIDTESTVALUE0000001:",
+        "id:secret:token:extra",
+        "id:se cret",
+    ] {
+        match vault.set("aws", SecretKind::AwsSigv4, None, secret(bad)) {
+            Err(
+                e @ VaultError::InvalidValue {
+                    problem: ValueProblem::NotAwsKey,
+                    ..
+                },
+            ) => {
+                let text = e.to_string();
+                assert!(text.contains("ACCESS_KEY_ID:SECRET_ACCESS_KEY"), "{text}");
+                assert!(!text.contains(bad), "the error shows the value: {text}");
+            }
+            other => panic!("{bad:?} stored: {other:?}"),
+        }
+    }
+    assert!(vault.load().expect("load").is_empty(), "nothing stored");
+    vault
+        .set("aws", SecretKind::AwsSigv4, None, secret(AWS_VALUE))
+        .expect("a key pair");
+    let bad_rotate = vault.rotate("aws", secret(VALUE), Duration::from_secs(60));
+    assert!(
+        matches!(bad_rotate, Err(VaultError::InvalidValue { .. })),
+        "{bad_rotate:?}"
+    );
+    let kept = vault.load().expect("load");
+    assert_eq!(
+        kept.get("aws").expect("entry").current.expose(),
+        AWS_VALUE.as_bytes()
+    );
+    vault
+        .rotate(
+            "aws",
+            secret("AKIDTESTVALUE0000002:new/secret:token"),
+            Duration::from_secs(60),
+        )
+        .expect("a key pair with a token");
 }
 
 #[test]
