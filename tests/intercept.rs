@@ -445,8 +445,8 @@ fn a_tampered_vault_is_refused_whole_with_a_clear_error() {
     assert_no_secret("the error", &err);
 }
 
-const AWS_PH: &str = "AKIAAIRLOCKTESTPH001";
-const AWS_ID: &str = "AKIATESTREALID000042";
+const AWS_PH: &str = "AKIDAIRLOCKTESTPH001";
+const AWS_ID: &str = "AKIDEXAMPLETESTID042";
 const AWS_SECRET: &str = "testRealSecretKey/0123456789+abcdefABCDEF";
 const AWS_RULE: &str = "  - host: aws.example.test:{port}\n    methods: [GET, POST]\n    credentials:\n      - secret: aws\n";
 

@@ -790,8 +790,8 @@ fn large_body_throughput() {
     );
 }
 
-const AWS_PH: &str = "AKIAAIRLOCKPLACEHOLD";
-const AWS_ID: &str = "AKIAREALKEY000000001";
+const AWS_PH: &str = "AKIDAIRLOCKPLACEHOLD";
+const AWS_ID: &str = "AKIDEXAMPLEREALKEY01";
 const AWS_SECRET: &str = "REALsecretAccessKey/0123+abc";
 
 fn aws_set() -> CredentialSet {

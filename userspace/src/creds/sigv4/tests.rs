@@ -9,8 +9,8 @@ use http::Request;
 use super::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 use crate::secret::Secret;
 
-const PLACEHOLDER: &str = "AKIAAIRLOCKPLACEHOLD";
-const REAL_ID: &str = "AKIAREALKEY000000001";
+const PLACEHOLDER: &str = "AKIDAIRLOCKPLACEHOLD";
+const REAL_ID: &str = "AKIDEXAMPLEREALKEY01";
 const REAL_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYREALKEY";
 const REAL_TOKEN: &str = "FwoGZXIvYXdzEJr//////////wEaDREALTOKEN";
 
@@ -50,7 +50,7 @@ fn a_bedrock_post_is_signed_as_the_sdk_would_sign_it_with_the_real_key() {
             ("x-amz-date", "20261125T101500Z"),
             (
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAAIRLOCKPLACEHOLD/20261125/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=e61e7dde4adab0b2416c6a79cb6b913c06a694a4ad254925c57b1dea099abe51",
+                "AWS4-HMAC-SHA256 Credential=AKIDAIRLOCKPLACEHOLD/20261125/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=e61e7dde4adab0b2416c6a79cb6b913c06a694a4ad254925c57b1dea099abe51",
             ),
         ],
     );
@@ -58,7 +58,7 @@ fn a_bedrock_post_is_signed_as_the_sdk_would_sign_it_with_the_real_key() {
     resign(&mut p, &real(), PLACEHOLDER, &hash).expect("resign");
     assert_eq!(
         header(&p, "authorization"),
-        "AWS4-HMAC-SHA256 Credential=AKIAREALKEY000000001/20261125/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=f2601693c74837a4fc91c81f24550ca76ef4e1555329f58dd95024689c8c373f"
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLEREALKEY01/20261125/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=f2601693c74837a4fc91c81f24550ca76ef4e1555329f58dd95024689c8c373f"
     );
     assert!(p.headers.get("authorization").expect("auth").is_sensitive());
     assert!(!p.headers.contains_key("x-amz-security-token"));
@@ -78,7 +78,7 @@ fn an_s3_get_keeps_its_path_and_sorts_its_query() {
             ),
             (
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAAIRLOCKPLACEHOLD/20261125/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=fbb34bf625838abfa6df07d767bdad96674901da3f1082dc322dc1704266a7e0",
+                "AWS4-HMAC-SHA256 Credential=AKIDAIRLOCKPLACEHOLD/20261125/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=fbb34bf625838abfa6df07d767bdad96674901da3f1082dc322dc1704266a7e0",
             ),
         ],
     );
@@ -88,7 +88,7 @@ fn an_s3_get_keeps_its_path_and_sorts_its_query() {
     resign(&mut p, &real(), PLACEHOLDER, &hash).expect("resign");
     assert_eq!(
         header(&p, "authorization"),
-        "AWS4-HMAC-SHA256 Credential=AKIAREALKEY000000001/20261125/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=248d27c9027b0bc0ea398f8f4213468ebbe6eb9353272ccc68dfcb8357ea12c7"
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLEREALKEY01/20261125/eu-west-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=248d27c9027b0bc0ea398f8f4213468ebbe6eb9353272ccc68dfcb8357ea12c7"
     );
 }
 
@@ -104,7 +104,7 @@ fn a_session_token_is_added_and_signed_and_the_host_comes_from_the_uri_without_i
             ("x-amz-date", "20261125T101500Z"),
             (
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAAIRLOCKPLACEHOLD/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-custom, Signature=2da985629fa743407d6d8dacf14aa4e93148e750b8e9630388749367ccd91b14",
+                "AWS4-HMAC-SHA256 Credential=AKIDAIRLOCKPLACEHOLD/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-custom, Signature=2da985629fa743407d6d8dacf14aa4e93148e750b8e9630388749367ccd91b14",
             ),
         ],
     );
@@ -112,7 +112,7 @@ fn a_session_token_is_added_and_signed_and_the_host_comes_from_the_uri_without_i
     resign(&mut p, &k, PLACEHOLDER, &hex_sha256(b"")).expect("resign");
     assert_eq!(
         header(&p, "authorization"),
-        "AWS4-HMAC-SHA256 Credential=AKIAREALKEY000000001/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token;x-custom, Signature=69e6fb57a7ac87dd4cd690d362b48f16d565ddbc45c3a158d27443c5ddcffe8f"
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLEREALKEY01/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token;x-custom, Signature=69e6fb57a7ac87dd4cd690d362b48f16d565ddbc45c3a158d27443c5ddcffe8f"
     );
     assert_eq!(header(&p, "x-amz-security-token"), REAL_TOKEN);
     assert_eq!(
@@ -132,7 +132,7 @@ fn an_agent_token_is_dropped_when_the_real_key_has_none() {
             ("x-amz-security-token", "agent-side-token"),
             (
                 "authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAAIRLOCKPLACEHOLD/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token, Signature=00",
+                "AWS4-HMAC-SHA256 Credential=AKIDAIRLOCKPLACEHOLD/20261125/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token, Signature=00",
             ),
         ],
     );
@@ -156,7 +156,7 @@ fn requests_that_cannot_be_resigned_are_refused_and_left_as_they_came() {
             SigV4Error::Misplaced,
         ),
         (
-            auth("AKIASOMEOTHERKEY0000/20261125/us-east-1/sts/aws4_request"),
+            auth("AKIDSOMEOTHERKEY0000/20261125/us-east-1/sts/aws4_request"),
             "20261125T101500Z",
             SigV4Error::Misplaced,
         ),
