@@ -356,22 +356,26 @@ impl Intercept {
             rule: Some(allowed.rule_label.clone()),
         };
         let mut outgoing = outgoing;
-        let payload_hash = match &resign {
+        // The key and the payload hash it signs travel together, so a
+        // request to re-sign cannot go out signed by the agent alone.
+        let signing = match resign {
             None => None,
-            Some(_) => match creds::declared_payload_hash(&parts.headers).map_err(sigv4_refused)? {
-                Some(declared) => Some(declared),
-                None => {
-                    let bytes = match outgoing {
-                        Outgoing::Held(bytes) => bytes,
-                        Outgoing::Streamed(body) => {
-                            read_whole(body, &allowed.rule_label, FOR_SIGV4).await?
-                        }
-                    };
-                    let hash = creds::hex_sha256(&bytes);
-                    outgoing = Outgoing::Held(bytes);
-                    Some(hash)
+            Some(resign) => {
+                match creds::declared_payload_hash(&parts.headers).map_err(sigv4_refused)? {
+                    Some(declared) => Some((resign, declared)),
+                    None => {
+                        let bytes = match outgoing {
+                            Outgoing::Held(bytes) => bytes,
+                            Outgoing::Streamed(body) => {
+                                read_whole(body, &allowed.rule_label, FOR_SIGV4).await?
+                            }
+                        };
+                        let hash = creds::hex_sha256(&bytes);
+                        outgoing = Outgoing::Held(bytes);
+                        Some((resign, hash))
+                    }
                 }
-            },
+            }
         };
         for name in &injected {
             self.metrics
@@ -417,7 +421,7 @@ impl Intercept {
         })?;
         parts.version = Version::HTTP_11;
         // Last, so that the signature covers the request exactly as sent.
-        if let (Some(resign), Some(hash)) = (&resign, &payload_hash) {
+        if let Some((resign, hash)) = &signing {
             creds::resign(parts, &resign.key, &resign.placeholder, hash).map_err(sigv4_refused)?;
         }
         // Most requests (GET) have no body: nothing to count or box.
