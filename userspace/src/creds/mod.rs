@@ -6,15 +6,19 @@
 //! On the way back, [`Scrubber`] puts placeholders back wherever an upstream
 //! echoes a secret, in headers, streamed bodies and trailers.
 
+mod grant;
 mod scrub;
 mod sigv4;
 mod swap;
+mod tokens;
 
 #[cfg(test)]
 mod tests;
 
+pub use grant::{Grant, GrantProblem, TokenError};
 pub use scrub::Scrubber;
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;
 pub use swap::{Credential, CredentialSet, SwapError, Swapped};
+pub use tokens::{TokenCache, Transport};

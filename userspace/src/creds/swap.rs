@@ -11,6 +11,9 @@
 //! An `aws_sigv4` placeholder is the exception: it is not pasted over, since
 //! SigV4 never sends the secret key. The swap only checks where it stands
 //! and hands the real key back for re-signing ([`super::sigv4`]).
+//! `oauth2_client_credentials` and `github_app` placeholders are swapped for
+//! a token fetched with the stored value ([`super::tokens`]), never for the
+//! stored value itself.
 //!
 //! Matching is on raw bytes: placeholders are made of unreserved URI
 //! characters (`[A-Za-z0-9._~-]`), which never need percent-encoding, so the
@@ -29,6 +32,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Uri};
 use zeroize::Zeroizing;
 
+use super::grant::Grant;
 use super::sigv4::{ALGORITHM, AwsKey, SigV4Error};
 use crate::secret::Secret;
 use crate::vault::SecretKind;
@@ -68,13 +72,20 @@ pub struct Credential {
 
 impl Credential {
     /// The values an upstream could echo: an `aws_sigv4` secret's parts
-    /// travel (or are used) apart, the others whole.
+    /// travel (or are used) apart, an OAuth2 client secret travels to its
+    /// token endpoint, the others whole. (Fetched tokens are added by
+    /// [`super::TokenCache::scrub_pairs`].)
     pub fn scrub_values(kind: SecretKind, value: &Secret) -> Vec<Secret> {
         let mut values = vec![value.clone()];
         if kind == SecretKind::AwsSigv4
             && let Some(key) = AwsKey::parse(value)
         {
             values.extend(key.parts().cloned());
+        }
+        if kind == SecretKind::Oauth2ClientCredentials
+            && let Ok(Some(grant)) = Grant::parse(kind, value)
+        {
+            values.extend(grant.echoable_parts());
         }
         values
     }
@@ -107,7 +118,13 @@ pub enum SwapError {
     InvalidUri,
     #[error("cannot re-sign the request for secret {secret:?}: {problem}")]
     AwsSigV4 { secret: String, problem: SigV4Error },
+    #[error("no token was fetched for secret {secret:?}")]
+    NoToken { secret: String },
 }
+
+/// Tokens fetched for this request, by secret name: what the placeholders of
+/// `oauth2_client_credentials` and `github_app` secrets are swapped for.
+pub type Tokens = [(String, Secret)];
 
 /// All credentials of one vault load, indexed for placeholder search.
 pub struct CredentialSet {
@@ -214,23 +231,19 @@ impl CredentialSet {
     ///
     /// The caller decides `allowed` from the rule that matched the upstream
     /// host, and only calls this when the upstream leg is verified TLS.
+    ///
+    /// The placeholders of fetched-token secrets are swapped for their entry
+    /// in `tokens` ([`CredentialSet::to_fetch`] says which are needed).
     pub fn swap(
         &self,
         parts: &mut http::request::Parts,
         allowed: &[String],
+        tokens: &Tokens,
     ) -> Result<Swapped, SwapError> {
         let plan = self.plan(parts);
-        if let Some(&denied) = plan
-            .found
-            .iter()
-            .filter(|&&i| !allowed.contains(&self.creds[i].name))
-            .min_by(|&&a, &&b| self.creds[a].name.cmp(&self.creds[b].name))
-        {
-            return Err(SwapError::NotAllowed {
-                secret: self.creds[denied].name.clone(),
-            });
-        }
+        self.refuse_unallowed(&plan, allowed)?;
         let resign = self.resign_plan(parts, &plan)?;
+        let values = self.values(&plan, tokens)?;
         let signer = resign.as_ref().map(|(cred, _)| *cred);
 
         // Build every new value before touching `parts`, so an error leaves
@@ -238,7 +251,7 @@ impl CredentialSet {
         let mut injected = BTreeSet::new();
         let mut new_values = Vec::with_capacity(plan.headers.len());
         let names: Vec<&HeaderName> = parts.headers.iter().map(|(n, _)| n).collect();
-        let values: Vec<&HeaderValue> = parts.headers.iter().map(|(_, v)| v).collect();
+        let header_values: Vec<&HeaderValue> = parts.headers.iter().map(|(_, v)| v).collect();
         for (ordinal, edit) in &plan.headers {
             let new = match edit {
                 // Left for the re-signing, which replaces the whole header.
@@ -247,7 +260,8 @@ impl CredentialSet {
                     continue;
                 }
                 HeaderEdit::Raw(hits) => {
-                    let bytes = self.replace(values[*ordinal].as_bytes(), hits, false);
+                    let bytes =
+                        self.replace(&values, header_values[*ordinal].as_bytes(), hits, false);
                     injected.extend(hits.iter().map(|h| h.cred));
                     bytes
                 }
@@ -256,9 +270,10 @@ impl CredentialSet {
                     decoded,
                     hits,
                 } => {
-                    let plain = self.replace(decoded, hits, false);
+                    let plain = self.replace(&values, decoded, hits, false);
                     injected.extend(hits.iter().map(|h| h.cred));
-                    let mut bytes = Zeroizing::new(values[*ordinal].as_bytes()[..*prefix].to_vec());
+                    let mut bytes =
+                        Zeroizing::new(header_values[*ordinal].as_bytes()[..*prefix].to_vec());
                     let encoded = Zeroizing::new(STANDARD.encode(&*plain));
                     bytes.extend_from_slice(encoded.as_bytes());
                     bytes
@@ -276,7 +291,7 @@ impl CredentialSet {
             None
         } else {
             injected.extend(plan.query.iter().map(|h| h.cred));
-            Some(self.swap_query(&parts.uri, &plan.query)?)
+            Some(self.swap_query(&values, &parts.uri, &plan.query)?)
         };
 
         let mut pending = new_values.into_iter().peekable();
@@ -294,6 +309,63 @@ impl CredentialSet {
             injected: self.names(injected),
             resign: resign.map(|(_, r)| r),
         })
+    }
+
+    /// The secrets of fetched tokens whose placeholders the request carries,
+    /// for the caller to fetch before [`CredentialSet::swap`]. Refuses, as
+    /// the swap would, a request that carries a placeholder no rule allows,
+    /// so no token is fetched for it.
+    pub fn to_fetch(
+        &self,
+        parts: &http::request::Parts,
+        allowed: &[String],
+    ) -> Result<Vec<Credential>, SwapError> {
+        let plan = self.plan(parts);
+        self.refuse_unallowed(&plan, allowed)?;
+        Ok(plan
+            .found
+            .iter()
+            .map(|&i| &self.creds[i])
+            .filter(|c| Grant::is_fetched(c.kind))
+            .cloned()
+            .collect())
+    }
+
+    fn refuse_unallowed(&self, plan: &Plan, allowed: &[String]) -> Result<(), SwapError> {
+        match plan
+            .found
+            .iter()
+            .filter(|&&i| !allowed.contains(&self.creds[i].name))
+            .min_by(|&&a, &&b| self.creds[a].name.cmp(&self.creds[b].name))
+        {
+            Some(&denied) => Err(SwapError::NotAllowed {
+                secret: self.creds[denied].name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// What each found placeholder is swapped for, by credential index: the
+    /// stored value, or the fetched token.
+    fn values<'a>(&'a self, plan: &Plan, tokens: &'a Tokens) -> Result<Vec<&'a Secret>, SwapError> {
+        self.creds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if !Grant::is_fetched(c.kind) {
+                    return Ok(&c.value);
+                }
+                match tokens.iter().find(|(name, _)| *name == c.name) {
+                    Some((_, token)) => Ok(token),
+                    // Never the stored value: that is the client secret
+                    // or the private key.
+                    None if plan.found.contains(&i) => Err(SwapError::NoToken {
+                        secret: c.name.clone(),
+                    }),
+                    None => Ok(&c.value),
+                }
+            })
+            .collect()
     }
 
     /// The `aws_sigv4` secret whose placeholder signed the request, if any.
@@ -468,12 +540,18 @@ impl CredentialSet {
     /// `text` with each hit replaced by its credential's value, percent-
     /// encoded when the text is a query so a value with `&`, `=` or spaces
     /// cannot change the query's structure.
-    fn replace(&self, text: &[u8], hits: &[Hit], percent_encode: bool) -> Zeroizing<Vec<u8>> {
+    fn replace(
+        &self,
+        values: &[&Secret],
+        text: &[u8],
+        hits: &[Hit],
+        percent_encode: bool,
+    ) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(text.len() + 64));
         let mut done = 0;
         for hit in hits {
             out.extend_from_slice(&text[done..hit.start]);
-            let value = self.creds[hit.cred].value.expose();
+            let value = values[hit.cred].expose();
             if percent_encode {
                 for &b in value {
                     if is_unreserved(b) {
@@ -495,9 +573,9 @@ impl CredentialSet {
         out
     }
 
-    fn swap_query(&self, uri: &Uri, hits: &[Hit]) -> Result<Uri, SwapError> {
+    fn swap_query(&self, values: &[&Secret], uri: &Uri, hits: &[Hit]) -> Result<Uri, SwapError> {
         let query = uri.query().unwrap_or_default();
-        let swapped = self.replace(query.as_bytes(), hits, true);
+        let swapped = self.replace(values, query.as_bytes(), hits, true);
         let mut path_and_query =
             Zeroizing::new(Vec::with_capacity(uri.path().len() + 1 + swapped.len()));
         path_and_query.extend_from_slice(uri.path().as_bytes());

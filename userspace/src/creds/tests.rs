@@ -72,7 +72,7 @@ fn swaps_allowed_placeholder_in_header() {
             ("accept", "application/json"),
         ],
     );
-    let injected = set.swap(&mut p, &allow(&["github"])).unwrap().injected;
+    let injected = set.swap(&mut p, &allow(&["github"]), &[]).unwrap().injected;
     assert_eq!(injected, vec!["github"]);
     let auth = p.headers.get("authorization").unwrap();
     assert_eq!(auth.to_str().unwrap(), format!("Bearer {GITHUB_VALUE}"));
@@ -89,7 +89,12 @@ fn nothing_to_swap_leaves_request_alone() {
     let set = set();
     let mut p = parts("https://example.com/?a=b", &[("x-other", "plain")]);
     let before = (p.uri.clone(), p.headers.clone());
-    assert!(set.swap(&mut p, &allow(&[])).unwrap().injected.is_empty());
+    assert!(
+        set.swap(&mut p, &allow(&[]), &[])
+            .unwrap()
+            .injected
+            .is_empty()
+    );
     assert_eq!((p.uri.clone(), p.headers.clone()), before);
     assert!(!p.headers.get("x-other").unwrap().is_sensitive());
 }
@@ -105,7 +110,7 @@ fn refuses_placeholder_of_secret_not_allowed_and_leaves_parts_unchanged() {
         ],
     );
     let before = (p.uri.clone(), p.headers.clone());
-    match set.swap(&mut p, &allow(&["github"])) {
+    match set.swap(&mut p, &allow(&["github"]), &[]) {
         Err(SwapError::NotAllowed { secret }) => assert_eq!(secret, "custom"),
         other => panic!("expected NotAllowed, got {other:?}"),
     }
@@ -127,7 +132,7 @@ fn refuses_placeholder_hidden_in_basic_credentials() {
     );
     let before = p.headers.clone();
     assert!(matches!(
-        set.swap(&mut p, &allow(&["github"])),
+        set.swap(&mut p, &allow(&["github"]), &[]),
         Err(SwapError::NotAllowed { secret }) if secret == "custom"
     ));
     assert_eq!(p.headers, before);
@@ -145,14 +150,14 @@ fn longest_placeholder_wins_when_one_is_a_prefix_of_another() {
     let mut only_long = parts("https://example.com/", &[("x-a", LONG_PH)]);
     assert_eq!(set.placeholders_in(&only_long), vec!["deploy-admin"]);
     assert_eq!(
-        set.swap(&mut only_long, &allow(&["deploy-admin"]))
+        set.swap(&mut only_long, &allow(&["deploy-admin"]), &[])
             .unwrap()
             .injected,
         vec!["deploy-admin"]
     );
     assert_eq!(only_long.headers.get("x-a").unwrap(), LONG_VALUE);
 
-    set.swap(&mut p, &allow(&["deploy", "deploy-admin"]))
+    set.swap(&mut p, &allow(&["deploy", "deploy-admin"]), &[])
         .unwrap();
     assert_eq!(p.headers.get("x-a").unwrap(), LONG_VALUE);
     assert_eq!(
@@ -191,7 +196,7 @@ fn basic_auth_round_trip() {
                 );
                 assert_eq!(set.placeholders_in(&p), vec!["deploy"]);
                 assert_eq!(
-                    set.swap(&mut p, &allow(&["deploy"])).unwrap().injected,
+                    set.swap(&mut p, &allow(&["deploy"]), &[]).unwrap().injected,
                     vec!["deploy"]
                 );
                 let value = p.headers.get(header).unwrap().to_str().unwrap();
@@ -224,7 +229,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
         &[],
     );
     assert_eq!(
-        set.swap(&mut p, &allow(&["custom"])).unwrap().injected,
+        set.swap(&mut p, &allow(&["custom"]), &[]).unwrap().injected,
         vec!["custom"]
     );
     assert_eq!(p.uri.scheme_str(), Some("https"));
@@ -237,7 +242,9 @@ fn query_swap_keeps_scheme_authority_and_path() {
 
     // Origin-form, as the proxy sees most requests.
     let mut origin = parts(&format!("/search?q=x&token={CUSTOM_PH}"), &[]);
-    set.swap(&mut origin, &allow(&["custom"])).unwrap().injected;
+    set.swap(&mut origin, &allow(&["custom"]), &[])
+        .unwrap()
+        .injected;
     assert_eq!(
         origin.uri.to_string(),
         format!("/search?q=x&token={CUSTOM_VALUE}")
@@ -248,7 +255,7 @@ fn query_swap_keeps_scheme_authority_and_path() {
 fn query_value_with_reserved_characters_is_percent_encoded() {
     let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%")]);
     let mut p = parts(&format!("/x?key={CUSTOM_PH}&z=1"), &[]);
-    set.swap(&mut p, &allow(&["odd"])).unwrap().injected;
+    set.swap(&mut p, &allow(&["odd"]), &[]).unwrap().injected;
     assert_eq!(p.uri.query(), Some("key=a%26b%3Dc%20d%25&z=1"));
 }
 
@@ -264,7 +271,7 @@ fn every_value_of_a_repeated_header_is_swapped() {
             ("x-api-key", &format!("k={CUSTOM_PH};k2={CUSTOM_PH}")),
         ],
     );
-    set.swap(&mut p, &allow(&["custom"])).unwrap().injected;
+    set.swap(&mut p, &allow(&["custom"]), &[]).unwrap().injected;
     assert_eq!(
         values(&p, "x-api-key"),
         vec![
@@ -306,7 +313,7 @@ fn invalid_header_after_swap_is_an_error_and_changes_nothing() {
         &[("x-a", GITHUB_PH), ("x-b", CUSTOM_PH)],
     );
     let before = p.headers.clone();
-    match set.swap(&mut p, &allow(&["bad", "github"])) {
+    match set.swap(&mut p, &allow(&["bad", "github"]), &[]) {
         Err(SwapError::InvalidHeader { name }) => assert_eq!(name, "x-b"),
         other => panic!("expected InvalidHeader, got {other:?}"),
     }
@@ -323,11 +330,11 @@ fn errors_and_debug_never_show_secret_values() {
     shown.push(format!("{:?}", Scrubber::new(set.scrub_pairs())));
 
     let mut p = parts("/", &[("x-a", CUSTOM_PH)]);
-    let err = set.swap(&mut p, &allow(&["github"])).unwrap_err();
+    let err = set.swap(&mut p, &allow(&["github"]), &[]).unwrap_err();
     shown.push(err.to_string());
     shown.push(format!("{err:?}"));
     let bad = CredentialSet::new(vec![cred("bad", CUSTOM_PH, "sec\nret-VALUE")]);
-    let err = bad.swap(&mut p, &allow(&["bad"])).unwrap_err();
+    let err = bad.swap(&mut p, &allow(&["bad"]), &[]).unwrap_err();
     shown.push(err.to_string());
     shown.push(format!("{err:?}"));
     assert!(shown.iter().any(|s| s.contains("custom")), "{shown:?}");
@@ -385,7 +392,7 @@ fn duplicate_placeholder_belongs_to_the_first_credential() {
     let mut p = parts("/", &[("x", CUSTOM_PH)]);
     assert_eq!(set.placeholders_in(&p), vec!["first"]);
     assert!(matches!(
-        set.swap(&mut p, &allow(&["second"])),
+        set.swap(&mut p, &allow(&["second"]), &[]),
         Err(SwapError::NotAllowed { secret }) if secret == "first"
     ));
     assert_eq!(p.headers.get("x").unwrap(), CUSTOM_PH);
@@ -816,7 +823,7 @@ fn an_aws_placeholder_is_left_for_re_signing_never_pasted_over() {
             ("x-amz-date", "20261125T101500Z"),
         ],
     );
-    let swapped = set.swap(&mut p, &allow(&["aws"])).unwrap();
+    let swapped = set.swap(&mut p, &allow(&["aws"]), &[]).unwrap();
     assert_eq!(swapped.injected, vec!["aws"]);
     let resign = swapped.resign.expect("to re-sign");
     assert_eq!(resign.placeholder, AWS_PH);
@@ -848,7 +855,7 @@ fn an_aws_placeholder_anywhere_but_the_signature_is_refused() {
     ];
     for mut p in misplaced {
         let before = format!("{p:?}");
-        match set.swap(&mut p, &allow(&["aws", "github"])) {
+        match set.swap(&mut p, &allow(&["aws", "github"]), &[]) {
             Err(SwapError::AwsSigV4 { secret, .. }) => assert_eq!(secret, "aws"),
             other => panic!("not refused: {other:?} for {before}"),
         }
@@ -861,7 +868,7 @@ fn an_aws_placeholder_anywhere_but_the_signature_is_refused() {
         &[("authorization", &aws_auth())],
     );
     assert!(matches!(
-        set.swap(&mut p, &allow(&["github"])),
+        set.swap(&mut p, &allow(&["github"]), &[]),
         Err(SwapError::NotAllowed { .. })
     ));
 }
@@ -878,4 +885,89 @@ fn an_aws_secret_is_scrubbed_whole_and_by_parts() {
             "{echoed}"
         );
     }
+}
+
+const OAUTH_PH: &str = "airlock-ph-svc-oauth";
+const OAUTH_CLIENT_SECRET: &str = "test-client-REALsecret";
+const OAUTH_TOKEN: &str = "fetched-REALtoken-0042";
+
+fn oauth_set() -> CredentialSet {
+    let value = format!(
+        "token_url: https://auth.example.test/token\nclient_id: c\nclient_secret: {OAUTH_CLIENT_SECRET}\n"
+    );
+    CredentialSet::new(vec![
+        cred("github", GITHUB_PH, GITHUB_VALUE),
+        Credential {
+            kind: crate::vault::SecretKind::Oauth2ClientCredentials,
+            ..cred("svc", OAUTH_PH, &value)
+        },
+    ])
+}
+
+fn token() -> Vec<(String, Secret)> {
+    vec![("svc".into(), Secret::new(OAUTH_TOKEN.as_bytes().to_vec()))]
+}
+
+#[test]
+fn a_fetched_token_secret_is_swapped_for_its_token_never_its_stored_value() {
+    let set = oauth_set();
+    let mut p = parts(
+        &format!("https://api.example.test/v1?access_token={OAUTH_PH}"),
+        &[("authorization", &format!("Bearer {OAUTH_PH}"))],
+    );
+    let needed = set.to_fetch(&p, &allow(&["svc"])).expect("allowed");
+    assert_eq!(needed.len(), 1);
+    assert_eq!(needed[0].name, "svc");
+    let swapped = set.swap(&mut p, &allow(&["svc"]), &token()).expect("swap");
+    assert_eq!(swapped.injected, ["svc"]);
+    assert_eq!(
+        values(&p, "authorization"),
+        [format!("Bearer {OAUTH_TOKEN}")]
+    );
+    assert_eq!(p.uri.query(), Some(&*format!("access_token={OAUTH_TOKEN}")));
+
+    // Without its token the request is refused, unchanged: the stored
+    // value (client id, secret, endpoint) is never pasted in.
+    let mut p = parts("https://api.example.test/v1", &[("x-api-key", OAUTH_PH)]);
+    let before = format!("{p:?}");
+    match set.swap(&mut p, &allow(&["svc"]), &[]) {
+        Err(SwapError::NoToken { secret }) => assert_eq!(secret, "svc"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(format!("{p:?}"), before);
+}
+
+#[test]
+fn no_token_is_fetched_for_a_request_that_will_be_refused() {
+    let set = oauth_set();
+    let p = parts(
+        "https://api.example.test/v1",
+        &[
+            ("authorization", &format!("Bearer {OAUTH_PH}")),
+            ("x-leak", GITHUB_PH),
+        ],
+    );
+    match set.to_fetch(&p, &allow(&["svc"])) {
+        Err(SwapError::NotAllowed { secret }) => assert_eq!(secret, "github"),
+        other => panic!("{other:?}"),
+    }
+    let clean = parts("https://api.example.test/v1", &[("x-other", GITHUB_PH)]);
+    assert!(
+        set.to_fetch(&clean, &allow(&["github"]))
+            .expect("ok")
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_oauth2_client_secret_is_scrubbed_apart_from_its_stored_value() {
+    let set = oauth_set();
+    let scrubbed: Vec<Vec<u8>> = set
+        .scrub_pairs()
+        .into_iter()
+        .filter(|(_, ph)| ph == OAUTH_PH.as_bytes())
+        .map(|(s, _)| s.expose().to_vec())
+        .collect();
+    assert_eq!(scrubbed.len(), 2, "the whole value and the client secret");
+    assert!(scrubbed.contains(&OAUTH_CLIENT_SECRET.as_bytes().to_vec()));
 }

@@ -1,7 +1,9 @@
 //! The vault's secrets as the proxy uses them, re-read when the vault file
 //! changes. `airlock secret set/rotate/rm` tell the daemon over the admin
 //! socket, so the change holds from the next request; any other change to
-//! the file is seen within `RECHECK`.
+//! the file is seen within `RECHECK`. The tokens fetched for
+//! `oauth2_client_credentials` and `github_app` secrets are kept here too,
+//! and scrubbed from responses like the stored values.
 
 use std::{
     sync::{
@@ -14,7 +16,8 @@ use std::{
 use tracing::{error, info};
 
 use crate::{
-    creds::{Credential, CredentialSet, Scrubber},
+    creds::{Credential, CredentialSet, Scrubber, TokenCache, TokenError, Transport},
+    secret::Secret,
     vault::Vault,
 };
 
@@ -25,6 +28,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 pub struct Credentials {
     vault: Vault,
     state: RwLock<Loaded>,
+    tokens: TokenCache,
     /// Milliseconds after `epoch` of the last look at the file.
     checked_ms: AtomicU64,
     epoch: Instant,
@@ -32,7 +36,11 @@ pub struct Credentials {
 
 struct Loaded {
     set: Arc<CredentialSet>,
+    /// What the vault's own values scrub; fetched tokens are added to it.
+    scrub_pairs: Vec<(Secret, Vec<u8>)>,
     scrubber: Scrubber,
+    /// The [`TokenCache::generation`] whose tokens `scrubber` knows.
+    tokens_seen: u64,
     stamp: Option<FileStamp>,
 }
 
@@ -49,9 +57,12 @@ impl Credentials {
             vault,
             state: RwLock::new(Loaded {
                 set: Arc::new(CredentialSet::new(Vec::new())),
+                scrub_pairs: Vec::new(),
                 scrubber: Scrubber::new(Vec::new()),
+                tokens_seen: 0,
                 stamp: None,
             }),
+            tokens: TokenCache::default(),
             checked_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -131,19 +142,70 @@ impl Credentials {
                 let mut pairs = set.scrub_pairs();
                 pairs.extend(extra);
                 info!(secrets = count, "vault loaded");
-                Some((set, Scrubber::new(pairs)))
+                Some((set, pairs))
             }
             Err(err) => {
                 error!(error = %err, "vault unusable: no credentials will be injected");
                 None
             }
         };
+        let (set, pairs) = loaded.unwrap_or_else(|| (CredentialSet::new(Vec::new()), Vec::new()));
         if let Ok(mut s) = self.state.write() {
-            let (set, scrubber) = loaded
-                .unwrap_or_else(|| (CredentialSet::new(Vec::new()), Scrubber::new(Vec::new())));
             s.set = Arc::new(set);
-            s.scrubber = scrubber;
+            s.scrub_pairs = pairs;
             s.stamp = stamp;
+            // Tokens handed out before stay scrubbed, whatever the vault
+            // holds now.
+            self.rebuild_scrubber(&mut s);
+        }
+    }
+
+    fn rebuild_scrubber(&self, s: &mut Loaded) {
+        let generation = self.tokens.generation();
+        let mut all = s.scrub_pairs.clone();
+        all.extend(self.tokens.scrub_pairs());
+        s.scrubber = Scrubber::new(all);
+        s.tokens_seen = generation;
+    }
+
+    /// The tokens of the fetched-token secrets in `needed`, by name, and a
+    /// response scrubber that knows them. The first failure names its
+    /// secret.
+    pub async fn tokens(
+        &self,
+        needed: &[Credential],
+        transport: &impl Transport,
+        now: Instant,
+    ) -> Result<(Vec<(String, Secret)>, Scrubber), (String, TokenError)> {
+        let mut tokens = Vec::with_capacity(needed.len());
+        for cred in needed {
+            let token = self
+                .tokens
+                .token(cred, transport, now)
+                .await
+                .map_err(|err| (cred.name.clone(), err))?;
+            tokens.push((cred.name.clone(), token));
+        }
+        let generation = self.tokens.generation();
+        if let Ok(s) = self.state.read()
+            && s.tokens_seen >= generation
+        {
+            return Ok((tokens, s.scrubber.clone()));
+        }
+        match self.state.write() {
+            Ok(mut s) => {
+                if s.tokens_seen < generation {
+                    self.rebuild_scrubber(&mut s);
+                }
+                Ok((tokens, s.scrubber.clone()))
+            }
+            // Without a scrubber that knows the token, it does not go out.
+            Err(_) => Err((
+                needed.first().map(|c| c.name.clone()).unwrap_or_default(),
+                TokenError::Unreachable {
+                    reason: "internal state poisoned".into(),
+                },
+            )),
         }
     }
 }

@@ -27,6 +27,7 @@ use super::{
     headers,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
+    upstream::{TokenTransport, error_chain},
 };
 use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
@@ -323,33 +324,55 @@ impl Intercept {
             }
         }
 
-        let (creds, scrubber) = self.credentials.current(started);
+        let (creds, mut scrubber) = self.credentials.current(started);
         let Swapped { injected, resign } = if creds.placeholders_in(parts).is_empty() {
             Swapped::default()
         } else {
             if !ctx.tls() {
                 return Err(ProxyError::CredentialOverPlainHttp);
             }
+            let refused = |err| match err {
+                SwapError::NotAllowed { secret } => {
+                    // What an exfiltration attempt looks like.
+                    warn!(agent = %ctx.agent, host, secret = %secret, "placeholder sent where no rule allows it");
+                    ProxyError::PlaceholderNotAllowed { secret }
+                }
+                SwapError::InvalidHeader { .. } | SwapError::InvalidUri => ProxyError::Denied {
+                    reason: "invalid_request_after_swap",
+                    rule: None,
+                },
+                SwapError::AwsSigV4 { secret, problem } => {
+                    warn!(agent = %ctx.agent, host, secret = %secret, %problem, "request not re-signed");
+                    ProxyError::Denied {
+                        reason: problem.reason(),
+                        rule: Some(allowed.rule_label.clone()),
+                    }
+                }
+                SwapError::NoToken { secret } => ProxyError::TokenUnavailable {
+                    secret,
+                    problem: "no token was fetched".into(),
+                },
+            };
+            let needed = creds
+                .to_fetch(parts, &allowed.credentials)
+                .map_err(refused)?;
+            let tokens = if needed.is_empty() {
+                Vec::new()
+            } else {
+                let (tokens, knows_them) = self
+                    .credentials
+                    .tokens(&needed, &TokenTransport(&self.client_h1), Instant::now())
+                    .await
+                    .map_err(|(secret, err)| ProxyError::TokenUnavailable {
+                        secret,
+                        problem: err.to_string(),
+                    })?;
+                scrubber = knows_them;
+                tokens
+            };
             creds
-                .swap(parts, &allowed.credentials)
-                .map_err(|err| match err {
-                    SwapError::NotAllowed { secret } => {
-                        // What an exfiltration attempt looks like.
-                        warn!(agent = %ctx.agent, host, secret = %secret, "placeholder sent where no rule allows it");
-                        ProxyError::PlaceholderNotAllowed { secret }
-                    }
-                    SwapError::InvalidHeader { .. } | SwapError::InvalidUri => ProxyError::Denied {
-                        reason: "invalid_request_after_swap",
-                        rule: None,
-                    },
-                    SwapError::AwsSigV4 { secret, problem } => {
-                        warn!(agent = %ctx.agent, host, secret = %secret, %problem, "request not re-signed");
-                        ProxyError::Denied {
-                            reason: problem.reason(),
-                            rule: Some(allowed.rule_label.clone()),
-                        }
-                    }
-                })?
+                .swap(parts, &allowed.credentials, &tokens)
+                .map_err(refused)?
         };
         let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
             reason: problem.reason(),
@@ -523,20 +546,6 @@ async fn read_whole(body: Incoming, rule: &str, limits: WholeBody) -> Result<Byt
         Err(err) if err.is::<LengthLimitError>() => Err(refused(limits.too_large)),
         Err(_) => Err(refused("request_body_error")),
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 async fn splice_upgraded(agent: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

@@ -35,6 +35,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("the audit log is not being written")]
     AuditUnavailable,
+    /// The token of an `oauth2_client_credentials` or `github_app` secret
+    /// could not be fetched; `problem` never holds the endpoint's text.
+    #[error("no token for secret {secret}: {problem}")]
+    TokenUnavailable { secret: String, problem: String },
 }
 
 /// What the agent asked, for the JSON body.
@@ -57,6 +61,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::AuditUnavailable => "audit_unavailable",
+            ProxyError::TokenUnavailable { .. } => "credential_token_unavailable",
         }
     }
 
@@ -65,7 +70,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => Action::RateLimited,
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout
-            | ProxyError::AuditUnavailable => Action::Error,
+            | ProxyError::AuditUnavailable
+            | ProxyError::TokenUnavailable { .. } => Action::Error,
             _ => Action::Deny,
         }
     }
@@ -82,7 +88,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream { .. } | ProxyError::TokenUnavailable { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
@@ -111,8 +119,10 @@ impl ProxyError {
             "path": asked.path,
             "reason": self.reason(),
         });
-        if let ProxyError::Upstream { reason } = self {
-            body["detail"] = json!(reason);
+        match self {
+            ProxyError::Upstream { reason } => body["detail"] = json!(reason),
+            ProxyError::TokenUnavailable { .. } => body["detail"] = json!(self.to_string()),
+            _ => {}
         }
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();

@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use http::Uri;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Limited};
 use hyper_util::{
     client::legacy::{
         Client,
@@ -26,10 +28,12 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::dns::Resolver;
+use crate::{creds::Transport, dns::Resolver};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_READ_BUFFER_MAX: usize = 64 * 1024;
+/// A token endpoint's answer is a small JSON object.
+const TOKEN_ANSWER_MAX: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<Connector, super::body::ProxyBody>;
 
@@ -45,6 +49,44 @@ pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> Upstre
         // Agents' own Host header was checked against the SNI; keep it.
         .set_host(true)
         .build(Connector { resolver, tls })
+}
+
+/// Token requests (OAuth2, GitHub App) go out on the same verified,
+/// daemon-resolved connections as agents' requests. (A wrapper, because
+/// the client's type names a `dyn Error` whose lifetime the compiler cannot
+/// prove general enough for the trait's future.)
+pub struct TokenTransport<'a>(pub &'a UpstreamClient);
+
+impl Transport for TokenTransport<'_> {
+    async fn send(&self, req: Request<Bytes>) -> Result<(StatusCode, Bytes), String> {
+        let resp = self
+            .0
+            .request(req.map(super::body::full))
+            .await
+            .map_err(|err| error_chain(&err))?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, TOKEN_ANSWER_MAX)
+            .collect()
+            .await
+            .map_err(|err| format!("reading the answer: {}", error_chain(&*err)))?
+            .to_bytes();
+        Ok((parts.status, body))
+    }
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -151,9 +151,9 @@ fn to_record(stored: &StoredEntry) -> Option<Record> {
     if stored.version == 0 || stored.previous.is_some() != stored.previous_valid_until.is_some() {
         return None;
     }
-    let current = decode_value(&stored.name, &stored.current)?;
+    let current = decode_value(&stored.name, stored.kind, &stored.current)?;
     let previous = match &stored.previous {
-        Some(text) => Some(decode_value(&stored.name, text)?),
+        Some(text) => Some(decode_value(&stored.name, stored.kind, text)?),
         None => None,
     };
     Some(Record {
@@ -171,9 +171,9 @@ fn to_record(stored: &StoredEntry) -> Option<Record> {
     })
 }
 
-fn decode_value(name: &str, text: &str) -> Option<Secret> {
+fn decode_value(name: &str, kind: SecretKind, text: &str) -> Option<Secret> {
     let secret = Secret::new(STANDARD.decode(text).ok()?);
-    validate::value(name, &secret).ok()?;
+    validate::value(name, kind, &secret).ok()?;
     Some(secret)
 }
 

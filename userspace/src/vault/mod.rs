@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use entry::{Entry, SecretInfo, SecretKind, VaultContents};
 pub use validate::VALUE_MAX;
 
+use crate::creds::GrantProblem;
 use crate::secret::Secret;
 use entry::Record;
 
@@ -135,7 +136,7 @@ impl Vault {
         now: u64,
     ) -> Result<SecretInfo, VaultError> {
         validate::name(name)?;
-        validate::value(name, &value)?;
+        validate::value(name, kind, &value)?;
         validate::value_for_kind(name, kind, &value)?;
         if let Some(placeholder) = placeholder {
             validate::placeholder(placeholder)?;
@@ -189,7 +190,6 @@ impl Vault {
         if validate::name(name).is_err() {
             return Err(not_found(name));
         }
-        validate::value(name, &value)?;
         // Round a fractional second up: the grace asked for is a minimum.
         let grace_secs = grace
             .as_secs()
@@ -200,6 +200,7 @@ impl Vault {
                 .get_mut(name)
                 .ok_or_else(|| not_found(name))?;
             let entry = &mut record.entry;
+            validate::value(name, entry.kind, &value)?;
             validate::value_for_kind(name, entry.kind, &value)?;
             entry.previous = Some(std::mem::replace(&mut entry.current, value));
             entry.previous_valid_until = Some(now.saturating_add(grace_secs));
@@ -318,7 +319,7 @@ impl fmt::Display for TamperReason {
 }
 
 /// What is wrong with a secret value; never the value itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueProblem {
     Empty,
     TooLong {
@@ -328,6 +329,12 @@ pub enum ValueProblem {
     ForbiddenByte,
     /// An `aws_sigv4` value that is not `ID:SECRET[:TOKEN]`.
     NotAwsKey,
+    /// An `oauth2_client_credentials` or `github_app` value that does not
+    /// describe how to fetch a token.
+    Grant {
+        kind: SecretKind,
+        problem: GrantProblem,
+    },
 }
 
 impl fmt::Display for ValueProblem {
@@ -344,6 +351,21 @@ impl fmt::Display for ValueProblem {
             ValueProblem::NotAwsKey => f.write_str(
                 "an aws_sigv4 value is ACCESS_KEY_ID:SECRET_ACCESS_KEY, or \
                  ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN, without spaces",
+            ),
+            ValueProblem::Grant {
+                kind: SecretKind::GithubApp,
+                problem,
+            } => write!(
+                f,
+                "{problem}; a github_app value is YAML with the keys app_id, \
+                 installation_id, private_key (the App's PEM key) and, for GitHub \
+                 Enterprise Server, api_url"
+            ),
+            ValueProblem::Grant { problem, .. } => write!(
+                f,
+                "{problem}; an oauth2_client_credentials value is YAML with the keys \
+                 token_url (https), client_id, client_secret and, if the server \
+                 wants them, scope, audience and client_auth (basic or post)"
             ),
         }
     }
@@ -425,13 +447,6 @@ pub enum VaultError {
         "unknown secret kind {kind:?}: expected bearer, header, basic, query, oauth2_client_credentials, aws_sigv4 or github_app"
     )]
     UnknownKind { kind: String },
-
-    #[error(
-        "secret kind {kind} is not supported yet: Airlock does not fetch or refresh its \
-         tokens, so it would paste the stored value as the token; store a token you \
-         obtained as kind bearer (or header) instead"
-    )]
-    KindNotSupported { kind: SecretKind },
 
     #[error("no secret named {name:?} in the vault")]
     NotFound { name: String },

@@ -809,22 +809,17 @@ fn kinds_parse_and_display() {
     ));
 
     let (_dir, vault) = fresh();
-    let stored = [
-        SecretKind::Bearer,
-        SecretKind::Header,
-        SecretKind::Basic,
-        SecretKind::Query,
-        SecretKind::AwsSigv4,
-    ];
+    let stored = SecretKind::ALL;
     for kind in [SecretKind::Oauth2ClientCredentials, SecretKind::GithubApp] {
         let err = vault
             .set("fetched", kind, None, secret(VALUE))
-            .expect_err("a kind whose tokens Airlock would fetch");
+            .expect_err("a token where the grant that fetches one belongs");
         assert!(
-            matches!(err, VaultError::KindNotSupported { kind: k } if k == kind),
+            matches!(&err, VaultError::InvalidValue { problem: ValueProblem::Grant { kind: k, .. }, .. } if *k == kind),
             "{err:?}"
         );
-        assert!(err.to_string().contains("kind bearer"), "{err}");
+        assert!(err.to_string().contains("YAML with the keys"), "{err}");
+        assert!(!err.to_string().contains(VALUE), "{err}");
     }
     for (kind, name) in SecretKind::ALL.into_iter().zip(names) {
         if !stored.contains(&kind) {
@@ -832,11 +827,13 @@ fn kinds_parse_and_display() {
         }
         let secret_name = name.replace('_', "-");
         let value = match kind {
-            SecretKind::AwsSigv4 => AWS_VALUE,
-            _ => VALUE,
+            SecretKind::AwsSigv4 => AWS_VALUE.to_owned(),
+            SecretKind::Oauth2ClientCredentials => OAUTH2_VALUE.to_owned(),
+            SecretKind::GithubApp => github_app_value(),
+            _ => VALUE.to_owned(),
         };
         vault
-            .set(&secret_name, kind, None, secret(value))
+            .set(&secret_name, kind, None, secret(&value))
             .expect("set");
     }
     let contents = vault.load().expect("load");
@@ -853,6 +850,23 @@ fn kinds_parse_and_display() {
 }
 
 const AWS_VALUE: &str = "AKIDTESTVALUE0000001:test/aws+secret";
+/// Spans lines, as YAML does: fetched-token kinds may.
+const OAUTH2_VALUE: &str =
+    "token_url: https://auth.example.test/token\nclient_id: c\nclient_secret: test-s3cret\n";
+
+/// A GitHub App value with a key made by openssl, as GitHub hands them out.
+fn github_app_value() -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "2048"])
+        .output()
+        .expect("openssl (Debian: openssl)");
+    assert!(out.status.success(), "openssl genrsa failed");
+    let pem: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    format!("app_id: 1\ninstallation_id: 2\nprivate_key: |\n{pem}")
+}
 
 #[test]
 fn an_aws_sigv4_value_must_be_a_key_pair_on_set_and_on_rotate() {

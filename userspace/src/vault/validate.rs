@@ -2,7 +2,7 @@
 //! on every load (a file that breaks them is not trusted).
 
 use super::{SecretKind, ValueProblem, VaultError};
-use crate::creds::AwsKey;
+use crate::creds::{AwsKey, Grant};
 use crate::secret::Secret;
 
 pub const NAME_MAX: usize = 64;
@@ -50,15 +50,21 @@ pub fn default_placeholder(name: &str) -> String {
     format!("airlock-ph-{name}")
 }
 
-/// NUL, CR and LF are refused because values are spliced into HTTP headers:
-/// a CR/LF would let a stored value inject headers or split the request.
-pub fn value(name: &str, value: &Secret) -> Result<(), VaultError> {
+/// NUL is always refused, and so are CR and LF in values spliced into HTTP
+/// headers: there a CR/LF would let a stored value inject headers or split
+/// the request. The values of fetched-token kinds are YAML documents that
+/// never go into a request themselves (a PEM key spans lines).
+pub fn value(name: &str, kind: SecretKind, value: &Secret) -> Result<(), VaultError> {
     let bytes = value.expose();
+    let multi_line = Grant::is_fetched(kind);
     let problem = if bytes.is_empty() {
         Some(ValueProblem::Empty)
     } else if bytes.len() > VALUE_MAX {
         Some(ValueProblem::TooLong { len: bytes.len() })
-    } else if bytes.iter().any(|b| matches!(b, b'\0' | b'\r' | b'\n')) {
+    } else if bytes
+        .iter()
+        .any(|b| *b == b'\0' || (!multi_line && matches!(b, b'\r' | b'\n')))
+    {
         Some(ValueProblem::ForbiddenByte)
     } else {
         None
@@ -73,22 +79,23 @@ pub fn value(name: &str, value: &Secret) -> Result<(), VaultError> {
 }
 
 /// What a kind needs of its value beyond [`value`]: an `aws_sigv4` secret
-/// is the key pair (and token) that requests are re-signed with; the kinds
-/// whose tokens Airlock would have to fetch are not taken yet.
+/// is the key pair (and token) that requests are re-signed with; an
+/// `oauth2_client_credentials` or `github_app` secret describes how to
+/// fetch a token. Checked when a value is stored, not when the vault loads,
+/// so that one entry a later version reads differently cannot make the
+/// whole vault unusable.
 pub fn value_for_kind(name: &str, kind: SecretKind, value: &Secret) -> Result<(), VaultError> {
-    // Refused rather than stored: swapped as a static value, these would
-    // send a client secret or a private key where a token belongs.
-    if matches!(
-        kind,
-        SecretKind::Oauth2ClientCredentials | SecretKind::GithubApp
-    ) {
-        return Err(VaultError::KindNotSupported { kind });
-    }
-    if kind == SecretKind::AwsSigv4 && AwsKey::parse(value).is_none() {
-        return Err(VaultError::InvalidValue {
+    let problem = match kind {
+        SecretKind::AwsSigv4 if AwsKey::parse(value).is_none() => Some(ValueProblem::NotAwsKey),
+        _ => Grant::parse(kind, value)
+            .err()
+            .map(|problem| ValueProblem::Grant { kind, problem }),
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(VaultError::InvalidValue {
             name: name.to_owned(),
-            problem: ValueProblem::NotAwsKey,
-        });
+            problem,
+        }),
     }
-    Ok(())
 }
