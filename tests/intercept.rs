@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use harness::{
     Daemon, DaemonOptions, describe, stdout,
-    upstream::{Seen, TlsUpstream},
+    upstream::{OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, Seen, TlsUpstream},
 };
 
 const PY: &str = "/usr/bin/python3";
@@ -26,7 +26,13 @@ fn setup(extra_rules: &str) -> Setup {
     let dir = tempfile::tempdir().expect("upstream dir");
     let up = TlsUpstream::start(
         dir.path(),
-        &["api.example.test", "other.example.test", "aws.example.test"],
+        &[
+            "api.example.test",
+            "other.example.test",
+            "aws.example.test",
+            "auth.example.test",
+            "svc.example.test",
+        ],
     );
     let p = up.port;
     let extra_rules = extra_rules.replace("{port}", &p.to_string());
@@ -51,7 +57,7 @@ rules:
     let d = Daemon::start(DaemonOptions {
         policies: vec![("web-bot.yaml".into(), policy)],
         extra_config: format!(
-            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
             ca.display()
         ),
     });
@@ -591,4 +597,154 @@ fn aws_requests_are_re_signed_with_the_real_key() {
         before,
         "a refused request reached the upstream"
     );
+}
+
+const SVC_PH: &str = "airlock-ph-svc-token";
+const GH_PH: &str = "airlock-ph-gh-installation";
+const SVC_RULE: &str = "  - host: svc.example.test:{port}\n    methods: [GET]\n    credentials:\n      - secret: svc\n      - secret: svc-broken\n      - secret: gh\n";
+
+/// The `Authorization` headers the upstream's /echo received, in order.
+fn echoed_authorizations(up: &TlsUpstream) -> Vec<String> {
+    up.seen()
+        .iter()
+        .filter(|s| s.path == "/echo")
+        .map(|s| s.header("authorization").unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// An agent holding the placeholder of an `oauth2_client_credentials`
+/// secret: Airlock fetches the token from the token endpoint (Basic client
+/// authentication, over verified TLS), reuses it, renews it before it
+/// expires, and the agent sees neither the token nor the client secret.
+/// A client the endpoint refuses gets a 502 that says why, and nothing
+/// reaches the API.
+#[test]
+fn oauth2_tokens_are_fetched_renewed_and_never_seen_by_the_agent() {
+    let Setup { d, up } = setup(SVC_RULE);
+    let p = up.port;
+    let grant = |secret: &str| {
+        format!(
+            "token_url: https://auth.example.test:{p}/oauth/token?ttl=2\nclient_id: {OAUTH_CLIENT_ID}\nclient_secret: \"{secret}\"\nscope: api.read\n"
+        )
+    };
+    d.secret_set_kind(
+        "svc",
+        "oauth2_client_credentials",
+        SVC_PH,
+        &grant(OAUTH_CLIENT_SECRET),
+    );
+    let get = format!(
+        "curl -sS --fail-with-body -H 'Authorization: Bearer {SVC_PH}' https://svc.example.test:{p}/echo; echo"
+    );
+    // Two requests within the token's two seconds, one after it.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &["sh", "-c", &format!("{get}; {get}; sleep 2.2; {get}")],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        echoed_authorizations(&up),
+        ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"],
+        "the upstream got the fetched tokens"
+    );
+    assert_eq!(
+        up.issued(),
+        ["tok-1", "tok-2"],
+        "one fetch per token lifetime"
+    );
+    // The echo reflected the tokens; the agent sees its placeholder.
+    assert_eq!(
+        text.matches(&format!("Bearer {SVC_PH}")).count(),
+        3,
+        "{text}"
+    );
+    for leaked in ["tok-1", "tok-2", OAUTH_CLIENT_SECRET] {
+        assert!(!text.contains(leaked), "the agent saw {leaked}: {text}");
+    }
+    let rec = d.wait_audit("for the request with a token", |r| {
+        r["host"] == "svc.example.test" && r["proto"] == "https"
+    });
+    assert_eq!(rec["credentials"], serde_json::json!(["svc"]));
+
+    d.secret_set_kind(
+        "svc-broken",
+        "oauth2_client_credentials",
+        "airlock-ph-svc-broken",
+        &grant("not-the-client-secret"),
+    );
+    let before = echoed_authorizations(&up).len();
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS -w ' %{{http_code}}' -H 'Authorization: Bearer airlock-ph-svc-broken' https://svc.example.test:{p}/echo"
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(text.ends_with(" 502"), "{}", describe(&out));
+    assert!(text.contains("credential_token_unavailable"), "{text}");
+    assert!(text.contains("answered 401 (invalid_client)"), "{text}");
+    assert_eq!(
+        echoed_authorizations(&up).len(),
+        before,
+        "the refused request went upstream"
+    );
+    assert!(
+        !d.log_text().contains(OAUTH_CLIENT_SECRET),
+        "the daemon logged the client secret"
+    );
+}
+
+/// An agent holding the placeholder of a `github_app` secret: Airlock signs
+/// a JWT with the App's key (checked by the endpoint against the public
+/// key), trades it for an installation token, and swaps that in.
+#[test]
+fn github_app_installation_tokens_are_fetched_with_a_signed_jwt() {
+    let Setup { d, up } = setup(SVC_RULE);
+    let p = up.port;
+    let key = Command::new("openssl")
+        .args(["genrsa", "-traditional", "2048"])
+        .output()
+        .expect("openssl (Debian: openssl)");
+    assert!(key.status.success(), "openssl genrsa");
+    let pem = String::from_utf8(key.stdout).expect("pem");
+    up.set_app_key("4242", &pem);
+    let indented: String = pem.lines().map(|l| format!("  {l}\n")).collect();
+    d.secret_set_kind(
+        "gh",
+        "github_app",
+        GH_PH,
+        &format!(
+            "app_id: 4242\ninstallation_id: 99\napi_url: https://auth.example.test:{p}\nprivate_key: |\n{indented}"
+        ),
+    );
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --fail-with-body -H 'Authorization: token {GH_PH}' https://svc.example.test:{p}/echo"
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(up.issued(), ["ghs_test1"]);
+    assert_eq!(echoed_authorizations(&up), ["token ghs_test1"]);
+    assert!(text.contains(&format!("token {GH_PH}")), "{text}");
+    assert!(
+        !text.contains("ghs_test1"),
+        "the agent saw the token: {text}"
+    );
+    let token_request = up
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/app/installations/99/access_tokens")
+        .expect("the installation token was asked for");
+    assert_eq!(token_request.method, "POST");
 }

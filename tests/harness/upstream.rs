@@ -1,7 +1,10 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
 //! /hello, /echo (reflects the request, secrets included), /sse (two
-//! events 1.5 s apart), /ws (WebSocket echo), /big (1 MiB).
+//! events 1.5 s apart), /ws (WebSocket echo), /big (1 MiB), and two token
+//! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
+//! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
+//! against the key given to [`TlsUpstream::set_app_key`]).
 
 use std::{
     convert::Infallible,
@@ -38,10 +41,24 @@ impl Seen {
     }
 }
 
+/// The client the OAuth2 endpoint accepts.
+pub const OAUTH_CLIENT_ID: &str = "test-client";
+pub const OAUTH_CLIENT_SECRET: &str = "test-client-s3cret/+&";
+
+/// What the token endpoints know and hand out.
+#[derive(Default)]
+pub struct Grants {
+    /// Tokens issued, in order: `tok-N` (OAuth2), `ghs_testN` (GitHub).
+    pub issued: Mutex<Vec<String>>,
+    /// The GitHub App's public key (PKCS#1 DER) and app id.
+    app: Mutex<Option<(Vec<u8>, String)>>,
+}
+
 pub struct TlsUpstream {
     pub port: u16,
     pub ca_pem: PathBuf,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub grants: Arc<Grants>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -89,6 +106,8 @@ impl TlsUpstream {
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen_srv = seen.clone();
+        let grants = Arc::new(Grants::default());
+        let grants_srv = grants.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -96,11 +115,12 @@ impl TlsUpstream {
                 };
                 let acceptor = acceptor.clone();
                 let seen = seen_srv.clone();
+                let grants = grants_srv.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |req| handle(req, seen.clone()));
+                    let service = service_fn(move |req| handle(req, seen.clone(), grants.clone()));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
@@ -111,12 +131,31 @@ impl TlsUpstream {
             port,
             ca_pem,
             seen,
+            grants,
             _runtime: runtime,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("seen").clone()
+    }
+
+    pub fn issued(&self) -> Vec<String> {
+        self.grants.issued.lock().expect("issued").clone()
+    }
+
+    /// The GitHub App whose JWTs the installation endpoint accepts: its id
+    /// and its private key in PEM.
+    pub fn set_app_key(&self, app_id: &str, pem: &str) {
+        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .expect("pem")
+            .expect("a private key");
+        let rustls::pki_types::PrivateKeyDer::Pkcs1(k) = &der else {
+            panic!("GitHub hands out PKCS#1 keys");
+        };
+        let pair = ring::signature::RsaKeyPair::from_der(k.secret_pkcs1_der()).expect("rsa");
+        *self.grants.app.lock().expect("app") =
+            Some((pair.public().as_ref().to_vec(), app_id.to_owned()));
     }
 }
 
@@ -129,6 +168,7 @@ fn full(text: impl Into<Bytes>) -> Body {
 async fn handle(
     mut req: Request<hyper::body::Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    grants: Arc<Grants>,
 ) -> Result<Response<Body>, Infallible> {
     let record = Seen {
         method: req.method().to_string(),
@@ -161,6 +201,12 @@ async fn handle(
         return Ok(r);
     }
     let path = req.uri().path().to_string();
+    if path == "/oauth/token" {
+        return Ok(oauth_token(req, &grants).await);
+    }
+    if path.starts_with("/app/installations/") && path.ends_with("/access_tokens") {
+        return Ok(installation_token(&req, &grants));
+    }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
         "/echo" => {
@@ -212,6 +258,122 @@ async fn handle(
         }
     };
     Ok(resp)
+}
+
+fn status(code: u16, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(body.to_owned()));
+    *r.status_mut() = hyper::StatusCode::from_u16(code).expect("status");
+    r
+}
+
+/// RFC 6749 §4.4: Basic client authentication and a form body.
+async fn oauth_token(req: Request<hyper::body::Incoming>, grants: &Grants) -> Response<Body> {
+    use base64::Engine as _;
+    let ttl = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("ttl="))
+        .unwrap_or("3600")
+        .to_owned();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{OAUTH_CLIENT_ID}:test-client-s3cret%2F%2B%26"))
+    );
+    let authorized = req.method() == hyper::Method::POST
+        && req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !authorized {
+        return status(401, r#"{"error":"invalid_client"}"#);
+    }
+    if body.as_ref() != b"grant_type=client_credentials&scope=api.read" {
+        return status(400, r#"{"error":"invalid_request"}"#);
+    }
+    let mut issued = grants.issued.lock().expect("issued");
+    let token = format!("tok-{}", issued.len() + 1);
+    issued.push(token.clone());
+    Response::new(full(format!(
+        r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{ttl}}}"#
+    )))
+}
+
+/// GitHub's installation token endpoint: a JWT signed by the App's key,
+/// issued by the App, living at most ten minutes.
+fn installation_token(req: &Request<hyper::body::Incoming>, grants: &Grants) -> Response<Body> {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    let Some((public, app_id)) = grants.app.lock().expect("app").clone() else {
+        return status(500, "no app key set");
+    };
+    let jwt = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let mut parts = jwt.split('.');
+    let (Some(head), Some(claims), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return status(
+            401,
+            r#"{"message":"A JSON web token could not be decoded"}"#,
+        );
+    };
+    let signed = format!("{head}.{claims}");
+    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap_or_default();
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public,
+    );
+    let claims: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .unwrap_or_default();
+    let lifetime = claims["exp"].as_u64().unwrap_or(0) - claims["iat"].as_u64().unwrap_or(0);
+    let valid = req.method() == hyper::Method::POST
+        && key.verify(signed.as_bytes(), &sig).is_ok()
+        && claims["iss"] == app_id.as_str()
+        && lifetime <= 600
+        && req.headers().contains_key("user-agent");
+    if !valid {
+        return status(
+            401,
+            r#"{"message":"'Issuer' claim is invalid or signature bad"}"#,
+        );
+    }
+    let mut issued = grants.issued.lock().expect("issued");
+    let token = format!("ghs_test{}", issued.len() + 1);
+    issued.push(token.clone());
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let secs = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut r = status(
+        201,
+        &format!(r#"{{"token":"{token}","expires_at":"{}"}}"#, rfc3339(secs)),
+    );
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("ct"));
+    r
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, by `date`, which the test host has.
+fn rfc3339(secs: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A body fed by a channel: each message is sent as soon as it arrives.

@@ -114,7 +114,8 @@ pub enum SecretAction {
     /// Store a secret; the value is read from standard input.
     Set {
         name: String,
-        /// bearer, header, basic, query, or aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN])
+        /// bearer, header, basic, query; aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]);
+        /// oauth2_client_credentials or github_app (value: YAML saying how to fetch the token; see README)
         #[arg(long, default_value = "bearer")]
         kind: String,
         /// The string agents use in place of the secret (default airlock-ph-NAME).
