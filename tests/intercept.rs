@@ -265,6 +265,36 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
             .and_then(|s| s.header("authorization").map(str::to_owned)),
         Some(format!("Bearer {SECRET}"))
     );
+
+    // In Basic credentials the secret travels base64-encoded, and so is
+    // echoed: the agent gets back the encoding of what it sent.
+    use base64::Engine as _;
+    let b64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS -i -u \"bot:$API_TOKEN\" {url}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        up.seen()
+            .last()
+            .and_then(|s| s.header("authorization").map(str::to_owned)),
+        Some(format!("Basic {}", b64(format!("bot:{SECRET}"))))
+    );
+    assert!(
+        !text.contains(&b64(format!("bot:{SECRET}"))),
+        "the agent got the encoded secret back: {text}"
+    );
+    assert_eq!(
+        text.matches(&b64(format!("bot:{PLACEHOLDER}"))).count(),
+        2,
+        "the echoed header and body: {text}"
+    );
 }
 
 /// `secret rotate` tells the running daemon, so the very next request

@@ -204,7 +204,9 @@ impl fmt::Display for GrantProblem {
                 f.write_str("a key is not one of the known keys (not shown: it may be a value)")
             }
             GrantProblem::Missing { key } => write!(f, "the key {key} is missing"),
-            GrantProblem::NotText { key } => write!(f, "{key} must be a string or a number"),
+            GrantProblem::NotText { key } => {
+                write!(f, "{key} must be a string (in quotes if YAML would read a number)")
+            }
             GrantProblem::NotHttpsUrl { key } => write!(f, "{key} must be an https:// URL"),
             GrantProblem::Invalid { key, expected } => write!(f, "{key} must be {expected}"),
             GrantProblem::PrivateKey => f.write_str(
@@ -213,6 +215,9 @@ impl fmt::Display for GrantProblem {
         }
     }
 }
+
+/// Keys whose values may be YAML numbers.
+const NUMERIC_KEYS: &[&str] = &["app_id", "installation_id"];
 
 /// The text fields of a stored grant, checked against `known` keys (of which
 /// `required` must be present). Values stay zeroized.
@@ -242,7 +247,11 @@ fn fields(
         };
         let text = match v {
             serde_yaml::Value::String(s) => Zeroizing::new(s),
-            serde_yaml::Value::Number(n) => Zeroizing::new(n.to_string()),
+            // Only ids may be written unquoted: YAML reads `0123` or `1e3`
+            // as numbers, which would change a secret's text.
+            serde_yaml::Value::Number(n) if NUMERIC_KEYS.contains(key) => {
+                Zeroizing::new(n.to_string())
+            }
             _ => return Err(GrantProblem::NotText { key }),
         };
         out.insert(*key, text);

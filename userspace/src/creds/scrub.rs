@@ -7,7 +7,10 @@
 //!
 //! Only the exact bytes of each secret are replaced. Encoded forms (base64,
 //! percent-encoding, JSON `\u` escapes, different letter case) are not; doing
-//! so for every encoding is open-ended, and the common echo is verbatim.
+//! so for every encoding is open-ended, and the common echo is verbatim. The
+//! one encoding Airlock writes itself, the base64 of a Basic value it
+//! rewrote, is added for that response ([`Scrubber::with`]), so an echoed
+//! Authorization header gives back the agent's own encoding.
 
 use std::cmp::Reverse;
 use std::fmt;
@@ -97,6 +100,18 @@ impl Scrubber {
     }
 
     /// True when there is nothing to scrub.
+    /// This scrubber with `extra` pairs besides, for one response.
+    pub fn with(&self, extra: Vec<(Secret, Vec<u8>)>) -> Scrubber {
+        let mut pairs: Vec<(Secret, Vec<u8>)> = self
+            .table
+            .pairs
+            .iter()
+            .map(|p| (p.secret.clone(), p.placeholder.clone()))
+            .collect();
+        pairs.extend(extra);
+        Scrubber::new(pairs)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.table.pairs.is_empty()
     }

@@ -99,6 +99,10 @@ pub struct Swapped {
     /// An `aws_sigv4` secret whose placeholder signed the request: the
     /// caller re-signs the request once it is final.
     pub resign: Option<Resign>,
+    /// `(sent, agent's)` base64 of each Basic value rewritten: an upstream
+    /// that echoes the Authorization header echoes the encoded secret,
+    /// which the response scrubber must turn back into what the agent sent.
+    pub encoded: Vec<(Secret, Vec<u8>)>,
 }
 
 /// The real key for [`super::sigv4::resign`], and the placeholder the agent signed with.
@@ -249,6 +253,7 @@ impl CredentialSet {
         // Build every new value before touching `parts`, so an error leaves
         // the request exactly as it came.
         let mut injected = BTreeSet::new();
+        let mut encoded_pairs = Vec::new();
         let mut new_values = Vec::with_capacity(plan.headers.len());
         let names: Vec<&HeaderName> = parts.headers.iter().map(|(n, _)| n).collect();
         let header_values: Vec<&HeaderValue> = parts.headers.iter().map(|(_, v)| v).collect();
@@ -272,10 +277,14 @@ impl CredentialSet {
                 } => {
                     let plain = self.replace(&values, decoded, hits, false);
                     injected.extend(hits.iter().map(|h| h.cred));
-                    let mut bytes =
-                        Zeroizing::new(header_values[*ordinal].as_bytes()[..*prefix].to_vec());
+                    let original = header_values[*ordinal].as_bytes();
+                    let mut bytes = Zeroizing::new(original[..*prefix].to_vec());
                     let encoded = Zeroizing::new(STANDARD.encode(&*plain));
                     bytes.extend_from_slice(encoded.as_bytes());
+                    encoded_pairs.push((
+                        Secret::new(encoded.as_bytes().to_vec()),
+                        original[*prefix..].trim_ascii_end().to_vec(),
+                    ));
                     bytes
                 }
             };
@@ -308,6 +317,7 @@ impl CredentialSet {
         Ok(Swapped {
             injected: self.names(injected),
             resign: resign.map(|(_, r)| r),
+            encoded: encoded_pairs,
         })
     }
 

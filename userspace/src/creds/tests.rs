@@ -195,16 +195,21 @@ fn basic_auth_round_trip() {
                     &[(header, &format!("{scheme} {encoded}"))],
                 );
                 assert_eq!(set.placeholders_in(&p), vec!["deploy"]);
-                assert_eq!(
-                    set.swap(&mut p, &allow(&["deploy"]), &[]).unwrap().injected,
-                    vec!["deploy"]
-                );
+                let swapped = set.swap(&mut p, &allow(&["deploy"]), &[]).unwrap();
+                assert_eq!(swapped.injected, vec!["deploy"]);
                 let value = p.headers.get(header).unwrap().to_str().unwrap();
                 let token = value
                     .strip_prefix(&format!("{scheme} "))
                     .unwrap_or_else(|| panic!("scheme lost in {header}"));
                 let decoded = STANDARD.decode(token).unwrap();
                 assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+                // An echo of the encoded secret is scrubbed back to what
+                // the agent sent.
+                let [(sent, agents)] = &swapped.encoded[..] else {
+                    panic!("one Basic value rewritten: {:?}", swapped.encoded);
+                };
+                assert_eq!(sent.expose(), token.as_bytes());
+                assert_eq!(agents, encoded.as_bytes());
             }
         }
     }

@@ -325,7 +325,11 @@ impl Intercept {
         }
 
         let (creds, mut scrubber) = self.credentials.current(started);
-        let Swapped { injected, resign } = if creds.placeholders_in(parts).is_empty() {
+        let Swapped {
+            injected,
+            resign,
+            encoded,
+        } = if creds.placeholders_in(parts).is_empty() {
             Swapped::default()
         } else {
             if !ctx.tls() {
@@ -374,6 +378,9 @@ impl Intercept {
                 .swap(parts, &allowed.credentials, &tokens)
                 .map_err(refused)?
         };
+        if !encoded.is_empty() {
+            scrubber = scrubber.with(encoded);
+        }
         let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
             reason: problem.reason(),
             rule: Some(allowed.rule_label.clone()),

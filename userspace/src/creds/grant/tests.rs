@@ -34,7 +34,7 @@ fn an_oauth2_value_is_yaml_or_json_with_the_keys_it_needs() {
     assert_eq!(c.scope.as_deref().map(String::as_str), Some("read write"));
     assert_eq!(c.auth, oauth2::ClientAuth::Basic);
     let json = format!(
-        r#"{{"token_url": "https://auth.example.test/t", "client_id": 42, "client_secret": "{CLIENT_SECRET}", "client_auth": "post"}}"#
+        r#"{{"token_url": "https://auth.example.test/t", "client_id": "42", "client_secret": "{CLIENT_SECRET}", "client_auth": "post"}}"#
     );
     let c = oauth2(&json).expect("json");
     assert_eq!(c.client_id.as_str(), "42");
