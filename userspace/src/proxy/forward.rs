@@ -17,7 +17,7 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, Either, Full, LengthLimitError, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::warn;
 
@@ -28,6 +28,7 @@ use super::{
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
     upstream::{TokenTransport, error_chain},
+    whole_body::{self, FOR_APPROVAL, FOR_SIGV4, Held, WholeBody},
 };
 use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
@@ -38,40 +39,6 @@ use crate::{
 
 /// Streaming APIs (LLMs) may think for a while before the first byte.
 const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
-/// A request held for approval is read whole first, so that the human is
-/// shown the digest of exactly the bytes that will be sent. Bigger bodies
-/// are refused rather than approved unseen.
-const APPROVAL_BODY_MAX: usize = 1 << 20;
-/// An agent that stops sending half-way must not pin an approval slot.
-const APPROVAL_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// A SigV4 request without `x-amz-content-sha256` (every AWS service but
-/// S3) is signed over its body's hash, so the body is read whole first.
-/// These APIs take JSON or form bodies; S3 uploads declare their hash.
-const SIGV4_BODY_MAX: usize = 8 << 20;
-
-/// Limits for reading a request body whole, and the reasons given when they
-/// are passed.
-struct WholeBody {
-    max: usize,
-    timeout: Duration,
-    too_large: &'static str,
-    too_slow: &'static str,
-}
-
-const FOR_APPROVAL: WholeBody = WholeBody {
-    max: APPROVAL_BODY_MAX,
-    timeout: APPROVAL_BODY_TIMEOUT,
-    too_large: "approval_body_too_large",
-    too_slow: "approval_body_timeout",
-};
-
-const FOR_SIGV4: WholeBody = WholeBody {
-    max: SIGV4_BODY_MAX,
-    timeout: APPROVAL_BODY_TIMEOUT,
-    too_large: "aws_sigv4_body_too_large",
-    too_slow: "aws_sigv4_body_timeout",
-};
-
 /// Names the request in the answer, as in the audit log.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-airlock-request-id");
 
@@ -294,8 +261,13 @@ impl Intercept {
                 })?;
         }
         let mut action = Action::Allow;
+        // The budget taken by a body read whole, given back when this
+        // function returns: the request has gone upstream by then.
+        let mut held_budget = Vec::new();
         let outgoing = if allowed.approval {
-            Outgoing::Held(read_whole(body, &allowed.rule_label, FOR_APPROVAL).await?)
+            let held = read(body, &allowed.rule_label, FOR_APPROVAL).await?;
+            held_budget.push(held.budget);
+            Outgoing::Held(held.bytes)
         } else {
             Outgoing::Streamed(body)
         };
@@ -397,7 +369,9 @@ impl Intercept {
                         let bytes = match outgoing {
                             Outgoing::Held(bytes) => bytes,
                             Outgoing::Streamed(body) => {
-                                read_whole(body, &allowed.rule_label, FOR_SIGV4).await?
+                                let held = read(body, &allowed.rule_label, FOR_SIGV4).await?;
+                                held_budget.push(held.budget);
+                                held.bytes
                             }
                         };
                         let hash = creds::hex_sha256(&bytes);
@@ -539,20 +513,12 @@ enum Outgoing {
     Held(Bytes),
 }
 
-/// The whole request body, bounded in size and time.
-async fn read_whole(body: Incoming, rule: &str, limits: WholeBody) -> Result<Bytes, ProxyError> {
-    let refused = |reason| ProxyError::Denied {
-        reason,
-        rule: Some(rule.into()),
-    };
-    let collected = tokio::time::timeout(limits.timeout, Limited::new(body, limits.max).collect())
-        .await
-        .map_err(|_| refused(limits.too_slow))?;
-    match collected {
-        Ok(all) => Ok(all.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(refused(limits.too_large)),
-        Err(_) => Err(refused("request_body_error")),
-    }
+fn read(
+    body: Incoming,
+    rule: &str,
+    limits: WholeBody,
+) -> impl Future<Output = Result<Held, ProxyError>> {
+    whole_body::read_whole(body, rule, limits, &whole_body::BUDGET)
 }
 
 async fn splice_upgraded(agent: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

@@ -18,6 +18,7 @@ mod peek;
 mod relay;
 mod rescue;
 mod upstream;
+mod whole_body;
 
 pub use accept::{Proxy, serve};
 pub use credentials::Credentials;

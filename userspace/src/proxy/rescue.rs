@@ -39,6 +39,10 @@ pub enum ProxyError {
     /// could not be fetched; `problem` never holds the endpoint's text.
     #[error("no token for secret {secret}: {problem}")]
     TokenUnavailable { secret: String, problem: String },
+    /// The daemon is at a limit it keeps to stay up (memory for bodies
+    /// read whole); the agent may retry.
+    #[error("the proxy is busy: {reason}")]
+    Overloaded { reason: &'static str },
 }
 
 /// What the agent asked, for the JSON body.
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::AuditUnavailable => "audit_unavailable",
             ProxyError::TokenUnavailable { .. } => "credential_token_unavailable",
+            ProxyError::Overloaded { reason } => reason,
         }
     }
 
@@ -71,7 +76,8 @@ impl ProxyError {
             ProxyError::Upstream { .. }
             | ProxyError::UpstreamTimeout
             | ProxyError::AuditUnavailable
-            | ProxyError::TokenUnavailable { .. } => Action::Error,
+            | ProxyError::TokenUnavailable { .. }
+            | ProxyError::Overloaded { .. } => Action::Error,
             _ => Action::Deny,
         }
     }
@@ -92,7 +98,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AuditUnavailable | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::FORBIDDEN,
         }
     }
