@@ -500,8 +500,125 @@ for step in ['alive', 'killed', 'restarted']:
     assert_eq!(step("restarted"), "tag kept");
     let status = d.status().expect("status");
     let programs = status["programs"].as_array().expect("programs");
-    assert!(programs.iter().all(|p| p["reused"] == true), "{status}");
+    assert!(programs.iter().all(|p| p["link"] == "reopened"), "{status}");
     let _ = agent.0.wait();
+}
+
+/// An upgrade, or root acting behind Airlock's back, can leave the pinned
+/// links running another program, or the pinned maps with another layout.
+/// A restarted daemon must bring both to this build, without ever taking a
+/// hook away.
+#[test]
+fn a_restarted_daemon_replaces_a_foreign_pinned_program_and_maps_of_another_layout() {
+    let allowed = TagServer::start("127.0.0.1:0", "allowed");
+    let denied = TagServer::start("127.0.0.1:0", "denied");
+    let policy = capture_policy(&[format!("127.0.0.1/32:{}", allowed.addr.port())]);
+    let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
+    let script = harness::script(
+        &d,
+        "dial.py",
+        r#"
+import socket, sys
+for port in sys.argv[1:]:
+    try:
+        s = socket.create_connection(('127.0.0.1', int(port)), timeout=5)
+        s.settimeout(5)
+        # Something to classify: a silent client would wait out the proxy.
+        s.sendall(b'hello\n')
+        print(s.makefile().readline().strip() or 'closed')
+    except OSError as e:
+        print('error ' + type(e).__name__)
+"#,
+    );
+    let (allowed_port, denied_port) = (
+        allowed.addr.port().to_string(),
+        denied.addr.port().to_string(),
+    );
+    let dial = |d: &Daemon| -> Vec<String> {
+        let out = d.run_agent("capture-bot", &[PY, &script, &allowed_port, &denied_port]);
+        assert!(out.status.success(), "{}", describe(&out));
+        stdout(&out).lines().map(str::to_owned).collect()
+    };
+    // The proxy closes a connection no rule allows, with the agent's
+    // unread line in its buffer: a reset, or an end of stream.
+    let refused = |line: &str| line == "closed" || line == "error ConnectionResetError";
+    let connect4 = d.pin_dir.join("link_airlock_connect4");
+    let ours = harness::bpf::linked_program_tag(&connect4);
+    let first = dial(&d);
+    assert!(first[0] == "allowed" && refused(&first[1]), "{first:?}");
+    assert_eq!(denied.accepted(), 0);
+
+    // A connect4 program that redirects nothing: the agent goes around
+    // the proxy while the link runs it.
+    let foreign = harness::bpf::permissive_connect4();
+    harness::bpf::switch_link(&connect4, &foreign);
+    assert_eq!(
+        dial(&d)[1],
+        "denied",
+        "the foreign program did not take effect"
+    );
+    assert_eq!(denied.accepted(), 1);
+
+    d.kill9();
+    d.spawn();
+    assert_eq!(harness::bpf::linked_program_tag(&connect4), ours);
+    let status = d.status().expect("status");
+    for p in status["programs"].as_array().expect("programs") {
+        let expected = if p["name"] == "airlock_connect4" {
+            "replaced"
+        } else {
+            "reopened"
+        };
+        assert_eq!(p["link"], expected, "{status}");
+    }
+    assert!(
+        status.get("maps_replaced").is_none_or(|m| m.is_null()),
+        "{status}"
+    );
+    assert_eq!(
+        d.attached_programs(),
+        9,
+        "a hook was attached twice or lost"
+    );
+    let after = dial(&d);
+    assert!(after[0] == "allowed" && refused(&after[1]), "{after:?}");
+    assert_eq!(
+        denied.accepted(),
+        1,
+        "the denied server was reached after the restart"
+    );
+
+    // A record map pinned with another layout, as a build with another
+    // record struct would have left it.
+    let records = d.pin_dir.join("ORIG_BY_COOKIE");
+    let size = harness::bpf::pinned_map_value_size(&records);
+    harness::bpf::pin_map_of_another_layout(&records, size + 8);
+    d.kill9();
+    d.spawn();
+    let status = d.status().expect("status");
+    let replaced = status["maps_replaced"].as_str().unwrap_or_default();
+    assert!(replaced.contains("ORIG_BY_COOKIE"), "{status}");
+    for p in status["programs"].as_array().expect("programs") {
+        // Every program used the old maps, so every link is switched.
+        assert_eq!(p["link"], "replaced", "{status}");
+    }
+    assert_eq!(harness::bpf::pinned_map_value_size(&records), size);
+    assert!(
+        !d.pin_dir.join("staged").exists(),
+        "the staging directory was left"
+    );
+    assert_eq!(
+        d.attached_programs(),
+        9,
+        "a hook was attached twice or lost"
+    );
+    // The allowed relay needs the connect4 record to reach the daemon's
+    // lookup through the new maps.
+    let after = dial(&d);
+    assert!(after[0] == "allowed" && refused(&after[1]), "{after:?}");
+    assert_eq!(denied.accepted(), 1);
+    let log = d.log_text();
+    assert!(log.contains("pinned maps have another layout"), "{log}");
 }
 
 /// Kills the child if the test fails before it exits.

@@ -4,6 +4,7 @@
 //! is stopped by a guard, even when the test panics.
 #![allow(dead_code)]
 
+pub mod bpf;
 pub mod servers;
 pub mod upstream;
 

@@ -36,6 +36,22 @@ fn print_human(s: &serde_json::Value) {
     if let Some(err) = s["attached_programs_error"].as_str() {
         println!("          kernel query failed: {err}");
     }
+    let switched: Vec<&str> = s["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["link"] == "replaced")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    if !switched.is_empty() {
+        println!(
+            "          pinned links switched to this build's program at start: {}",
+            switched.join(", ")
+        );
+    }
+    if let Some(change) = s["maps_replaced"].as_str() {
+        println!("          pinned maps replaced at start ({change})");
+    }
     let audit = &s["audit"];
     println!(
         "audit:    {}, {} records queued, {} lost",

@@ -74,6 +74,7 @@ impl StatusSource {
             "cgroup": self.kernel.report.cgroup.display().to_string(),
             "pin_dir": self.kernel.report.pin_dir.display().to_string(),
             "programs": self.kernel.report.programs,
+            "maps_replaced": self.kernel.report.maps_replaced,
             "attached_programs": attached.as_ref().ok(),
             "attached_programs_error": attached.as_ref().err().map(|e| e.to_string()),
             "listening": self.listening,

@@ -251,6 +251,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/airlock".into(),
             cgroup: "/sys/fs/cgroup/airlock.slice".into(),
             programs: Vec::new(),
+            maps_replaced: None,
         }))
         .unwrap();
         assert!(interpret(ok, &report).is_ok());

@@ -12,6 +12,7 @@
 
 use std::{
     fs::File,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -20,13 +21,18 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
+        ProgramError, SockOps,
+        cgroup_skb::CgroupSkbLink,
+        cgroup_sock::CgroupSockLink,
+        cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
+        sock_ops::SockOpsLink,
     },
 };
 use tracing::{info, warn};
 
-use super::{OBJECT, bpffs};
+use super::{OBJECT, bpffs, upgrade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -51,7 +57,7 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error(
-        "loading the eBPF object failed: {0} (pins under /sys/fs/bpf/airlock from another Airlock version? run `airlock uninstall` first)"
+        "loading the eBPF object failed: {0} (Airlock needs a kernel with BPF, BTF and cgroup v2; `dmesg` may say more)"
     )]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name}")]
@@ -106,6 +112,22 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("the embedded eBPF object does not parse: {0}")]
+    Object(#[source] aya_obj::ParseError),
+    #[error(
+        "eBPF program {name}: cannot switch its pinned link to this build's program: {source} (the link keeps the program it had; restart the daemon to try again)"
+    )]
+    Upgrade {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move the new maps into place at {path}: {source}")]
+    Staging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot remove pin {path}: {source}")]
     Unpin {
         path: PathBuf,
@@ -141,11 +163,23 @@ const PROGRAMS: [(&str, Hook); 9] = [
     (prog::CONNECT6, Hook::SockAddr),
 ];
 
-/// Whether each program was attached now or re-opened from its pin.
+/// What became of a program's link on this start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkOutcome {
+    /// No pinned link: attached and pinned now.
+    Attached,
+    /// The pinned link already runs this build's program.
+    Reopened,
+    /// The pinned link ran another program (an older build, or one put
+    /// there behind Airlock's back) and was switched to this build's.
+    Replaced,
+}
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ProgramState {
     pub name: String,
-    pub reused: bool,
+    pub link: LinkOutcome,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -153,6 +187,9 @@ pub struct AttachReport {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub programs: Vec<ProgramState>,
+    /// Set when the pinned maps had another layout and were replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps_replaced: Option<String>,
 }
 
 /// Where the object's maps are pinned: by name, under the pin directory.
@@ -177,9 +214,20 @@ pub fn attach(
         path: pin_dir.clone(),
         source,
     })?;
-    let log_pin = map_pin(&pin_dir, "AYA_LOGS");
+    // Maps of another layout cannot serve this build's programs: new ones
+    // are made beside them and take over their pins once every link runs
+    // the new code.
+    let layout_change = upgrade::layout_change(&pin_dir, OBJECT)?;
+    let map_dir = match &layout_change {
+        Some(change) => {
+            warn!(%change, "pinned maps have another layout; replacing them (connections in flight are refused)");
+            upgrade::fresh_staging(&pin_dir)?
+        }
+        None => pin_dir.clone(),
+    };
+    let log_pin = map_pin(&map_dir, "AYA_LOGS");
     let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&pin_dir)
+        .default_map_pin_directory(&map_dir)
         .map_pin_path("AYA_LOGS", log_pin.as_path())
         .load(OBJECT)
         .map_err(KernelError::Load)?;
@@ -198,25 +246,31 @@ pub fn attach(
         path: cgroup_root.to_path_buf(),
         source,
     })?;
+    let new_maps = layout_change.is_some();
     let mut programs = Vec::with_capacity(PROGRAMS.len());
     for (name, hook) in PROGRAMS {
-        let reused = attach_or_reopen(&mut ebpf, &cgroup, &pin_dir, name, hook)?;
+        let link = place(&mut ebpf, &cgroup, &pin_dir, name, hook, new_maps)?;
         programs.push(ProgramState {
             name: name.to_owned(),
-            reused,
+            link,
         });
     }
-    let reused = programs.iter().filter(|p| p.reused).count();
+    if new_maps {
+        upgrade::promote_staged(&map_dir, &pin_dir)?;
+    }
+    let count = |outcome| programs.iter().filter(|p| p.link == outcome).count();
     info!(
         cgroup = %cgroup_root.display(),
-        attached = programs.len() - reused,
-        reopened = reused,
+        attached = count(LinkOutcome::Attached),
+        reopened = count(LinkOutcome::Reopened),
+        replaced = count(LinkOutcome::Replaced),
         "eBPF programs in place"
     );
     Ok(AttachReport {
         pin_dir,
         cgroup: cgroup_root.to_path_buf(),
         programs,
+        maps_replaced: layout_change.map(|change| change.to_string()),
     })
 }
 
@@ -234,75 +288,127 @@ pub(super) fn link_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(format!("link_{name}"))
 }
 
-/// Returns true when a pinned link was re-opened, false when the program
-/// was attached now.
-fn attach_or_reopen(
+/// Load `name` and make sure the pinned link at its pin runs it: re-open
+/// a link that already does, switch one that runs another program (or any
+/// program, when `new_maps` says the old ones use maps being replaced), or
+/// attach and pin a new link.
+fn place(
     ebpf: &mut Ebpf,
     cgroup: &File,
     pin_dir: &Path,
     name: &'static str,
     hook: Hook,
-) -> Result<bool, KernelError> {
-    let pin = link_pin_path(pin_dir, name);
-    if pin.exists() {
-        match PinnedLink::from_pin(&pin) {
-            // Dropping a PinnedLink closes our fd; the pin keeps the link.
-            Ok(_link) => return Ok(true),
-            Err(err) => {
-                warn!(pin = %pin.display(), error = %err, "unusable link pin; attaching afresh");
-                std::fs::remove_file(&pin).map_err(|source| KernelError::Unpin {
-                    path: pin.clone(),
-                    source,
-                })?;
-            }
-        }
-    }
+    new_maps: bool,
+) -> Result<LinkOutcome, KernelError> {
+    let err = |source| KernelError::Program { name, source };
     let program = ebpf.program_mut(name).ok_or(KernelError::Missing {
         kind: "program",
         name,
     })?;
-    let err = |source| KernelError::Program { name, source };
-    let link: FdLink = match hook {
-        Hook::SockAddr => {
-            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
-            fd_link(name, p.take_link(id).map_err(err)?)?
+    load(program, hook).map_err(err)?;
+    let pin = link_pin_path(pin_dir, name);
+    if let Some(link) = open_pinned_link(&pin)? {
+        let built = program.info().map_err(err)?;
+        let running = upgrade::linked_program(name, &link)?;
+        if !new_maps && running.as_ref().is_some_and(|p| p.tag() == built.tag()) {
+            return Ok(LinkOutcome::Reopened);
         }
-        Hook::SockOps => {
-            let p: &mut SockOps = program.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
-            fd_link(name, p.take_link(id).map_err(err)?)?
-        }
-        Hook::SockCreate => {
-            let p: &mut CgroupSock = program.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            let id = p.attach(cgroup, ATTACH_MODE).map_err(err)?;
-            fd_link(name, p.take_link(id).map_err(err)?)?
-        }
-        Hook::SkbEgress => {
-            let p: &mut CgroupSkb = program.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-            let id = p
-                .attach(cgroup, CgroupSkbAttachType::Egress, ATTACH_MODE)
-                .map_err(err)?;
-            fd_link(name, p.take_link(id).map_err(err)?)?
-        }
-    };
-    link.pin(&pin).map_err(|source| KernelError::Pin {
-        name,
-        path: pin.clone(),
-        source,
-    })?;
-    Ok(false)
+        warn!(
+            program = name,
+            running_tag = running.as_ref().map(|p| format!("{:016x}", p.tag())),
+            built_tag = format!("{:016x}", built.tag()),
+            "pinned link runs another program; switching it to this build's"
+        );
+        let new = program.fd().map_err(err)?;
+        upgrade::replace_program(name, &pin, new.as_fd(), running.as_ref())?;
+        return Ok(LinkOutcome::Replaced);
+    }
+    let link = attach_loaded(program, hook, cgroup).map_err(err)?;
+    fd_link(name, link)?
+        .pin(&pin)
+        .map_err(|source| KernelError::Pin {
+            name,
+            path: pin.clone(),
+            source,
+        })?;
+    Ok(LinkOutcome::Attached)
 }
 
-fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, KernelError>
-where
-    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
-{
-    FdLink::try_from(link).map_err(|source| KernelError::Link { name, source })
+/// The link pinned at `pin`, if there is a usable one; an unusable pin is
+/// removed so that a new link can take its place.
+fn open_pinned_link(pin: &Path) -> Result<Option<FdLink>, KernelError> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    match PinnedLink::from_pin(pin) {
+        // Dropping the FdLink closes our fd; the pin keeps the link.
+        Ok(link) => Ok(Some(link.into())),
+        Err(err) => {
+            warn!(pin = %pin.display(), error = %err, "unusable link pin; attaching afresh");
+            std::fs::remove_file(pin).map_err(|source| KernelError::Unpin {
+                path: pin.to_path_buf(),
+                source,
+            })?;
+            Ok(None)
+        }
+    }
+}
+
+fn load(program: &mut Program, hook: Hook) -> Result<(), ProgramError> {
+    match hook {
+        Hook::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
+        Hook::SockOps => <&mut SockOps>::try_from(program)?.load(),
+        Hook::SockCreate => <&mut CgroupSock>::try_from(program)?.load(),
+        Hook::SkbEgress => <&mut CgroupSkb>::try_from(program)?.load(),
+    }
+}
+
+/// The attach types differ only in their link types; each becomes an
+/// `FdLink` to be pinned.
+enum NewLink {
+    SockAddr(CgroupSockAddrLink),
+    SockOps(SockOpsLink),
+    SockCreate(CgroupSockLink),
+    SkbEgress(CgroupSkbLink),
+}
+
+fn attach_loaded(
+    program: &mut Program,
+    hook: Hook,
+    cgroup: &File,
+) -> Result<NewLink, ProgramError> {
+    Ok(match hook {
+        Hook::SockAddr => {
+            let p = <&mut CgroupSockAddr>::try_from(program)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            NewLink::SockAddr(p.take_link(id)?)
+        }
+        Hook::SockOps => {
+            let p = <&mut SockOps>::try_from(program)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            NewLink::SockOps(p.take_link(id)?)
+        }
+        Hook::SockCreate => {
+            let p = <&mut CgroupSock>::try_from(program)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            NewLink::SockCreate(p.take_link(id)?)
+        }
+        Hook::SkbEgress => {
+            let p = <&mut CgroupSkb>::try_from(program)?;
+            let id = p.attach(cgroup, CgroupSkbAttachType::Egress, ATTACH_MODE)?;
+            NewLink::SkbEgress(p.take_link(id)?)
+        }
+    })
+}
+
+fn fd_link(name: &'static str, link: NewLink) -> Result<FdLink, KernelError> {
+    match link {
+        NewLink::SockAddr(l) => FdLink::try_from(l),
+        NewLink::SockOps(l) => FdLink::try_from(l),
+        NewLink::SockCreate(l) => FdLink::try_from(l),
+        NewLink::SkbEgress(l) => FdLink::try_from(l),
+    }
+    .map_err(|source| KernelError::Link { name, source })
 }
 
 /// Detach every pinned program and remove the pins (used by uninstall).
@@ -328,7 +434,13 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, KernelError> {
                 }
             }
         }
-        std::fs::remove_file(&path).map_err(|source| KernelError::Unpin {
+        // A staging directory an interrupted upgrade left: maps only.
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|source| KernelError::Unpin {
             path: path.clone(),
             source,
         })?;

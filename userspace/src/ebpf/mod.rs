@@ -8,6 +8,7 @@ mod kernel;
 mod load;
 mod maps;
 mod query;
+mod upgrade;
 
 pub use kernel::{Kernel, LoaderOutcome};
 pub use load::{KernelError, attach, detach_pinned};
