@@ -297,6 +297,82 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     );
 }
 
+const ENC_RULE: &str = "  - host: svc.example.test:{port}\n    methods: [GET]\n    paths: [\"/echo\"]\n    credentials:\n      - secret: q-key\n      - secret: h-key\n";
+/// A query secret with characters that travel percent-encoded, and a
+/// header secret with characters JSON escapes.
+const Q_SECRET: &str = "qv+9/Zx=Q&p%r~1";
+const Q_PH: &str = "airlock-ph-q-key";
+const H_SECRET: &str = r#"hv"9\Zx/Q+p<1>"#;
+const H_PH: &str = "airlock-ph-h-key";
+
+/// The forms of `secret` that an echo may carry: as it is, percent-encoded
+/// (upper and lower case), and JSON-escaped.
+fn echo_forms(secret: &str) -> Vec<String> {
+    let percent = |upper: bool| {
+        secret
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect::<String>()
+    };
+    let json = serde_json::to_string(secret).expect("json");
+    vec![
+        secret.to_owned(),
+        percent(true),
+        percent(false),
+        json[1..json.len() - 1].to_owned(),
+    ]
+}
+
+/// An upstream that reflects the request the way web frameworks do: the
+/// URL as it came (percent-encoded) and the headers inside a JSON body
+/// (quotes and backslashes escaped). The agent must not get the secret
+/// back in any of those forms.
+#[test]
+fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
+    let Setup { d, up } = setup(ENC_RULE);
+    d.secret_set_kind("q-key", "query", Q_PH, Q_SECRET);
+    d.secret_set_kind("h-key", "bearer", H_PH, H_SECRET);
+    let url = format!("https://svc.example.test:{}/echo?key={Q_PH}", up.port);
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS -i -H 'Authorization: Bearer {H_PH}' '{url}'"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    let got = up
+        .seen()
+        .last()
+        .cloned()
+        .expect("the upstream got the request");
+    // The query credential went up percent-encoded, as Airlock writes it.
+    assert_eq!(got.path, format!("/echo?key={}", echo_forms(Q_SECRET)[1]));
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {H_SECRET}").as_str())
+    );
+    for secret in [Q_SECRET, H_SECRET] {
+        for form in echo_forms(secret) {
+            assert!(!text.contains(&form), "the agent got {form:?} back: {text}");
+        }
+    }
+    // What the agent sees instead: its own placeholders, in the path of
+    // the body, and in the echoed header and the body's headers.
+    assert!(text.contains(&format!("/echo?key={Q_PH}")), "{text}");
+    assert_eq!(text.matches(&format!("Bearer {H_PH}")).count(), 2, "{text}");
+}
+
 /// `secret rotate` tells the running daemon, so the very next request
 /// carries the new value: no restart, no window with the old one.
 #[test]

@@ -5,12 +5,13 @@
 //! never see a real secret, so response headers, bodies and trailers pass
 //! through a [`Scrubber`] that puts the placeholder back.
 //!
-//! Only the exact bytes of each secret are replaced. Encoded forms (base64,
-//! percent-encoding, JSON `\u` escapes, different letter case) are not; doing
-//! so for every encoding is open-ended, and the common echo is verbatim. The
-//! one encoding Airlock writes itself, the base64 of a Basic value it
-//! rewrote, is added for that response ([`Scrubber::with`]), so an echoed
-//! Authorization header gives back the agent's own encoding.
+//! Each secret is looked for as it is and in the forms the common URL and
+//! JSON encoders give it (`super::echo_forms`): an upstream reflecting a
+//! request URL or a JSON document of its headers gives those back. The
+//! base64 of a Basic value Airlock rewrote is added for that response
+//! ([`Scrubber::with`]), so an echoed Authorization header gives back the
+//! agent's own encoding. Other encodings an upstream may make of its own
+//! (its own base64, a changed letter case, a hash) are not recognised.
 
 use std::cmp::Reverse;
 use std::fmt;
@@ -23,6 +24,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use zeroize::Zeroizing;
 
+use super::echo_forms::echo_forms;
 use crate::secret::Secret;
 
 /// Replaces secrets with placeholders. Cloning is cheap: the table is shared.
@@ -55,6 +57,18 @@ struct Table {
     max_len: usize,
 }
 
+/// Each pair, followed by a pair for every other form of its secret.
+fn with_echo_forms(pairs: Vec<(Secret, Vec<u8>)>) -> Vec<(Secret, Vec<u8>)> {
+    let mut all = Vec::with_capacity(pairs.len());
+    for (secret, placeholder) in pairs {
+        for form in echo_forms(secret.expose()) {
+            all.push((form, placeholder.clone()));
+        }
+        all.push((secret, placeholder));
+    }
+    all
+}
+
 /// Result of scanning a buffer: matches to replace in `..hold_from`, and where
 /// the bytes that might be the start of a secret begin.
 struct Scan {
@@ -64,9 +78,15 @@ struct Scan {
 }
 
 impl Scrubber {
-    /// Empty secrets are ignored (they would match everywhere), and a secret
-    /// listed twice is kept once, with the first placeholder given for it.
+    /// Each secret is looked for in every form an upstream may echo it in
+    /// ([`echo_forms`]). Empty secrets are ignored (they would match
+    /// everywhere), and a secret listed twice is kept once, with the first
+    /// placeholder given for it.
     pub fn new(pairs: Vec<(Secret, Vec<u8>)>) -> Self {
+        Scrubber::build(with_echo_forms(pairs))
+    }
+
+    fn build(pairs: Vec<(Secret, Vec<u8>)>) -> Self {
         let mut pairs: Vec<Pair> = pairs
             .into_iter()
             .filter(|(secret, _)| !secret.is_empty())
@@ -99,19 +119,20 @@ impl Scrubber {
         }
     }
 
-    /// True when there is nothing to scrub.
     /// This scrubber with `extra` pairs besides, for one response.
     pub fn with(&self, extra: Vec<(Secret, Vec<u8>)>) -> Scrubber {
+        // The table holds every form already; only the extra are expanded.
         let mut pairs: Vec<(Secret, Vec<u8>)> = self
             .table
             .pairs
             .iter()
             .map(|p| (p.secret.clone(), p.placeholder.clone()))
             .collect();
-        pairs.extend(extra);
-        Scrubber::new(pairs)
+        pairs.extend(with_echo_forms(extra));
+        Scrubber::build(pairs)
     }
 
+    /// True when there is nothing to scrub.
     pub fn is_empty(&self) -> bool {
         self.table.pairs.is_empty()
     }

@@ -504,6 +504,29 @@ fn secret_split_across_two_chunks_at_every_position() {
 }
 
 #[test]
+fn encoded_forms_of_a_secret_are_scrubbed_across_chunks() {
+    let secret: &[u8] = b"k/9\"+x=Q";
+    let s = scrubber(&[(secret, PH20)]);
+    // serde_json's escaping of the secret, then Airlock's own query encoding.
+    let input = [
+        b"{\"auth\":\"k/9\\\"+x=Q\",\"url\":\"/q?key=k%2F9%22%2Bx%3DQ\"}".as_slice(),
+    ]
+    .concat();
+    let expected = [
+        b"{\"auth\":\"".as_slice(),
+        PH20,
+        b"\",\"url\":\"/q?key=",
+        PH20,
+        b"\"}",
+    ]
+    .concat();
+    for cut in 0..=input.len() {
+        let out = scrub_all(&s, &[&input[..cut], &input[cut..]]);
+        assert_eq!(out, expected, "cut at {cut}");
+    }
+}
+
+#[test]
 fn secret_split_across_three_chunks_at_every_position() {
     let s = scrubber(&[(SECRET20, PH20)]);
     let input = body_with_secret();

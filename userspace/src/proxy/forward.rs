@@ -411,6 +411,14 @@ impl Intercept {
                 rule: None,
             })?,
         };
+        // The path as the swap left it (a query credential is in it now);
+        // `path`, which the audit record and the policy saw, keeps the
+        // placeholder.
+        let outgoing_path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| path.clone());
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(if ctx.tls() {
             Scheme::HTTPS
@@ -418,7 +426,7 @@ impl Intercept {
             Scheme::HTTP
         });
         uri.authority = Some(authority);
-        uri.path_and_query = Some(path.clone());
+        uri.path_and_query = Some(outgoing_path);
         parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::Denied {
             reason: "invalid_uri",
             rule: None,
