@@ -32,6 +32,7 @@ fn setup(extra_rules: &str) -> Setup {
             "aws.example.test",
             "auth.example.test",
             "svc.example.test",
+            "pinned.example.test",
         ],
     );
     let p = up.port;
@@ -57,7 +58,7 @@ rules:
     let d = Daemon::start(DaemonOptions {
         policies: vec![("web-bot.yaml".into(), policy)],
         extra_config: format!(
-            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\n  pinned.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
             ca.display()
         ),
     });
@@ -371,6 +372,73 @@ fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
     // the body, and in the echoed header and the body's headers.
     assert!(text.contains(&format!("/echo?key={Q_PH}")), "{text}");
     assert_eq!(text.matches(&format!("Bearer {H_PH}")).count(), 2, "{text}");
+}
+
+/// A `passthrough` host is tunnelled as it is: the agent sees the
+/// upstream's own certificate and the upstream sees the agent's bytes,
+/// placeholders included (no credential is ever swapped into a tunnel).
+/// The tunnel goes to the SNI's host as the daemon resolves it, whatever
+/// address the agent dialled.
+#[test]
+fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
+    let Setup { d, up } = setup("passthrough:\n  - \"pinned.example.test\"\n");
+    let pem = std::fs::read_to_string(&up.ca_pem).expect("upstream CA");
+    // Trusting only the upstream's CA: Airlock's certificate would fail.
+    let ca = harness::script(&d, "upstream-ca.pem", &pem);
+    let url = format!("https://pinned.example.test:{}/echo", up.port);
+    let runs = [
+        ("dialled by name", String::new()),
+        (
+            "dialled at another address",
+            format!(
+                "--connect-to pinned.example.test:{p}:127.0.0.9:{p}",
+                p = up.port
+            ),
+        ),
+    ];
+    for (how, connect_to) in runs {
+        let before = up.seen().len();
+        let out = d.run_agent_dns(
+            "web-bot",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "curl -sS --fail-with-body --cacert {ca} {connect_to} -H \"Authorization: Bearer $API_TOKEN\" {url}"
+                ),
+            ],
+        );
+        assert!(out.status.success(), "{how}: {}", describe(&out));
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1, "{how}");
+        assert_eq!(
+            seen[before].header("authorization"),
+            Some(format!("Bearer {PLACEHOLDER}").as_str()),
+            "{how}: a credential was swapped into a tunnel"
+        );
+        assert_no_secret(how, &stdout(&out));
+    }
+    let rec = d.wait_audit("for the tunnel", |r| {
+        r["host"] == "pinned.example.test" && r["proto"] == "tls"
+    });
+    assert_eq!(rec["action"], "allow");
+    assert_eq!(rec["rule"], "passthrough pinned.example.test");
+
+    // A name the policy does not pass through, with the same trust, gets
+    // Airlock's certificate (intercepted), which the upstream's CA alone
+    // does not verify: no tunnel is made for it.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --cacert {ca} https://api.example.test:{}/hello",
+                up.port
+            ),
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
 }
 
 /// `secret rotate` tells the running daemon, so the very next request

@@ -508,10 +508,8 @@ fn encoded_forms_of_a_secret_are_scrubbed_across_chunks() {
     let secret: &[u8] = b"k/9\"+x=Q";
     let s = scrubber(&[(secret, PH20)]);
     // serde_json's escaping of the secret, then Airlock's own query encoding.
-    let input = [
-        b"{\"auth\":\"k/9\\\"+x=Q\",\"url\":\"/q?key=k%2F9%22%2Bx%3DQ\"}".as_slice(),
-    ]
-    .concat();
+    let input =
+        [b"{\"auth\":\"k/9\\\"+x=Q\",\"url\":\"/q?key=k%2F9%22%2Bx%3DQ\"}".as_slice()].concat();
     let expected = [
         b"{\"auth\":\"".as_slice(),
         PH20,
