@@ -7,7 +7,7 @@
 use std::{
     borrow::Cow,
     collections::VecDeque,
-    io::Write as _,
+    io::Write,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -142,6 +142,8 @@ const RECENT_DENIALS: usize = 32;
 pub const BACKLOG_LIMIT: usize = 16_384;
 /// How long a record may wait for others to share its write.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often a failed write is tried again.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the writer thread is sent. Records go by value: the channel's
 /// blocks hold 32 at a time, so that costs no allocation per record.
@@ -169,7 +171,8 @@ struct Health {
     backlog: AtomicUsize,
     /// Whether the last write failed (disk full, I/O error).
     failing: AtomicBool,
-    /// Records lost: not queued because of the backlog, or in a failed write.
+    /// Records lost: not queued because of the backlog, or still unwritten
+    /// when the daemon stopped.
     lost: AtomicU64,
 }
 
@@ -203,13 +206,22 @@ impl Audit {
                 path: path.to_path_buf(),
                 source,
             })?;
+        Self::start_writer(file, path, limit)
+    }
+
+    /// The writer thread over `out`, which is the log at `path`.
+    fn start_writer<W: Write + Send + 'static>(
+        out: W,
+        path: &Path,
+        limit: usize,
+    ) -> Result<Audit, AuditError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let log_path = path.to_path_buf();
         let health = Arc::new(Health::default());
         let writer_health = health.clone();
         std::thread::Builder::new()
             .name("airlock-audit".into())
-            .spawn(move || write_loop(file, log_path, rx, &writer_health))
+            .spawn(move || write_loop(out, log_path, rx, &writer_health))
             .map_err(|source| AuditError::Open {
                 path: path.to_path_buf(),
                 source,
@@ -295,17 +307,19 @@ impl Audit {
     }
 }
 
-fn write_loop(
-    mut file: std::fs::File,
+fn write_loop<W: Write>(
+    mut out: W,
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     health: &Health,
 ) {
+    // Bytes not written yet: one batch, or what a failed write left over.
+    // Its records stay counted in the backlog until written, which bounds
+    // it (`Audit::record` drops past the backlog limit).
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.blocking_recv() {
-        buf.clear();
+    let mut records = 0;
+    loop {
         let mut flushed = Vec::new();
-        let mut records = 0;
         let mut take = |msg: Msg, buf: &mut Vec<u8>| match msg {
             Msg::Record(record) => {
                 push_line(buf, &record);
@@ -313,39 +327,83 @@ fn write_loop(
             }
             Msg::Flush(done) => flushed.push(done),
         };
-        take(first, &mut buf);
+        if buf.is_empty() {
+            match rx.blocking_recv() {
+                Some(first) => take(first, &mut buf),
+                None => return,
+            }
+        } else {
+            // A write failed: try again now and then, whether or not new
+            // records come, so that the log recovering is noticed without
+            // a request having to be refused first.
+            std::thread::sleep(RETRY_PAUSE);
+        }
         // Drain what is queued so a burst costs one write, not one per record.
+        let mut closed = false;
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
                 Ok(next) => take(next, &mut buf),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
             }
         }
         if !buf.is_empty() {
-            let failed = file.write_all(&buf).is_err_and(|err| {
-                tracing::error!(
-                    path = %path.display(),
-                    error = %err,
-                    "audit log write failed; requests are refused until a write succeeds"
-                );
-                true
-            });
-            if failed {
-                health.lost.fetch_add(records as u64, Ordering::Relaxed);
-            }
-            if health.failing.swap(failed, Ordering::Relaxed) && !failed {
-                tracing::info!(path = %path.display(), "audit log writable again");
+            match write_some(&mut out, &mut buf) {
+                Ok(()) => {
+                    health.backlog.fetch_sub(records, Ordering::Relaxed);
+                    records = 0;
+                    if health.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(path = %path.display(), "audit log writable again");
+                    }
+                }
+                Err(err) => {
+                    if !health.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            path = %path.display(),
+                            error = %err,
+                            "audit log write failed; requests are refused until a write succeeds (retried every {} ms)",
+                            RETRY_PAUSE.as_millis()
+                        );
+                    }
+                }
             }
         }
-        health.backlog.fetch_sub(records, Ordering::Relaxed);
         for done in flushed {
             let _ = done.send(());
         }
-        // Under load, let records gather: one wake-up and one write per
-        // batch instead of a context switch per request. Idle, the next
-        // record is written as soon as it comes.
-        std::thread::sleep(BATCH_PAUSE);
+        if closed && (buf.is_empty() || health.failing.load(Ordering::Relaxed)) {
+            health.lost.fetch_add(records as u64, Ordering::Relaxed);
+            return;
+        }
+        if buf.is_empty() {
+            // Under load, let records gather: one wake-up and one write per
+            // batch instead of a context switch per request. Idle, the next
+            // record is written as soon as it comes.
+            std::thread::sleep(BATCH_PAUSE);
+        }
     }
+}
+
+/// Writes `buf` out and empties it; on an error, what was not written
+/// stays in `buf`, so that a retry neither repeats nor skips a byte.
+fn write_some(out: &mut impl Write, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut done = 0;
+    let result = loop {
+        if done == buf.len() {
+            break Ok(());
+        }
+        match out.write(&buf[done..]) {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => break Err(err),
+        }
+    };
+    buf.drain(..done);
+    result
 }
 
 fn push_line(buf: &mut Vec<u8>, record: &AuditRecord) {
@@ -461,6 +519,76 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    /// A log that fails with ENOSPC while `full` is set, and otherwise
+    /// takes at most 7 bytes a call (so lines are split across writes).
+    #[derive(Clone, Default)]
+    struct FlakyDisk {
+        full: Arc<AtomicBool>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for FlakyDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(7);
+            self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_outlive_a_full_disk_and_recovery_needs_no_refused_request() {
+        let disk = FlakyDisk::default();
+        let audit =
+            Audit::start_writer(disk.clone(), Path::new("/flaky/audit.jsonl"), 100).expect("start");
+        let record = |i: usize| AuditRecord {
+            host: format!("host-{i}.example.test").into(),
+            ..AuditRecord::default()
+        };
+        audit.record(record(0));
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        disk.full.store(true, Ordering::SeqCst);
+        audit.record(record(1));
+        wait_until("the failed write to be seen", || {
+            audit.state().write_failing
+        });
+        assert!(!audit.accepting(), "requests must stop while writes fail");
+        // What a refused request records meanwhile is kept too.
+        audit.record(record(2));
+        audit.record(record(3));
+        // Time for the writer to take them (and fail) before the disk
+        // recovers, so that nothing but its retry can notice it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+
+        // The disk has room again; no new record comes, yet the proxy
+        // accepts again, by the writer's own retry.
+        disk.full.store(false, Ordering::SeqCst);
+        wait_until("the retry to succeed", || audit.accepting());
+        let state = audit.state();
+        assert!(!state.write_failing && state.backlog == 0, "{state:?}");
+        assert_eq!(state.lost_records, 0);
+        let text = String::from_utf8(disk.written.lock().unwrap().clone()).expect("utf-8");
+        let hosts: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
+                v["host"].as_str().expect("host").to_owned()
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            (0..4)
+                .map(|i| format!("host-{i}.example.test"))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
