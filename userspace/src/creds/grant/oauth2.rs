@@ -116,7 +116,9 @@ impl ClientCredentials {
                 }
             }
         }
-        let mut req = Request::new(Bytes::from(body.to_vec()));
+        // The body holds the client secret with `post`: the buffer itself
+        // travels, and is zeroized when hyper drops the last reference.
+        let mut req = Request::new(Bytes::from_owner(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.token_url.clone();
         let headers = req.headers_mut();
