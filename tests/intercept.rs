@@ -45,7 +45,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST]
-    paths: ["/hello", "/echo", "/sse", "/ws", "/big"]
+    paths: ["/hello", "/echo", "/sse", "/ws", "/big", "/bighead"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -439,6 +439,36 @@ fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
         ],
     );
     assert!(!out.status.success(), "{}", describe(&out));
+}
+
+/// An upstream whose response head is larger than Airlock reads (64 KiB)
+/// gets the agent a 502 that says so, not a hang or a cut connection, and
+/// the next request on the daemon is served.
+#[test]
+fn an_oversized_upstream_head_is_a_502_with_a_reason() {
+    let Setup { d, up } = setup("");
+    let base = format!("https://api.example.test:{}", up.port);
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --http1.1 -w '\\n%{{http_code}}\\n' {base}/bighead; curl -sS --http1.1 {base}/hello"
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut lines = text.lines();
+    let body: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or_default()).expect("a JSON answer");
+    assert_eq!(body["reason"], "upstream_error", "{text}");
+    assert_eq!(lines.next(), Some("502"), "{text}");
+    assert_eq!(lines.next(), Some("hello from upstream"), "{text}");
+    let rec = d.wait_audit("for the 502", |r| r["path"] == "/bighead");
+    assert_eq!(rec["action"], "error");
+    assert_eq!(rec["status"], 502);
 }
 
 /// `secret rotate` tells the running daemon, so the very next request

@@ -1,6 +1,6 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
-//! /hello, /echo (reflects the request, secrets included), /sse (two
+//! /hello, /bighead (an 80 KiB response header), /echo (reflects the request, secrets included), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
@@ -209,6 +209,14 @@ async fn handle(
     }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
+        "/bighead" => {
+            // A response head past what Airlock reads of one (64 KiB).
+            let mut r = Response::new(full("unreachable body\n"));
+            let big = "a".repeat(80 * 1024);
+            r.headers_mut()
+                .insert("x-big", big.parse().expect("header value"));
+            r
+        }
         "/echo" => {
             // Reflects everything, as a careless or hostile upstream would.
             let body = serde_json::json!({
