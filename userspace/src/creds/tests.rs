@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::vault::SecretKind;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::Bytes;
@@ -23,13 +24,18 @@ const SHORT_VALUE: &str = "REALdeployKEY-short";
 const LONG_PH: &str = "airlock-ph-deploy-admin";
 const LONG_VALUE: &str = "REALdeployKEY-admin";
 
+/// A `header` secret: swapped in any request header.
 fn cred(name: &str, placeholder: &str, value: &str) -> Credential {
     Credential {
         name: name.to_owned(),
-        kind: crate::vault::SecretKind::Bearer,
+        kind: SecretKind::Header,
         placeholder: placeholder.to_owned(),
         value: Secret::new(value.as_bytes().to_vec()),
     }
+}
+
+fn of_kind(kind: SecretKind, cred: Credential) -> Credential {
+    Credential { kind, ..cred }
 }
 
 fn set() -> CredentialSet {
@@ -228,7 +234,10 @@ fn basic_value_in_other_headers_is_not_decoded() {
 
 #[test]
 fn query_swap_keeps_scheme_authority_and_path() {
-    let set = set();
+    let set = CredentialSet::new(vec![of_kind(
+        SecretKind::Query,
+        cred("custom", CUSTOM_PH, CUSTOM_VALUE),
+    )]);
     let mut p = parts(
         &format!("https://api.example.com:8443/v1/items?key={CUSTOM_PH}&q=1"),
         &[],
@@ -258,10 +267,88 @@ fn query_swap_keeps_scheme_authority_and_path() {
 
 #[test]
 fn query_value_with_reserved_characters_is_percent_encoded() {
-    let set = CredentialSet::new(vec![cred("odd", CUSTOM_PH, "a&b=c d%")]);
+    let set = CredentialSet::new(vec![of_kind(
+        SecretKind::Query,
+        cred("odd", CUSTOM_PH, "a&b=c d%"),
+    )]);
     let mut p = parts(&format!("/x?key={CUSTOM_PH}&z=1"), &[]);
     set.swap(&mut p, &allow(&["odd"]), &[]).unwrap().injected;
     assert_eq!(p.uri.query(), Some("key=a%26b%3Dc%20d%25&z=1"));
+}
+
+#[test]
+fn each_kind_is_swapped_only_where_that_kind_is_read() {
+    let set = CredentialSet::new(vec![
+        of_kind(SecretKind::Bearer, cred("bearer", GITHUB_PH, GITHUB_VALUE)),
+        of_kind(SecretKind::Query, cred("query", CUSTOM_PH, CUSTOM_VALUE)),
+        of_kind(SecretKind::Basic, cred("basic", LONG_PH, LONG_VALUE)),
+        cred("header", SHORT_PH, SHORT_VALUE),
+    ]);
+    let all = allow(&["bearer", "query", "basic", "header"]);
+    let in_basic = |ph: &str| format!("Basic {}", STANDARD.encode(format!("x-access-token:{ph}")));
+    let bearer = format!("Bearer {GITHUB_PH}");
+    let cases: Vec<(String, Vec<(&str, String)>, Option<(&str, &str)>)> = vec![
+        ("/".into(), vec![("authorization", bearer.clone())], None),
+        // git over HTTPS sends a token as a Basic password.
+        (
+            "/".into(),
+            vec![("authorization", in_basic(GITHUB_PH))],
+            None,
+        ),
+        ("/".into(), vec![("authorization", in_basic(LONG_PH))], None),
+        (format!("/?key={CUSTOM_PH}"), vec![], None),
+        ("/".into(), vec![("x-api-key", SHORT_PH.to_owned())], None),
+        (
+            "/".into(),
+            vec![("authorization", SHORT_PH.to_owned())],
+            None,
+        ),
+        // A message text, a title: data the API keeps and may show.
+        (
+            format!("/post?text={GITHUB_PH}"),
+            vec![],
+            Some(("bearer", "the query")),
+        ),
+        (
+            "/".into(),
+            vec![("x-note", bearer.clone())],
+            Some(("bearer", "header x-note")),
+        ),
+        (
+            format!("/?p={LONG_PH}"),
+            vec![],
+            Some(("basic", "the query")),
+        ),
+        (
+            "/".into(),
+            vec![("x-api-key", CUSTOM_PH.to_owned())],
+            Some(("query", "header x-api-key")),
+        ),
+        (
+            format!("/?k={SHORT_PH}"),
+            vec![],
+            Some(("header", "the query")),
+        ),
+    ];
+    for (uri, headers, refused) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut p = parts(&uri, &headers);
+        let before = format!("{p:?}");
+        match (set.swap(&mut p, &all, &[]), refused) {
+            (Ok(_), None) => assert_ne!(format!("{p:?}"), before, "{uri} {headers:?}"),
+            (Err(err @ SwapError::Misplaced { .. }), Some((secret, place))) => {
+                let text = err.to_string();
+                assert!(text.contains(&format!("{secret:?}")), "{text}");
+                assert!(text.contains(place), "{text}");
+                for value in [GITHUB_VALUE, CUSTOM_VALUE, LONG_VALUE, SHORT_VALUE] {
+                    assert!(!text.contains(value), "{text}");
+                }
+                assert_eq!(format!("{p:?}"), before, "a refused request was changed");
+                assert!(set.to_fetch(&p, &all).is_err(), "to_fetch agrees");
+            }
+            (other, _) => panic!("{uri} {headers:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -938,7 +1025,7 @@ fn token() -> Vec<(String, Secret)> {
 fn a_fetched_token_secret_is_swapped_for_its_token_never_its_stored_value() {
     let set = oauth_set();
     let mut p = parts(
-        &format!("https://api.example.test/v1?access_token={OAUTH_PH}"),
+        "https://api.example.test/v1",
         &[("authorization", &format!("Bearer {OAUTH_PH}"))],
     );
     let needed = set.to_fetch(&p, &allow(&["svc"])).expect("allowed");
@@ -950,11 +1037,13 @@ fn a_fetched_token_secret_is_swapped_for_its_token_never_its_stored_value() {
         values(&p, "authorization"),
         [format!("Bearer {OAUTH_TOKEN}")]
     );
-    assert_eq!(p.uri.query(), Some(&*format!("access_token={OAUTH_TOKEN}")));
 
     // Without its token the request is refused, unchanged: the stored
     // value (client id, secret, endpoint) is never pasted in.
-    let mut p = parts("https://api.example.test/v1", &[("x-api-key", OAUTH_PH)]);
+    let mut p = parts(
+        "https://api.example.test/v1",
+        &[("authorization", &format!("token {OAUTH_PH}"))],
+    );
     let before = format!("{p:?}");
     match set.swap(&mut p, &allow(&["svc"]), &[]) {
         Err(SwapError::NoToken { secret }) => assert_eq!(secret, "svc"),

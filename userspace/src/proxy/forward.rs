@@ -324,6 +324,12 @@ impl Intercept {
                         rule: Some(allowed.rule_label.clone()),
                     }
                 }
+                err @ SwapError::Misplaced { .. } => {
+                    warn!(agent = %ctx.agent, host, problem = %err, "placeholder where its kind is not swapped");
+                    ProxyError::PlaceholderMisplaced {
+                        detail: err.to_string(),
+                    }
+                }
                 SwapError::NoToken { secret } => ProxyError::TokenUnavailable {
                     secret,
                     problem: "no token was fetched".into(),

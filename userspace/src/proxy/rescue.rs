@@ -18,6 +18,10 @@ pub enum ProxyError {
     },
     #[error("request carries the placeholder of secret {secret}, which no rule allows here")]
     PlaceholderNotAllowed { secret: String },
+    /// A placeholder where its secret's kind is not swapped: `detail`
+    /// says where it is (names and places only, never a value).
+    #[error("{detail}")]
+    PlaceholderMisplaced { detail: String },
     #[error("a credential would travel over plain HTTP")]
     CredentialOverPlainHttp,
     #[error("rate limit of rule {rule} exceeded")]
@@ -58,6 +62,7 @@ impl ProxyError {
         match self {
             ProxyError::Denied { reason, .. } => reason,
             ProxyError::PlaceholderNotAllowed { .. } => "placeholder_not_allowed",
+            ProxyError::PlaceholderMisplaced { .. } => "placeholder_misplaced",
             ProxyError::CredentialOverPlainHttp => "credential_over_plain_http",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::ApprovalDenied => "approval_denied",
@@ -129,7 +134,9 @@ impl ProxyError {
         });
         match self {
             ProxyError::Upstream { reason } => body["detail"] = json!(reason),
-            ProxyError::TokenUnavailable { .. } => body["detail"] = json!(self.to_string()),
+            ProxyError::TokenUnavailable { .. } | ProxyError::PlaceholderMisplaced { .. } => {
+                body["detail"] = json!(self.to_string())
+            }
             _ => {}
         }
         let mut resp = Response::new(full(body.to_string()));
