@@ -463,10 +463,10 @@ for step in ['alive', 'killed', 'restarted']:
         let out = steps.join(format!("{name}.out"));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&out) {
-                if !text.is_empty() {
-                    return text;
-                }
+            if let Ok(text) = std::fs::read_to_string(&out)
+                && !text.is_empty()
+            {
+                return text;
             }
             assert!(
                 std::time::Instant::now() < deadline,

@@ -36,10 +36,10 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
                 }
             }
             let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).is_ok() {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    store.lock().expect("store").push(v);
-                }
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                store.lock().expect("store").push(v);
             }
             let _ = reader.get_mut().write_all(
                 b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

@@ -270,13 +270,12 @@ impl Audit {
         if matches!(
             record.action,
             Some(Action::Deny | Action::RateLimited | Action::Error)
-        ) {
-            if let Ok(mut recent) = self.recent.lock() {
-                if recent.len() == RECENT_DENIALS {
-                    recent.pop_front();
-                }
-                recent.push_back(record.clone());
+        ) && let Ok(mut recent) = self.recent.lock()
+        {
+            if recent.len() == RECENT_DENIALS {
+                recent.pop_front();
             }
+            recent.push_back(record.clone());
         }
         if self.health.backlog.fetch_add(1, Ordering::Relaxed) >= 2 * self.limit {
             self.health.backlog.fetch_sub(1, Ordering::Relaxed);

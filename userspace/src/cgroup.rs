@@ -235,10 +235,10 @@ impl AgentIndex {
     /// The agent a cgroup id belongs to; None for ids outside the managed
     /// tree or under a directory that names no agent.
     pub fn agent(&self, cgroup_id: u64) -> Option<Arc<str>> {
-        if let Ok(state) = self.state.read() {
-            if let Some(found) = state.by_id.get(&cgroup_id) {
-                return found.clone();
-            }
+        if let Ok(state) = self.state.read()
+            && let Some(found) = state.by_id.get(&cgroup_id)
+        {
+            return found.clone();
         }
         let Ok(mut state) = self.state.write() else {
             return None;

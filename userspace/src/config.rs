@@ -163,12 +163,12 @@ impl Config {
         };
         let mut problems = Vec::new();
         let mut cfg = Config::default();
-        if let Some(v) = raw.version {
-            if v != 1 {
-                problems.push(format!(
-                    "version: {v} is not supported (this Airlock reads version 1)"
-                ));
-            }
+        if let Some(v) = raw.version
+            && v != 1
+        {
+            problems.push(format!(
+                "version: {v} is not supported (this Airlock reads version 1)"
+            ));
         }
         if let Some(root) = raw.cgroup_root {
             cfg.cgroup_root = root;

@@ -41,14 +41,14 @@ fn ensure_outside(tree: &CgroupTree) -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| tree.mount.join(p.trim_start_matches('/')));
-    if let Some(own) = own {
-        if own.starts_with(&tree.root) {
-            anyhow::bail!(
-                "the daemon runs inside the managed cgroup {} ({}); start it outside, e.g. from systemd or a root shell",
-                tree.root.display(),
-                own.display()
-            );
-        }
+    if let Some(own) = own
+        && own.starts_with(&tree.root)
+    {
+        anyhow::bail!(
+            "the daemon runs inside the managed cgroup {} ({}); start it outside, e.g. from systemd or a root shell",
+            tree.root.display(),
+            own.display()
+        );
     }
     Ok(())
 }

@@ -424,14 +424,12 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, KernelError> {
             .file_name()
             .to_str()
             .is_some_and(|n| n.starts_with("link_"));
-        if is_link {
-            if let Ok(link) = PinnedLink::from_pin(&path) {
-                // Unpinning hands back the last reference; dropping it
-                // detaches the program from the cgroup.
-                if link.unpin().is_ok() {
-                    detached += 1;
-                    continue;
-                }
+        if is_link && let Ok(link) = PinnedLink::from_pin(&path) {
+            // Unpinning hands back the last reference; dropping it
+            // detaches the program from the cgroup.
+            if link.unpin().is_ok() {
+                detached += 1;
+                continue;
             }
         }
         // A staging directory an interrupted upgrade left: maps only.

@@ -88,10 +88,10 @@ impl PolicyStore {
                 }
                 Err(msg) => {
                     self.reject(path, msg, &mut next);
-                    if let Some(agent) = state.by_file.get(path) {
-                        if let Some(prev) = state.by_agent.get(agent) {
-                            kept_previous.push((path.clone(), agent.clone(), prev.clone()));
-                        }
+                    if let Some(agent) = state.by_file.get(path)
+                        && let Some(prev) = state.by_agent.get(agent)
+                    {
+                        kept_previous.push((path.clone(), agent.clone(), prev.clone()));
                     }
                 }
             }

@@ -486,10 +486,10 @@ impl Intercept {
 
         let (mut rparts, rbody) = resp.into_parts();
         let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(agent_side)) = (switching, agent_upgrade) {
-            if let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-                tokio::spawn(splice_upgraded(agent_side, upstream_side));
-            }
+        if let (true, Some(agent_side)) = (switching, agent_upgrade)
+            && let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        {
+            tokio::spawn(splice_upgraded(agent_side, upstream_side));
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
         let body = if injected.is_empty() {
