@@ -475,9 +475,15 @@ fn an_oversized_upstream_head_is_a_502_with_a_reason() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
     let mut lines = text.lines();
-    let body: serde_json::Value =
-        serde_json::from_str(lines.next().unwrap_or_default()).expect("a JSON answer");
+    let body: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not a JSON answer ({e}): {}", describe(&out)));
     assert_eq!(body["reason"], "upstream_error", "{text}");
+    // Whether hyper's buffer limit or Airlock's own check caught it.
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("larger than 64 KiB") || detail.contains("too large"),
+        "{text}"
+    );
     assert_eq!(lines.next(), Some("502"), "{text}");
     assert_eq!(lines.next(), Some("hello from upstream"), "{text}");
     let rec = d.wait_audit("for the 502", |r| r["path"] == "/bighead");

@@ -27,7 +27,7 @@ use super::{
     headers,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
-    upstream::{TokenTransport, error_chain},
+    upstream::{self, TokenTransport, error_chain},
     whole_body::{self, FOR_APPROVAL, FOR_SIGV4, Held, WholeBody},
 };
 use crate::{
@@ -476,6 +476,14 @@ impl Intercept {
             .map_err(|err| ProxyError::Upstream {
                 reason: error_chain(&err),
             })?;
+        if upstream::head_size(resp.headers()) > upstream::RESPONSE_HEAD_MAX {
+            return Err(ProxyError::Upstream {
+                reason: format!(
+                    "the response head is larger than {} KiB",
+                    upstream::RESPONSE_HEAD_MAX / 1024
+                ),
+            });
+        }
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());

@@ -32,6 +32,20 @@ use crate::{creds::Transport, dns::Resolver};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_READ_BUFFER_MAX: usize = 64 * 1024;
+/// The largest response head passed on. hyper's read buffer limit alone
+/// is soft (a head that arrives in one read may pass it), so the size is
+/// also checked once the head is parsed: a head past it is a 502 whatever
+/// the timing. (nginx refuses past 4-8 KiB by default.)
+pub const RESPONSE_HEAD_MAX: usize = UPSTREAM_READ_BUFFER_MAX;
+
+/// The size of a response head as it came, near enough: names, values and
+/// the `: ` and CRLF of each line.
+pub fn head_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
 /// A token endpoint's answer is a small JSON object.
 const TOKEN_ANSWER_MAX: usize = 64 * 1024;
 
