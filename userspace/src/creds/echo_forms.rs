@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_secret_no_encoder_changes_has_no_other_form() {
-        assert!(forms("ghp_0123456789abcdefABCDEF-x.y~z").is_empty());
+        assert!(forms("tok_0123456789abcdefABCDEF-x.y~z").is_empty());
     }
 
     #[test]
