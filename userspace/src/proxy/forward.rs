@@ -227,6 +227,10 @@ impl Intercept {
         }
     }
 
+    /// The awaits off the common path (a body read whole, a human's
+    /// answer, a token fetch) are boxed: their futures would otherwise sit
+    /// inside every request's future, which was 5 KB and is copied as it
+    /// is built; boxed, it is 2.8 KB.
     #[allow(clippy::too_many_arguments)]
     async fn pipeline(
         self: Arc<Self>,
@@ -265,7 +269,7 @@ impl Intercept {
         // function returns: the request has gone upstream by then.
         let mut held_budget = Vec::new();
         let outgoing = if allowed.approval {
-            let held = read(body, &allowed.rule_label, FOR_APPROVAL).await?;
+            let held = Box::pin(read(body, &allowed.rule_label, FOR_APPROVAL)).await?;
             held_budget.push(held.budget);
             Outgoing::Held(held.bytes)
         } else {
@@ -287,7 +291,7 @@ impl Intercept {
                 rule: allowed.rule_label.to_string(),
             };
             self.metrics.approvals_pending.inc();
-            let verdict = self.approvals.request(pending).await;
+            let verdict = Box::pin(self.approvals.request(pending)).await;
             self.metrics.approvals_pending.dec();
             match verdict {
                 Verdict::Approved => action = Action::Approve,
@@ -341,14 +345,16 @@ impl Intercept {
             let tokens = if needed.is_empty() {
                 Vec::new()
             } else {
-                let (tokens, knows_them) = self
-                    .credentials
-                    .tokens(&needed, &TokenTransport(&self.client_h1), Instant::now())
-                    .await
-                    .map_err(|(secret, err)| ProxyError::TokenUnavailable {
-                        secret,
-                        problem: err.to_string(),
-                    })?;
+                let (tokens, knows_them) = Box::pin(self.credentials.tokens(
+                    &needed,
+                    &TokenTransport(&self.client_h1),
+                    Instant::now(),
+                ))
+                .await
+                .map_err(|(secret, err)| ProxyError::TokenUnavailable {
+                    secret,
+                    problem: err.to_string(),
+                })?;
                 scrubber = knows_them;
                 tokens
             };
@@ -375,7 +381,8 @@ impl Intercept {
                         let bytes = match outgoing {
                             Outgoing::Held(bytes) => bytes,
                             Outgoing::Streamed(body) => {
-                                let held = read(body, &allowed.rule_label, FOR_SIGV4).await?;
+                                let held =
+                                    Box::pin(read(body, &allowed.rule_label, FOR_SIGV4)).await?;
                                 held_budget.push(held.budget);
                                 held.bytes
                             }
