@@ -41,17 +41,19 @@ enum Encoder {
         plus: bool,
     },
     /// A JSON string's contents: `"` and `\` escaped, control characters
-    /// as `\n` or `\u00XX`, `/` as `\/` when `slash`, and the bytes of
-    /// `unicode` as `\u00XX`.
+    /// as `\n` or `\u00XX`, `/` as `\/` when `slash`, the bytes of
+    /// `unicode` as `\u00XX`, and, when `ascii`, every character past
+    /// ASCII as `\uXXXX` (two of them, a surrogate pair, past U+FFFF).
     Json {
         slash: bool,
         unicode: &'static [u8],
+        ascii: bool,
         case: Case,
     },
 }
 
 /// The encoders of the common stacks, each once.
-const ENCODERS: [Encoder; 11] = [
+const ENCODERS: [Encoder; 12] = [
     // Airlock's own query encoding; Python quote(safe=''), Go
     // PathEscape, curl --data-urlencode.
     Encoder::Percent {
@@ -93,28 +95,39 @@ const ENCODERS: [Encoder; 11] = [
         case: Case::Upper,
         plus: true,
     },
-    // Python json, JavaScript JSON.stringify, serde_json, Jackson.
+    // JavaScript JSON.stringify, serde_json, Jackson.
     Encoder::Json {
         slash: false,
         unicode: b"",
+        ascii: false,
+        case: Case::Lower,
+    },
+    // Python json (ensure_ascii by default).
+    Encoder::Json {
+        slash: false,
+        unicode: b"",
+        ascii: true,
         case: Case::Lower,
     },
     // PHP json_encode.
     Encoder::Json {
         slash: true,
         unicode: b"",
+        ascii: true,
         case: Case::Lower,
     },
     // Go encoding/json, Rails: HTML-safe.
     Encoder::Json {
         slash: false,
         unicode: b"<>&",
+        ascii: false,
         case: Case::Lower,
     },
     // .NET System.Text.Json's default encoder.
     Encoder::Json {
         slash: false,
         unicode: b"\"&'+<>`",
+        ascii: true,
         case: Case::Upper,
     },
 ];
@@ -124,7 +137,9 @@ const ENCODERS: [Encoder; 11] = [
 pub fn echo_forms(secret: &[u8]) -> Vec<Secret> {
     let mut forms: Vec<Secret> = Vec::new();
     for encoder in ENCODERS {
-        let mut form = encoder.encode(secret);
+        let Some(mut form) = encoder.encode(secret) else {
+            continue;
+        };
         if form.as_slice() != secret && !forms.iter().any(|f| f.expose() == form.as_slice()) {
             forms.push(Secret::new(std::mem::take(&mut *form)));
         }
@@ -133,10 +148,49 @@ pub fn echo_forms(secret: &[u8]) -> Vec<Secret> {
 }
 
 impl Encoder {
-    fn encode(self, secret: &[u8]) -> Zeroizing<Vec<u8>> {
-        // Six bytes is the longest form of one byte (`\u00XX`): the buffer
-        // never grows, so no unzeroized copy is left behind.
+    /// None when the encoder does not apply: `\uXXXX` escapes need text,
+    /// and a secret that is not UTF-8 is not.
+    fn encode(self, secret: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        // Six bytes is the longest form of one byte (`\u00XX`, or a
+        // two-byte character's `\uXXXX`; a four-byte one becomes twelve):
+        // the buffer never grows, so no unzeroized copy is left behind.
         let mut out = Zeroizing::new(Vec::with_capacity(secret.len() * 6));
+        if let Encoder::Json {
+            slash,
+            unicode,
+            ascii: true,
+            case,
+        } = self
+            && !secret.is_ascii()
+        {
+            let text = std::str::from_utf8(secret).ok()?;
+            let ascii_part = Encoder::Json {
+                slash,
+                unicode,
+                ascii: false,
+                case,
+            };
+            let mut units = [0u16; 2];
+            let mut one = [0u8; 4];
+            for c in text.chars() {
+                if c.is_ascii() {
+                    out.extend_from_slice(&ascii_part.encode(c.encode_utf8(&mut one).as_bytes())?);
+                    continue;
+                }
+                for unit in c.encode_utf16(&mut units).iter() {
+                    let [hi, lo] = unit.to_be_bytes();
+                    out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        case.digit(hi >> 4),
+                        case.digit(hi),
+                        case.digit(lo >> 4),
+                        case.digit(lo),
+                    ]);
+                }
+            }
+            return Some(out);
+        }
         for &b in secret {
             match self {
                 Encoder::Percent { keep, case, plus } => {
@@ -152,6 +206,7 @@ impl Encoder {
                     slash,
                     unicode,
                     case,
+                    ..
                 } => match b {
                     _ if unicode.contains(&b) || (b < 0x20 && short_escape(b).is_none()) => {
                         out.extend_from_slice(&[
@@ -172,7 +227,7 @@ impl Encoder {
                 },
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -242,6 +297,28 @@ mod tests {
         }
         let control = forms("a\u{1}b");
         assert!(control.contains(&r"a\u0001b".to_owned()), "{control:?}");
+    }
+
+    #[test]
+    fn characters_past_ascii_are_escaped_as_python_and_dotnet_do() {
+        let all = forms("pässwörd-𝄞");
+        // Python's json.dumps, ensure_ascii as by default.
+        assert!(
+            all.contains(&r"p\u00e4ssw\u00f6rd-\ud834\udd1e".to_owned()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&r"p\u00E4ssw\u00F6rd-\uD834\uDD1E".to_owned()),
+            "{all:?}"
+        );
+        // Percent-encoding works on the UTF-8 bytes.
+        assert!(
+            all.contains(&"p%C3%A4ssw%C3%B6rd-%F0%9D%84%9E".to_owned()),
+            "{all:?}"
+        );
+        // Bytes that are not UTF-8 get the forms that need no characters.
+        let raw = echo_forms(b"a\xffb/c");
+        assert!(raw.iter().any(|f| f.expose() == b"a%FFb%2Fc"));
     }
 
     #[test]
