@@ -504,20 +504,7 @@ for step in ['alive', 'killed', 'restarted']:
     let _ = agent.0.wait();
 }
 
-/// An upgrade, or root acting behind Airlock's back, can leave the pinned
-/// links running another program, or the pinned maps with another layout.
-/// A restarted daemon must bring both to this build, without ever taking a
-/// hook away.
-#[test]
-fn a_restarted_daemon_replaces_a_foreign_pinned_program_and_maps_of_another_layout() {
-    let allowed = TagServer::start("127.0.0.1:0", "allowed");
-    let denied = TagServer::start("127.0.0.1:0", "denied");
-    let policy = capture_policy(&[format!("127.0.0.1/32:{}", allowed.addr.port())]);
-    let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
-    let script = harness::script(
-        &d,
-        "dial.py",
-        r#"
+const DIAL_PY: &str = r#"
 import socket, sys
 for port in sys.argv[1:]:
     try:
@@ -528,20 +515,37 @@ for port in sys.argv[1:]:
         print(s.makefile().readline().strip() or 'closed')
     except OSError as e:
         print('error ' + type(e).__name__)
-"#,
-    );
-    let (allowed_port, denied_port) = (
+"#;
+
+/// What an agent got from each server: its tag, or how it was refused.
+fn dial_both(d: &Daemon, allowed: &TagServer, denied: &TagServer) -> Vec<String> {
+    let script = harness::script(d, "dial.py", DIAL_PY);
+    let ports = [
         allowed.addr.port().to_string(),
         denied.addr.port().to_string(),
-    );
-    let dial = |d: &Daemon| -> Vec<String> {
-        let out = d.run_agent("capture-bot", &[PY, &script, &allowed_port, &denied_port]);
-        assert!(out.status.success(), "{}", describe(&out));
-        stdout(&out).lines().map(str::to_owned).collect()
-    };
-    // The proxy closes a connection no rule allows, with the agent's
-    // unread line in its buffer: a reset, or an end of stream.
-    let refused = |line: &str| line == "closed" || line == "error ConnectionResetError";
+    ];
+    let out = d.run_agent("capture-bot", &[PY, &script, &ports[0], &ports[1]]);
+    assert!(out.status.success(), "{}", describe(&out));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+/// The proxy closes a connection no rule allows, with the agent's unread
+/// line in its buffer: a reset, or an end of stream.
+fn refused(line: &str) -> bool {
+    line == "closed" || line == "error ConnectionResetError"
+}
+
+/// An upgrade, or root acting behind Airlock's back, can leave the pinned
+/// links running another program, or the pinned maps with another layout.
+/// A restarted daemon must bring both to this build, without ever taking a
+/// hook away.
+#[test]
+fn a_restarted_daemon_replaces_a_foreign_pinned_program_and_maps_of_another_layout() {
+    let allowed = TagServer::start("127.0.0.1:0", "allowed");
+    let denied = TagServer::start("127.0.0.1:0", "denied");
+    let policy = capture_policy(&[format!("127.0.0.1/32:{}", allowed.addr.port())]);
+    let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
+    let dial = |d: &Daemon| dial_both(d, &allowed, &denied);
     let connect4 = d.pin_dir.join("link_airlock_connect4");
     let ours = harness::bpf::linked_program_tag(&connect4);
     let first = dial(&d);
@@ -619,6 +623,89 @@ for port in sys.argv[1:]:
     assert_eq!(denied.accepted(), 1);
     let log = d.log_text();
     assert!(log.contains("pinned maps have another layout"), "{log}");
+}
+
+/// Remove the (empty) cgroup root with its agent cgroups, and make it anew
+/// as systemd would for airlock.slice: a cgroup without any program.
+fn remake_cgroup_root(d: &Daemon) {
+    let root = harness::cgroup2_mount()
+        .expect("cgroup v2")
+        .join(&d.cgroup_root);
+    for entry in std::fs::read_dir(&root).expect("root").flatten() {
+        if entry.path().is_dir() {
+            std::fs::remove_dir(entry.path()).expect("rmdir an empty agent cgroup");
+        }
+    }
+    std::fs::remove_dir(&root).expect("rmdir the cgroup root");
+    std::fs::create_dir(&root).expect("the root made anew");
+}
+
+/// A cgroup root removed and made anew has none of the hooks, and the
+/// pinned links still hang on the cgroup that is gone. No agent may be
+/// placed there until the programs are attached to the new root: by the
+/// running daemon within seconds, or by the next one at its start.
+#[test]
+fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
+    let allowed = TagServer::start("127.0.0.1:0", "allowed");
+    let denied = TagServer::start("127.0.0.1:0", "denied");
+    let policy = capture_policy(&[format!("127.0.0.1/32:{}", allowed.addr.port())]);
+    let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
+    let first = dial_both(&d, &allowed, &denied);
+    assert!(first[0] == "allowed" && refused(&first[1]), "{first:?}");
+
+    // With the daemon down, `run` refuses: the command never starts.
+    d.kill9();
+    remake_cgroup_root(&d);
+    assert!(d.pin_dir.join("link_airlock_connect4").exists());
+    let marks = d.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).expect("marks dir");
+    harness::set_mode(&marks, 0o777);
+    let mark = marks.join("ran");
+    let out = d.run_agent(
+        "capture-bot",
+        &["/bin/sh", "-c", &format!("touch {}", mark.display())],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lacks Airlock's eBPF programs"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!mark.exists(), "the agent ran in an unguarded cgroup");
+
+    // The next daemon finds its links on the old cgroup and attaches the
+    // programs to the new one.
+    d.spawn();
+    assert_eq!(d.attached_programs(), 9);
+    let status = d.status().expect("status");
+    for p in status["programs"].as_array().expect("programs") {
+        assert_eq!(p["link"], "attached", "{status}");
+    }
+    let after = dial_both(&d, &allowed, &denied);
+    assert!(after[0] == "allowed" && refused(&after[1]), "{after:?}");
+    assert!(
+        d.log_text()
+            .contains("pinned link is not attached to the cgroup root"),
+        "{}",
+        d.log_text()
+    );
+
+    // While the daemon runs, it notices by itself and attaches again.
+    remake_cgroup_root(&d);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.attached_programs() < 9 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running daemon did not attach its programs again:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.status().expect("status")["healthy"], true);
+    let healed = dial_both(&d, &allowed, &denied);
+    assert!(healed[0] == "allowed" && refused(&healed[1]), "{healed:?}");
+    assert_eq!(denied.accepted(), 0, "the denied server was reached");
+    assert!(d.log_text().contains("attaching them again"));
 }
 
 /// Kills the child if the test fails before it exits.

@@ -54,7 +54,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let env = agent_env(&config, &args.agent)?;
     let tree = CgroupTree::discover(&config.cgroup_root)?;
     if !tree.root.is_dir() {
         bail!(
@@ -62,6 +61,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tree.root.display()
         );
     }
+    // A root that exists is not enough: made anew (by hand, or by systemd
+    // for airlock.slice) it has none of the hooks, and an agent there
+    // would have the host's whole network.
+    match crate::ebpf::missing_hooks(&tree.root) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => bail!(
+            "{} lacks Airlock's eBPF programs ({} of its 9 hooks have none): an agent placed there would not be captured. A running daemon attaches them again within 2 s; otherwise start it (`systemctl start airlock`, or `airlock daemon`)",
+            tree.root.display(),
+            missing.len()
+        ),
+        Err(err) => bail!(
+            "cannot ask the kernel which eBPF programs guard {}: {err}; not running the agent unguarded",
+            tree.root.display()
+        ),
+    }
+    let env = agent_env(&config, &args.agent)?;
     let dir = tree.enter(&args.agent, std::process::id())?;
     tracing::debug!(cgroup = %dir.display(), "joined agent cgroup");
 

@@ -86,6 +86,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     )?;
     let conns: Arc<dyn ConnTable> = kernel.conns.clone();
     let kernel = Arc::new(kernel);
+    tokio::spawn(crate::ebpf::guard_hooks(kernel.clone()));
 
     // State the proxy needs before the first agent request: the CA (and
     // the trust bundle agents are pointed at) and the vault's master key.

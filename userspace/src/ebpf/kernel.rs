@@ -44,6 +44,8 @@ pub struct Kernel {
     pub conns: Arc<KernelConnTable>,
     pub stats: KernelStats,
     settings: Array<MapData, Settings>,
+    /// What the loader was asked to publish, for attaching again.
+    requested: Settings,
 }
 
 impl Kernel {
@@ -55,6 +57,7 @@ impl Kernel {
         settings: Settings,
     ) -> Result<Kernel, KernelError> {
         let report = run_loader(cgroup_root, pin_dir, settings)?;
+        let requested = settings;
         let settings: Array<MapData, Settings> =
             Array::try_from(Map::Array(open_pin(pin_dir, map_names::SETTINGS)?)).map_err(
                 |source| KernelError::Map {
@@ -79,12 +82,54 @@ impl Kernel {
             conns,
             stats: KernelStats::new(stats),
             settings,
+            requested,
         })
     }
 
     /// The settings the hooks currently use.
     pub fn settings(&self) -> Option<Settings> {
         self.settings.get(&0, 0).ok()
+    }
+
+    /// Run the loader again, onto the same cgroup root and pins.
+    pub fn reattach(&self) -> Result<AttachReport, KernelError> {
+        run_loader(&self.report.cgroup, &self.report.pin_dir, self.requested)
+    }
+}
+
+/// How often the daemon checks that the cgroup root still has its hooks.
+const HOOK_CHECK: Duration = Duration::from_secs(2);
+
+/// Keeps Airlock's programs on the cgroup root for as long as the daemon
+/// runs. A root removed and made anew (by hand, or by systemd for
+/// airlock.slice) comes back without them, and `airlock run` refuses to
+/// place agents there until they are back: this puts them back.
+pub async fn guard_hooks(kernel: Arc<Kernel>) {
+    let root = kernel.report.cgroup.clone();
+    let mut tick = tokio::time::interval(HOOK_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match super::missing_hooks(&root) {
+            Ok(missing) if missing.is_empty() => continue,
+            Ok(missing) => warn!(
+                root = %root.display(),
+                missing = missing.len(),
+                "the cgroup root has lost Airlock's programs (removed and made anew?); attaching them again"
+            ),
+            // Gone: nothing can be placed there (`run` refuses a missing
+            // root); its return is seen on a later tick.
+            Err(_) => continue,
+        }
+        let loader = kernel.clone();
+        match tokio::task::spawn_blocking(move || loader.reattach()).await {
+            Ok(Ok(report)) => tracing::info!(
+                programs = report.programs.len(),
+                "eBPF programs attached to the cgroup root again"
+            ),
+            Ok(Err(err)) => tracing::error!(error = %err, "cannot attach the eBPF programs again"),
+            Err(err) => tracing::error!(error = %err, "the eBPF loader task failed"),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use super::{OBJECT, bpffs, upgrade};
+use super::{OBJECT, bpffs, query, upgrade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -122,6 +122,14 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "eBPF program {name}: cannot ask the kernel what is attached to the cgroup root: {source}"
+    )]
+    Query {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot move the new maps into place at {path}: {source}")]
     Staging {
         path: PathBuf,
@@ -149,18 +157,19 @@ enum Hook {
     SkbEgress,
 }
 
-const PROGRAMS: [(&str, Hook); 9] = [
+/// Each program, its hook, and its attach type (enum bpf_attach_type).
+const PROGRAMS: [(&str, Hook, u32); 9] = [
     // sock_create and the egress filter first: from the moment connect
     // hooks exist, nothing must be able to go around them.
-    (prog::SOCK_CREATE, Hook::SockCreate),
-    (prog::UDP_EGRESS, Hook::SkbEgress),
-    (prog::SOCK_OPS, Hook::SockOps),
-    (prog::RECVMSG4, Hook::SockAddr),
-    (prog::RECVMSG6, Hook::SockAddr),
-    (prog::SENDMSG4, Hook::SockAddr),
-    (prog::SENDMSG6, Hook::SockAddr),
-    (prog::CONNECT4, Hook::SockAddr),
-    (prog::CONNECT6, Hook::SockAddr),
+    (prog::SOCK_CREATE, Hook::SockCreate, 2),
+    (prog::UDP_EGRESS, Hook::SkbEgress, 1),
+    (prog::SOCK_OPS, Hook::SockOps, 3),
+    (prog::RECVMSG4, Hook::SockAddr, 19),
+    (prog::RECVMSG6, Hook::SockAddr, 20),
+    (prog::SENDMSG4, Hook::SockAddr, 14),
+    (prog::SENDMSG6, Hook::SockAddr, 15),
+    (prog::CONNECT4, Hook::SockAddr, 10),
+    (prog::CONNECT6, Hook::SockAddr, 11),
 ];
 
 /// What became of a program's link on this start.
@@ -248,8 +257,14 @@ pub fn attach(
     })?;
     let new_maps = layout_change.is_some();
     let mut programs = Vec::with_capacity(PROGRAMS.len());
-    for (name, hook) in PROGRAMS {
-        let link = place(&mut ebpf, &cgroup, &pin_dir, name, hook, new_maps)?;
+    for (name, hook, attach_type) in PROGRAMS {
+        let link = place(
+            &mut ebpf,
+            &cgroup,
+            &pin_dir,
+            (name, hook, attach_type),
+            new_maps,
+        )?;
         programs.push(ProgramState {
             name: name.to_owned(),
             link,
@@ -296,8 +311,7 @@ fn place(
     ebpf: &mut Ebpf,
     cgroup: &File,
     pin_dir: &Path,
-    name: &'static str,
-    hook: Hook,
+    (name, hook, attach_type): (&'static str, Hook, u32),
     new_maps: bool,
 ) -> Result<LinkOutcome, KernelError> {
     let err = |source| KernelError::Program { name, source };
@@ -310,18 +324,37 @@ fn place(
     if let Some(link) = open_pinned_link(&pin)? {
         let built = program.info().map_err(err)?;
         let running = upgrade::linked_program(name, &link)?;
-        if !new_maps && running.as_ref().is_some_and(|p| p.tag() == built.tag()) {
+        let on_root = match &running {
+            Some(p) => query::is_attached(cgroup, attach_type, p.id())
+                .map_err(|source| KernelError::Query { name, source })?,
+            None => false,
+        };
+        if !on_root {
+            // The cgroup the link was made for is gone (removed, or made
+            // anew by systemd): the link enforces nothing there. Re-using
+            // it would leave the cgroup of today's agents without a hook.
+            warn!(
+                program = name,
+                "pinned link is not attached to the cgroup root (it was removed and made anew); attaching afresh"
+            );
+            std::fs::remove_file(&pin).map_err(|source| KernelError::Unpin {
+                path: pin.clone(),
+                source,
+            })?;
+            drop(link);
+        } else if !new_maps && running.as_ref().is_some_and(|p| p.tag() == built.tag()) {
             return Ok(LinkOutcome::Reopened);
+        } else {
+            warn!(
+                program = name,
+                running_tag = running.as_ref().map(|p| format!("{:016x}", p.tag())),
+                built_tag = format!("{:016x}", built.tag()),
+                "pinned link runs another program; switching it to this build's"
+            );
+            let new = program.fd().map_err(err)?;
+            upgrade::replace_program(name, &pin, new.as_fd(), running.as_ref())?;
+            return Ok(LinkOutcome::Replaced);
         }
-        warn!(
-            program = name,
-            running_tag = running.as_ref().map(|p| format!("{:016x}", p.tag())),
-            built_tag = format!("{:016x}", built.tag()),
-            "pinned link runs another program; switching it to this build's"
-        );
-        let new = program.fd().map_err(err)?;
-        upgrade::replace_program(name, &pin, new.as_fd(), running.as_ref())?;
-        return Ok(LinkOutcome::Replaced);
     }
     let link = attach_loaded(program, hook, cgroup).map_err(err)?;
     fd_link(name, link)?

@@ -10,10 +10,10 @@ mod maps;
 mod query;
 mod upgrade;
 
-pub use kernel::{Kernel, LoaderOutcome};
+pub use kernel::{Kernel, LoaderOutcome, guard_hooks};
 pub use load::{KernelError, attach, detach_pinned};
 pub use maps::{ConnTable, KernelConnTable, KernelStats};
-pub use query::attached_program_count;
+pub use query::{attached_program_count, missing_hooks};
 
 /// The eBPF object built from `agent-ebpf` by build.rs.
 pub(crate) static OBJECT: &[u8] =

@@ -34,6 +34,53 @@ struct QueryAttr {
     revision: u64,
 }
 
+/// The ids of the programs attached directly to `cgroup` for one attach
+/// type (at most 64: Airlock attaches one per hook).
+fn program_ids(cgroup: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: `attr` is a valid, writable bpf_attr prefix of the size
+    // passed; prog_ids points to `prog_cnt` writable u32s that outlive the
+    // call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<QueryAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = (attr.prog_cnt as usize).min(ids.len());
+    Ok(ids[..n].to_vec())
+}
+
+/// Whether program `id` is attached directly to `cgroup` for `attach_type`.
+pub(super) fn is_attached(cgroup: &File, attach_type: u32, id: u32) -> std::io::Result<bool> {
+    Ok(program_ids(cgroup, attach_type)?.contains(&id))
+}
+
+/// The hooks (by attach type) that have no program attached directly to
+/// `cgroup`. A process placed there would not be captured by them.
+pub fn missing_hooks(cgroup: &Path) -> std::io::Result<Vec<u32>> {
+    let dir = File::open(cgroup)?;
+    let mut missing = Vec::new();
+    for attach_type in ATTACH_TYPES {
+        if program_ids(&dir, attach_type)?.is_empty() {
+            missing.push(attach_type);
+        }
+    }
+    Ok(missing)
+}
+
 /// Programs attached directly to `cgroup` for the hooks Airlock uses, as
 /// the kernel counts them: a second daemon that attached again instead of
 /// re-opening its pins would show here.
