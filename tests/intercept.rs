@@ -312,7 +312,7 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     );
 }
 
-const ENC_RULE: &str = "  - host: svc.example.test:{port}\n    methods: [GET]\n    paths: [\"/echo\"]\n    credentials:\n      - secret: q-key\n      - secret: h-key\n";
+const ENC_RULE: &str = "  - host: svc.example.test:{port}\n    methods: [GET]\n    paths: [\"/echo\"]\n    credentials:\n      - secret: q-key\n      - secret: h-key\n      - secret: k-key\n";
 /// A query secret with characters that travel percent-encoded, and a
 /// header secret with characters JSON escapes.
 const Q_SECRET: &str = "qv+9/Zx=Q&p%r~1";
@@ -489,6 +489,72 @@ fn an_oversized_upstream_head_is_a_502_with_a_reason() {
     let rec = d.wait_audit("for the 502", |r| r["path"] == "/bighead");
     assert_eq!(rec["action"], "error");
     assert_eq!(rec["status"], 502);
+}
+
+const K_SECRET: &str = "kv-0123456789-api-key";
+const K_PH: &str = "airlock-ph-k-key";
+
+/// A `header` secret bound to one header (`--header`) is swapped there,
+/// and refused in any other header: an API key cannot be moved into a
+/// field the API keeps.
+#[test]
+fn a_header_secret_bound_to_its_header_goes_nowhere_else() {
+    let Setup { d, up } = setup(ENC_RULE);
+    d.secret_with_value(
+        &[
+            "set",
+            "k-key",
+            "--kind",
+            "header",
+            "--placeholder",
+            K_PH,
+            "--header",
+            "X-Api-Key",
+        ],
+        K_SECRET,
+    );
+    let list = std::process::Command::new(harness::AIRLOCK)
+        .args(["secret", "list", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("secret list");
+    assert!(
+        stdout(&list).contains("header (x-api-key)"),
+        "{}",
+        describe(&list)
+    );
+    let url = format!("https://svc.example.test:{}/echo", up.port);
+    let curl = |header: &str| {
+        d.run_agent_dns(
+            "web-bot",
+            &[
+                "sh",
+                "-c",
+                &format!("curl -sS -w ' %{{http_code}}' -H '{header}: {K_PH}' {url}"),
+            ],
+        )
+    };
+    let before = up.seen().len();
+    let out = curl("x-api-key");
+    assert!(stdout(&out).ends_with(" 200"), "{}", describe(&out));
+    assert_eq!(
+        up.seen()
+            .last()
+            .and_then(|s| s.header("x-api-key").map(str::to_owned)),
+        Some(K_SECRET.to_owned())
+    );
+    assert!(!stdout(&out).contains(K_SECRET), "{}", describe(&out));
+
+    let out = curl("x-note");
+    let text = stdout(&out);
+    assert!(text.ends_with(" 403"), "{}", describe(&out));
+    assert!(text.contains("placeholder_misplaced"), "{text}");
+    assert!(text.contains("swapped only in header x-api-key"), "{text}");
+    assert_eq!(
+        up.seen().len(),
+        before + 1,
+        "the refused request went upstream"
+    );
 }
 
 /// `secret rotate` tells the running daemon, so the very next request

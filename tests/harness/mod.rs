@@ -305,7 +305,8 @@ impl Daemon {
         self.secret_with_value(&["rotate", name], value);
     }
 
-    fn secret_with_value(&self, args: &[&str], value: &str) {
+    /// `airlock secret ARGS...` with `value` on stdin; it must succeed.
+    pub fn secret_with_value(&self, args: &[&str], value: &str) {
         let action = args[0];
         let mut child = Command::new(AIRLOCK)
             .arg("secret")

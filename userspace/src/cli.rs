@@ -114,14 +114,18 @@ pub enum SecretAction {
     /// Store a secret; the value is read from standard input.
     Set {
         name: String,
-        /// Where the placeholder is swapped: bearer or basic (Authorization header), header (any
-        /// header), query (the query string); aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]);
+        /// Where the placeholder is swapped: bearer or basic (Authorization header), header (the
+        /// header --header names, or any header), query (the query string); aws_sigv4 (value ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]);
         /// oauth2_client_credentials or github_app (value: YAML saying how to fetch the token; see README)
         #[arg(long, default_value = "bearer")]
         kind: String,
         /// The string agents use in place of the secret (default airlock-ph-NAME).
         #[arg(long)]
         placeholder: Option<String>,
+        /// For --kind header: the one request header the secret is swapped into (e.g. x-api-key);
+        /// without it, any header. Kept when the value is set again.
+        #[arg(long)]
+        header: Option<String>,
     },
     /// Names, kinds, versions and placeholders; never values.
     List {

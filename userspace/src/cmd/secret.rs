@@ -17,13 +17,25 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
             name,
             kind,
             placeholder,
+            header,
         } => {
             let kind: SecretKind = kind.parse()?;
             let value = read_value()?;
-            let info = vault.set(&name, kind, placeholder.as_deref(), value)?;
+            let info = vault.set_with_header(
+                &name,
+                kind,
+                placeholder.as_deref(),
+                header.as_deref(),
+                value,
+            )?;
             tell_daemon(&config.admin_socket);
+            let only = info
+                .header
+                .as_deref()
+                .map(|h| format!(", in header {h} only"))
+                .unwrap_or_default();
             println!(
-                "stored {} ({}, version {}); agents use the placeholder {}",
+                "stored {} ({}{only}, version {}); agents use the placeholder {}",
                 info.name, info.kind, info.version, info.placeholder
             );
         }
@@ -39,9 +51,13 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
                     "NAME", "KIND", "VERSION"
                 );
                 for s in list {
+                    let kind = match &s.header {
+                        Some(header) => format!("{} ({header})", s.kind),
+                        None => s.kind.to_string(),
+                    };
                     println!(
                         "{:<32} {:<26} {:>7}  {}",
-                        s.name, s.kind, s.version, s.placeholder
+                        s.name, kind, s.version, s.placeholder
                     );
                 }
             }

@@ -67,6 +67,8 @@ pub struct Credential {
     pub name: String,
     pub kind: SecretKind,
     pub placeholder: String,
+    /// A `header` secret bound to one header: swapped there only.
+    pub header: Option<HeaderName>,
     pub value: Secret,
 }
 
@@ -131,7 +133,7 @@ pub enum SwapError {
         secret: String,
         kind: &'static str,
         place: String,
-        allowed: &'static str,
+        allowed: String,
     },
 }
 
@@ -160,19 +162,30 @@ impl fmt::Display for Place {
 /// an API stores (a message text, a title) would leave the host as data
 /// the API keeps and may show to others; each kind goes only where that
 /// kind of credential is read.
-fn swapped_in(kind: SecretKind, place: &Place) -> Result<(), &'static str> {
-    let (ok, allowed) = match kind {
-        SecretKind::Bearer
-        | SecretKind::Basic
-        | SecretKind::Oauth2ClientCredentials
-        | SecretKind::GithubApp => (
+fn swapped_in(cred: &Credential, place: &Place) -> Result<(), String> {
+    let (ok, allowed) = match (cred.kind, &cred.header) {
+        (
+            SecretKind::Bearer
+            | SecretKind::Basic
+            | SecretKind::Oauth2ClientCredentials
+            | SecretKind::GithubApp,
+            _,
+        ) => (
             *place == Place::Authorization,
-            "the Authorization header (as written or inside a Basic value)",
+            "the Authorization header (as written or inside a Basic value)".into(),
         ),
-        SecretKind::Header => (*place != Place::Query, "request headers"),
-        SecretKind::Query => (*place == Place::Query, "the query"),
+        (SecretKind::Header, None) => (*place != Place::Query, "request headers".into()),
+        (SecretKind::Header, Some(header)) => {
+            let ok = match place {
+                Place::Header(name) => name == header,
+                Place::Authorization => header == AUTHORIZATION,
+                Place::Query => false,
+            };
+            (ok, format!("header {header}"))
+        }
+        (SecretKind::Query, _) => (*place == Place::Query, "the query".into()),
         // Placed by its own rules: see `resign_plan`.
-        SecretKind::AwsSigv4 => (true, ""),
+        (SecretKind::AwsSigv4, _) => (true, String::new()),
     };
     if ok { Ok(()) } else { Err(allowed) }
 }
@@ -404,7 +417,7 @@ impl CredentialSet {
             .iter()
             .filter_map(|(i, place)| {
                 let cred = &self.creds[*i];
-                swapped_in(cred.kind, place)
+                swapped_in(cred, place)
                     .err()
                     .map(|allowed| (cred, place, allowed))
             })

@@ -27,6 +27,7 @@ const LONG_VALUE: &str = "REALdeployKEY-admin";
 /// A `header` secret: swapped in any request header.
 fn cred(name: &str, placeholder: &str, value: &str) -> Credential {
     Credential {
+        header: None,
         name: name.to_owned(),
         kind: SecretKind::Header,
         placeholder: placeholder.to_owned(),
@@ -347,6 +348,31 @@ fn each_kind_is_swapped_only_where_that_kind_is_read() {
                 assert!(set.to_fetch(&p, &all).is_err(), "to_fetch agrees");
             }
             (other, _) => panic!("{uri} {headers:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_header_secret_bound_to_a_header_is_swapped_there_only() {
+    let bound = Credential {
+        header: Some(http::HeaderName::from_static("x-api-key")),
+        ..cred("custom", CUSTOM_PH, CUSTOM_VALUE)
+    };
+    let set = CredentialSet::new(vec![bound]);
+    let mut p = parts("/", &[("x-api-key", CUSTOM_PH)]);
+    set.swap(&mut p, &allow(&["custom"]), &[])
+        .expect("its header");
+    assert_eq!(values(&p, "x-api-key"), [CUSTOM_VALUE]);
+    for (name, value) in [("x-note", CUSTOM_PH), ("authorization", CUSTOM_PH)] {
+        let mut p = parts("/", &[(name, value)]);
+        match set.swap(&mut p, &allow(&["custom"]), &[]) {
+            Err(err @ SwapError::Misplaced { .. }) => {
+                assert!(
+                    err.to_string().contains("swapped only in header x-api-key"),
+                    "{err}"
+                );
+            }
+            other => panic!("{name}: {other:?}"),
         }
     }
 }

@@ -198,6 +198,7 @@ mod tests {
 
     fn cred(value: &str) -> Credential {
         Credential {
+            header: None,
             name: "svc".into(),
             kind: SecretKind::Oauth2ClientCredentials,
             placeholder: "airlock-ph-svc".into(),

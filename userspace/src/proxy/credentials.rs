@@ -123,10 +123,19 @@ impl Credentials {
                 let mut creds = Vec::new();
                 let mut extra = Vec::new();
                 for entry in contents.entries() {
+                    // The vault loads only header names that parse; were
+                    // one not to, the secret is left out (never swapped)
+                    // rather than allowed into any header.
+                    let header = match entry.header.as_deref().map(|h| h.parse()) {
+                        None => None,
+                        Some(Ok(name)) => Some(name),
+                        Some(Err(_)) => continue,
+                    };
                     creds.push(Credential {
                         name: entry.name.clone(),
                         kind: entry.kind,
                         placeholder: entry.placeholder.clone(),
+                        header,
                         value: entry.current.clone(),
                     });
                     // A previous value in its rotation grace may still be

@@ -77,6 +77,9 @@ pub struct Entry {
     pub name: String,
     pub kind: SecretKind,
     pub placeholder: String,
+    /// For a `header` secret: the one header (lower case) it is swapped
+    /// into. None: any request header.
+    pub header: Option<String>,
     /// Starts at 1 and goes up by one on every `set` over an existing entry
     /// and every `rotate`.
     pub version: u32,
@@ -104,6 +107,8 @@ pub struct SecretInfo {
     pub name: String,
     pub kind: SecretKind,
     pub placeholder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
     pub version: u32,
     pub previous_valid_until: Option<u64>,
     /// Unix seconds of the last `set` or `rotate`.
@@ -124,6 +129,7 @@ impl Record {
             name: self.entry.name.clone(),
             kind: self.entry.kind,
             placeholder: self.entry.placeholder.clone(),
+            header: self.entry.header.clone(),
             version: self.entry.version,
             previous_valid_until: self.entry.previous_valid_until,
             updated: self.updated,

@@ -61,6 +61,8 @@ struct StoredEntry {
     name: String,
     kind: SecretKind,
     placeholder: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
     version: u32,
     current: String,
     #[serde(default)]
@@ -148,6 +150,15 @@ fn from_document(document: &Document) -> Result<VaultContents, TamperReason> {
 fn to_record(stored: &StoredEntry) -> Option<Record> {
     validate::name(&stored.name).ok()?;
     validate::placeholder(&stored.placeholder).ok()?;
+    let header = match &stored.header {
+        // Only a lower-case name as `set` stores it is taken as it is.
+        Some(header) => Some(
+            validate::header(&stored.name, stored.kind, header)
+                .ok()
+                .filter(|valid| valid == header)?,
+        ),
+        None => None,
+    };
     if stored.version == 0 || stored.previous.is_some() != stored.previous_valid_until.is_some() {
         return None;
     }
@@ -161,6 +172,7 @@ fn to_record(stored: &StoredEntry) -> Option<Record> {
             name: stored.name.clone(),
             kind: stored.kind,
             placeholder: stored.placeholder.clone(),
+            header,
             version: stored.version,
             current,
             previous,
@@ -216,6 +228,7 @@ fn encode_document(contents: &VaultContents) -> io::Result<ZeroizingWriter> {
                 name: record.entry.name.clone(),
                 kind: record.entry.kind,
                 placeholder: record.entry.placeholder.clone(),
+                header: record.entry.header.clone(),
                 version: record.entry.version,
                 current: STANDARD.encode(record.entry.current.expose()),
                 previous: record

@@ -85,6 +85,7 @@ impl Vault {
     /// Creates `name`, or replaces its value (and kind) if it exists. A
     /// replaced entry keeps no previous value (use `rotate` for that), gets
     /// version + 1, and keeps its placeholder unless a new one is given.
+    #[cfg(test)]
     pub fn set(
         &self,
         name: &str,
@@ -92,7 +93,21 @@ impl Vault {
         placeholder: Option<&str>,
         value: Secret,
     ) -> Result<SecretInfo, VaultError> {
-        self.set_at(name, kind, placeholder, value, unix_now()?)
+        self.set_at(name, kind, placeholder, None, value, unix_now()?)
+    }
+
+    /// `set`, binding a `header` secret to the one header it is swapped
+    /// into. Without `header`, an entry that stays of kind `header` keeps
+    /// the header it had (a new value does not widen where it may go).
+    pub fn set_with_header(
+        &self,
+        name: &str,
+        kind: SecretKind,
+        placeholder: Option<&str>,
+        header: Option<&str>,
+        value: Secret,
+    ) -> Result<SecretInfo, VaultError> {
+        self.set_at(name, kind, placeholder, header, value, unix_now()?)
     }
 
     /// Replaces the value of `name`, keeping the old one valid for `grace`
@@ -132,6 +147,7 @@ impl Vault {
         name: &str,
         kind: SecretKind,
         placeholder: Option<&str>,
+        header: Option<&str>,
         value: Secret,
         now: u64,
     ) -> Result<SecretInfo, VaultError> {
@@ -141,6 +157,9 @@ impl Vault {
         if let Some(placeholder) = placeholder {
             validate::placeholder(placeholder)?;
         }
+        let header = header
+            .map(|header| validate::header(name, kind, header))
+            .transpose()?;
         let contents = self.modify(now, |contents| {
             let existing = contents.records.get(name);
             let placeholder = match (placeholder, existing) {
@@ -155,6 +174,11 @@ impl Vault {
                     owner: owner.to_owned(),
                 });
             }
+            let header = match (header, existing) {
+                (Some(given), _) => Some(given),
+                (None, Some(record)) if record.entry.kind == kind => record.entry.header.clone(),
+                (None, _) => None,
+            };
             let (version, created) = match existing {
                 // Four billion updates of one secret will not happen;
                 // saturating keeps this total without a dead error path.
@@ -166,6 +190,7 @@ impl Vault {
                     name: name.to_owned(),
                     kind,
                     placeholder,
+                    header,
                     version,
                     current: value,
                     previous: None,
@@ -436,6 +461,13 @@ pub enum VaultError {
 
     #[error("invalid placeholder {placeholder:?}: use 8 to 200 characters of A-Z a-z 0-9 . _ ~ -")]
     InvalidPlaceholder { placeholder: String },
+
+    #[error("secret {name:?}: header {header:?} refused: {problem}")]
+    InvalidHeader {
+        name: String,
+        header: String,
+        problem: &'static str,
+    },
 
     #[error("placeholder {placeholder:?} is already used by secret {owner:?}")]
     PlaceholderInUse { placeholder: String, owner: String },

@@ -172,6 +172,7 @@ fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
             "gh",
             SecretKind::Bearer,
             Some("gh-placeholder_x"),
+            None,
             secret(VALUE),
             1_000,
         )
@@ -180,7 +181,14 @@ fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
         .rotate_at("gh", secret(OTHER), Duration::from_secs(600), 1_100)
         .expect("rotate");
     let info = vault
-        .set_at("gh", SecretKind::Header, None, secret("third-value"), 1_200)
+        .set_at(
+            "gh",
+            SecretKind::Header,
+            None,
+            None,
+            secret("third-value"),
+            1_200,
+        )
         .expect("replace");
     assert_eq!(info.version, 3);
     assert_eq!(info.kind, SecretKind::Header);
@@ -200,7 +208,7 @@ fn replace_bumps_version_keeps_placeholder_and_drops_previous() {
 fn rotate_keeps_previous_for_the_grace_only() {
     let (_dir, vault) = fresh();
     vault
-        .set_at("gh", SecretKind::Bearer, None, secret(VALUE), 1_000)
+        .set_at("gh", SecretKind::Bearer, None, None, secret(VALUE), 1_000)
         .expect("set");
     let info = vault
         .rotate_at("gh", secret(OTHER), Duration::from_secs(60), 2_000)
@@ -229,7 +237,14 @@ fn rotate_keeps_previous_for_the_grace_only() {
 
     // A write after the grace removes the old value from the file.
     vault
-        .set_at("other", SecretKind::Bearer, None, secret("x-value"), 2_061)
+        .set_at(
+            "other",
+            SecretKind::Bearer,
+            None,
+            None,
+            secret("x-value"),
+            2_061,
+        )
         .expect("set other");
     let entry = vault.load().expect("load").get("gh").cloned().expect("gh");
     assert!(entry.previous.is_none());
@@ -381,6 +396,7 @@ fn authenticated_but_invalid_document_is_refused() {
                     name: name.to_owned(),
                     kind: SecretKind::Bearer,
                     placeholder: "same-placeholder".to_owned(),
+                    header: None,
                     version: 1,
                     current: secret(VALUE),
                     previous: None,
@@ -398,6 +414,71 @@ fn authenticated_but_invalid_document_is_refused() {
     contents.records.get_mut("one").expect("one").entry.current = secret("bad\r\nvalue");
     file::write(dir.path(), vault.path(), &key, &contents).expect("write");
     assert_tampered(&vault, TamperReason::InvalidEntry);
+
+    // A header on a kind that has none, or a name `set` would not store.
+    let one = &mut contents.records.get_mut("one").expect("one").entry;
+    one.current = secret(VALUE);
+    one.header = Some("x-api-key".into());
+    file::write(dir.path(), vault.path(), &key, &contents).expect("write");
+    assert_tampered(&vault, TamperReason::InvalidEntry);
+    let one = &mut contents.records.get_mut("one").expect("one").entry;
+    one.kind = SecretKind::Header;
+    one.header = Some("X-Api-Key".into());
+    file::write(dir.path(), vault.path(), &key, &contents).expect("write");
+    assert_tampered(&vault, TamperReason::InvalidEntry);
+}
+
+#[test]
+fn a_header_secret_is_bound_to_its_header_until_its_kind_changes() {
+    let (dir, vault) = fresh();
+    let set = |kind, header: Option<&str>, value| {
+        vault.set_at("api", kind, None, header, secret(value), 1_000)
+    };
+    let info = set(SecretKind::Header, Some("X-Api-Key"), VALUE).expect("set");
+    assert_eq!(
+        info.header.as_deref(),
+        Some("x-api-key"),
+        "stored lower-case"
+    );
+    // A new value, no header given: the binding stays.
+    let info = set(SecretKind::Header, None, OTHER).expect("set again");
+    assert_eq!(info.header.as_deref(), Some("x-api-key"));
+    let reopened = Vault::open(dir.path())
+        .expect("reopen")
+        .load()
+        .expect("load");
+    assert_eq!(
+        reopened.get("api").expect("api").header.as_deref(),
+        Some("x-api-key")
+    );
+    // Another kind has no header.
+    let info = set(SecretKind::Bearer, None, VALUE).expect("bearer");
+    assert_eq!(info.header, None);
+
+    for (kind, header, problem) in [
+        (
+            SecretKind::Bearer,
+            "x-api-key",
+            "only a secret of kind `header`",
+        ),
+        (SecretKind::Header, "bad header", "not a valid header name"),
+        (SecretKind::Header, "Host", "does not forward it as sent"),
+        (
+            SecretKind::Header,
+            "transfer-encoding",
+            "does not forward it as sent",
+        ),
+    ] {
+        match set(kind, Some(header), VALUE) {
+            Err(err @ VaultError::InvalidHeader { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains(problem) && text.contains("api"), "{text}");
+                assert!(!text.contains(VALUE), "{text}");
+            }
+            other => panic!("{kind} {header}: {other:?}"),
+        }
+    }
+    assert_eq!(vault.list().expect("list")[0].kind, SecretKind::Bearer);
 }
 
 #[test]
@@ -740,7 +821,7 @@ fn invalid_and_duplicate_placeholders_are_rejected() {
 fn debug_and_display_never_show_values() {
     let (_dir, vault) = fresh();
     vault
-        .set_at("gh", SecretKind::Bearer, None, secret(VALUE), 1_000)
+        .set_at("gh", SecretKind::Bearer, None, None, secret(VALUE), 1_000)
         .expect("set");
     vault
         .rotate_at("gh", secret(OTHER), Duration::from_secs(60), 1_010)

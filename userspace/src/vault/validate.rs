@@ -46,6 +46,39 @@ pub fn placeholder(placeholder: &str) -> Result<(), VaultError> {
     }
 }
 
+/// The one header a `header` secret is swapped into, lower-cased. Only
+/// that kind names a header, and only a header a request may carry to an
+/// origin (not `host`, nor a hop-by-hop one, which Airlock strips).
+pub fn header(name: &str, kind: SecretKind, header: &str) -> Result<String, VaultError> {
+    let refused = |problem: &'static str| VaultError::InvalidHeader {
+        name: name.to_owned(),
+        header: header.to_owned(),
+        problem,
+    };
+    if kind != SecretKind::Header {
+        return Err(refused(
+            "only a secret of kind `header` is bound to a header",
+        ));
+    }
+    let parsed = http::HeaderName::from_bytes(header.as_bytes())
+        .map_err(|_| refused("not a valid header name"))?;
+    const NOT_FORWARDED: [&str; 9] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    if NOT_FORWARDED.contains(&parsed.as_str()) {
+        return Err(refused("Airlock does not forward it as sent"));
+    }
+    Ok(parsed.as_str().to_owned())
+}
+
 pub fn default_placeholder(name: &str) -> String {
     format!("airlock-ph-{name}")
 }
