@@ -163,31 +163,25 @@ impl fmt::Display for Place {
 /// the API keeps and may show to others; each kind goes only where that
 /// kind of credential is read.
 fn swapped_in(cred: &Credential, place: &Place) -> Result<(), String> {
-    let (ok, allowed) = match (cred.kind, &cred.header) {
+    let authorization = || "the Authorization header (as written or inside a Basic value)".into();
+    match (cred.kind, &cred.header) {
         (
             SecretKind::Bearer
             | SecretKind::Basic
             | SecretKind::Oauth2ClientCredentials
             | SecretKind::GithubApp,
             _,
-        ) => (
-            *place == Place::Authorization,
-            "the Authorization header (as written or inside a Basic value)".into(),
-        ),
-        (SecretKind::Header, None) => (*place != Place::Query, "request headers".into()),
-        (SecretKind::Header, Some(header)) => {
-            let ok = match place {
-                Place::Header(name) => name == header,
-                Place::Authorization => header == AUTHORIZATION,
-                Place::Query => false,
-            };
-            (ok, format!("header {header}"))
-        }
-        (SecretKind::Query, _) => (*place == Place::Query, "the query".into()),
-        // Placed by its own rules: see `resign_plan`.
-        (SecretKind::AwsSigv4, _) => (true, String::new()),
-    };
-    if ok { Ok(()) } else { Err(allowed) }
+        ) if *place != Place::Authorization => Err(authorization()),
+        (SecretKind::Header, None) if *place == Place::Query => Err("request headers".into()),
+        (SecretKind::Header, Some(header)) => match place {
+            Place::Header(name) if name == header => Ok(()),
+            Place::Authorization if header == AUTHORIZATION => Ok(()),
+            _ => Err(format!("header {header}")),
+        },
+        (SecretKind::Query, _) if *place != Place::Query => Err("the query".into()),
+        // aws_sigv4 is placed by its own rules: see `resign_plan`.
+        _ => Ok(()),
+    }
 }
 
 /// Tokens fetched for this request, by secret name: what the placeholders of

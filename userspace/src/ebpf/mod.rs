@@ -8,6 +8,7 @@ mod kernel;
 mod load;
 mod maps;
 mod query;
+mod sys;
 mod upgrade;
 
 pub use kernel::{Kernel, LoaderOutcome, guard_hooks};

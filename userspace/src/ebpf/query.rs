@@ -1,6 +1,8 @@
-//! How many programs are attached to a cgroup, asked of the kernel.
+//! Which programs are attached to a cgroup, asked of the kernel.
 
 use std::{fs::File, os::fd::AsRawFd as _, path::Path};
+
+use super::sys;
 
 const BPF_PROG_QUERY: libc::c_long = 16;
 
@@ -34,33 +36,34 @@ struct QueryAttr {
     revision: u64,
 }
 
+/// Programs attached directly to `cgroup` for `attach_type`: their
+/// count, with their ids written to `ids` (none asked when it is empty; a
+/// count past its length is an error, ENOSPC).
+fn query(cgroup: &File, attach_type: u32, ids: &mut [u32]) -> std::io::Result<u32> {
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: if ids.is_empty() {
+            0
+        } else {
+            ids.as_mut_ptr() as u64
+        },
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: `attr` is the prog_query member of union bpf_attr; prog_ids
+    // is null or points to `prog_cnt` writable u32s that outlive the call,
+    // and the cgroup's fd is open.
+    unsafe { sys::bpf(BPF_PROG_QUERY, &mut attr) }?;
+    Ok(attr.prog_cnt)
+}
+
 /// The ids of the programs attached directly to `cgroup` for one attach
 /// type (at most 64: Airlock attaches one per hook).
 fn program_ids(cgroup: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
     let mut ids = [0u32; 64];
-    let mut attr = QueryAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..QueryAttr::default()
-    };
-    // SAFETY: `attr` is a valid, writable bpf_attr prefix of the size
-    // passed; prog_ids points to `prog_cnt` writable u32s that outlive the
-    // call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<QueryAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let n = (attr.prog_cnt as usize).min(ids.len());
-    Ok(ids[..n].to_vec())
+    let n = query(cgroup, attach_type, &mut ids)? as usize;
+    Ok(ids[..n.min(ids.len())].to_vec())
 }
 
 /// Whether program `id` is attached directly to `cgroup` for `attach_type`.
@@ -88,25 +91,7 @@ pub fn attached_program_count(cgroup: &Path) -> std::io::Result<u32> {
     let dir = File::open(cgroup)?;
     let mut total = 0;
     for attach_type in ATTACH_TYPES {
-        let mut attr = QueryAttr {
-            target_fd: dir.as_raw_fd() as u32,
-            attach_type,
-            ..QueryAttr::default()
-        };
-        // SAFETY: `attr` is a valid, writable bpf_attr prefix of the size
-        // passed; prog_ids is null so the kernel only writes the count.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<QueryAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        total += attr.prog_cnt;
+        total += query(&dir, attach_type, &mut [])?;
     }
     Ok(total)
 }

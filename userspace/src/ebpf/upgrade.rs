@@ -28,7 +28,10 @@ use aya::{
     programs::{ProgramInfo, links::FdLink},
 };
 
-use super::load::{KernelError, map_pin};
+use super::{
+    load::{KernelError, map_pin},
+    sys,
+};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -210,19 +213,8 @@ pub fn replace_program(
         attr.old_prog_fd = old_fd.as_fd().as_raw_fd() as u32;
     }
     // SAFETY: `attr` is the link_update member of union bpf_attr, fully
-    // initialised, and of the size passed; every fd in it is open for the
-    // duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<LinkUpdateAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(upgrade_error(std::io::Error::last_os_error()));
-    }
+    // initialised; every fd in it is open for the duration of the call.
+    unsafe { sys::bpf(BPF_LINK_UPDATE, &mut attr) }.map_err(upgrade_error)?;
     Ok(())
 }
 
@@ -235,20 +227,9 @@ fn open_pin(path: &Path) -> std::io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: `attr` is the obj_get member of union bpf_attr, of the size
-    // passed; `pathname` points to a NUL-terminated string that outlives
-    // the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `attr` is the obj_get member of union bpf_attr; `pathname`
+    // points to a NUL-terminated string that outlives the call.
+    let fd = unsafe { sys::bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
