@@ -45,7 +45,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST]
-    paths: ["/hello", "/echo", "/sse", "/ws", "/big", "/bighead"]
+    paths: ["/hello", "/echo", "/echo-gzip", "/sse", "/ws", "/big", "/bighead"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -386,6 +386,82 @@ fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
     // the body, and in the echoed header and the body's headers.
     assert!(text.contains(&format!("/echo?key={Q_PH}")), "{text}");
     assert_eq!(text.matches(&format!("Bearer {H_PH}")).count(), 2, "{text}");
+}
+
+/// Clients ask for compressed answers by default, and decode them: a
+/// gzipped echo would carry the secret past the scrubber. A request that
+/// carries a credential asks the upstream for no compression, and an answer
+/// compressed all the same is refused.
+#[test]
+fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
+    let Setup { d, up } = setup("");
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    let python = format!(
+        "import os, requests\nr = requests.get('{url}', headers={{'Authorization': 'Bearer ' + os.environ['API_TOKEN']}}, timeout=10)\nprint(r.status_code, r.request.headers['Accept-Encoding'], r.text)\n"
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &python]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    // requests asked for gzip; the upstream was asked for none.
+    assert!(text.starts_with("200 gzip, deflate"), "{text}");
+    assert_eq!(
+        up.seen()
+            .last()
+            .and_then(|s| s.header("accept-encoding").map(str::to_owned)),
+        Some("identity".to_owned())
+    );
+    assert!(text.contains(&format!("Bearer {PLACEHOLDER}")), "{text}");
+    assert_no_secret("python's decoded answer", &text);
+
+    // Without a credential, the agent's request goes as it was: compressed.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "curl",
+            "-sS",
+            "--compressed",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(stdout(&out), "200", "{}", describe(&out));
+    let seen = up.seen().last().cloned().expect("seen");
+    assert!(
+        seen.header("accept-encoding")
+            .is_some_and(|v| v.contains("gzip")),
+        "{seen:?}"
+    );
+
+    // An upstream that compresses whatever it was asked: 502, no body.
+    let gzip_url = format!("https://api.example.test:{}/echo-gzip", up.port);
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS --compressed -i -H \"Authorization: Bearer $API_TOKEN\" {gzip_url}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains(" 502")),
+        "{}",
+        describe(&out)
+    );
+    assert!(text.contains("\"reason\":\"upstream_error\""), "{text}");
+    assert!(text.contains("content-encoding: gzip"), "{text}");
+    assert_no_secret("the refused answer", &text);
+    assert_eq!(
+        up.seen().last().map(|s| s.path.clone()),
+        Some("/echo-gzip".to_owned())
+    );
+    d.wait_audit("for the refused compressed answer", |r| {
+        r["path"] == "/echo-gzip" && r["status"] == 502 && r["action"] == "error"
+    });
+    assert_no_secret("daemon log", &d.log_text());
 }
 
 /// A `passthrough` host is tunnelled as it is: the agent sees the

@@ -1,6 +1,7 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
-//! /hello, /bighead (an 80 KiB response header), /echo (reflects the request, secrets included), /sse (two
+//! /hello, /bighead (an 80 KiB response header), /echo (reflects the request,
+//! secrets included, gzipped when asked), /echo-gzip (gzipped always), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
@@ -217,13 +218,29 @@ async fn handle(
                 .insert("x-big", big.parse().expect("header value"));
             r
         }
-        "/echo" => {
-            // Reflects everything, as a careless or hostile upstream would.
+        "/echo" | "/echo-gzip" => {
+            // Reflects everything, as a careless or hostile upstream would,
+            // gzipped when the client accepts it, as servers do (and
+            // /echo-gzip whatever the client asked for).
             let body = serde_json::json!({
                 "path": record.path,
                 "headers": record.headers,
-            });
-            let mut r = Response::new(full(body.to_string()));
+            })
+            .to_string();
+            let accepts_gzip = req
+                .headers()
+                .get_all("accept-encoding")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("gzip"));
+            let mut r = if accepts_gzip || path == "/echo-gzip" {
+                let mut r = Response::new(full(gzip(body.as_bytes())));
+                r.headers_mut()
+                    .insert("content-encoding", "gzip".parse().expect("h"));
+                r
+            } else {
+                Response::new(full(body))
+            };
             if let Some(auth) = req.headers().get("authorization") {
                 r.headers_mut().insert("x-echo-authorization", auth.clone());
             }
@@ -266,6 +283,13 @@ async fn handle(
         }
     };
     Ok(resp)
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
 }
 
 fn status(code: u16, body: &str) -> Response<Body> {

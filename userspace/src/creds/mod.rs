@@ -8,6 +8,7 @@
 
 mod echo_forms;
 mod grant;
+mod readable;
 mod scrub;
 mod sigv4;
 mod swap;
@@ -17,6 +18,7 @@ mod tokens;
 mod tests;
 
 pub use grant::{Grant, GrantProblem, TokenError};
+pub use readable::{ask_for_identity, unreadable_coding};
 pub use scrub::Scrubber;
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]

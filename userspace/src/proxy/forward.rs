@@ -365,6 +365,10 @@ impl Intercept {
         if !encoded.is_empty() {
             scrubber = scrubber.with(encoded);
         }
+        if !injected.is_empty() {
+            creds::ask_for_identity(&mut parts.headers);
+        }
+        let bodiless_answer = parts.method == Method::HEAD;
         let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
             reason: problem.reason(),
             rule: Some(allowed.rule_label.clone()),
@@ -488,6 +492,18 @@ impl Intercept {
                 reason: format!(
                     "the response head is larger than {} KiB",
                     upstream::RESPONSE_HEAD_MAX / 1024
+                ),
+            });
+        }
+        if !injected.is_empty()
+            && !bodiless_answer
+            && let Some(coding) = creds::unreadable_coding(resp.headers())
+            && !matches!(resp.status().as_u16(), 101 | 204 | 304)
+        {
+            warn!(agent = %ctx.agent, host, coding = %coding, "compressed answer to a request that carried a credential");
+            return Err(ProxyError::Upstream {
+                reason: format!(
+                    "the upstream compressed its answer (content-encoding: {coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
                 ),
             });
         }
