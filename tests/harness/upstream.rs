@@ -2,7 +2,7 @@
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
 //! /hello, /bighead (an 80 KiB response header), /echo (reflects the request,
 //! secrets included, gzipped when asked), /echo-gzip (gzipped always), /sse (two
-//! events 1.5 s apart), /ws (WebSocket echo), /big (1 MiB), and two token
+//! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
 //! against the key given to [`TlsUpstream::set_app_key`]).
@@ -260,15 +260,28 @@ async fn handle(
         }
         "/ws" => {
             let on_upgrade = hyper::upgrade::on(&mut req);
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec());
             tokio::spawn(async move {
                 if let Ok(upgraded) = on_upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let (mut r, mut w) = tokio::io::split(&mut io);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = websocket_echo(TokioIo::new(upgraded), auth).await;
                 }
             });
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            if let Some(key) = req.headers().get("sec-websocket-key") {
+                // RFC 6455 §4.2.2: the key and a fixed GUID, SHA-1, base64.
+                use base64::Engine as _;
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+                ctx.update(key.as_bytes());
+                ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+                let accept =
+                    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+                r.headers_mut()
+                    .insert("sec-websocket-accept", accept.parse().expect("h"));
+            }
             r.headers_mut()
                 .insert("upgrade", "websocket".parse().expect("h"));
             r.headers_mut()
@@ -283,6 +296,67 @@ async fn handle(
         }
     };
     Ok(resp)
+}
+
+/// A WebSocket echo (RFC 6455, no extensions). A handshake with an
+/// Authorization header is first answered with a text message quoting it,
+/// sent as two fragments split inside the value, a ping between them.
+async fn websocket_echo(
+    mut io: TokioIo<hyper::upgrade::Upgraded>,
+    auth: Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=0xffff => {
+                out.push(126);
+                out.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend((n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+    if let Some(auth) = auth {
+        let mut text = b"you sent: ".to_vec();
+        text.extend(&auth);
+        let (a, b) = text.split_at(text.len() - 6);
+        let mut greeting = frame(0x01, a);
+        greeting.extend(frame(0x89, b"ping"));
+        greeting.extend(frame(0x80, b));
+        io.write_all(&greeting).await?;
+    }
+    loop {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await?;
+        let len = match head[1] & 0x7f {
+            126 => u64::from(io.read_u16().await?),
+            127 => io.read_u64().await?,
+            n => u64::from(n),
+        };
+        let mut mask = [0u8; 4];
+        io.read_exact(&mut mask).await?;
+        let mut payload = vec![0u8; usize::try_from(len).expect("frame length")];
+        io.read_exact(&mut payload).await?;
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        match head[0] & 0x0f {
+            0x8 => {
+                io.write_all(&frame(0x88, &payload)).await?;
+                return io.shutdown().await;
+            }
+            0x9 => io.write_all(&frame(0x8a, &payload)).await?,
+            0xa => {}
+            // Data frames go back as they came, fragmentation included.
+            _ => io.write_all(&frame(head[0], &payload)).await?,
+        }
+    }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -19,7 +19,7 @@ mod tests;
 
 pub use grant::{Grant, GrantProblem, TokenError};
 pub use readable::{ask_for_identity, unreadable_coding};
-pub use scrub::Scrubber;
+pub use scrub::{ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;

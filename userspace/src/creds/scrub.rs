@@ -140,19 +140,33 @@ impl Scrubber {
     /// The value with secrets replaced, or `None` if it holds none. The
     /// result keeps the original's sensitivity flag.
     pub fn scrub_header_value(&self, value: &HeaderValue) -> Option<HeaderValue> {
-        let bytes = value.as_bytes();
-        self.table.next_start(bytes)?;
-        let scan = self.table.scan(bytes, true);
-        if scan.hits.is_empty() {
-            return None;
-        }
-        let out = self.table.render(bytes, &scan.hits, bytes.len());
+        let out = self.scrub_bytes(value.as_bytes())?;
         // A placeholder that is not a valid header value can only come from a
         // caller error; an empty value still keeps the secret out.
         let mut new = HeaderValue::from_maybe_shared(out.freeze())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         new.set_sensitive(value.is_sensitive());
         Some(new)
+    }
+
+    /// `bytes`, complete in themselves, with secrets replaced, or `None`
+    /// if they hold none.
+    pub fn scrub_bytes(&self, bytes: &[u8]) -> Option<BytesMut> {
+        self.table.next_start(bytes)?;
+        let scan = self.table.scan(bytes, true);
+        if scan.hits.is_empty() {
+            return None;
+        }
+        Some(self.table.render(bytes, &scan.hits, bytes.len()))
+    }
+
+    /// A byte stream to scrub piece by piece, for framings other than
+    /// HTTP bodies (a WebSocket message split over frames).
+    pub fn stream(&self) -> ScrubStream {
+        ScrubStream {
+            scrubber: self.clone(),
+            held: Zeroizing::new(Vec::new()),
+        }
     }
 
     /// Scrubs every value of `headers` in place.
@@ -293,6 +307,35 @@ impl Table {
         }
         out.extend_from_slice(&buf[done..end]);
         out
+    }
+}
+
+/// Secrets replaced in a stream of bytes as it arrives; see
+/// [`Scrubber::stream`].
+pub struct ScrubStream {
+    scrubber: Scrubber,
+    // Bytes that may begin a secret; wiped when dropped.
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl ScrubStream {
+    /// The bytes that can go on now: `chunk` scrubbed, less a tail that may
+    /// begin a secret, plus what was held before it.
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        self.scrubber.scrub_chunk(chunk, &mut self.held)
+    }
+
+    /// What is still held, at the end of the stream.
+    pub fn finish(&mut self) -> Bytes {
+        self.scrubber.flush(&mut self.held)
+    }
+}
+
+impl fmt::Debug for ScrubStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrubStream")
+            .field("held", &self.held.len())
+            .finish()
     }
 }
 

@@ -28,6 +28,7 @@ use super::{
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
     upstream::{self, TokenTransport, error_chain},
+    websocket,
     whole_body::{self, FOR_APPROVAL, FOR_SIGV4, Held, WholeBody},
 };
 use crate::{
@@ -413,6 +414,16 @@ impl Intercept {
         } else {
             None
         };
+        if upgrade && !injected.is_empty() {
+            // The scrubber reads WebSocket frames only, and uncompressed.
+            if !headers::is_websocket(&parts.headers) {
+                return Err(ProxyError::Denied {
+                    reason: "upgrade_not_scrubbable",
+                    rule: Some(allowed.rule_label.clone()),
+                });
+            }
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         if agent_h2 {
             // Toward an h2 upstream the host travels as :authority, from
@@ -520,7 +531,8 @@ impl Intercept {
         if let (true, Some(agent_side)) = (switching, agent_upgrade)
             && let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         {
-            tokio::spawn(splice_upgraded(agent_side, upstream_side));
+            let scrubber = (!injected.is_empty()).then(|| scrubber.clone());
+            tokio::spawn(websocket::splice(agent_side, upstream_side, scrubber));
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
         let body = if injected.is_empty() {
@@ -564,15 +576,6 @@ fn read(
     limits: WholeBody,
 ) -> impl Future<Output = Result<Held, ProxyError>> {
     whole_body::read_whole(body, rule, limits, &whole_body::BUDGET)
-}
-
-async fn splice_upgraded(agent: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(agent), Ok(upstream)) = tokio::join!(agent, upstream) else {
-        return;
-    };
-    let mut agent = hyper_util::rt::TokioIo::new(agent);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
 }
 
 /// Writes the request's audit record when the response body is finished

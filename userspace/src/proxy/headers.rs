@@ -63,6 +63,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// An upgrade to the WebSocket protocol, the one upgrade whose stream
+/// Airlock can read.
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +141,13 @@ mod tests {
             Some(&b"upgrade"[..])
         );
         assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_one_airlock_can_read() {
+        assert!(is_websocket(&headers(&[("upgrade", "WebSocket")])));
+        assert!(!is_websocket(&headers(&[("upgrade", "h2c")])));
+        assert!(!is_websocket(&headers(&[("upgrade", "websocket, h2c")])));
+        assert!(!is_websocket(&HeaderMap::new()));
     }
 }

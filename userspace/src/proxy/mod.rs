@@ -18,6 +18,7 @@ mod peek;
 mod relay;
 mod rescue;
 mod upstream;
+mod websocket;
 mod whole_body;
 
 pub use accept::{Proxy, serve};

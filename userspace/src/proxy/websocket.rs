@@ -1,0 +1,510 @@
+//! A WebSocket connection after its 101, spliced between agent and upstream.
+//!
+//! When the handshake carried a real secret, the upstream may echo it in a
+//! message as it may in a body, so its frames are read and written anew
+//! with secrets replaced (RFC 6455 §5). A placeholder is rarely as long as
+//! its secret, and a secret may straddle two frames of one message, so each
+//! message goes to the agent as fragments of the scrubbed bytes as they
+//! become known, the last one marked final: clients put fragments together
+//! before they hand the message over. Frames the scrubber cannot read
+//! (compressed by an extension, or otherwise outside the base protocol)
+//! end the connection. Without a secret in the handshake, bytes are copied
+//! as they are.
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tracing::warn;
+
+use crate::creds::{ScrubStream, Scrubber};
+
+const FIN: u8 = 0x80;
+const RSV: u8 = 0x70;
+const MASKED: u8 = 0x80;
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+/// The largest payload a control frame may have.
+const CONTROL_MAX: usize = 125;
+/// One read from the upstream.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Splice the two sides of an upgraded connection. With a scrubber, the
+/// upstream's frames are scrubbed on their way to the agent.
+pub async fn splice(
+    agent: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    scrubber: Option<Scrubber>,
+) {
+    let (Ok(agent), Ok(upstream)) = tokio::join!(agent, upstream) else {
+        return;
+    };
+    let mut agent = TokioIo::new(agent);
+    let mut upstream = TokioIo::new(upstream);
+    let Some(scrubber) = scrubber else {
+        let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
+        return;
+    };
+    let (mut agent_read, agent_write) = tokio::io::split(agent);
+    let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let outward = async {
+        tokio::io::copy(&mut agent_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await
+    };
+    let inward = relay_frames(upstream_read, agent_write, Reframer::new(&scrubber));
+    // The first failure ends both directions: dropping the halves closes
+    // both connections.
+    if let Err(err) = tokio::try_join!(outward, inward)
+        && err.kind() == std::io::ErrorKind::InvalidData
+    {
+        warn!(problem = %err, "WebSocket connection closed: a frame could not be scrubbed");
+    }
+}
+
+async fn relay_frames<R, W>(mut from: R, mut to: W, mut reframer: Reframer) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut output = BytesMut::new();
+    loop {
+        input.reserve(READ_CHUNK);
+        if from.read_buf(&mut input).await? == 0 {
+            return to.shutdown().await;
+        }
+        reframer
+            .feed(input.split().freeze(), &mut output)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        to.write_all(&output).await?;
+        output.clear();
+    }
+}
+
+/// Why a frame from the upstream could not be scrubbed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("a frame with reserved bits set (an extension such as compression)")]
+    Extension,
+    #[error("a masked frame from the server")]
+    Masked,
+    #[error("a frame with the reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    #[error("a fragmented or oversized control frame")]
+    BadControl,
+    #[error("a continuation frame outside a message")]
+    StrayContinuation,
+    #[error("a new message before the last one ended")]
+    UnfinishedMessage,
+    #[error("a frame length past 2^63")]
+    Length,
+}
+
+/// The frame whose payload is being read.
+enum Payload {
+    /// Part of a data message; `fin` ends the message.
+    Data { remaining: u64, fin: bool },
+    /// A control frame, read whole (it is small) and then scrubbed.
+    Control {
+        opcode: u8,
+        len: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Re-frames the upstream's side of a WebSocket with secrets scrubbed.
+pub struct Reframer {
+    scrubber: Scrubber,
+    stream: ScrubStream,
+    /// Bytes of a frame header that arrived without the rest of it.
+    partial: BytesMut,
+    payload: Option<Payload>,
+    /// The message being relayed: its opcode, and whether a fragment of
+    /// it has gone to the agent (later ones are continuations).
+    message: Option<(u8, bool)>,
+}
+
+impl Reframer {
+    pub fn new(scrubber: &Scrubber) -> Self {
+        Reframer {
+            scrubber: scrubber.clone(),
+            stream: scrubber.stream(),
+            partial: BytesMut::new(),
+            payload: None,
+            message: None,
+        }
+    }
+
+    /// Consume `input`, appending to `out` the frames that can go on.
+    pub fn feed(&mut self, mut input: Bytes, out: &mut BytesMut) -> Result<(), FrameError> {
+        loop {
+            if self.payload.is_none() {
+                if !self.partial.is_empty() {
+                    self.partial.extend_from_slice(&input);
+                    input = self.partial.split().freeze();
+                }
+                match header(&input)? {
+                    None => {
+                        self.partial.extend_from_slice(&input);
+                        return Ok(());
+                    }
+                    Some((head, used)) => {
+                        input.advance(used);
+                        self.start(head, out)?;
+                    }
+                }
+            }
+            if input.is_empty() && !self.payload_complete() {
+                return Ok(());
+            }
+            self.take_payload(&mut input, out);
+        }
+    }
+
+    fn payload_complete(&self) -> bool {
+        match &self.payload {
+            Some(Payload::Data { remaining, .. }) => *remaining == 0,
+            Some(Payload::Control { len, bytes, .. }) => bytes.len() == *len,
+            None => false,
+        }
+    }
+
+    fn start(&mut self, head: Header, out: &mut BytesMut) -> Result<(), FrameError> {
+        let Header { fin, opcode, len } = head;
+        match opcode {
+            CLOSE | PING | PONG => {
+                let len = usize::try_from(len).map_err(|_| FrameError::BadControl)?;
+                if !fin || len > CONTROL_MAX {
+                    return Err(FrameError::BadControl);
+                }
+                self.payload = Some(Payload::Control {
+                    opcode,
+                    len,
+                    bytes: Vec::with_capacity(len),
+                });
+            }
+            TEXT | BINARY | CONTINUATION => {
+                match (opcode, self.message) {
+                    (CONTINUATION, None) => return Err(FrameError::StrayContinuation),
+                    (CONTINUATION, Some(_)) => {}
+                    (_, Some(_)) => return Err(FrameError::UnfinishedMessage),
+                    (_, None) => self.message = Some((opcode, false)),
+                }
+                self.payload = Some(Payload::Data {
+                    remaining: len,
+                    fin,
+                });
+            }
+            other => return Err(FrameError::ReservedOpcode(other)),
+        }
+        // An empty frame has no payload to wait for.
+        if self.payload_complete() {
+            self.take_payload(&mut Bytes::new(), out);
+        }
+        Ok(())
+    }
+
+    /// Take what `input` holds of the current payload; a complete frame
+    /// is done with and the next header is awaited.
+    fn take_payload(&mut self, input: &mut Bytes, out: &mut BytesMut) {
+        match self.payload.as_mut() {
+            None => {}
+            Some(Payload::Data { remaining, fin }) => {
+                let n = usize::try_from(*remaining).map_or(input.len(), |r| r.min(input.len()));
+                *remaining -= n as u64;
+                let (done, fin) = (*remaining == 0, *fin);
+                let scrubbed = self.stream.push(input.split_to(n));
+                if !scrubbed.is_empty() {
+                    self.fragment(scrubbed, false, out);
+                }
+                if done {
+                    self.payload = None;
+                    if fin {
+                        let rest = self.stream.finish();
+                        self.fragment(rest, true, out);
+                        self.message = None;
+                    }
+                }
+            }
+            Some(Payload::Control { opcode, len, bytes }) => {
+                let n = (*len - bytes.len()).min(input.len());
+                bytes.extend_from_slice(&input.split_to(n));
+                if bytes.len() == *len {
+                    let opcode = *opcode;
+                    let bytes = std::mem::take(bytes);
+                    self.payload = None;
+                    let payload = self.scrub_control(opcode, bytes);
+                    write_frame(out, FIN | opcode, &payload);
+                }
+            }
+        }
+    }
+
+    /// A fragment of the current message.
+    fn fragment(&mut self, payload: Bytes, fin: bool, out: &mut BytesMut) {
+        let Some((opcode, sent)) = self.message.as_mut() else {
+            return;
+        };
+        let first = if *sent { CONTINUATION } else { *opcode };
+        *sent = true;
+        write_frame(out, if fin { FIN | first } else { first }, &payload);
+    }
+
+    /// A control frame's payload with secrets replaced, cut to what a
+    /// control frame may carry. A close frame's reason stays UTF-8.
+    fn scrub_control(&self, opcode: u8, bytes: Vec<u8>) -> Vec<u8> {
+        let Some(scrubbed) = self.scrubber.scrub_bytes(&bytes) else {
+            return bytes;
+        };
+        let mut payload = scrubbed.to_vec();
+        payload.truncate(CONTROL_MAX);
+        if opcode == CLOSE && payload.len() > 2 {
+            let valid = match std::str::from_utf8(&payload[2..]) {
+                Ok(_) => payload.len(),
+                Err(err) => 2 + err.valid_up_to(),
+            };
+            payload.truncate(valid);
+        }
+        payload
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    len: u64,
+}
+
+/// A frame header at the start of `input` and its length, or `None` if
+/// `input` ends before the header does.
+fn header(input: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
+    let [first, second, rest @ ..] = input else {
+        return Ok(None);
+    };
+    if first & RSV != 0 {
+        return Err(FrameError::Extension);
+    }
+    if second & MASKED != 0 {
+        return Err(FrameError::Masked);
+    }
+    let (len, used) = match second & 0x7f {
+        126 => match rest {
+            [a, b, ..] => (u64::from(u16::from_be_bytes([*a, *b])), 4),
+            _ => return Ok(None),
+        },
+        127 => match rest.get(..8) {
+            Some(bytes) => {
+                let mut be = [0; 8];
+                be.copy_from_slice(bytes);
+                let len = u64::from_be_bytes(be);
+                if len >> 63 != 0 {
+                    return Err(FrameError::Length);
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    Ok(Some((
+        Header {
+            fin: first & FIN != 0,
+            opcode: first & 0x0f,
+            len,
+        },
+        used,
+    )))
+}
+
+/// An unmasked frame, as a server sends it.
+fn write_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
+    out.put_u8(first);
+    match payload.len() {
+        len @ 0..=125 => out.put_u8(len as u8),
+        len @ 126..=0xffff => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        len => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    const SECRET: &str = "sk-live-0123456789";
+    const PLACEHOLDER: &str = "ph-key";
+
+    fn reframer() -> Reframer {
+        let scrubber = Scrubber::new(vec![(
+            Secret::new(SECRET.as_bytes().to_vec()),
+            PLACEHOLDER.as_bytes().to_vec(),
+        )]);
+        Reframer::new(&scrubber)
+    }
+
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        write_frame(&mut out, first, payload);
+        out.to_vec()
+    }
+
+    /// Reads frames back: `(fin, opcode, payload)`.
+    fn frames(mut bytes: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+        let mut all = Vec::new();
+        while !bytes.is_empty() {
+            let (head, used) = header(bytes).expect("valid").expect("whole");
+            let len = head.len as usize;
+            all.push((head.fin, head.opcode, bytes[used..used + len].to_vec()));
+            bytes = &bytes[used + len..];
+        }
+        all
+    }
+
+    /// The messages the agent puts together from `frames`, control frames
+    /// apart, as `(opcode, payload)`.
+    fn messages(frames: &[(bool, u8, Vec<u8>)]) -> Vec<(u8, Vec<u8>)> {
+        let mut all = Vec::new();
+        let mut current: Option<(u8, Vec<u8>)> = None;
+        for (fin, opcode, payload) in frames {
+            if *opcode >= CLOSE {
+                all.push((*opcode, payload.clone()));
+                continue;
+            }
+            let (_, bytes) = current.get_or_insert_with(|| (*opcode, Vec::new()));
+            bytes.extend_from_slice(payload);
+            if *fin {
+                all.extend(current.take());
+            }
+        }
+        assert!(current.is_none(), "a message was left open");
+        all
+    }
+
+    fn run(input: &[u8], cut_every: usize) -> Vec<u8> {
+        let mut r = reframer();
+        let mut out = BytesMut::new();
+        for piece in input.chunks(cut_every) {
+            r.feed(Bytes::copy_from_slice(piece), &mut out)
+                .expect("valid frames");
+        }
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_secret_in_a_message_is_replaced_whatever_the_reads() {
+        let text = format!("{{\"you sent\":\"Bearer {SECRET}\"}}");
+        let input = frame(FIN | TEXT, text.as_bytes());
+        let want = text.replace(SECRET, PLACEHOLDER);
+        for cut in [1, 2, 3, 7, input.len()] {
+            let out = run(&input, cut);
+            assert_eq!(
+                messages(&frames(&out)),
+                [(TEXT, want.as_bytes().to_vec())],
+                "reads of {cut} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_split_over_fragments_with_a_ping_between_is_replaced() {
+        let (a, b) = SECRET.split_at(7);
+        let mut input = frame(TEXT, format!("token {a}").as_bytes());
+        input.extend(frame(FIN | PING, b"are you there"));
+        input.extend(frame(FIN | CONTINUATION, format!("{b} end").as_bytes()));
+        input.extend(frame(FIN | BINARY, &[0, 1, 2]));
+        for cut in [1, 5, input.len()] {
+            let out = run(&input, cut);
+            let got = messages(&frames(&out));
+            assert_eq!(
+                got,
+                [
+                    (PING, b"are you there".to_vec()),
+                    (TEXT, format!("token {PLACEHOLDER} end").into_bytes()),
+                    (BINARY, vec![0, 1, 2]),
+                ],
+                "reads of {cut} bytes"
+            );
+            assert!(!out.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn lengths_of_every_size_class_survive() {
+        for len in [0, 125, 126, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let out = run(&frame(FIN | BINARY, &payload), 16 * 1024);
+            assert_eq!(messages(&frames(&out)), [(BINARY, payload)], "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_close_reason_is_scrubbed_and_stays_a_valid_control_frame() {
+        let mut payload = vec![0x03, 0xe8];
+        payload.extend_from_slice(format!("bad key {SECRET}").as_bytes());
+        let out = run(&frame(FIN | CLOSE, &payload), 4);
+        let got = frames(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, CLOSE);
+        assert_eq!(&got[0].2[2..], format!("bad key {PLACEHOLDER}").as_bytes());
+
+        // A placeholder longer than its secret cannot push a close frame
+        // past 125 bytes, nor cut its reason inside a character.
+        let scrubber = Scrubber::new(vec![(
+            Secret::new(b"k".to_vec()),
+            "é".repeat(100).into_bytes(),
+        )]);
+        let mut r = Reframer::new(&scrubber);
+        let mut out = BytesMut::new();
+        r.feed(Bytes::from(frame(FIN | CLOSE, b"\x03\xe8k")), &mut out)
+            .expect("valid");
+        let got = frames(&out);
+        assert!(got[0].2.len() <= CONTROL_MAX);
+        assert!(std::str::from_utf8(&got[0].2[2..]).is_ok());
+    }
+
+    #[test]
+    fn frames_it_cannot_read_end_the_connection() {
+        let cases: [(Vec<u8>, FrameError); 6] = [
+            // permessage-deflate sets RSV1 on compressed messages.
+            (frame(FIN | 0x40 | TEXT, b"x"), FrameError::Extension),
+            (
+                vec![FIN | TEXT, MASKED | 1, 1, 2, 3, 4, b'x'],
+                FrameError::Masked,
+            ),
+            (frame(FIN | 0x3, b""), FrameError::ReservedOpcode(3)),
+            (frame(PING, b""), FrameError::BadControl),
+            (
+                frame(FIN | CONTINUATION, b"x"),
+                FrameError::StrayContinuation,
+            ),
+            (
+                [frame(TEXT, b"a"), frame(FIN | TEXT, b"b")].concat(),
+                FrameError::UnfinishedMessage,
+            ),
+        ];
+        for (input, want) in cases {
+            let mut r = reframer();
+            let err = r
+                .feed(Bytes::from(input), &mut BytesMut::new())
+                .expect_err("refused");
+            assert_eq!(err, want);
+        }
+        let mut oversized = vec![FIN | PING, 126, 0, 200];
+        oversized.extend([0; 200]);
+        assert_eq!(
+            reframer().feed(Bytes::from(oversized), &mut BytesMut::new()),
+            Err(FrameError::BadControl)
+        );
+    }
+}
