@@ -1,6 +1,6 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
-//! /hello, /bighead (an 80 KiB response header), /echo (reflects the request,
+//! /hello, /log (every request seen so far), /bighead (an 80 KiB response header), /echo (reflects the request,
 //! secrets included, gzipped when asked), /echo-gzip (gzipped always), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
@@ -210,6 +210,17 @@ async fn handle(
     }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
+        "/log" => {
+            // Every request seen so far, as a request log or a request bin
+            // shows them: what one request sent, another reads back.
+            let log: Vec<_> = seen
+                .lock()
+                .expect("seen")
+                .iter()
+                .map(|s| serde_json::json!({"path": s.path, "headers": s.headers}))
+                .collect();
+            Response::new(full(serde_json::Value::from(log).to_string()))
+        }
         "/bighead" => {
             // A response head past what Airlock reads of one (64 KiB).
             let mut r = Response::new(full("unreachable body\n"));

@@ -20,6 +20,10 @@ pub struct Allowed {
     pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
+    /// Some rule binds secrets to this host (this one or another, for
+    /// other paths): the upstream may have been sent them, and may give
+    /// them back.
+    pub host_holds_secrets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +102,12 @@ impl Policy {
                     credentials: rule.credentials.clone(),
                     rate_limit: rule.rate_limit,
                     approval: rule.approval,
+                    host_holds_secrets: !rule.credentials.is_empty()
+                        || self.rules.iter().any(|other| {
+                            !other.credentials.is_empty()
+                                && other.port == port
+                                && other.host.matches(&host)
+                        }),
                 });
             }
         }

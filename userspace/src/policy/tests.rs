@@ -1218,3 +1218,32 @@ fn locate_finds_keys_values_and_repeated_keys() {
     assert_eq!(locate(text, &root.key("b").index(7)), (3, 3));
     assert_eq!(locate(text, &root.key("zzz")), (1, 1));
 }
+
+#[test]
+fn a_host_that_any_rule_binds_secrets_to_holds_secrets_on_every_path() {
+    let p = policy(&doc(&[
+        "agent: a",
+        "rules:",
+        "  - host: api.example.com",
+        "    paths: [\"/v1/**\"]",
+        "    credentials: [{secret: key}]",
+        "  - host: \"*.example.com\"",
+        "    paths: [\"/public/**\"]",
+        "  - host: \"*.corp.example\"",
+        "    credentials: [{secret: key}]",
+        "  - host: api.example.com",
+        "    port: 8443",
+        "  - host: docs.example.org",
+    ]));
+    let holds = |host: &str, port: u16, path: &str| {
+        allowed(p.decide_http(host, port, "GET", path)).host_holds_secrets
+    };
+    assert!(holds("api.example.com", 443, "/v1/chat"));
+    // Another rule, without credentials, lets this path through; the host
+    // was still sent the secret on /v1.
+    assert!(holds("api.example.com", 443, "/public/x"));
+    assert!(holds("git.corp.example", 443, "/"));
+    assert!(!holds("www.example.com", 443, "/public/x"));
+    assert!(!holds("api.example.com", 8443, "/"));
+    assert!(!holds("docs.example.org", 443, "/"));
+}

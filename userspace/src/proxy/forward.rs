@@ -366,7 +366,12 @@ impl Intercept {
         if !encoded.is_empty() {
             scrubber = scrubber.with(encoded);
         }
-        if !injected.is_empty() {
+        // A host a rule binds secrets to knows them, and may give them back
+        // to this request or, having kept them, to a later one without any:
+        // its answers are scrubbed, and asked for uncompressed so that
+        // the scrubber can read them.
+        let guarded = !injected.is_empty() || allowed.host_holds_secrets;
+        if guarded {
             creds::ask_for_identity(&mut parts.headers);
         }
         let bodiless_answer = parts.method == Method::HEAD;
@@ -414,7 +419,7 @@ impl Intercept {
         } else {
             None
         };
-        if upgrade && !injected.is_empty() {
+        if upgrade && guarded {
             // The scrubber reads WebSocket frames only, and uncompressed.
             if !headers::is_websocket(&parts.headers) {
                 return Err(ProxyError::Denied {
@@ -506,12 +511,12 @@ impl Intercept {
                 ),
             });
         }
-        if !injected.is_empty()
+        if guarded
             && !bodiless_answer
             && let Some(coding) = creds::unreadable_coding(resp.headers())
             && !matches!(resp.status().as_u16(), 101 | 204 | 304)
         {
-            warn!(agent = %ctx.agent, host, coding = %coding, "compressed answer to a request that carried a credential");
+            warn!(agent = %ctx.agent, host, coding = %coding, "compressed answer from a host that holds secrets");
             return Err(ProxyError::Upstream {
                 reason: format!(
                     "the upstream compressed its answer (content-encoding: {coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
@@ -531,11 +536,11 @@ impl Intercept {
         if let (true, Some(agent_side)) = (switching, agent_upgrade)
             && let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         {
-            let scrubber = (!injected.is_empty()).then(|| scrubber.clone());
+            let scrubber = guarded.then(|| scrubber.clone());
             tokio::spawn(websocket::splice(agent_side, upstream_side, scrubber));
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-        let body = if injected.is_empty() {
+        let body = if !guarded {
             Either::Left(rbody)
         } else {
             for value in rparts.headers.values_mut() {

@@ -217,16 +217,21 @@ impl Reframer {
                 *remaining -= n as u64;
                 let (done, fin) = (*remaining == 0, *fin);
                 let scrubbed = self.stream.push(input.split_to(n));
-                if !scrubbed.is_empty() {
-                    self.fragment(scrubbed, false, out);
-                }
                 if done {
                     self.payload = None;
-                    if fin {
-                        let rest = self.stream.finish();
-                        self.fragment(rest, true, out);
-                        self.message = None;
-                    }
+                }
+                if done && fin {
+                    // A message that arrived whole goes on as one frame.
+                    let rest = self.stream.finish();
+                    let last = match (scrubbed.is_empty(), rest.is_empty()) {
+                        (true, _) => rest,
+                        (_, true) => scrubbed,
+                        _ => [scrubbed, rest].concat().into(),
+                    };
+                    self.fragment(last, true, out);
+                    self.message = None;
+                } else if !scrubbed.is_empty() {
+                    self.fragment(scrubbed, false, out);
                 }
             }
             Some(Payload::Control { opcode, len, bytes }) => {
@@ -437,6 +442,22 @@ mod tests {
             );
             assert!(!out.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
         }
+    }
+
+    #[test]
+    fn a_message_read_whole_goes_on_as_one_frame() {
+        for input in [
+            frame(FIN | TEXT, b"hello"),
+            frame(FIN | TEXT, format!("key {SECRET}").as_bytes()),
+            frame(FIN | BINARY, b""),
+        ] {
+            let out = run(&input, input.len());
+            assert_eq!(frames(&out).len(), 1, "{input:?}");
+        }
+        assert_eq!(
+            run(&frame(FIN | TEXT, b"hello"), 64),
+            frame(FIN | TEXT, b"hello")
+        );
     }
 
     #[test]
