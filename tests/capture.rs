@@ -681,6 +681,7 @@ fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
     for p in status["programs"].as_array().expect("programs") {
         assert_eq!(p["link"], "attached", "{status}");
     }
+    assert_eq!(status["hooks_reattached"], 0, "{status}");
     let after = dial_both(&d, &allowed, &denied);
     assert!(after[0] == "allowed" && refused(&after[1]), "{after:?}");
     assert!(
@@ -701,7 +702,14 @@ fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(d.status().expect("status")["healthy"], true);
+    let status = d.status().expect("status");
+    assert_eq!(status["healthy"], true, "{status}");
+    // Status tells what happened: attached again, once, and when.
+    assert_eq!(status["hooks_reattached"], 1, "{status}");
+    assert!(status["hooks_reattached_at"].as_u64().is_some(), "{status}");
+    for p in status["programs"].as_array().expect("programs") {
+        assert_eq!(p["link"], "attached", "{status}");
+    }
     let healed = dial_both(&d, &allowed, &denied);
     assert!(healed[0] == "allowed" && refused(&healed[1]), "{healed:?}");
     assert_eq!(denied.accepted(), 0, "the denied server was reached");

@@ -52,6 +52,12 @@ fn print_human(s: &serde_json::Value) {
     if let Some(change) = s["maps_replaced"].as_str() {
         println!("          pinned maps replaced at start ({change})");
     }
+    if let Some(n) = s["hooks_reattached"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "          attached again {n} time(s) to a cgroup root made anew, last at {} (Unix time)",
+            s["hooks_reattached_at"]
+        );
+    }
     let audit = &s["audit"];
     println!(
         "audit:    {}, {} records queued, {} lost",

@@ -60,11 +60,13 @@ impl StatusSource {
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
         let audit = self.audit.state();
+        let programs = self.kernel.programs();
+        let (reattached, reattached_at) = self.kernel.reattached();
         let healthy = settings_ok
             && audit.accepting
             && attached
                 .as_ref()
-                .is_ok_and(|n| *n as usize >= self.kernel.report.programs.len());
+                .is_ok_and(|n| *n as usize >= programs.len());
         json!({
             "healthy": healthy,
             "pid": std::process::id(),
@@ -73,8 +75,10 @@ impl StatusSource {
             "config": self.config_path.display().to_string(),
             "cgroup": self.kernel.report.cgroup.display().to_string(),
             "pin_dir": self.kernel.report.pin_dir.display().to_string(),
-            "programs": self.kernel.report.programs,
+            "programs": programs,
             "maps_replaced": self.kernel.report.maps_replaced,
+            "hooks_reattached": reattached,
+            "hooks_reattached_at": reattached_at,
             "attached_programs": attached.as_ref().ok(),
             "attached_programs_error": attached.as_ref().err().map(|e| e.to_string()),
             "listening": self.listening,

@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::{
     KernelConnTable, KernelStats,
-    load::{AttachReport, KernelError, LOG_PROGRAM, link_pin_path, map_pin},
+    load::{AttachReport, KernelError, LOG_PROGRAM, ProgramState, link_pin_path, map_pin},
 };
 
 /// The loader is this very binary, whatever its path is now.
@@ -40,7 +40,10 @@ pub enum LoaderOutcome {
 /// The loaded kernel side: the maps the daemon reads and writes, and the
 /// links, which stay pinned when this value is dropped.
 pub struct Kernel {
+    /// The loader's report at start-up.
     pub report: AttachReport,
+    /// The loader's reports when the hooks were found missing since.
+    reattached: std::sync::Mutex<Reattached>,
     pub conns: Arc<KernelConnTable>,
     pub stats: KernelStats,
     settings: Array<MapData, Settings>,
@@ -79,6 +82,7 @@ impl Kernel {
         start_kernel_log(pin_dir);
         Ok(Kernel {
             report,
+            reattached: std::sync::Mutex::default(),
             conns,
             stats: KernelStats::new(stats),
             settings,
@@ -93,8 +97,42 @@ impl Kernel {
 
     /// Run the loader again, onto the same cgroup root and pins.
     pub fn reattach(&self) -> Result<AttachReport, KernelError> {
-        run_loader(&self.report.cgroup, &self.report.pin_dir, self.requested)
+        let report = run_loader(&self.report.cgroup, &self.report.pin_dir, self.requested)?;
+        if let Ok(mut r) = self.reattached.lock() {
+            r.count += 1;
+            r.at_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            r.last = Some(report.clone());
+        }
+        Ok(report)
     }
+
+    /// The programs as the loader last left them: at start-up, or when it
+    /// last attached them again.
+    pub fn programs(&self) -> Vec<ProgramState> {
+        self.reattached
+            .lock()
+            .ok()
+            .and_then(|r| r.last.as_ref().map(|l| l.programs.clone()))
+            .unwrap_or_else(|| self.report.programs.clone())
+    }
+
+    /// How often the hooks were attached again since start-up, and when
+    /// last (Unix seconds).
+    pub fn reattached(&self) -> (u64, Option<u64>) {
+        self.reattached
+            .lock()
+            .map(|r| (r.count, (r.count > 0).then_some(r.at_unix)))
+            .unwrap_or((0, None))
+    }
+}
+
+#[derive(Default)]
+struct Reattached {
+    count: u64,
+    at_unix: u64,
+    last: Option<AttachReport>,
 }
 
 /// How often the daemon checks that the cgroup root still has its hooks.
