@@ -19,18 +19,30 @@ pub fn ask_for_identity(headers: &mut HeaderMap) {
 /// The longest coding quoted back in an error: the value is the upstream's.
 const QUOTED_MAX: usize = 40;
 
-/// The response's content coding, if it is one the scrubber cannot read
-/// through (anything but `identity`), as the upstream named it.
+/// The response's coding, if it is one the scrubber cannot read through,
+/// as the upstream named it: a content coding other than `identity`, or a
+/// transfer coding other than `chunked` (which hyper removes; a `gzip`
+/// transfer coding would reach the agent as compressed bytes, unmarked).
 pub fn unreadable_coding(headers: &HeaderMap) -> Option<String> {
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        // A value that is not text is no coding the scrubber knows either.
-        let text = String::from_utf8_lossy(value.as_bytes());
-        let unreadable = text
-            .split(',')
-            .map(str::trim)
-            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
-        if unreadable {
-            return Some(text.chars().take(QUOTED_MAX).collect());
+    let codings = [
+        (header::CONTENT_ENCODING, "identity"),
+        (header::TRANSFER_ENCODING, "chunked"),
+    ];
+    for (name, readable) in codings {
+        for value in headers.get_all(&name) {
+            // A value that is not text is no coding the scrubber knows either.
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let unreadable = text.split(',').map(str::trim).any(|coding| {
+                !coding.is_empty()
+                    && !coding.eq_ignore_ascii_case(readable)
+                    && !coding.eq_ignore_ascii_case("identity")
+            });
+            if unreadable {
+                return Some(format!(
+                    "{name}: {}",
+                    text.chars().take(QUOTED_MAX).collect::<String>()
+                ));
+            }
         }
     }
     None
@@ -68,15 +80,27 @@ mod tests {
         assert_eq!(unreadable_coding(&with_encoding(&[" Identity , "])), None);
         assert_eq!(
             unreadable_coding(&with_encoding(&["gzip"])).as_deref(),
-            Some("gzip")
+            Some("content-encoding: gzip")
         );
         assert_eq!(
             unreadable_coding(&with_encoding(&["identity", "br"])).as_deref(),
-            Some("br")
+            Some("content-encoding: br")
         );
         assert_eq!(
             unreadable_coding(&with_encoding(&["identity, x-custom"])).as_deref(),
-            Some("identity, x-custom")
+            Some("content-encoding: identity, x-custom")
+        );
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_chunked_is_unreadable() {
+        let mut h = HeaderMap::new();
+        h.append(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        assert_eq!(unreadable_coding(&h), None);
+        h.insert(header::TRANSFER_ENCODING, "gzip, chunked".parse().unwrap());
+        assert_eq!(
+            unreadable_coding(&h).as_deref(),
+            Some("transfer-encoding: gzip, chunked")
         );
     }
 
@@ -84,6 +108,9 @@ mod tests {
     fn a_long_coding_is_cut_when_quoted() {
         let long = "x".repeat(500);
         let quoted = unreadable_coding(&with_encoding(&[&long])).expect("unreadable");
-        assert_eq!(quoted.len(), QUOTED_MAX);
+        assert_eq!(
+            quoted,
+            format!("content-encoding: {}", "x".repeat(QUOTED_MAX))
+        );
     }
 }

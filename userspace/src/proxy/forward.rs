@@ -369,8 +369,9 @@ impl Intercept {
         // A host a rule binds secrets to knows them, and may give them back
         // to this request or, having kept them, to a later one without any:
         // its answers are scrubbed, and asked for uncompressed so that
-        // the scrubber can read them.
-        let guarded = !injected.is_empty() || allowed.host_holds_secrets;
+        // the scrubber can read them. With no secrets at all, there is
+        // nothing to give back.
+        let guarded = (!injected.is_empty() || allowed.host_holds_secrets) && !scrubber.is_empty();
         if guarded {
             creds::ask_for_identity(&mut parts.headers);
         }
@@ -519,7 +520,7 @@ impl Intercept {
             warn!(agent = %ctx.agent, host, coding = %coding, "compressed answer from a host that holds secrets");
             return Err(ProxyError::Upstream {
                 reason: format!(
-                    "the upstream compressed its answer (content-encoding: {coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
+                    "the upstream compressed its answer ({coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
                 ),
             });
         }
