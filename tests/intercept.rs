@@ -44,7 +44,7 @@ env:
   API_TOKEN: "{{{{ placeholder: api-token }}}}"
 rules:
   - host: api.example.test:{p}
-    methods: [GET, POST]
+    methods: [GET, POST, HEAD]
     paths: ["/hello", "/log", "/echo", "/echo-gzip", "/sse", "/ws", "/big", "/bighead"]
     credentials:
       - secret: api-token
@@ -426,6 +426,21 @@ fn a_secret_an_upstream_kept_is_scrubbed_when_read_back_without_one() {
     );
     assert!(text.contains(&format!("Bearer {PLACEHOLDER}")), "{text}");
     assert_no_secret("the request log read back", &text);
+
+    // A HEAD answer has no body to scrub, and keeps the length it states,
+    // over HTTP/2 and HTTP/1.1.
+    for version in ["--http2", "--http1.1"] {
+        let out = d.run_agent_dns(
+            "web-bot",
+            &["curl", "-sS", version, "-I", &format!("{base}/hello")],
+        );
+        let head = stdout(&out).to_ascii_lowercase();
+        assert!(
+            head.contains("content-length: 20"),
+            "{version}: {}",
+            describe(&out)
+        );
+    }
 
     // A host no rule binds a secret to is left as it is: compressed.
     let out = d.run_agent_dns(
@@ -850,7 +865,7 @@ fn a_policy_typo_leaves_the_old_policy_in_force() {
     // A typo that, if half-applied, would drop the GET permission.
     std::fs::write(
         &path,
-        good.replace("methods: [GET, POST]", "methds: [POST]"),
+        good.replace("methods: [GET, POST, HEAD]", "methds: [POST]"),
     )
     .expect("edit");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -202,6 +202,7 @@ async fn handle(
         return Ok(r);
     }
     let path = req.uri().path().to_string();
+    let head = req.method() == hyper::Method::HEAD;
     if path == "/oauth/token" {
         return Ok(oauth_token(req, &grants).await);
     }
@@ -306,6 +307,15 @@ async fn handle(
             r
         }
     };
+    if head {
+        // hyper leaves a HEAD answer's body out over HTTP/1.1 but sends it
+        // over HTTP/2, which clients refuse: state the length, send none.
+        let (mut parts, body) = resp.into_parts();
+        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+            parts.headers.insert("content-length", len.into());
+        }
+        return Ok(Response::from_parts(parts, full(Bytes::new())));
+    }
     Ok(resp)
 }
 

@@ -549,9 +549,14 @@ impl Intercept {
                     *value = clean;
                 }
             }
-            // Scrubbing can change the length.
-            rparts.headers.remove(header::CONTENT_LENGTH);
-            Either::Right(scrubber.wrap(rbody))
+            if bodiless_answer || matches!(rparts.status.as_u16(), 204 | 304) {
+                // No body follows: the length is the resource's, kept.
+                Either::Left(rbody)
+            } else {
+                // Scrubbing can change the length.
+                rparts.headers.remove(header::CONTENT_LENGTH);
+                Either::Right(scrubber.wrap(rbody))
+            }
         };
         rparts
             .headers
