@@ -347,7 +347,7 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
-    const SECRET: &str = "sk-live-0123456789";
+    const SECRET: &str = "s3cret-value-0123456789";
     const PLACEHOLDER: &str = "ph-key";
 
     fn reframer() -> Reframer {
