@@ -549,14 +549,14 @@ impl Intercept {
                     *value = clean;
                 }
             }
-            if bodiless_answer || matches!(rparts.status.as_u16(), 204 | 304) {
-                // No body follows: the length is the resource's, kept.
-                Either::Left(rbody)
-            } else {
+            // No body should follow a HEAD, 204 or 304, and the length is
+            // the resource's, kept. Whatever an upstream sends all the same
+            // is scrubbed like any body.
+            if !(bodiless_answer || matches!(rparts.status.as_u16(), 204 | 304)) {
                 // Scrubbing can change the length.
                 rparts.headers.remove(header::CONTENT_LENGTH);
-                Either::Right(scrubber.wrap(rbody))
             }
+            Either::Right(scrubber.wrap(rbody))
         };
         rparts
             .headers

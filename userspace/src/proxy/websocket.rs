@@ -57,10 +57,11 @@ pub async fn splice(
     let inward = relay_frames(upstream_read, agent_write, Reframer::new(&scrubber));
     // The first failure ends both directions: dropping the halves closes
     // both connections.
+    // (TLS errors are InvalidData too: only the reframer's own are told.)
     if let Err(err) = tokio::try_join!(outward, inward)
-        && err.kind() == std::io::ErrorKind::InvalidData
+        && let Some(problem) = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>())
     {
-        warn!(problem = %err, "WebSocket connection closed: a frame could not be scrubbed");
+        warn!(%problem, "WebSocket connection closed: a frame could not be scrubbed");
     }
 }
 
@@ -76,11 +77,11 @@ where
         if from.read_buf(&mut input).await? == 0 {
             return to.shutdown().await;
         }
-        reframer
-            .feed(input.split().freeze(), &mut output)
-            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        let fed = reframer.feed(input.split().freeze(), &mut output);
+        // The frames before one it cannot read are scrubbed: they go on.
         to.write_all(&output).await?;
         output.clear();
+        fed.map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
     }
 }
 
@@ -492,6 +493,24 @@ mod tests {
         let got = frames(&out);
         assert!(got[0].2.len() <= CONTROL_MAX);
         assert!(std::str::from_utf8(&got[0].2[2..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_relay_scrubs_and_stops_at_a_frame_it_cannot_read() {
+        let mut input = frame(FIN | TEXT, format!("key {SECRET}").as_bytes());
+        input.extend(frame(FIN | 0x40 | TEXT, b"compressed"));
+        input.extend(frame(FIN | TEXT, b"never relayed"));
+        let mut agent = Vec::new();
+        let err = relay_frames(&input[..], &mut agent, reframer())
+            .await
+            .expect_err("refused");
+        // The error is the reframer's own, which is what gets logged.
+        let problem = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
+        assert_eq!(problem, Some(&FrameError::Extension));
+        assert_eq!(
+            messages(&frames(&agent)),
+            [(TEXT, format!("key {PLACEHOLDER}").into_bytes())]
+        );
     }
 
     #[test]
