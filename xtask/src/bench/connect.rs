@@ -82,7 +82,7 @@ pub fn connect(bins: &Binaries, count: u32, rounds: u32) -> anyhow::Result<()> {
     // connection is relayed and nothing else competes for the 4-tuples.
     let daemon = BenchDaemon::start(
         &bins.airlock,
-        "agent: bench\nrules:\n  - host: bench.test\n",
+        &[("bench", "agent: bench\nrules:\n  - host: bench.test\n")],
         "",
         None,
     )?;
@@ -91,7 +91,7 @@ pub fn connect(bins: &Binaries, count: u32, rounds: u32) -> anyhow::Result<()> {
 
     let client = |inside: bool| -> anyhow::Result<Summary> {
         let mut cmd = if inside {
-            daemon.agent(&bins.xtask)
+            daemon.agent("bench", &bins.xtask)
         } else {
             Command::new(&bins.xtask)
         };

@@ -25,19 +25,22 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl BenchDaemon {
-    /// `extra_config` is appended to the generated config (YAML lines).
-    /// With `cpu`, the daemon starts pinned there, so its runtime sizes
-    /// itself to that one core rather than to the machine.
+    /// `policies` are (agent, policy text) pairs. `extra_config` is
+    /// appended to the generated config (YAML lines). With `cpu`, the
+    /// daemon starts pinned there, so its runtime sizes itself to that one
+    /// core rather than to the machine.
     pub fn start(
         airlock: &Path,
-        policy: &str,
+        policies: &[(&str, &str)],
         extra_config: &str,
         cpu: Option<u32>,
     ) -> anyhow::Result<BenchDaemon> {
         let id = std::process::id();
         let dir = std::env::temp_dir().join(format!("airlock-bench-{id}"));
         std::fs::create_dir_all(dir.join("policies"))?;
-        std::fs::write(dir.join("policies/bench.yaml"), policy)?;
+        for (agent, policy) in policies {
+            std::fs::write(dir.join(format!("policies/{agent}.yaml")), policy)?;
+        }
         let config = dir.join("airlock.yaml");
         let proxy_port = free_port()?;
         std::fs::write(
@@ -100,12 +103,12 @@ impl BenchDaemon {
         self.child.id()
     }
 
-    /// `program args...` as agent `bench`, in the agent's cgroup.
-    pub fn agent(&self, program: &Path) -> Command {
+    /// `program args...` as `agent`, in the agent's cgroup.
+    pub fn agent(&self, agent: &str, program: &Path) -> Command {
         let mut c = Command::new(&self.airlock);
         c.args(["run", "--config"])
             .arg(&self.config)
-            .args(["--agent", "bench", "--allow-root", "--"])
+            .args(["--agent", agent, "--allow-root", "--"])
             .arg(program);
         c
     }

@@ -18,7 +18,7 @@ use clap::Args;
 use super::{
     Binaries,
     daemon::BenchDaemon,
-    meter::{Meter, status_kib},
+    meter::{Meter, cpu_busy_usec, status_kib},
     origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
 };
 use crate::run as run_cmd;
@@ -52,6 +52,11 @@ enum Kind {
     Fresh,
     /// 1 MiB responses.
     Big,
+    /// Keep-alive at 32 connections as `ka32`, but with the origin passed
+    /// through (TLS relayed, not terminated): what capture and a byte
+    /// relay on the other core cost, the floor under any intercepting
+    /// proxy in this layout.
+    Relay,
 }
 
 /// The daemon's resident set, split into heap and mapped files (mostly
@@ -92,7 +97,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 enum Via {
     Direct,
     Airlock,
+    /// Through Airlock as an agent whose policy passes the origin through.
+    Relay,
 }
+
+/// The agent whose policy intercepts the origin, and the one whose policy
+/// passes it through.
+const AGENT: &str = "bench";
+const RELAY_AGENT: &str = "bench-relay";
 
 #[derive(Clone, Copy)]
 struct Run {
@@ -102,6 +114,8 @@ struct Run {
     p99_us: f64,
     proxy_cpu_us: u64,
     origin_cpu_us: u64,
+    /// The load core's busy time (oha, nginx, and the kernel's work there).
+    load_cpu_us: u64,
 }
 
 struct Scenario<'a> {
@@ -150,14 +164,20 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
     origin_meter.adopt(origin.pid())?;
 
     let policy = format!(
-        "agent: bench\nrules:\n  - host: {HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n",
+        "agent: {AGENT}\nrules:\n  - host: {HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n",
         origin.port
     );
+    let relay_policy = format!("agent: {RELAY_AGENT}\npassthrough:\n  - {HOST}\n");
     let extra = format!(
         "resolve:\n  {HOST}: 127.0.0.1\nupstream_ca: [{}]\nagent_tls_resumption: false\n",
         origin.ca.display()
     );
-    let daemon = BenchDaemon::start(&bins.airlock, &policy, &extra, Some(proxy_cpu))?;
+    let daemon = BenchDaemon::start(
+        &bins.airlock,
+        &[(AGENT, &policy), (RELAY_AGENT, &relay_policy)],
+        &extra,
+        Some(proxy_cpu),
+    )?;
     let proxy_meter = Meter::create("proxy")?;
     proxy_meter.adopt(daemon.pid())?;
     let airlock_ca = daemon.ca_path()?;
@@ -184,26 +204,27 @@ impl Bench {
         let pid = self.daemon.pid();
         let idle = Rss::read(pid)?;
         // Warm both paths: leaf minted, upstream pool filled, caches hot.
-        for via in [Via::Direct, Via::Airlock] {
+        for via in [Via::Direct, Via::Airlock, Via::Relay] {
             self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
         }
         let wanted = |k: Kind| args.only.is_empty() || args.only.contains(&k);
         let mut rows = Vec::new();
         if wanted(Kind::Ka32) {
             let s = self.scenario("keep-alive", SMALL_PATH, args.requests, 32, true);
-            let (d, a) = self.rounds(&s, args.rounds)?;
+            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
             rows.push(row(&s, "requests/s", d.rps, a.rps));
             rows.push(format!(
                 "| {} | proxy CPU per request | | {:.1} µs | |",
                 s.label(),
                 per_item(a.proxy_cpu_us, a.count)
             ));
+            rows.push(load_row(&s, &d, &a));
             rows.extend(latency_rows(&s, &d, &a));
         }
         if wanted(Kind::Ka1) {
             let s = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
             self.pin_proxy(self.load_cpu)?;
-            let runs = self.rounds(&s, args.rounds);
+            let runs = self.rounds(&s, args.rounds, Via::Airlock);
             self.pin_proxy(self.proxy_cpu)?;
             let (d, a) = runs?;
             rows.push(row(&s, "requests/s", d.rps, a.rps));
@@ -217,7 +238,7 @@ impl Bench {
                 8,
                 false,
             );
-            let (d, a) = self.rounds(&s, args.rounds)?;
+            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
             rows.push(row(&s, "connections/s", d.rps, a.rps));
             let origin = per_item(d.origin_cpu_us, d.count);
             let proxy = per_item(a.proxy_cpu_us, a.count);
@@ -229,7 +250,7 @@ impl Bench {
         }
         if wanted(Kind::Big) {
             let s = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
-            let (d, a) = self.rounds(&s, args.rounds)?;
+            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
             let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
             rows.push(row(&s, "MiB/s", d.rps * mib, a.rps * mib));
             rows.push(format!(
@@ -237,6 +258,23 @@ impl Bench {
                 s.label(),
                 per_item(a.proxy_cpu_us, a.count) / 1000.0 / mib
             ));
+        }
+        if wanted(Kind::Relay) {
+            let s = self.scenario(
+                "keep-alive, TLS passed through",
+                SMALL_PATH,
+                args.requests,
+                32,
+                true,
+            );
+            let (d, r) = self.rounds(&s, args.rounds, Via::Relay)?;
+            rows.push(row(&s, "requests/s", d.rps, r.rps));
+            rows.push(format!(
+                "| {} | proxy CPU per request (relay only) | | {:.1} µs | |",
+                s.label(),
+                per_item(r.proxy_cpu_us, r.count)
+            ));
+            rows.push(load_row(&s, &d, &r));
         }
         // The eBPF loader (and its parse of the kernel's BTF) runs in a
         // child process, so the daemon's own peak is set by serving.
@@ -303,12 +341,13 @@ impl Bench {
         )
     }
 
-    /// `rounds` alternating runs; the median of each figure per side.
-    fn rounds(&self, s: &Scenario, rounds: u32) -> anyhow::Result<(Run, Run)> {
+    /// `rounds` alternating runs, direct and `via`; the median of each
+    /// figure per side.
+    fn rounds(&self, s: &Scenario, rounds: u32, via: Via) -> anyhow::Result<(Run, Run)> {
         let (mut direct, mut airlock) = (Vec::new(), Vec::new());
         for _ in 0..rounds.max(1) {
             direct.push(self.oha(Via::Direct, s)?);
-            airlock.push(self.oha(Via::Airlock, s)?);
+            airlock.push(self.oha(via, s)?);
         }
         Ok((median(&direct), median(&airlock)))
     }
@@ -317,7 +356,8 @@ impl Bench {
         let port = self.origin.port;
         let mut cmd = match via {
             Via::Direct => Command::new(&self.taskset),
-            Via::Airlock => self.daemon.agent(&self.taskset),
+            Via::Airlock => self.daemon.agent(AGENT, &self.taskset),
+            Via::Relay => self.daemon.agent(RELAY_AGENT, &self.taskset),
         };
         cmd.args(["-c", &self.load_cpu.to_string()])
             .arg(&self.oha)
@@ -333,16 +373,19 @@ impl Bench {
             .args(["--connect-to", &format!("{HOST}:{port}:127.0.0.1:{port}")])
             .arg("--cacert")
             .arg(match via {
-                Via::Direct => &self.origin.ca,
+                // Passed through, the agent talks TLS with the origin itself.
+                Via::Direct | Via::Relay => &self.origin.ca,
                 Via::Airlock => &self.airlock_ca,
             });
         if !s.keepalive {
             cmd.arg("--disable-keepalive");
         }
         let (proxy0, origin0) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let load0 = cpu_busy_usec(self.load_cpu)?;
         let _ = std::fs::remove_file(&self.out);
         run_bounded(&mut cmd)?;
         let (proxy1, origin1) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let load1 = cpu_busy_usec(self.load_cpu)?;
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading oha's report {}", self.out.display()))?;
         let report: serde_json::Value = serde_json::from_str(&text).context("oha's JSON report")?;
@@ -367,6 +410,7 @@ impl Bench {
             p99_us: secs(&report["latencyPercentiles"]["p99"]) * 1e6,
             proxy_cpu_us: proxy1 - proxy0,
             origin_cpu_us: origin1 - origin0,
+            load_cpu_us: load1.saturating_sub(load0),
         })
     }
 }
@@ -376,6 +420,7 @@ impl Via {
         match self {
             Via::Direct => "direct",
             Via::Airlock => "through Airlock",
+            Via::Relay => "passed through Airlock",
         }
     }
 }
@@ -435,6 +480,7 @@ fn median(runs: &[Run]) -> Run {
         p99_us: pick(|r| r.p99_us),
         proxy_cpu_us: per(|r| r.proxy_cpu_us),
         origin_cpu_us: per(|r| r.origin_cpu_us),
+        load_cpu_us: per(|r| r.load_cpu_us),
     }
 }
 
@@ -447,6 +493,20 @@ fn row(s: &Scenario, metric: &str, direct: f64, airlock: f64) -> String {
         "| {} | {metric} | {direct:.0} | {airlock:.0} | {:.2}x |",
         s.label(),
         airlock / direct
+    )
+}
+
+/// What each request costs the load core. Once that core is saturated,
+/// direct / through is the most the throughput ratio can be.
+fn load_row(s: &Scenario, d: &Run, a: &Run) -> String {
+    let (dv, av) = (
+        per_item(d.load_cpu_us, d.count),
+        per_item(a.load_cpu_us, a.count),
+    );
+    format!(
+        "| {} | load core (CPU of oha + nginx + their kernel work) per request | {dv:.1} µs | {av:.1} µs | {:.2}x |",
+        s.label(),
+        av / dv
     )
 }
 

@@ -71,3 +71,28 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         None => bail!("no {field} for pid {pid}"),
     }
 }
+
+/// Busy time of one CPU (everything but idle and iowait, interrupts
+/// included), in µs, from /proc/stat. The load core's time is what oha,
+/// nginx and the kernel's work for them cost, wherever the kernel
+/// accounts it: a wake-up sent to another core or a packet received for
+/// a process there lands on this one.
+pub fn cpu_busy_usec(cpu: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == name).then(|| words.filter_map(|w| w.parse().ok()).collect())
+        })
+        .with_context(|| format!("no {name} line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal ...
+    if fields.len() < 8 {
+        bail!("short {name} line in /proc/stat");
+    }
+    let busy: u64 = fields[..8].iter().sum::<u64>() - fields[3] - fields[4];
+    // /proc/stat counts in USER_HZ, which Linux fixes at 100 on every
+    // architecture it exports to user space: 10 ms a tick.
+    Ok(busy * 10_000)
+}
