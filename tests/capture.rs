@@ -392,6 +392,99 @@ tcp('secret.exfil.test')
     assert_eq!(rec["action"], "deny");
 }
 
+/// An unprivileged agent can make a network namespace of its own (a user
+/// namespace grants it), listen there on the daemon's ports, and let the
+/// hooks redirect its connects to itself. That must not work: such a
+/// connection would write a kernel record keyed by an address and port a
+/// real agent connection in the daemon's namespace may use at the same
+/// time, and hand the daemon a forged origin for it.
+#[test]
+fn an_agent_in_a_network_namespace_of_its_own_reaches_nothing() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let src = format!(
+        r#"
+import socket
+P, D = {proxy}, {dns}
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, 'reached')
+    except PermissionError:
+        print(name, 'EPERM')
+    except OSError as e:
+        print(name, 'error', e.errno)
+# What an attacker listens on: the daemon's ports, in its own namespace.
+srv = socket.socket(); srv.bind(('127.0.0.1', P)); srv.listen(8)
+srv6 = socket.socket(socket.AF_INET6); srv6.bind(('::1', P)); srv6.listen(8)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(('127.0.0.1', D))
+print('listening')
+def tcp():
+    socket.create_connection(('127.0.0.1', 9), timeout=2)
+def tcp6():
+    socket.create_connection(('::1', 9), timeout=2)
+def mapped():
+    s = socket.socket(socket.AF_INET6); s.settimeout(2); s.connect(('::ffff:127.0.0.1', 9))
+def dns():
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 53))
+for name, fn in [('tcp', tcp), ('tcp6', tcp6), ('mapped', mapped), ('dns', dns)]:
+    attempt(name, fn)
+"#,
+        proxy = d.proxy_port,
+        dns = d.dns_port
+    );
+    let out = d.run_agent(
+        "capture-bot",
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec python3 -c \"$1\"",
+            "sh",
+            &src,
+        ],
+    );
+    // The namespace was made and its listeners bound: the refusals below
+    // are the hooks', not a failure to set the trap.
+    assert!(
+        stdout(&out).lines().any(|l| l == "listening"),
+        "the agent could not set up its own namespace:\n{}",
+        describe(&out)
+    );
+    for name in ["tcp", "tcp6", "mapped", "dns"] {
+        assert!(
+            stdout(&out).lines().any(|l| l == format!("{name} EPERM")),
+            "{name} from another network namespace was not refused with EPERM:\n{}",
+            describe(&out)
+        );
+    }
+    let status = d.status().expect("status");
+    let denied = status["kernel_counters"]["foreign_netns_denied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        denied >= 4,
+        "the kernel counted {denied} refusals of another namespace:\n{status:#}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d
+        .log_text()
+        .contains("airlock: refused a socket of another network namespace")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel's refusal never reached the daemon log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn processes_outside_the_managed_cgroup_are_untouched() {
     let d = Daemon::start(DaemonOptions::with_policy(

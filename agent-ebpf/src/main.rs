@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -195,7 +195,9 @@ fn capture(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
         (v4_mapped(dest.ip4.to_ne_bytes()), true)
     };
     let settings = settings();
-    match decide_connect(&settings, dest.sock_type, dest.protocol, dest.port) {
+    // SAFETY: the context pointer comes from the kernel for this run.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    match decide_connect(&settings, netns, dest.sock_type, dest.protocol, dest.port) {
         Verdict::ToProxy { port } => {
             if !is_connect {
                 // sendmsg hooks only see UDP; a stream socket here is a
@@ -224,8 +226,18 @@ fn capture(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
             bump(Stat::DnsRedirected);
             ALLOW
         }
+        Verdict::DenyForeignNetns => {
+            bump(Stat::ForeignNetns);
+            warn!(
+                ctx,
+                "airlock: refused a socket of another network namespace (type={} port={})",
+                dest.sock_type,
+                dest.port
+            );
+            DENY
+        }
         Verdict::Deny => {
-            if settings.proxy_port == 0 {
+            if settings.proxy_port == 0 || settings.netns_cookie == 0 {
                 bump(Stat::Unconfigured);
             } else {
                 bump(Stat::UdpDenied);

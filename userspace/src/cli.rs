@@ -89,6 +89,9 @@ pub struct KernelAttachArgs {
     pub proxy_port: u16,
     #[arg(long)]
     pub dns_port: u16,
+    /// The daemon's network namespace (SO_NETNS_COOKIE).
+    #[arg(long)]
+    pub netns_cookie: u64,
 }
 
 #[derive(Debug, Args)]

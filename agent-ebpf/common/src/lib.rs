@@ -61,6 +61,10 @@ pub struct Settings {
     pub proxy_port: u16,
     pub dns_port: u16,
     pub _pad: u32,
+    /// The daemon's network namespace (SO_NETNS_COOKIE). Only sockets of
+    /// that namespace can reach its listeners; zero means unknown, and
+    /// every hook then denies.
+    pub netns_cookie: u64,
 }
 
 /// What an agent's socket meant to do, recorded by the kernel.
@@ -109,7 +113,7 @@ pub struct DnsOrig {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 20);
 const _: () = assert!(core::mem::size_of::<DnsOrig>() == 24);
@@ -126,9 +130,10 @@ pub enum Stat {
     Rekeyed = 5,
     RekeyMissing = 6,
     DnsClientRecorded = 7,
+    ForeignNetns = 8,
 }
 
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -140,6 +145,7 @@ impl Stat {
         Stat::Rekeyed,
         Stat::RekeyMissing,
         Stat::DnsClientRecorded,
+        Stat::ForeignNetns,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -152,6 +158,7 @@ impl Stat {
             Stat::Rekeyed => "rekeyed",
             Stat::RekeyMissing => "rekey_missing",
             Stat::DnsClientRecorded => "dns_client_recorded",
+            Stat::ForeignNetns => "foreign_netns_denied",
         }
     }
 }
@@ -165,6 +172,12 @@ pub enum Verdict {
     ToResolver { port: u16 },
     /// Refuse with EPERM.
     Deny,
+    /// Refuse with EPERM: the socket belongs to another network namespace
+    /// than the daemon's. There, the loopback address the hooks rewrite to
+    /// is not the daemon's, and whatever listens on it (the agent itself)
+    /// would be handed a kernel record keyed by an address and port that a
+    /// real agent connection in the daemon's namespace may also use.
+    DenyForeignNetns,
 }
 
 /// The decision for a connect() or an unconnected sendmsg() of an agent.
@@ -172,16 +185,22 @@ pub enum Verdict {
 /// TCP always lands on the proxy (which applies the agent's policy); UDP may
 /// only carry DNS, which lands on Airlock's resolver; anything else, and
 /// everything while the daemon has never configured the settings, is
-/// refused. There is deliberately no "allow unchanged" outcome: nothing an
-/// agent sends leaves the host without passing through the daemon.
+/// refused, as is every socket of a network namespace other than the
+/// daemon's (`netns_cookie` is the socket's). There is deliberately no
+/// "allow unchanged" outcome: nothing an agent sends leaves the host
+/// without passing through the daemon.
 pub const fn decide_connect(
     settings: &Settings,
+    netns_cookie: u64,
     sock_type: u32,
     protocol: u32,
     dst_port: u16,
 ) -> Verdict {
-    if settings.proxy_port == 0 || settings.dns_port == 0 {
+    if settings.proxy_port == 0 || settings.dns_port == 0 || settings.netns_cookie == 0 {
         return Verdict::Deny;
+    }
+    if netns_cookie != settings.netns_cookie {
+        return Verdict::DenyForeignNetns;
     }
     match (sock_type, protocol) {
         (SOCK_STREAM, IPPROTO_IP | IPPROTO_TCP) => Verdict::ToProxy {

@@ -1,20 +1,24 @@
 use super::*;
 
+/// The daemon's network namespace in these tests.
+const NETNS: u64 = 4096;
+
 const READY: Settings = Settings {
     proxy_port: 15001,
     dns_port: 15053,
     _pad: 0,
+    netns_cookie: NETNS,
 };
 
 #[test]
 fn tcp_always_goes_to_the_proxy_whatever_the_port() {
     for port in [1, 22, 53, 80, 443, 15001, 65535] {
         assert_eq!(
-            decide_connect(&READY, SOCK_STREAM, IPPROTO_TCP, port),
+            decide_connect(&READY, NETNS, SOCK_STREAM, IPPROTO_TCP, port),
             Verdict::ToProxy { port: 15001 }
         );
         assert_eq!(
-            decide_connect(&READY, SOCK_STREAM, IPPROTO_IP, port),
+            decide_connect(&READY, NETNS, SOCK_STREAM, IPPROTO_IP, port),
             Verdict::ToProxy { port: 15001 }
         );
     }
@@ -23,12 +27,12 @@ fn tcp_always_goes_to_the_proxy_whatever_the_port() {
 #[test]
 fn udp_carries_dns_only() {
     assert_eq!(
-        decide_connect(&READY, SOCK_DGRAM, IPPROTO_UDP, 53),
+        decide_connect(&READY, NETNS, SOCK_DGRAM, IPPROTO_UDP, 53),
         Verdict::ToResolver { port: 15053 }
     );
     for port in [1, 123, 443, 5353, 15053] {
         assert_eq!(
-            decide_connect(&READY, SOCK_DGRAM, IPPROTO_UDP, port),
+            decide_connect(&READY, NETNS, SOCK_DGRAM, IPPROTO_UDP, port),
             Verdict::Deny
         );
     }
@@ -38,11 +42,11 @@ fn udp_carries_dns_only() {
 fn unconfigured_settings_fail_closed() {
     let unset = Settings::default();
     assert_eq!(
-        decide_connect(&unset, SOCK_STREAM, IPPROTO_TCP, 443),
+        decide_connect(&unset, NETNS, SOCK_STREAM, IPPROTO_TCP, 443),
         Verdict::Deny
     );
     assert_eq!(
-        decide_connect(&unset, SOCK_DGRAM, IPPROTO_UDP, 53),
+        decide_connect(&unset, NETNS, SOCK_DGRAM, IPPROTO_UDP, 53),
         Verdict::Deny
     );
     let half = Settings {
@@ -50,7 +54,7 @@ fn unconfigured_settings_fail_closed() {
         ..Settings::default()
     };
     assert_eq!(
-        decide_connect(&half, SOCK_STREAM, IPPROTO_TCP, 443),
+        decide_connect(&half, NETNS, SOCK_STREAM, IPPROTO_TCP, 443),
         Verdict::Deny
     );
 }
@@ -58,9 +62,39 @@ fn unconfigured_settings_fail_closed() {
 #[test]
 fn other_socket_kinds_are_denied_at_connect() {
     // SOCK_SEQPACKET (5) with SCTP (132); a TCP type with a foreign protocol.
-    assert_eq!(decide_connect(&READY, 5, 132, 443), Verdict::Deny);
-    assert_eq!(decide_connect(&READY, SOCK_STREAM, 262, 443), Verdict::Deny);
-    assert_eq!(decide_connect(&READY, SOCK_DGRAM, 136, 53), Verdict::Deny);
+    assert_eq!(decide_connect(&READY, NETNS, 5, 132, 443), Verdict::Deny);
+    assert_eq!(decide_connect(&READY, NETNS, SOCK_STREAM, 262, 443), Verdict::Deny);
+    assert_eq!(decide_connect(&READY, NETNS, SOCK_DGRAM, 136, 53), Verdict::Deny);
+}
+
+#[test]
+fn a_socket_of_another_network_namespace_is_refused_whatever_it_dials() {
+    for other in [1, NETNS - 1, NETNS + 1, u64::MAX] {
+        for (sock_type, protocol, port) in [
+            (SOCK_STREAM, IPPROTO_TCP, 443),
+            (SOCK_STREAM, IPPROTO_IP, 15001),
+            (SOCK_DGRAM, IPPROTO_UDP, 53),
+        ] {
+            assert_eq!(
+                decide_connect(&READY, other, sock_type, protocol, port),
+                Verdict::DenyForeignNetns
+            );
+        }
+    }
+    // Settings that never learnt the daemon's namespace deny everything,
+    // including a socket whose own cookie reads as zero.
+    let unknown = Settings {
+        netns_cookie: 0,
+        ..READY
+    };
+    assert_eq!(
+        decide_connect(&unknown, 0, SOCK_STREAM, IPPROTO_TCP, 443),
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide_connect(&unknown, NETNS, SOCK_DGRAM, IPPROTO_UDP, 53),
+        Verdict::Deny
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub fn run(args: &KernelAttachArgs) -> anyhow::Result<ExitCode> {
         proxy_port: args.proxy_port,
         dns_port: args.dns_port,
         _pad: 0,
+        netns_cookie: args.netns_cookie,
     };
     let (outcome, code) = match ebpf::attach(&args.cgroup_root, &args.pin_dir, settings) {
         Ok(report) => (LoaderOutcome::Attached(report), ExitCode::SUCCESS),

@@ -82,6 +82,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             proxy_port: config.proxy_port,
             dns_port: config.dns_port,
             _pad: 0,
+            netns_cookie: crate::ebpf::netns_cookie(&proxy_listeners[0])
+                .context("reading the network namespace of the proxy's listener")?,
         },
     )?;
     let conns: Arc<dyn ConnTable> = kernel.conns.clone();

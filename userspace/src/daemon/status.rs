@@ -35,9 +35,8 @@ pub struct StatusSource {
 impl StatusSource {
     fn status(&self) -> serde_json::Value {
         let attached = crate::ebpf::attached_program_count(&self.kernel.report.cgroup);
-        let settings_ok = self.kernel.settings().is_some_and(|s| {
-            s.proxy_port == self.config.proxy_port && s.dns_port == self.config.dns_port
-        });
+        // Ports and network namespace, as this daemon asked the loader.
+        let settings_ok = self.kernel.settings() == Some(self.kernel.requested());
         let live = self.live.snapshot();
         let agents: Vec<_> = self
             .agents

@@ -90,6 +90,11 @@ impl Kernel {
         })
     }
 
+    /// The settings this daemon gave the hooks.
+    pub fn requested(&self) -> Settings {
+        self.requested
+    }
+
     /// The settings the hooks currently use.
     pub fn settings(&self) -> Option<Settings> {
         self.settings.get(&0, 0).ok()
@@ -183,6 +188,8 @@ fn loader_args(cgroup_root: &Path, pin_dir: &Path, settings: Settings) -> Vec<Os
         settings.proxy_port.to_string().into(),
         "--dns-port".into(),
         settings.dns_port.to_string().into(),
+        "--netns-cookie".into(),
+        settings.netns_cookie.to_string().into(),
     ]
 }
 
@@ -305,6 +312,7 @@ mod tests {
             proxy_port: 15001,
             dns_port: 15053,
             _pad: 0,
+            netns_cookie: 4099,
         };
         let args = loader_args(
             Path::new("/sys/fs/cgroup/airlock.slice"),
@@ -321,7 +329,10 @@ mod tests {
             Path::new("/sys/fs/cgroup/airlock.slice")
         );
         assert_eq!(parsed.pin_dir, Path::new("/sys/fs/bpf/airlock"));
-        assert_eq!((parsed.proxy_port, parsed.dns_port), (15001, 15053));
+        assert_eq!(
+            (parsed.proxy_port, parsed.dns_port, parsed.netns_cookie),
+            (15001, 15053, 4099)
+        );
     }
 
     #[test]
