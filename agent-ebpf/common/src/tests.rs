@@ -63,8 +63,14 @@ fn unconfigured_settings_fail_closed() {
 fn other_socket_kinds_are_denied_at_connect() {
     // SOCK_SEQPACKET (5) with SCTP (132); a TCP type with a foreign protocol.
     assert_eq!(decide_connect(&READY, NETNS, 5, 132, 443), Verdict::Deny);
-    assert_eq!(decide_connect(&READY, NETNS, SOCK_STREAM, 262, 443), Verdict::Deny);
-    assert_eq!(decide_connect(&READY, NETNS, SOCK_DGRAM, 136, 53), Verdict::Deny);
+    assert_eq!(
+        decide_connect(&READY, NETNS, SOCK_STREAM, 262, 443),
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide_connect(&READY, NETNS, SOCK_DGRAM, 136, 53),
+        Verdict::Deny
+    );
 }
 
 #[test]
