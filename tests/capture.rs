@@ -297,18 +297,10 @@ for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendt
     );
     // The kernel side says why: its log ring reaches the daemon's log
     // (raw IPv4: family 2, SOCK_RAW 3).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !d
-        .log_text()
-        .contains("airlock: refused socket family=2 type=3")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the kernel's refusal never reached the daemon log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_for_log(
+        "airlock: refused socket family=2 type=3",
+        "the kernel's refusal of a raw socket",
+    );
 }
 
 #[test]
@@ -471,18 +463,10 @@ for name, fn in [('tcp', tcp), ('tcp6', tcp6), ('mapped', mapped), ('dns', dns)]
         denied >= 4,
         "the kernel counted {denied} refusals of another namespace:\n{status:#}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !d
-        .log_text()
-        .contains("airlock: refused a socket of another network namespace")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the kernel's refusal never reached the daemon log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.wait_for_log(
+        "airlock: refused a socket of another network namespace",
+        "the kernel's refusal of another namespace",
+    );
 }
 
 #[test]

@@ -202,6 +202,21 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to 5 s for `needle` in the daemon's log (kernel-side log
+    /// records reach it through a ring the daemon polls); panics with the
+    /// log and `what` otherwise.
+    pub fn wait_for_log(&self, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never reached the daemon log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn status(&self) -> Result<serde_json::Value, String> {
         let out = Command::new(AIRLOCK)
             .args(["status", "--json", "--config"])
