@@ -69,8 +69,24 @@ rules:
 fn assert_no_secret(what: &str, text: &str) {
     assert!(
         !text.contains(SECRET),
-        "{what} contains the real secret:\n{text}"
+        "{what} contains the real secret:\n{}",
+        redacted(text)
     );
+}
+
+/// The shortest piece of the secret that counts as giving it away.
+const SECRET_PIECE_MIN: usize = 8;
+
+/// `text` with every piece of the secret at least `SECRET_PIECE_MIN` bytes
+/// long blotted out, so that a failing test does not print it.
+fn redacted(text: &str) -> String {
+    let mut text = text.to_owned();
+    for len in (SECRET_PIECE_MIN..=SECRET.len()).rev() {
+        for at in 0..=SECRET.len() - len {
+            text = text.replace(&SECRET[at..at + len], "<secret>");
+        }
+    }
+    text
 }
 
 #[test]
@@ -461,6 +477,79 @@ fn a_secret_an_upstream_kept_is_scrubbed_when_read_back_without_one() {
             .and_then(|s| s.header("accept-encoding"))
             .is_some_and(|v| v.contains("gzip"))
     );
+}
+
+/// `web-bot` sends its credential to the upstream, which keeps it in its
+/// request log.
+fn send_the_credential(d: &Daemon, base: &str) {
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" {base}/hello"
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", redacted(&describe(&out)));
+}
+
+/// Waits (bounded) until the daemon has loaded a policy for `agent`.
+fn wait_for_policy(d: &Daemon, agent: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = d.status().expect("status");
+        let loaded = status["policies"]["loaded"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|p| p["agent"] == agent));
+        if loaded {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy of {agent} was never loaded: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An upstream that keeps what one agent sent gives it to whichever agent
+/// reads it back: the answers of a host that any policy binds secrets to
+/// are scrubbed for every agent, also one whose own policy binds it none.
+/// The reader's policy comes by hot reload, after the secret was sent.
+#[test]
+fn a_secret_one_agent_sent_is_scrubbed_when_another_agent_reads_it_back() {
+    let Setup { d, up } = setup("");
+    let base = format!("https://api.example.test:{}", up.port);
+    send_the_credential(&d, &base);
+    std::fs::write(
+        d.policy_dir.join("log-reader.yaml"),
+        format!(
+            "agent: log-reader\nrules:\n  - host: api.example.test:{}\n    methods: [GET]\n    paths: [\"/log\"]\n",
+            up.port
+        ),
+    )
+    .expect("write the reader's policy");
+    wait_for_policy(&d, "log-reader");
+
+    let node = format!(
+        "fetch('{base}/log').then(async r => console.log(r.status, await r.text()), e => {{ console.log('error', e.cause || e); process.exit(1) }})"
+    );
+    let out = d.run_agent_dns("log-reader", &["node", "-e", &node]);
+    let text = stdout(&out);
+    assert_no_secret("the log another agent read back", &text);
+    assert!(text.starts_with("200 "), "{}", redacted(&describe(&out)));
+    assert!(
+        text.contains(&format!("Bearer {PLACEHOLDER}")),
+        "{}",
+        redacted(&text)
+    );
+    let seen = up.seen();
+    let read = seen.last().expect("the upstream saw the read");
+    assert_eq!(read.path, "/log");
+    assert_eq!(read.header("authorization"), None);
+    assert_eq!(read.header("accept-encoding"), Some("identity"));
 }
 
 /// Clients ask for compressed answers by default, and decode them: a

@@ -138,6 +138,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         client_h2: proxy::upstream_client(resolver.clone(), upstream_tls),
         client_h1: proxy::upstream_client(resolver.clone(), upstream_tls_h1),
         credentials: credentials.clone(),
+        policies: policies.clone(),
         limiter: Arc::new(RateLimiter::new()),
         approvals: approvals.clone(),
         metrics: metrics.clone(),

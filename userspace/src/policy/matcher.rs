@@ -20,10 +20,11 @@ pub struct Allowed {
     pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
-    /// Some rule binds secrets to this host (this one or another, for
-    /// other paths): the upstream may have been sent them, and may give
-    /// them back.
-    pub host_holds_secrets: bool,
+    /// Some rule of this policy binds secrets to this host (this one or
+    /// another, for other paths): the upstream may have been sent them,
+    /// and may give them back. Other agents' policies may bind secrets to
+    /// it too; [`super::PolicyStore::holds_secrets`] answers for them all.
+    pub binds_secrets_to_host: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +103,7 @@ impl Policy {
                     credentials: rule.credentials.clone(),
                     rate_limit: rule.rate_limit,
                     approval: rule.approval,
-                    host_holds_secrets: !rule.credentials.is_empty()
+                    binds_secrets_to_host: !rule.credentials.is_empty()
                         || self.rules.iter().any(|other| {
                             !other.credentials.is_empty()
                                 && other.port == port

@@ -12,6 +12,7 @@ mod locate;
 mod matcher;
 mod model;
 mod schema;
+mod secret_hosts;
 mod store;
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The policies in force, by agent, hot-reloaded from the policy directory.
 //! A file that fails to parse or validate is rejected whole and the version
-//! it replaced stays in force; the rejection is logged and counted.
+//! it replaced stays in force; the rejection is logged and counted. Each
+//! load also indexes the hosts that any policy binds secrets to, which the
+//! proxy asks about on every request.
 
 use std::{
     collections::HashMap,
@@ -11,7 +13,7 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use super::{Policy, parse_policy};
+use super::{Policy, parse_policy, secret_hosts::SecretHosts};
 use crate::metrics::Metrics;
 
 pub struct PolicyStore {
@@ -27,6 +29,9 @@ struct State {
     by_file: HashMap<PathBuf, String>,
     /// The current rejection of each file that has one.
     errors: HashMap<PathBuf, String>,
+    /// Built from `by_agent` whenever it changes, so that it never speaks
+    /// for policies no longer in force, nor misses one that is.
+    secret_hosts: SecretHosts,
 }
 
 /// Debounce: editors write a file in several steps (truncate, write, rename).
@@ -45,6 +50,16 @@ impl PolicyStore {
 
     pub fn get(&self, agent: &str) -> Option<Arc<Policy>> {
         self.state.read().ok()?.by_agent.get(agent).cloned()
+    }
+
+    /// Whether a rule with credentials, in any agent's policy in force,
+    /// matches `host` on `port`: that upstream may have been sent a secret
+    /// and may give it back, to whichever agent asks. A poisoned lock
+    /// answers yes: scrubbing an answer that needed none costs little.
+    pub fn holds_secrets(&self, host: &str, port: u16) -> bool {
+        self.state
+            .read()
+            .map_or(true, |state| state.secret_hosts.holds(host, port))
     }
 
     /// Re-read every policy file. Clean files replace what they defined;
@@ -109,6 +124,7 @@ impl PolicyStore {
                 info!(agent = %agent, file = %path.display(), "policy removed: the agent has no egress now");
             }
         }
+        next.secret_hosts = SecretHosts::build(next.by_agent.values().map(|p| &**p));
         *state = next;
     }
 
@@ -184,4 +200,81 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::PolicyStore;
+    use crate::{metrics::Metrics, policy::HttpDecision};
+
+    const BINDS: &str =
+        "agent: writer\nrules:\n  - host: api.example.com\n    credentials: [{secret: key}]\n";
+    const READS: &str =
+        "agent: reader\nrules:\n  - host: api.example.com\n  - host: log.example.net\n";
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).expect("write policy");
+    }
+
+    fn store(dir: &Path) -> std::sync::Arc<PolicyStore> {
+        PolicyStore::load(dir, Metrics::new().expect("metrics"))
+    }
+
+    #[test]
+    fn a_host_one_agent_binds_secrets_to_holds_them_for_every_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "writer.yaml", BINDS);
+        write(dir.path(), "reader.yaml", READS);
+        let store = store(dir.path());
+        let reader = store.get("reader").expect("reader's policy");
+        // The reader's own policy binds nothing to the host; the store says
+        // it holds secrets all the same.
+        let HttpDecision::Allow(allowed) = reader.decide_http("api.example.com", 443, "GET", "/")
+        else {
+            panic!("the reader may GET the host");
+        };
+        assert!(!allowed.binds_secrets_to_host);
+        assert!(store.holds_secrets("api.example.com", 443));
+        assert!(!store.holds_secrets("api.example.com", 8443));
+        assert!(!store.holds_secrets("log.example.net", 443));
+    }
+
+    #[test]
+    fn a_reload_adds_and_removes_hosts_that_hold_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "reader.yaml", READS);
+        let store = store(dir.path());
+        assert!(!store.holds_secrets("api.example.com", 443));
+
+        write(dir.path(), "writer.yaml", BINDS);
+        store.reload();
+        assert!(store.holds_secrets("api.example.com", 443));
+
+        // Another agent's edit moves the binding to another host.
+        write(
+            dir.path(),
+            "reader.yaml",
+            "agent: reader\nrules:\n  - host: \"*.example.net\"\n    credentials: [{secret: other}]\n",
+        );
+        store.reload();
+        assert!(store.holds_secrets("api.example.com", 443));
+        assert!(store.holds_secrets("log.example.net", 443));
+
+        // A file that no longer validates keeps its previous version in
+        // force, and with it what that version binds.
+        write(dir.path(), "writer.yaml", "agent: writer\nrules: [oops\n");
+        store.reload();
+        assert!(store.holds_secrets("api.example.com", 443));
+
+        std::fs::remove_file(dir.path().join("writer.yaml")).expect("remove");
+        store.reload();
+        assert!(!store.holds_secrets("api.example.com", 443));
+        assert!(store.holds_secrets("log.example.net", 443));
+
+        write(dir.path(), "reader.yaml", READS);
+        store.reload();
+        assert!(!store.holds_secrets("log.example.net", 443));
+    }
 }

@@ -1220,7 +1220,7 @@ fn locate_finds_keys_values_and_repeated_keys() {
 }
 
 #[test]
-fn a_host_that_any_rule_binds_secrets_to_holds_secrets_on_every_path() {
+fn a_host_that_any_rule_of_the_policy_binds_secrets_to_is_bound_on_every_path() {
     let p = policy(&doc(&[
         "agent: a",
         "rules:",
@@ -1236,7 +1236,7 @@ fn a_host_that_any_rule_binds_secrets_to_holds_secrets_on_every_path() {
         "  - host: docs.example.org",
     ]));
     let holds = |host: &str, port: u16, path: &str| {
-        allowed(p.decide_http(host, port, "GET", path)).host_holds_secrets
+        allowed(p.decide_http(host, port, "GET", path)).binds_secrets_to_host
     };
     assert!(holds("api.example.com", 443, "/v1/chat"));
     // Another rule, without credentials, lets this path through; the host

@@ -367,11 +367,18 @@ impl Intercept {
             scrubber = scrubber.with(encoded);
         }
         // A host a rule binds secrets to knows them, and may give them back
-        // to this request or, having kept them, to a later one without any:
-        // its answers are scrubbed, and asked for uncompressed so that
-        // the scrubber can read them. With no secrets at all, there is
-        // nothing to give back.
-        let guarded = (!injected.is_empty() || allowed.host_holds_secrets) && !scrubber.is_empty();
+        // to this request or, having kept them, to a later one without any,
+        // from this agent or another: its answers are scrubbed, and asked
+        // for uncompressed so that the scrubber can read them. With no
+        // secrets at all, there is nothing to give back. The
+        // connection's own policy still counts beside the store's index of
+        // every policy in force: it may be a version since reloaded, whose
+        // rules this connection can still send secrets under. Cheapest
+        // first: the index is looked up only when the rest leaves it open.
+        let guarded = !scrubber.is_empty()
+            && (!injected.is_empty()
+                || allowed.binds_secrets_to_host
+                || self.policies.holds_secrets(host, ctx.port));
         if guarded {
             creds::ask_for_identity(&mut parts.headers);
         }

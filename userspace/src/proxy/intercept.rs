@@ -22,7 +22,7 @@ use crate::{
     ca::Ca,
     dns::Resolver,
     metrics::Metrics,
-    policy::Policy,
+    policy::{Policy, PolicyStore},
     ratelimit::RateLimiter,
 };
 
@@ -40,6 +40,9 @@ pub struct Intercept {
     /// (WebSocket), which cannot ride an h2 connection.
     pub client_h1: UpstreamClient,
     pub credentials: Arc<super::credentials::Credentials>,
+    /// Asked, per request, whether any agent's policy binds secrets to
+    /// the host: the connection's own policy cannot say.
+    pub policies: Arc<PolicyStore>,
     pub limiter: Arc<RateLimiter>,
     pub approvals: Arc<Approvals>,
     pub metrics: Arc<Metrics>,

@@ -1,0 +1,127 @@
+//! The hosts that any loaded policy binds secrets to, across agents.
+//!
+//! An upstream may keep what one agent sent it (a request log) and hand it
+//! to another agent whose own policy binds no secret to that host: the
+//! answers that second agent gets must be scrubbed too. So whether a host
+//! holds secrets is a question about every policy in force, not the
+//! requesting agent's alone. The index is built when policies load, so a
+//! request pays one lookup (and a walk over the few wildcard and address
+//! patterns), and nothing at all when no policy binds a secret.
+
+use std::collections::HashMap;
+
+use super::host::{Host, HostPattern};
+use super::model::Policy;
+
+#[derive(Debug, Default)]
+pub(super) struct SecretHosts {
+    /// Exact names, with every port a rule with credentials names for them.
+    names: HashMap<String, Vec<u16>>,
+    /// `*.suffix` patterns and addresses, with their ports: few, walked.
+    patterns: Vec<(HostPattern, u16)>,
+}
+
+impl SecretHosts {
+    /// The hosts and ports of every allow rule with credentials in
+    /// `policies`.
+    pub(super) fn build<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> SecretHosts {
+        let mut index = SecretHosts::default();
+        let bound = policies
+            .into_iter()
+            .flat_map(|policy| policy.rules.iter())
+            .filter(|rule| !rule.credentials.is_empty());
+        for rule in bound {
+            match &rule.host {
+                HostPattern::Exact(name) => {
+                    let ports = index.names.entry(name.clone()).or_default();
+                    if !ports.contains(&rule.port) {
+                        ports.push(rule.port);
+                    }
+                }
+                pattern => {
+                    let entry = (pattern.clone(), rule.port);
+                    if !index.patterns.contains(&entry) {
+                        index.patterns.push(entry);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.patterns.is_empty()
+    }
+
+    /// Whether a rule with credentials, in any policy indexed, matches
+    /// `host` on `port`. `host` is as the proxy saw it (SNI or Host); one
+    /// that is no valid name or address matches no rule, here as in the
+    /// matcher, which denies requests to it before they get this far.
+    pub(super) fn holds(&self, host: &str, port: u16) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let Some(host) = Host::parse(host) else {
+            return false;
+        };
+        if let Host::Name(name) = &host
+            && self
+                .names
+                .get(name.as_ref())
+                .is_some_and(|ports| ports.contains(&port))
+        {
+            return true;
+        }
+        self.patterns
+            .iter()
+            .any(|(pattern, p)| *p == port && pattern.matches(&host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::SecretHosts;
+    use crate::policy::{Policy, parse_policy};
+
+    fn policy(text: &str) -> Policy {
+        match parse_policy(Path::new("test.yaml"), text) {
+            Ok(policy) => policy,
+            Err(errors) => panic!("policy should parse:\n{errors}"),
+        }
+    }
+
+    #[test]
+    fn a_host_bound_in_one_policy_holds_secrets_for_every_agent() {
+        let bound = policy(
+            "agent: a\nrules:\n  - host: api.example.com\n    credentials: [{secret: key}]\n  - host: \"*.corp.example\"\n    port: 8443\n    credentials: [{secret: key}]\n  - host: \"[2001:db8::1]\"\n    credentials: [{secret: key}]\n  - host: docs.example.org\n",
+        );
+        let unbound = policy(
+            "agent: b\nrules:\n  - host: api.example.com\n  - host: git.corp.example:8443\n  - host: www.example.net\n",
+        );
+        let index = SecretHosts::build([&bound, &unbound]);
+        assert!(index.holds("api.example.com", 443));
+        assert!(index.holds("API.Example.com.", 443));
+        assert!(index.holds("git.corp.example", 8443));
+        assert!(index.holds("2001:db8::1", 443));
+        // The port is part of what a rule names.
+        assert!(!index.holds("api.example.com", 8443));
+        assert!(!index.holds("git.corp.example", 443));
+        // A wildcard never matches its own suffix.
+        assert!(!index.holds("corp.example", 8443));
+        // Rules without credentials, in either policy, bind nothing.
+        assert!(!index.holds("docs.example.org", 443));
+        assert!(!index.holds("www.example.net", 443));
+        assert!(!index.holds("not a host", 443));
+    }
+
+    #[test]
+    fn policies_without_credentials_index_nothing() {
+        let plain = policy("agent: a\nrules:\n  - host: api.example.com\n");
+        let index = SecretHosts::build([&plain]);
+        assert!(index.is_empty());
+        assert!(!index.holds("api.example.com", 443));
+        assert!(SecretHosts::build([]).is_empty());
+    }
+}
