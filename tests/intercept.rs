@@ -77,6 +77,18 @@ fn assert_no_secret(what: &str, text: &str) {
 /// The shortest piece of the secret that counts as giving it away.
 const SECRET_PIECE_MIN: usize = 8;
 
+/// Fails when `text` holds any piece of the secret at least
+/// `SECRET_PIECE_MIN` bytes long: a secret read back in parts is read.
+fn assert_no_piece_of_secret(what: &str, text: &str) {
+    let leaked = (0..=SECRET.len() - SECRET_PIECE_MIN)
+        .any(|at| text.contains(&SECRET[at..at + SECRET_PIECE_MIN]));
+    assert!(
+        !leaked,
+        "{what} contains a piece of the real secret:\n{}",
+        redacted(text)
+    );
+}
+
 /// `text` with every piece of the secret at least `SECRET_PIECE_MIN` bytes
 /// long blotted out, so that a failing test does not print it.
 fn redacted(text: &str) -> String {
@@ -550,6 +562,78 @@ fn a_secret_one_agent_sent_is_scrubbed_when_another_agent_reads_it_back() {
     assert_eq!(read.path, "/log");
     assert_eq!(read.header("authorization"), None);
     assert_eq!(read.header("accept-encoding"), Some("identity"));
+}
+
+/// A log that honours `Range` could give a kept secret back in pieces
+/// shorter than the secret, one answer each, which no scrubber of one
+/// answer can match. A request to a host that holds secrets goes without
+/// `Range` and `If-Range` and gets the whole answer, scrubbed; a part the
+/// upstream sends all the same is a 502.
+#[test]
+fn a_kept_secret_is_never_read_back_in_byte_ranges() {
+    let Setup { d, up } = setup("");
+    let base = format!("https://api.example.test:{}", up.port);
+    send_the_credential(&d, &base);
+    // Twelve bytes from the inside of the secret, as they lie in the log.
+    let at = up
+        .log_text()
+        .find(SECRET)
+        .expect("the upstream kept the secret")
+        + 4;
+    let range = format!("{at}-{}", at + 11);
+
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "curl",
+            "-sS",
+            "-r",
+            &range,
+            "-H",
+            "If-Range: \"v1\"",
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}/log"),
+        ],
+    );
+    let text = stdout(&out);
+    assert_no_piece_of_secret("a ranged read of the log", &text);
+    assert!(text.ends_with("\n200"), "{}", redacted(&describe(&out)));
+    assert!(
+        text.contains(&format!("Bearer {PLACEHOLDER}")),
+        "{}",
+        redacted(&text)
+    );
+    let seen = up.seen();
+    let read = seen.last().expect("the upstream saw the read");
+    assert_eq!(read.path, "/log");
+    assert_eq!(read.header("range"), None, "Range went upstream");
+    assert_eq!(read.header("if-range"), None, "If-Range went upstream");
+    assert_eq!(read.header("accept-encoding"), Some("identity"));
+
+    // An upstream that sends a part nobody asked for.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            &format!("{base}/log?part={range}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert_no_piece_of_secret("an unasked part of the log", &text);
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    assert_eq!(code, "502", "{}", redacted(&describe(&out)));
+    let body: serde_json::Value = serde_json::from_str(body).expect("the 502's JSON");
+    assert_eq!(body["reason"], "upstream_error", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("206 Partial Content")),
+        "{body}"
+    );
 }
 
 /// Clients ask for compressed answers by default, and decode them: a

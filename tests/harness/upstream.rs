@@ -1,6 +1,8 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
-//! /hello, /log (every request seen so far), /bighead (an 80 KiB response header), /echo (reflects the request,
+//! /hello, /log (every request seen so far; honours a `Range` of one
+//! part, and `?part=FIRST-LAST` has it answer 206 with those bytes
+//! unasked), /bighead (an 80 KiB response header), /echo (reflects the request,
 //! secrets included, gzipped when asked), /echo-gzip (gzipped always), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
@@ -141,6 +143,12 @@ impl TlsUpstream {
         self.seen.lock().expect("seen").clone()
     }
 
+    /// The request log as /log serves it now. Later requests only add to
+    /// its end, so an offset in it stays good.
+    pub fn log_text(&self) -> String {
+        log_text(&self.seen.lock().expect("seen"))
+    }
+
     pub fn issued(&self) -> Vec<String> {
         self.grants.issued.lock().expect("issued").clone()
     }
@@ -213,14 +221,25 @@ async fn handle(
         "/hello" => Response::new(full("hello from upstream\n")),
         "/log" => {
             // Every request seen so far, as a request log or a request bin
-            // shows them: what one request sent, another reads back.
-            let log: Vec<_> = seen
-                .lock()
-                .expect("seen")
-                .iter()
-                .map(|s| serde_json::json!({"path": s.path, "headers": s.headers}))
-                .collect();
-            Response::new(full(serde_json::Value::from(log).to_string()))
+            // shows them: what one request sent, another reads back, whole
+            // or, as a file server would give it, in byte ranges.
+            let log = log_text(&seen.lock().expect("seen"));
+            let unasked = req.uri().query().and_then(|q| q.strip_prefix("part="));
+            let asked = req.headers().get("range").and_then(|v| v.to_str().ok());
+            match unasked.or(asked).and_then(|r| part(r, log.len())) {
+                Some((first, last)) => {
+                    let mut r = Response::new(full(log.as_bytes()[first..=last].to_vec()));
+                    *r.status_mut() = hyper::StatusCode::PARTIAL_CONTENT;
+                    r.headers_mut().insert(
+                        "content-range",
+                        format!("bytes {first}-{last}/{}", log.len())
+                            .parse()
+                            .expect("h"),
+                    );
+                    r
+                }
+                None => Response::new(full(log)),
+            }
         }
         "/bighead" => {
             // A response head past what Airlock reads of one (64 KiB).
@@ -378,6 +397,25 @@ async fn websocket_echo(
             _ => io.write_all(&frame(head[0], &payload)).await?,
         }
     }
+}
+
+/// The body of /log: each request's path and headers, as JSON.
+fn log_text(seen: &[Seen]) -> String {
+    let log: Vec<_> = seen
+        .iter()
+        .map(|s| serde_json::json!({"path": s.path, "headers": s.headers}))
+        .collect();
+    serde_json::Value::from(log).to_string()
+}
+
+/// `FIRST-LAST` of one `bytes=` range (or bare, from the query) within
+/// `len` bytes; anything else is answered whole, as RFC 9110 lets a
+/// server do.
+fn part(range: &str, len: usize) -> Option<(usize, usize)> {
+    let spec = range.strip_prefix("bytes=").unwrap_or(range);
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?);
+    (first <= last && last < len).then_some((first, last))
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

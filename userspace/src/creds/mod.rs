@@ -18,7 +18,7 @@ mod tokens;
 mod tests;
 
 pub use grant::{Grant, GrantProblem, TokenError};
-pub use readable::{ask_for_identity, unreadable_coding};
+pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
 pub use scrub::{ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! A response to a request that carried a real secret goes through the
-//! scrubber, which reads the bytes as the upstream wrote them. Compressed,
-//! an echoed secret would pass it unseen, and the agent's client would
-//! unpack it: Node's `fetch`, Python `requests` and `curl --compressed` all
-//! ask for gzip and decode it by default. So such a request asks for an
-//! uncompressed answer, and an answer compressed all the same is refused.
+//! An answer from a host that holds secrets goes through the scrubber,
+//! which reads the bytes as the upstream wrote them, one answer at a time.
+//! Compressed, an echoed secret would pass it unseen, and the agent's
+//! client would unpack it: Node's `fetch`, Python `requests` and `curl
+//! --compressed` all ask for gzip and decode it by default. Cut into byte
+//! ranges, a kept secret could be read back in pieces shorter than itself,
+//! one answer each, none of which the scrubber can match. So such a request
+//! asks for the whole answer, uncompressed, and an answer compressed or
+//! partial all the same is refused.
 
 use http::{HeaderMap, HeaderValue, header};
 
@@ -14,6 +17,15 @@ pub fn ask_for_identity(headers: &mut HeaderMap) {
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+}
+
+/// Ask for the whole representation: no `Range`, and no `If-Range`, which
+/// means nothing without one. A server may answer any range request with
+/// the whole 200 (RFC 9110 §14.2), so a client that asked for a range
+/// still reads its answer right.
+pub fn ask_for_whole(headers: &mut HeaderMap) {
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
 }
 
 /// The longest coding quoted back in an error: the value is the upstream's.
@@ -71,6 +83,22 @@ mod tests {
         ask_for_identity(&mut h);
         let values: Vec<_> = h.get_all(header::ACCEPT_ENCODING).iter().collect();
         assert_eq!(values, ["identity"]);
+    }
+
+    #[test]
+    fn the_whole_representation_is_asked_for() {
+        let mut h = HeaderMap::new();
+        h.append(header::RANGE, "bytes=10-19".parse().unwrap());
+        h.append(header::RANGE, "bytes=20-29".parse().unwrap());
+        h.insert(header::IF_RANGE, "\"etag\"".parse().unwrap());
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        ask_for_whole(&mut h);
+        assert!(!h.contains_key(header::RANGE));
+        assert!(!h.contains_key(header::IF_RANGE));
+        assert_eq!(h.len(), 1, "other headers stay: {h:?}");
+        // Nothing to remove is no error.
+        ask_for_whole(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

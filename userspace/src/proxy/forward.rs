@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderName, Method, Request, Response, Uri, Version, header,
+    HeaderName, Method, Request, Response, StatusCode, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body::Body as _;
@@ -369,8 +369,8 @@ impl Intercept {
         // A host a rule binds secrets to knows them, and may give them back
         // to this request or, having kept them, to a later one without any,
         // from this agent or another: its answers are scrubbed, and asked
-        // for uncompressed so that the scrubber can read them. With no
-        // secrets at all, there is nothing to give back. The
+        // for whole and uncompressed so that the scrubber can read them.
+        // With no secrets at all, there is nothing to give back. The
         // connection's own policy still counts beside the store's index of
         // every policy in force: it may be a version since reloaded, whose
         // rules this connection can still send secrets under. Cheapest
@@ -381,6 +381,7 @@ impl Intercept {
                 || self.policies.holds_secrets(host, ctx.port));
         if guarded {
             creds::ask_for_identity(&mut parts.headers);
+            creds::ask_for_whole(&mut parts.headers);
         }
         let bodiless_answer = parts.method == Method::HEAD;
         let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
@@ -529,6 +530,14 @@ impl Intercept {
                 reason: format!(
                     "the upstream compressed its answer ({coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
                 ),
+            });
+        }
+        if guarded && resp.status() == StatusCode::PARTIAL_CONTENT {
+            // Airlock sent no Range: a part nobody asked for may be a piece
+            // of a kept secret, shorter than the secret.
+            warn!(agent = %ctx.agent, host, "partial answer from a host that holds secrets");
+            return Err(ProxyError::Upstream {
+                reason: "the upstream answered 206 Partial Content though Airlock asked for the whole body; a part of a body cannot be checked for echoed credentials".into(),
             });
         }
         self.metrics
