@@ -1,10 +1,12 @@
-//! `cargo xtask bench http`: oha against nginx over HTTPS, directly and as
-//! an agent through Airlock, in one run.
+//! `cargo xtask bench http`: oha against nginx over HTTPS, directly, as
+//! an agent through Airlock, and through a peer (nginx as a TLS reverse
+//! proxy), in one run.
 //!
-//! Layout on a 2-core machine: oha and nginx share core 0, Airlock has core
-//! 1 ("the proxy on its own core"), except for the one-connection latency
-//! scenario, where Airlock joins core 0 ("sharing a core"). CPU is read from
-//! a cgroup per process; RSS is the daemon's VmHWM at the end.
+//! Layout on a 2-core machine: oha and the origin share core 0, the proxy
+//! (Airlock or the peer) has core 1 ("the proxy on its own core"), except
+//! for the one-connection latency scenario, where it joins core 0
+//! ("sharing a core"). CPU is read from a cgroup per process; RSS is the
+//! daemon's VmHWM at the end.
 
 use std::{
     path::{Path, PathBuf},
@@ -20,6 +22,7 @@ use super::{
     daemon::BenchDaemon,
     meter::{Meter, cpu_busy_usec, status_kib},
     origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
+    peer::Peer,
 };
 use crate::run as run_cmd;
 
@@ -39,6 +42,9 @@ pub struct HttpArgs {
     /// Run only these scenarios (repeatable); all by default.
     #[arg(long, value_enum)]
     only: Vec<Kind>,
+    /// Leave out the peer (nginx as a TLS reverse proxy on Airlock's core).
+    #[arg(long)]
+    no_peer: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -99,6 +105,8 @@ enum Via {
     Airlock,
     /// Through Airlock as an agent whose policy passes the origin through.
     Relay,
+    /// Through the peer, dialled directly (no capture).
+    Peer,
 }
 
 /// The agent whose policy intercepts the origin, and the one whose policy
@@ -126,9 +134,19 @@ struct Scenario<'a> {
     keepalive: bool,
 }
 
+/// The figures of one scenario: direct, through Airlock (or relayed), and
+/// through the peer where it ran.
+struct Sides {
+    direct: Run,
+    airlock: Run,
+    peer: Option<Run>,
+}
+
 struct Bench {
     daemon: BenchDaemon,
     origin: Origin,
+    /// The peer and its CPU meter, unless `--no-peer`.
+    peer: Option<(Peer, Meter)>,
     proxy_meter: Meter,
     origin_meter: Meter,
     airlock_ca: PathBuf,
@@ -181,9 +199,18 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
     let proxy_meter = Meter::create("proxy")?;
     proxy_meter.adopt(daemon.pid())?;
     let airlock_ca = daemon.ca_path()?;
+    let peer = if args.no_peer {
+        None
+    } else {
+        let peer = Peer::start(&dir, proxy_cpu, origin.port)?;
+        let meter = Meter::create("peer")?;
+        meter.adopt(peer.pid())?;
+        Some((peer, meter))
+    };
     let bench = Bench {
         daemon,
         origin,
+        peer,
         proxy_meter,
         origin_meter,
         airlock_ca,
@@ -204,31 +231,31 @@ impl Bench {
         let pid = self.daemon.pid();
         let idle = Rss::read(pid)?;
         // Warm both paths: leaf minted, upstream pool filled, caches hot.
-        for via in [Via::Direct, Via::Airlock, Via::Relay] {
-            self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
+        for via in [Via::Direct, Via::Airlock, Via::Relay, Via::Peer] {
+            if via != Via::Peer || self.peer.is_some() {
+                self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
+            }
         }
         let wanted = |k: Kind| args.only.is_empty() || args.only.contains(&k);
         let mut rows = Vec::new();
         if wanted(Kind::Ka32) {
             let s = self.scenario("keep-alive", SMALL_PATH, args.requests, 32, true);
-            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
-            rows.push(row(&s, "requests/s", d.rps, a.rps));
-            rows.push(format!(
-                "| {} | proxy CPU per request | | {:.1} µs | |",
-                s.label(),
-                per_item(a.proxy_cpu_us, a.count)
-            ));
-            rows.push(load_row(&s, &d, &a));
-            rows.extend(latency_rows(&s, &d, &a));
+            let r = self.rounds(&s, args.rounds, Via::Airlock)?;
+            rows.push(row(&s, "requests/s", &r, |r| r.rps));
+            rows.push(cpu_row(&s, "proxy CPU per request", "µs", &r, |r| {
+                per_item(r.proxy_cpu_us, r.count)
+            }));
+            rows.push(load_row(&s, &r));
+            rows.extend(latency_rows(&s, &r));
         }
         if wanted(Kind::Ka1) {
             let s = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
-            self.pin_proxy(self.load_cpu)?;
+            self.pin_proxies(self.load_cpu)?;
             let runs = self.rounds(&s, args.rounds, Via::Airlock);
-            self.pin_proxy(self.proxy_cpu)?;
-            let (d, a) = runs?;
-            rows.push(row(&s, "requests/s", d.rps, a.rps));
-            rows.extend(latency_rows(&s, &d, &a));
+            self.pin_proxies(self.proxy_cpu)?;
+            let r = runs?;
+            rows.push(row(&s, "requests/s", &r, |r| r.rps));
+            rows.extend(latency_rows(&s, &r));
         }
         if wanted(Kind::Fresh) {
             let s = self.scenario(
@@ -238,26 +265,30 @@ impl Bench {
                 8,
                 false,
             );
-            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
-            rows.push(row(&s, "connections/s", d.rps, a.rps));
-            let origin = per_item(d.origin_cpu_us, d.count);
-            let proxy = per_item(a.proxy_cpu_us, a.count);
+            let r = self.rounds(&s, args.rounds, Via::Airlock)?;
+            rows.push(row(&s, "connections/s", &r, |r| r.rps));
+            // The origin's own CPU per connection, in the direct run, is
+            // the yardstick for what a proxy's handshakes cost.
+            let origin = per_item(r.direct.origin_cpu_us, r.direct.count);
+            let proxy = |run: &Run| per_item(run.proxy_cpu_us, run.count);
+            let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+                format!("| {:.0} µs | {:.2}x |", proxy(p), proxy(p) / origin)
+            });
             rows.push(format!(
-                "| {} | CPU per connection: origin (direct) vs Airlock | {origin:.0} µs | {proxy:.0} µs | {:.2}x |",
+                "| {} | CPU per connection: the origin's (direct column) vs the proxy's | {origin:.0} µs | {:.0} µs | {:.2}x {peer}",
                 s.label(),
-                proxy / origin
+                proxy(&r.airlock),
+                proxy(&r.airlock) / origin
             ));
         }
         if wanted(Kind::Big) {
             let s = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
-            let (d, a) = self.rounds(&s, args.rounds, Via::Airlock)?;
+            let r = self.rounds(&s, args.rounds, Via::Airlock)?;
             let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
-            rows.push(row(&s, "MiB/s", d.rps * mib, a.rps * mib));
-            rows.push(format!(
-                "| {} | proxy CPU per MiB | | {:.2} ms | |",
-                s.label(),
-                per_item(a.proxy_cpu_us, a.count) / 1000.0 / mib
-            ));
+            rows.push(row(&s, "MiB/s", &r, |r| r.rps * mib));
+            rows.push(cpu_row(&s, "proxy CPU per MiB", "ms", &r, |r| {
+                per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
+            }));
         }
         if wanted(Kind::Relay) {
             let s = self.scenario(
@@ -267,29 +298,40 @@ impl Bench {
                 32,
                 true,
             );
-            let (d, r) = self.rounds(&s, args.rounds, Via::Relay)?;
-            rows.push(row(&s, "requests/s", d.rps, r.rps));
-            rows.push(format!(
-                "| {} | proxy CPU per request (relay only) | | {:.1} µs | |",
-                s.label(),
-                per_item(r.proxy_cpu_us, r.count)
+            let r = self.rounds(&s, args.rounds, Via::Relay)?;
+            rows.push(row(&s, "requests/s", &r, |r| r.rps));
+            rows.push(cpu_row(
+                &s,
+                "proxy CPU per request (relay only)",
+                "µs",
+                &r,
+                |r| per_item(r.proxy_cpu_us, r.count),
             ));
-            rows.push(load_row(&s, &d, &r));
+            rows.push(load_row(&s, &r));
         }
         // The eBPF loader (and its parse of the kernel's BTF) runs in a
         // child process, so the daemon's own peak is set by serving.
         let after = Rss::read(pid)?;
+        let peer_rss = |field| {
+            self.peer
+                .as_ref()
+                .map(|(p, _)| status_kib(p.pid(), field).map(|kib| format!("{:.1} MiB", mib(kib))))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
         rows.push(format!(
-            "| daemon | RSS idle after start-up (VmRSS: anonymous + file) | | {} | |",
+            "| proxy | RSS idle after start-up (VmRSS: anonymous + file) | | {} | | | |",
             idle.show()
         ));
         rows.push(format!(
-            "| daemon | peak RSS (VmHWM) | | {:.1} MiB | |",
-            mib(status_kib(pid, "VmHWM")?)
+            "| proxy | peak RSS (VmHWM) | | {:.1} MiB | | {} | |",
+            mib(status_kib(pid, "VmHWM")?),
+            peer_rss("VmHWM")?
         ));
         rows.push(format!(
-            "| daemon | RSS after the runs (VmRSS: anonymous + file) | | {} | |",
-            after.show()
+            "| proxy | RSS after the runs (VmRSS: anonymous + file) | | {} | | {} | |",
+            after.show(),
+            peer_rss("VmRSS")?
         ));
 
         println!(
@@ -298,11 +340,13 @@ impl Bench {
             args.rounds
         );
         println!(
-            "oha and nginx on CPU {}, Airlock on CPU {} (CPU {} for the 1-connection rows)\n",
+            "oha and the origin on CPU {}, the proxy (Airlock, or the peer: nginx as a TLS reverse proxy) on CPU {} (CPU {} for the 1-connection rows)\n",
             self.load_cpu, self.proxy_cpu, self.load_cpu
         );
-        println!("| scenario | metric | direct | through Airlock | Airlock / direct |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| scenario | metric | direct | through Airlock | Airlock / direct | through nginx | nginx / direct |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         for r in rows {
             println!("{r}");
         }
@@ -326,36 +370,49 @@ impl Bench {
         }
     }
 
-    /// Moves every daemon thread to `cpu` (new threads inherit it).
-    fn pin_proxy(&self, cpu: u32) -> anyhow::Result<()> {
-        run_cmd(
-            Command::new(&self.taskset)
-                .args([
-                    "-a",
-                    "-p",
-                    "-c",
-                    &cpu.to_string(),
-                    &self.daemon.pid().to_string(),
-                ])
-                .stdout(Stdio::null()),
-        )
+    /// Moves every thread of the daemon and of the peer to `cpu` (new
+    /// threads inherit it).
+    fn pin_proxies(&self, cpu: u32) -> anyhow::Result<()> {
+        let peer = self.peer.as_ref().map(|(p, _)| p.pid());
+        for pid in std::iter::once(self.daemon.pid()).chain(peer) {
+            run_cmd(
+                Command::new(&self.taskset)
+                    .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+                    .stdout(Stdio::null()),
+            )?;
+        }
+        Ok(())
     }
 
-    /// `rounds` alternating runs, direct and `via`; the median of each
-    /// figure per side.
-    fn rounds(&self, s: &Scenario, rounds: u32, via: Via) -> anyhow::Result<(Run, Run)> {
-        let (mut direct, mut airlock) = (Vec::new(), Vec::new());
+    /// `rounds` alternating runs: direct, `via`, and the peer (when it
+    /// runs and `via` intercepts); the median of each figure per side.
+    fn rounds(&self, s: &Scenario, rounds: u32, via: Via) -> anyhow::Result<Sides> {
+        let with_peer = via == Via::Airlock && self.peer.is_some();
+        let (mut direct, mut airlock, mut peer) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds.max(1) {
             direct.push(self.oha(Via::Direct, s)?);
             airlock.push(self.oha(via, s)?);
+            if with_peer {
+                peer.push(self.oha(Via::Peer, s)?);
+            }
         }
-        Ok((median(&direct), median(&airlock)))
+        Ok(Sides {
+            direct: median(&direct),
+            airlock: median(&airlock),
+            peer: with_peer.then(|| median(&peer)),
+        })
     }
 
     fn oha(&self, via: Via, s: &Scenario) -> anyhow::Result<Run> {
-        let port = self.origin.port;
+        // The peer is dialled as an explicit target; the agents dial the
+        // origin and are captured.
+        let (port, dial) = match (via, &self.peer) {
+            (Via::Peer, Some((peer, _))) => (peer.port, peer.port),
+            (Via::Peer, None) => bail!("the peer is not running"),
+            _ => (self.origin.port, self.origin.port),
+        };
         let mut cmd = match via {
-            Via::Direct => Command::new(&self.taskset),
+            Via::Direct | Via::Peer => Command::new(&self.taskset),
             Via::Airlock => self.daemon.agent(AGENT, &self.taskset),
             Via::Relay => self.daemon.agent(RELAY_AGENT, &self.taskset),
         };
@@ -370,21 +427,26 @@ impl Bench {
                 "-c",
                 &s.connections.to_string(),
             ])
-            .args(["--connect-to", &format!("{HOST}:{port}:127.0.0.1:{port}")])
+            .args(["--connect-to", &format!("{HOST}:{port}:127.0.0.1:{dial}")])
             .arg("--cacert")
             .arg(match via {
-                // Passed through, the agent talks TLS with the origin itself.
-                Via::Direct | Via::Relay => &self.origin.ca,
+                // Passed through, the agent talks TLS with the origin
+                // itself; the peer serves the origin's certificate.
+                Via::Direct | Via::Relay | Via::Peer => &self.origin.ca,
                 Via::Airlock => &self.airlock_ca,
             });
         if !s.keepalive {
             cmd.arg("--disable-keepalive");
         }
-        let (proxy0, origin0) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let proxy_meter = match (via, &self.peer) {
+            (Via::Peer, Some((_, meter))) => meter,
+            _ => &self.proxy_meter,
+        };
+        let (proxy0, origin0) = (proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
         let load0 = cpu_busy_usec(self.load_cpu)?;
         let _ = std::fs::remove_file(&self.out);
         run_bounded(&mut cmd)?;
-        let (proxy1, origin1) = (self.proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
+        let (proxy1, origin1) = (proxy_meter.cpu_usec()?, self.origin_meter.cpu_usec()?);
         let load1 = cpu_busy_usec(self.load_cpu)?;
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading oha's report {}", self.out.display()))?;
@@ -421,6 +483,7 @@ impl Via {
             Via::Direct => "direct",
             Via::Airlock => "through Airlock",
             Via::Relay => "passed through Airlock",
+            Via::Peer => "through the peer",
         }
     }
 }
@@ -488,36 +551,63 @@ fn per_item(total_us: u64, count: u64) -> f64 {
     total_us as f64 / count.max(1) as f64
 }
 
-fn row(s: &Scenario, metric: &str, direct: f64, airlock: f64) -> String {
+/// A figure on each side, and the proxies' ratios to direct.
+fn row(s: &Scenario, metric: &str, r: &Sides, f: impl Fn(&Run) -> f64) -> String {
+    let direct = f(&r.direct);
+    let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+        format!("| {:.0} | {:.2}x |", f(p), f(p) / direct)
+    });
     format!(
-        "| {} | {metric} | {direct:.0} | {airlock:.0} | {:.2}x |",
+        "| {} | {metric} | {direct:.0} | {:.0} | {:.2}x {peer}",
         s.label(),
-        airlock / direct
+        f(&r.airlock),
+        f(&r.airlock) / direct
+    )
+}
+
+/// A cost of the proxy's own, which the direct run does not have.
+fn cpu_row(s: &Scenario, metric: &str, unit: &str, r: &Sides, f: impl Fn(&Run) -> f64) -> String {
+    let digits = if unit == "ms" { 2 } else { 1 };
+    let peer = r
+        .peer
+        .as_ref()
+        .map_or(String::new(), |p| format!("{:.digits$} {unit}", f(p)));
+    format!(
+        "| {} | {metric} | | {:.digits$} {unit} | | {peer} | |",
+        s.label(),
+        f(&r.airlock)
     )
 }
 
 /// What each request costs the load core. Once that core is saturated,
 /// direct / through is the most the throughput ratio can be.
-fn load_row(s: &Scenario, d: &Run, a: &Run) -> String {
-    let (dv, av) = (
-        per_item(d.load_cpu_us, d.count),
-        per_item(a.load_cpu_us, a.count),
-    );
+fn load_row(s: &Scenario, r: &Sides) -> String {
+    let per = |run: &Run| per_item(run.load_cpu_us, run.count);
+    let direct = per(&r.direct);
+    let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+        format!("| {:.1} µs | {:.2}x |", per(p), per(p) / direct)
+    });
     format!(
-        "| {} | load core (CPU of oha + nginx + their kernel work) per request | {dv:.1} µs | {av:.1} µs | {:.2}x |",
+        "| {} | load core (CPU of oha + origin + their kernel work) per request | {direct:.1} µs | {:.1} µs | {:.2}x {peer}",
         s.label(),
-        av / dv
+        per(&r.airlock),
+        per(&r.airlock) / direct
     )
 }
 
-fn latency_rows(s: &Scenario, d: &Run, a: &Run) -> Vec<String> {
-    [("p50", d.p50_us, a.p50_us), ("p99", d.p99_us, a.p99_us)]
-        .into_iter()
-        .map(|(name, dv, av)| {
+fn latency_rows(s: &Scenario, r: &Sides) -> Vec<String> {
+    let pick: [(&str, fn(&Run) -> f64); 2] = [("p50", |r| r.p50_us), ("p99", |r| r.p99_us)];
+    pick.into_iter()
+        .map(|(name, f)| {
+            let direct = f(&r.direct);
+            let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+                format!("| {:.0} µs | {:+.0} µs added |", f(p), f(p) - direct)
+            });
             format!(
-                "| {} | {name} latency | {dv:.0} µs | {av:.0} µs | {:+.0} µs added |",
+                "| {} | {name} latency | {direct:.0} µs | {:.0} µs | {:+.0} µs added {peer}",
                 s.label(),
-                av - dv
+                f(&r.airlock),
+                f(&r.airlock) - direct
             )
         })
         .collect()

@@ -4,13 +4,15 @@
 //! - `cargo xtask bench connect`: connect() inside an agent cgroup (eBPF
 //!   hooks, redirect to the proxy) against the same process outside it.
 //! - `cargo xtask bench http`: a real load generator (oha) against a
-//!   loopback HTTPS origin (nginx), directly and as an agent through Airlock.
+//!   loopback HTTPS origin (nginx), directly, as an agent through Airlock,
+//!   and through a peer (nginx as a TLS reverse proxy) on the same core.
 
 mod connect;
 mod daemon;
 mod http;
 mod meter;
 mod origin;
+mod peer;
 
 use std::path::PathBuf;
 

@@ -24,7 +24,7 @@ pub struct Origin {
     pub port: u16,
     /// The CA the origin's certificate chains to.
     pub ca: PathBuf,
-    child: Child,
+    nginx: Nginx,
 }
 
 /// CA and leaf for `HOST`, both ECDSA P-256 like Airlock's own leaves.
@@ -54,8 +54,8 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
         r#"daemon off;
 master_process off;
 worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
+pid {d}/origin.pid;
+error_log {d}/origin-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -100,36 +100,56 @@ impl Origin {
         let body: Vec<u8> = (0..BIG_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
         std::fs::write(dir.join("www").join(&BIG_PATH[1..]), body)?;
         let port = free_port()?;
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir, port))?;
+        let nginx = Nginx::start(dir, "origin", &nginx_conf(dir, port), port, cpu)?;
+        Ok(Origin {
+            port,
+            ca: dir.join("ca.pem"),
+            nginx,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.nginx.pid()
+    }
+}
+
+/// One nginx process (no master, one worker) of the benchmark's, pinned to
+/// a CPU, stopped gracefully on drop.
+pub struct Nginx {
+    child: Child,
+}
+
+impl Nginx {
+    /// Writes `conf` as `<name>.conf` in `dir` and starts nginx on it,
+    /// waiting until it listens on `port`.
+    pub fn start(dir: &Path, name: &str, conf: &str, port: u16, cpu: u32) -> anyhow::Result<Nginx> {
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, conf)?;
+        let error_log = dir.join(format!("{name}-error.log"));
         let child = Command::new("taskset")
             .args(["-c", &cpu.to_string(), "nginx", "-e"])
-            .arg(dir.join("error.log"))
+            .arg(&error_log)
             .arg("-p")
             .arg(dir)
             .arg("-c")
-            .arg(&conf)
+            .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting nginx")?;
-        let origin = Origin {
-            port,
-            ca: dir.join("ca.pem"),
-            child,
-        };
+            .with_context(|| format!("starting nginx ({name})"))?;
+        let nginx = Nginx { child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             if Instant::now() > deadline {
                 bail!(
-                    "nginx did not listen on 127.0.0.1:{port}; see {}",
-                    dir.join("error.log").display()
+                    "nginx ({name}) did not listen on 127.0.0.1:{port}; see {}",
+                    error_log.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(origin)
+        Ok(nginx)
     }
 
     /// taskset execs nginx: this is nginx's own pid.
@@ -138,7 +158,7 @@ impl Origin {
     }
 }
 
-impl Drop for Origin {
+impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-QUIT", &self.child.id().to_string()])
