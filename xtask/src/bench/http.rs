@@ -255,6 +255,9 @@ impl Bench {
             self.pin_proxies(self.proxy_cpu)?;
             let r = runs?;
             rows.push(row(&s, "requests/s", &r, |r| r.rps));
+            rows.push(cpu_row(&s, "proxy CPU per request", "µs", &r, |r| {
+                per_item(r.proxy_cpu_us, r.count)
+            }));
             rows.extend(latency_rows(&s, &r));
         }
         if wanted(Kind::Fresh) {
@@ -271,7 +274,7 @@ impl Bench {
             // the yardstick for what a proxy's handshakes cost.
             let origin = per_item(r.direct.origin_cpu_us, r.direct.count);
             let proxy = |run: &Run| per_item(run.proxy_cpu_us, run.count);
-            let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+            let peer = r.peer.as_ref().map_or(String::from("| | |"), |p| {
                 format!("| {:.0} µs | {:.2}x |", proxy(p), proxy(p) / origin)
             });
             rows.push(format!(
@@ -554,7 +557,7 @@ fn per_item(total_us: u64, count: u64) -> f64 {
 /// A figure on each side, and the proxies' ratios to direct.
 fn row(s: &Scenario, metric: &str, r: &Sides, f: impl Fn(&Run) -> f64) -> String {
     let direct = f(&r.direct);
-    let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+    let peer = r.peer.as_ref().map_or(String::from("| | |"), |p| {
         format!("| {:.0} | {:.2}x |", f(p), f(p) / direct)
     });
     format!(
@@ -584,7 +587,7 @@ fn cpu_row(s: &Scenario, metric: &str, unit: &str, r: &Sides, f: impl Fn(&Run) -
 fn load_row(s: &Scenario, r: &Sides) -> String {
     let per = |run: &Run| per_item(run.load_cpu_us, run.count);
     let direct = per(&r.direct);
-    let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+    let peer = r.peer.as_ref().map_or(String::from("| | |"), |p| {
         format!("| {:.1} µs | {:.2}x |", per(p), per(p) / direct)
     });
     format!(
@@ -600,7 +603,7 @@ fn latency_rows(s: &Scenario, r: &Sides) -> Vec<String> {
     pick.into_iter()
         .map(|(name, f)| {
             let direct = f(&r.direct);
-            let peer = r.peer.as_ref().map_or(String::from("| |"), |p| {
+            let peer = r.peer.as_ref().map_or(String::from("| | |"), |p| {
                 format!("| {:.0} µs | {:+.0} µs added |", f(p), f(p) - direct)
             });
             format!(
