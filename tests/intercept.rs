@@ -757,6 +757,127 @@ fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
     assert!(!out.status.success(), "{}", describe(&out));
 }
 
+/// A name that DNS points at this host (DNS rebinding: whoever holds a
+/// name a wildcard rule allows can point it anywhere) leads the daemon
+/// nowhere: not by interception, nor by a tunnel, nor by a `tcp:` rule.
+/// The daemon connects as root from outside the agents' cgroups, so it
+/// would reach this host's loopback services and the cloud metadata
+/// service for the agent. The same names mapped under `resolve:` (the
+/// operator's word) still reach the same servers, which shows they were
+/// reachable.
+#[test]
+fn a_name_dns_points_at_this_host_leads_the_daemon_nowhere() {
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = TlsUpstream::start(
+        dir.path(),
+        &[
+            "rebind.example.test",
+            "rebind-pt.example.test",
+            "mapped.example.test",
+            "mapped-pt.example.test",
+        ],
+    );
+    let ca = dir.keep().join("upstream-ca.pem");
+    let raw = harness::servers::TagServer::start("127.0.0.1:0", "raw tcp server");
+    let raw_mapped = harness::servers::TagServer::start("127.0.0.1:0", "mapped tcp server");
+    let (p, t, tm) = (up.port, raw.addr.port(), raw_mapped.addr.port());
+    let dns = harness::servers::FakeDns::start(
+        "127.0.0.1:0",
+        &[
+            ("rebind.example.test", [127, 0, 0, 1]),
+            ("rebind-pt.example.test", [127, 0, 0, 1]),
+            ("rebind-tcp.example.test", [127, 0, 0, 1]),
+        ],
+    );
+    let policy = format!(
+        "agent: rebind-bot\nrules:\n  - host: \"*.example.test:{p}\"\n    methods: [GET]\npassthrough:\n  - rebind-pt.example.test\n  - mapped-pt.example.test\ntcp:\n  - \"rebind-tcp.example.test:{t}\"\n  - \"mapped-tcp.example.test:{tm}\"\n"
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("rebind-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "dns_upstream: [\"{}\"]\nresolve:\n  mapped.example.test: 127.0.0.1\n  mapped-pt.example.test: 127.0.0.1\n  mapped-tcp.example.test: 127.0.0.1\nupstream_ca: [{}]\n",
+            dns.addr,
+            ca.display()
+        ),
+    });
+    let upstream_ca = harness::script(
+        &d,
+        "upstream-ca.pem",
+        &std::fs::read_to_string(&up.ca_pem).expect("upstream CA"),
+    );
+    let curl = |name: &str, trust: &str| {
+        // The agent dials the upstream's address itself: what the daemon
+        // does with the name is what is tested.
+        let script = format!(
+            "curl -sS -w '\\n%{{http_code}}\\n' {trust} --connect-to {name}:{p}:127.0.0.1:{p} https://{name}:{p}/hello"
+        );
+        let out = d.run_agent("rebind-bot", &["sh", "-c", &script]);
+        (out.status.success(), stdout(&out), describe(&out))
+    };
+
+    // Intercepted: a 502 that names the refused address and the remedy.
+    let (_, text, _) = curl("rebind.example.test", "");
+    let mut lines = text.lines();
+    let body: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not a JSON answer ({e}): {text}"));
+    assert_eq!(lines.next(), Some("502"), "{text}");
+    assert_eq!(body["reason"], "upstream_error", "{text}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("resolves only to 127.0.0.1") && detail.contains("resolve:"),
+        "{text}"
+    );
+    assert!(
+        up.seen().is_empty(),
+        "the upstream was reached: {:?}",
+        up.log_text()
+    );
+    let (ok, text, how) = curl("mapped.example.test", "");
+    assert!(ok && text.starts_with("hello from upstream"), "{how}");
+    assert_eq!(up.seen().len(), 1);
+
+    // Passed through: no tunnel, though the agent trusts the upstream's
+    // own certificate and would finish a handshake with it.
+    let trust = format!("--cacert {upstream_ca}");
+    let (ok, _, how) = curl("rebind-pt.example.test", &trust);
+    assert!(!ok, "a tunnel was made: {how}");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "the upstream was reached through a tunnel"
+    );
+    let rec = d.wait_audit("for the refused tunnel", |r| {
+        r["host"] == "rebind-pt.example.test"
+    });
+    assert_eq!(rec["action"], "error");
+    assert_eq!(rec["reason"], "resolve_failed");
+    let (ok, text, how) = curl("mapped-pt.example.test", &trust);
+    assert!(ok && text.starts_with("hello from upstream"), "{how}");
+    assert_eq!(up.seen().len(), 2);
+
+    // Raw TCP: the agent dials the address DNS gave, which no longer
+    // matches the rule's name. (It speaks first, so that a connection no
+    // rule takes is closed at once rather than after the proxy's wait
+    // for a client's first bytes.)
+    let connect = |port: u16| {
+        let script = format!(
+            "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=5)\ns.settimeout(5)\ntry:\n    s.sendall(b'hello\\n')\n    print((s.recv(100).decode().splitlines() or ['closed'])[0])\nexcept OSError as e:\n    print('error', e)\n"
+        );
+        let out = d.run_agent("rebind-bot", &[PY, "-c", &script]);
+        (stdout(&out).trim().to_owned(), describe(&out))
+    };
+    let (said, how) = connect(t);
+    // Closed, with what the agent sent unread: a reset.
+    assert!(
+        said == "closed" || said.contains("Connection reset"),
+        "{how}"
+    );
+    assert_eq!(raw.accepted(), 0, "the raw TCP server was reached");
+    let (said, how) = connect(tm);
+    assert_eq!(said, "mapped tcp server", "{how}");
+    assert_eq!(raw_mapped.accepted(), 1);
+}
+
 /// An upstream whose response head is larger than Airlock reads (64 KiB)
 /// gets the agent a 502 that says so, not a hang or a cut connection, and
 /// the next request on the daemon is served.

@@ -90,7 +90,8 @@ pub struct Config {
     /// Empty: the nameservers of /etc/resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
     /// host -> addresses, like curl --resolve: answers agents' lookups and
-    /// the proxy's own upstream connects.
+    /// the proxy's own upstream connects. The operator's word: unlike an
+    /// answer from DNS, it may name loopback or link-local addresses.
     pub resolve: BTreeMap<String, Vec<IpAddr>>,
     /// Extra PEM files trusted for upstream TLS.
     pub upstream_ca: Vec<PathBuf>,

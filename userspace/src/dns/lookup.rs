@@ -10,7 +10,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 use super::upstream::addresses;
-use super::{DnsError, Resolver, name};
+use super::{DnsError, Resolver, name, rebinding};
 
 /// Enough for every host a set of policies names; past it the entry closest
 /// to expiry goes.
@@ -77,20 +77,29 @@ impl LookupCache {
 
 impl Resolver {
     /// The daemon's own lookups (A and AAAA, merged; static map first): used
-    /// to resolve upstream hosts. IP literals are returned as they are.
+    /// to resolve upstream hosts. IP literals and the static map are taken
+    /// as they are (a policy or the operator named them); from DNS, the
+    /// addresses the daemon must never connect to are left out
+    /// (`rebinding`).
     pub async fn lookup_ip(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
         let host = name::host_name(name)?;
-        let none = || DnsError::NoAddresses { name: host.clone() };
         if let Some(addrs) = self.policy.static_answer(&host) {
             return if addrs.is_empty() {
-                Err(none())
+                Err(DnsError::NoAddresses { name: host })
             } else {
                 Ok(addrs)
             };
         }
+        let addrs = self.ask_dns(host.clone()).await?;
+        rebinding::keep_reachable(&host, addrs)
+    }
+
+    /// What DNS (or the cache of its answers) gives for `host`.
+    async fn ask_dns(&self, host: String) -> Result<Vec<IpAddr>, DnsError> {
+        let none = || DnsError::NoAddresses { name: host.clone() };
         if let Some(addrs) = self.cache.get(&host) {
             return if addrs.is_empty() {
                 Err(none())

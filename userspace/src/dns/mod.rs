@@ -11,6 +11,7 @@
 mod answer;
 mod lookup;
 mod name;
+mod rebinding;
 mod resolv_conf;
 mod server;
 mod upstream;
@@ -142,6 +143,10 @@ pub enum DnsError {
     },
     #[error("{name} has no A or AAAA records")]
     NoAddresses { name: String },
+    #[error(
+        "{name} resolves only to {addrs}, which Airlock never connects to for a name from DNS (this host, the local link, a cloud metadata service); if the name is meant to reach it, map it under resolve: in the config"
+    )]
+    OffLimits { name: String, addrs: String },
 }
 
 /// The resolver: one per daemon, shared by the UDP server, the TCP

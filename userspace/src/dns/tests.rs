@@ -217,7 +217,33 @@ fn fake_answer(request: &Message, over_tcp: bool) -> Message {
                 reply.add_answer(v4([127, 0, 1, i]));
             }
         }
-        "alias.test." | "tc.test." | "big.test." => {}
+        // For the daemon's own lookups: an answer in the documentation
+        // ranges, one that points at this host, and one that mixes both.
+        "public.test." => match qtype {
+            RecordType::A => {
+                reply.add_answer(v4([192, 0, 2, 7]));
+            }
+            RecordType::AAAA => {
+                let ip: Ipv6Addr = "2001:db8::7".parse().unwrap();
+                reply.add_answer(Record::from_rdata(owner, 300, RData::AAAA(AAAA(ip))));
+            }
+            _ => {}
+        },
+        "rebind.test." => match qtype {
+            RecordType::A => {
+                reply.add_answer(v4([169, 254, 169, 254]));
+            }
+            RecordType::AAAA => {
+                let ip: Ipv6Addr = "::ffff:127.0.0.1".parse().unwrap();
+                reply.add_answer(Record::from_rdata(owner, 300, RData::AAAA(AAAA(ip))));
+            }
+            _ => {}
+        },
+        "mixed.test." if qtype == RecordType::A => {
+            reply.add_answer(v4([127, 0, 0, 1]));
+            reply.add_answer(v4([192, 0, 2, 8]));
+        }
+        "alias.test." | "tc.test." | "big.test." | "mixed.test." => {}
         _ => {
             reply.set_response_code(ResponseCode::NXDomain);
         }
@@ -771,17 +797,14 @@ async fn lookup_ip_merges_and_caches() {
     let upstream = FakeUpstream::start().await;
     let h = start(vec![upstream.addr], PATIENCE).await;
     let expected = vec![
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)),
-        IpAddr::V6("fd00::7".parse().unwrap()),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        IpAddr::V6("2001:db8::7".parse().unwrap()),
     ];
 
-    assert_eq!(
-        h.resolver.lookup_ip("allowed.test").await.unwrap(),
-        expected
-    );
+    assert_eq!(h.resolver.lookup_ip("public.test").await.unwrap(), expected);
     assert_eq!(upstream.queries(), 2, "one A and one AAAA query");
     assert_eq!(
-        h.resolver.lookup_ip("Allowed.Test.").await.unwrap(),
+        h.resolver.lookup_ip("Public.Test.").await.unwrap(),
         expected
     );
     assert_eq!(upstream.queries(), 2, "second lookup served from cache");
@@ -811,6 +834,37 @@ async fn lookup_ip_uses_static_map_and_literals_first() {
         Err(DnsError::InvalidName { .. })
     ));
     assert_eq!(upstream.queries(), 0);
+}
+
+#[tokio::test]
+async fn lookup_ip_never_gives_this_host_or_the_link_for_a_name_from_dns() {
+    let upstream = FakeUpstream::start().await;
+    let h = start(vec![upstream.addr], PATIENCE).await;
+    // An answer of only such addresses is refused, fresh and from the cache.
+    for _ in 0..2 {
+        match h.resolver.lookup_ip("rebind.test").await {
+            Err(err @ DnsError::OffLimits { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains("169.254.169.254"), "{text}");
+                assert!(text.contains("::ffff:127.0.0.1"), "{text}");
+            }
+            other => panic!("expected OffLimits, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        upstream.queries(),
+        2,
+        "the second lookup came from the cache"
+    );
+    // The rest of a mixed answer stands.
+    assert_eq!(
+        h.resolver.lookup_ip("mixed.test").await.unwrap(),
+        vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8))]
+    );
+    // What the agent is answered is not the daemon's business here: its
+    // connects land on the proxy whatever address it dials.
+    let (reply, _) = ask_udp(h.udp_addr, &query("allowed.test.", RecordType::A)).await;
+    assert_eq!(ipv4s(&reply), vec![Ipv4Addr::new(127, 0, 0, 7)]);
 }
 
 #[tokio::test]

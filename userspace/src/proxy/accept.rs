@@ -175,7 +175,15 @@ impl Proxy {
         }
         let mut resolved = std::collections::HashMap::new();
         for host in hosts {
-            let ips = self.resolver.lookup_ip(&host).await.unwrap_or_default();
+            let ips = match self.resolver.lookup_ip(&host).await {
+                Ok(ips) => ips,
+                Err(err) => {
+                    // Among them: a name that DNS points at this host or
+                    // the local link, which matches no connection.
+                    debug!(host, error = %err, "tcp rule host not resolved");
+                    Vec::new()
+                }
+            };
             resolved.insert(host, ips);
         }
         policy

@@ -156,7 +156,12 @@ impl Intercept {
             Ok(ips) => ips
                 .first()
                 .map(|ip| std::net::SocketAddr::new(*ip, origin.dst.0.port())),
-            Err(_) => None,
+            Err(err) => {
+                // A name that DNS points at this host or the local link
+                // lands here too.
+                tracing::warn!(agent, host, error = %err, "passthrough host not resolved");
+                None
+            }
         };
         let Some(target) = target else {
             record.action = Some(Action::Error);

@@ -608,7 +608,8 @@ fn load_row(s: &Scenario, r: &Sides) -> String {
 }
 
 fn latency_rows(s: &Scenario, r: &Sides) -> Vec<String> {
-    let pick: [(&str, fn(&Run) -> f64); 2] = [("p50", |r| r.p50_us), ("p99", |r| r.p99_us)];
+    type Pick = fn(&Run) -> f64;
+    let pick: [(&str, Pick); 2] = [("p50", |r| r.p50_us), ("p99", |r| r.p99_us)];
     pick.into_iter()
         .map(|(name, f)| {
             let direct = f(&r.direct);

@@ -1,0 +1,180 @@
+//! Addresses that a name from DNS never sends the daemon to.
+//!
+//! The daemon connects upstream as root, from outside the agents' cgroups,
+//! to whatever the daemon's own lookup of an allowed name gives. Whoever
+//! controls that name's DNS (a wildcard rule's subdomain, a user-content
+//! host) can point it at this host's loopback services or at the cloud
+//! metadata service, whose answers hold the host's own credentials: the
+//! agent would reach, through Airlock, what its policy never named. So
+//! an address of this kind that comes from DNS is dropped from the answer,
+//! and a name that has no other address is refused. An operator who means
+//! a name to reach such an address maps it under `resolve:` in the config,
+//! and a policy may still name an address itself (an IP literal or CIDR).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::DnsError;
+
+/// Cloud metadata services outside the link-local range.
+const METADATA_V4: [Ipv4Addr; 1] = [
+    // Alibaba Cloud.
+    Ipv4Addr::new(100, 100, 100, 200),
+];
+const METADATA_V6: [Ipv6Addr; 1] = [
+    // AWS's instance metadata service over IPv6.
+    Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
+];
+
+/// The NAT64 well-known prefix, 64:ff9b::/96: a host behind NAT64 reaches
+/// the IPv4 address in its last 32 bits.
+const NAT64_PREFIX: [u16; 6] = [0x64, 0xff9b, 0, 0, 0, 0];
+
+/// Whether `ip`, given by DNS, is one the daemon must not connect to:
+/// this host (loopback, unspecified), the local link (where metadata
+/// services live), multicast and broadcast, or a metadata service.
+pub fn off_limits(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4_off_limits(v4),
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            if segments[..6] == NAT64_PREFIX {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return v4_off_limits(Ipv4Addr::new(a, b, c, d));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_unicast_link_local()
+                || v6.is_multicast()
+                || METADATA_V6.contains(&v6)
+        }
+    }
+}
+
+fn v4_off_limits(v4: Ipv4Addr) -> bool {
+    // 0.0.0.0/8 is "this network": connecting to 0.x reaches this host.
+    v4.octets()[0] == 0
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_multicast()
+        // 240.0.0.0/4, reserved, and the broadcast address in it.
+        || v4.octets()[0] >= 240
+        || METADATA_V4.contains(&v4)
+}
+
+/// `addrs` as DNS gave them for `name`, without those the daemon must not
+/// connect to; an error naming them when nothing else is left.
+pub(super) fn keep_reachable(name: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, DnsError> {
+    if !addrs.iter().copied().any(off_limits) {
+        return Ok(addrs);
+    }
+    let (refused, kept): (Vec<IpAddr>, Vec<IpAddr>) =
+        addrs.into_iter().partition(|ip| off_limits(*ip));
+    if kept.is_empty() {
+        return Err(DnsError::OffLimits {
+            name: name.to_owned(),
+            addrs: refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::{keep_reachable, off_limits};
+    use crate::dns::DnsError;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn this_host_the_link_and_metadata_services_are_off_limits() {
+        for text in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "0.1.2.3",
+            "169.254.169.254",
+            "169.254.0.23",
+            "100.100.100.200",
+            "224.0.0.251",
+            "239.1.2.3",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "fe80::a9fe:a9fe",
+            "ff02::1",
+            "fd00:ec2::254",
+            // IPv4 addresses written as IPv6: mapped, and through NAT64.
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(off_limits(ip(text)), "{text} should be off limits");
+        }
+    }
+
+    #[test]
+    fn public_and_private_networks_are_not() {
+        // Private networks hold legitimate internal APIs; a policy that
+        // names their hosts means them.
+        for text in [
+            "192.0.2.7",
+            "93.184.216.34",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.100.100.201",
+            "169.253.255.255",
+            "169.255.0.1",
+            "2001:db8::7",
+            "2606:4700::1111",
+            "fd00::7",
+            "fd00:ec2::253",
+            "fec0::1",
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+        ] {
+            assert!(!off_limits(ip(text)), "{text} should be reachable");
+        }
+    }
+
+    #[test]
+    fn an_answer_keeps_its_reachable_addresses_and_is_refused_without_any() {
+        let mixed = vec![
+            ip("127.0.0.1"),
+            ip("192.0.2.7"),
+            ip("::1"),
+            ip("2001:db8::7"),
+        ];
+        assert_eq!(
+            keep_reachable("mixed.test", mixed).expect("two reachable addresses"),
+            vec![ip("192.0.2.7"), ip("2001:db8::7")]
+        );
+        let clean = vec![ip("192.0.2.7")];
+        assert_eq!(
+            keep_reachable("clean.test", clean.clone()).expect("reachable"),
+            clean
+        );
+        match keep_reachable("rebind.test", vec![ip("169.254.169.254"), ip("::1")]) {
+            Err(err @ DnsError::OffLimits { .. }) => {
+                let text = err.to_string();
+                assert!(text.contains("rebind.test"), "{text}");
+                assert!(text.contains("169.254.169.254, ::1"), "{text}");
+                assert!(text.contains("resolve:"), "the fix is named: {text}");
+            }
+            other => panic!("expected OffLimits, got {other:?}"),
+        }
+    }
+}
