@@ -384,6 +384,79 @@ tcp('secret.exfil.test')
     assert_eq!(rec["action"], "deny");
 }
 
+/// A `tcp:` entry that names a host matches an address Airlock's resolver
+/// told the agent for it, even when the daemon's own lookup, a moment
+/// later, gets another (a load-balanced name answers each query in turn):
+/// the agent's connection is not refused for that. An address of the name
+/// that the agent was never told, and the daemon does not resolve, is
+/// still refused. The server is a host of the test's own, in a network
+/// namespace behind a veth pair.
+#[test]
+fn a_tcp_rule_matches_the_address_the_agent_was_told_when_answers_rotate() {
+    let ns = harness::netns::NetNs::new(71);
+    let server = ns.tag_server("ssh-like server");
+    let port = server.addr.port();
+    let dns = FakeDns::start(
+        "127.0.0.1:0",
+        &[
+            ("git.rotating.test", [198, 18, 71, 2]),
+            ("git.rotating.test", [198, 18, 71, 3]),
+        ],
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![(
+            "capture.yaml".into(),
+            capture_policy(&[format!("git.rotating.test:{port}")]),
+        )],
+        extra_config: format!("dns_upstream: [\"{}\"]\n", dns.addr),
+    });
+    let src = format!(
+        r#"
+import socket
+told = socket.gethostbyname('git.rotating.test')
+print('told', told)
+for target in [told, '198.18.71.4']:
+    try:
+        s = socket.create_connection((target, {port}), timeout=5)
+        s.settimeout(5)
+        s.sendall(b'hello\n')
+        line = (s.recv(100).decode().splitlines() or ['closed'])[0]
+    except OSError as e:
+        line = 'error ' + str(e)
+    print(target, line)
+"#
+    );
+    let out = d.run_agent_dns("capture-bot", &[PY, "-c", &src]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"told 198.18.71.2"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"198.18.71.2 ssh-like server"),
+        "the address the agent was told was refused:\n{}",
+        describe(&out)
+    );
+    let never = lines.get(2).copied().unwrap_or_default();
+    assert!(
+        never == "198.18.71.4 closed" || never.contains("Connection reset"),
+        "an address never told or resolved was let through:\n{}",
+        describe(&out)
+    );
+    assert_eq!(server.accepted(), 1);
+    // The daemon asked too, for the refused one, and got the next answer.
+    assert!(dns.queries() >= 2, "{} queries", dns.queries());
+    let rec = d.wait_audit("for the relayed connection", |r| {
+        r["dst"] == format!("198.18.71.2:{port}") && r["action"] == "allow"
+    });
+    assert_eq!(rec["rule"], format!("tcp[0] git.rotating.test:{port}"));
+    drop(ns);
+}
+
 /// An unprivileged agent can make a network namespace of its own (a user
 /// namespace grants it), listen there on the daemon's ports, and let the
 /// hooks redirect its connects to itself. That must not work: such a

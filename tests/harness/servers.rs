@@ -72,7 +72,9 @@ impl UdpSink {
 }
 
 /// A tiny authoritative DNS server: answers A queries for the names it is
-/// given, NXDOMAIN for the rest, and counts the queries it saw.
+/// given, NXDOMAIN for the rest, and counts the queries it saw. A name
+/// given more than once gets its addresses in turn, one per A query, as
+/// a load balancer's name does.
 pub struct FakeDns {
     pub addr: SocketAddr,
     pub queries: Arc<AtomicUsize>,
@@ -88,6 +90,7 @@ impl FakeDns {
         let records: Vec<(String, [u8; 4])> =
             records.iter().map(|(n, ip)| (n.to_string(), *ip)).collect();
         let (count, seen) = (queries.clone(), names_seen.clone());
+        let mut turns: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((n, peer)) = sock.recv_from(&mut buf) {
@@ -99,7 +102,19 @@ impl FakeDns {
                     s.push(name.clone());
                 }
                 let qtype = u16::from_be_bytes([buf[qend - 4], buf[qend - 3]]);
-                let found = records.iter().find(|(r, _)| r.eq_ignore_ascii_case(&name));
+                let all: Vec<&(String, [u8; 4])> = records
+                    .iter()
+                    .filter(|(r, _)| r.eq_ignore_ascii_case(&name))
+                    .collect();
+                let found = if all.is_empty() {
+                    None
+                } else if qtype == 1 {
+                    let turn = turns.entry(name.clone()).or_default();
+                    *turn += 1;
+                    Some(all[(*turn - 1) % all.len()])
+                } else {
+                    Some(all[0])
+                };
                 let mut out = Vec::with_capacity(512);
                 out.extend_from_slice(&buf[0..2]);
                 let rcode = if found.is_some() { 0 } else { 3 };

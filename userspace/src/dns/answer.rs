@@ -59,6 +59,17 @@ impl Resolver {
         };
         let name = name::query_name(query.name());
         let decision = self.decide(request, query, agent, &name).await;
+        if let (Some(agent), Ok(name), DnsOutcome::Answered) = (agent, &name, decision.outcome)
+            && !decision.addrs.is_empty()
+        {
+            self.told.remember(
+                agent,
+                name,
+                &decision.addrs,
+                decision.ttl,
+                std::time::Instant::now(),
+            );
+        }
 
         let event = DnsEvent {
             agent: agent.map(str::to_string),

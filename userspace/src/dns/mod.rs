@@ -14,6 +14,7 @@ mod name;
 mod rebinding;
 mod resolv_conf;
 mod server;
+mod told;
 mod upstream;
 
 #[cfg(test)]
@@ -155,6 +156,7 @@ pub struct Resolver {
     policy: Arc<dyn DnsPolicy>,
     upstream: upstream::Upstreams,
     cache: lookup::LookupCache,
+    told: told::Told,
     udp_slots: Arc<Semaphore>,
 }
 
@@ -169,8 +171,19 @@ impl Resolver {
             policy,
             upstream: upstream::Upstreams::new(upstreams, timeout),
             cache: lookup::LookupCache::default(),
+            told: told::Told::default(),
             udp_slots: Arc::new(Semaphore::new(UDP_MAX_IN_FLIGHT)),
         })
+    }
+}
+
+impl Resolver {
+    /// The addresses this resolver answered `agent` for `name` (lower
+    /// case, no trailing dot) from upstream DNS, while their TTL lasts:
+    /// what a `tcp:` entry naming the host matches besides the daemon's
+    /// own lookup.
+    pub fn told(&self, agent: &str, name: &str) -> Vec<IpAddr> {
+        self.told.addresses(agent, name, std::time::Instant::now())
     }
 }
 

@@ -122,7 +122,7 @@ impl Proxy {
                     .await;
                 return;
             }
-            if let Some(rule) = self.tcp_rule(&policy, origin.dst.0).await {
+            if let Some(rule) = self.tcp_rule(&agent, &policy, origin.dst.0).await {
                 self.relay(stream, &origin, &agent, rule, started).await;
                 return;
             }
@@ -158,13 +158,15 @@ impl Proxy {
     }
 
     /// A `tcp:` rule matching the original destination: CIDR entries match
-    /// directly; host entries match the addresses the daemon resolves for
-    /// them (the agent's own answer is not trusted).
-    async fn tcp_rule(&self, policy: &Policy, dst: SocketAddr) -> Option<String> {
+    /// directly; host entries match an address Airlock's resolver told
+    /// this agent for the name (within its TTL), or one the daemon
+    /// resolves the name to. What the agent resolved some other way is not
+    /// trusted.
+    async fn tcp_rule(&self, agent: &str, policy: &Policy, dst: SocketAddr) -> Option<String> {
         let asked: RefCell<Vec<String>> = RefCell::new(Vec::new());
         let first = policy.tcp_match(dst.ip(), dst.port(), &|host| {
             asked.borrow_mut().push(host.to_string());
-            Vec::new()
+            self.resolver.told(agent, host)
         });
         if let Some(m) = first {
             return Some(m.label);
