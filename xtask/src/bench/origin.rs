@@ -48,17 +48,19 @@ fn write_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+/// What every nginx of the benchmark's shares: one process, one worker,
+/// its files in `dir` under `name`, and keep-alive that outlasts any run.
+/// The `http` block is left open for the caller's directives.
+pub fn nginx_preamble(dir: &Path, name: &str) -> String {
     let d = dir.display();
     format!(
         r#"daemon off;
 master_process off;
 worker_processes 1;
-pid {d}/origin.pid;
-error_log {d}/origin-error.log warn;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
     client_body_temp_path {d}/tmp;
     proxy_temp_path {d}/tmp;
     fastcgi_temp_path {d}/tmp;
@@ -66,6 +68,15 @@ http {{
     scgi_temp_path {d}/tmp;
     keepalive_requests 10000000;
     keepalive_timeout 60s;
+"#
+    )
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    let preamble = nginx_preamble(dir, "origin");
+    format!(
+        r#"{preamble}    access_log off;
     open_file_cache max=16;
     server {{
         listen 127.0.0.1:{port} ssl http2;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::{
     daemon::free_port,
-    origin::{HOST, Nginx},
+    origin::{HOST, Nginx, nginx_preamble},
 };
 
 pub struct Peer {
@@ -37,22 +37,9 @@ impl Peer {
 
 fn conf(dir: &Path, port: u16, origin_port: u16) -> String {
     let d = dir.display();
+    let preamble = nginx_preamble(dir, "peer");
     format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/peer.pid;
-error_log {d}/peer-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {d}/peer-access.log combined buffer=64k flush=1s;
-    client_body_temp_path {d}/tmp;
-    proxy_temp_path {d}/tmp;
-    fastcgi_temp_path {d}/tmp;
-    uwsgi_temp_path {d}/tmp;
-    scgi_temp_path {d}/tmp;
-    keepalive_requests 10000000;
-    keepalive_timeout 60s;
+        r#"{preamble}    access_log {d}/peer-access.log combined buffer=64k flush=1s;
     tcp_nodelay on;
     upstream origin {{
         server 127.0.0.1:{origin_port};
