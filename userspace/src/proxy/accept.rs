@@ -206,7 +206,7 @@ impl Proxy {
         let _ = stream.set_nodelay(true);
         let mut record = self.base_record(Some(origin), Some(agent));
         record.rule = Some(rule.into());
-        match relay::connect(origin.dst.0).await {
+        match relay::connect(&[origin.dst.0]).await {
             Ok(upstream) => {
                 self.metrics.connection(agent, "allow");
                 debug!("relaying raw TCP");

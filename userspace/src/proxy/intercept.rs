@@ -152,24 +152,25 @@ impl Intercept {
         let started = std::time::Instant::now();
         let mut record = self.record(origin, agent, host);
         record.rule = Some(format!("passthrough {host}").into());
-        let target = match self.resolver.lookup_ip(host).await {
+        let targets: Vec<std::net::SocketAddr> = match self.resolver.lookup_ip(host).await {
             Ok(ips) => ips
-                .first()
-                .map(|ip| std::net::SocketAddr::new(*ip, origin.dst.0.port())),
+                .into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, origin.dst.0.port()))
+                .collect(),
             Err(err) => {
                 // A name that DNS points at this host or the local link
                 // lands here too.
                 tracing::warn!(agent, host, error = %err, "passthrough host not resolved");
-                None
+                Vec::new()
             }
         };
-        let Some(target) = target else {
+        if targets.is_empty() {
             record.action = Some(Action::Error);
             record.reason = Some("resolve_failed".into());
             self.audit.record(record);
             return;
-        };
-        match relay::connect(target).await {
+        }
+        match relay::connect(&targets).await {
             Ok(upstream) => {
                 self.metrics.connection(agent, "passthrough");
                 let (out, inn) = relay::splice(stream, upstream).await;

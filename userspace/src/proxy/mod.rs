@@ -8,6 +8,7 @@
 mod accept;
 mod body;
 mod credentials;
+mod dial;
 mod forward;
 mod headers;
 mod intercept;

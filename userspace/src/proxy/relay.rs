@@ -8,21 +8,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("connecting to {addr} timed out after {}s", CONNECT_TIMEOUT.as_secs())]
-    ConnectTimeout { addr: SocketAddr },
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addrs} timed out after {}s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { addrs: String },
+    #[error("connecting to {addrs}: {source}")]
     Connect {
-        addr: SocketAddr,
+        addrs: String,
         #[source]
         source: std::io::Error,
     },
 }
 
-pub async fn connect(addr: SocketAddr) -> Result<TcpStream, RelayError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// A connection to the first of `addrs` that accepts (`dial`).
+pub async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, RelayError> {
+    let named = || {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, super::dial::dial(addrs))
         .await
-        .map_err(|_| RelayError::ConnectTimeout { addr })?
-        .map_err(|source| RelayError::Connect { addr, source })?;
+        .map_err(|_| RelayError::ConnectTimeout { addrs: named() })?
+        .map_err(|source| RelayError::Connect {
+            addrs: named(),
+            source,
+        })?;
     // Nagle on either leg stalls small writes behind delayed ACKs.
     let _ = stream.set_nodelay(true);
     Ok(stream)

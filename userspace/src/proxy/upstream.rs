@@ -177,7 +177,7 @@ impl Connector {
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect();
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(&addrs))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, super::dial::dial(&addrs))
             .await
             .map_err(|_| ConnectError::Timeout { host: host.clone() })?
             .map_err(|source| ConnectError::Connect {
@@ -209,17 +209,6 @@ impl Connector {
             h2,
         })
     }
-}
-
-async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 pub enum Stream {
