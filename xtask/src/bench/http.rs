@@ -58,10 +58,10 @@ enum Kind {
     Fresh,
     /// 1 MiB responses.
     Big,
-    /// Keep-alive at 32 connections as `ka32`, but with the origin passed
-    /// through (TLS relayed, not terminated): what capture and a byte
-    /// relay on the other core cost, the floor under any intercepting
-    /// proxy in this layout.
+    /// Keep-alive at 32 connections as `ka32`, and 1 MiB responses as
+    /// `big`, but with the origin passed through (TLS relayed, not
+    /// terminated): what capture and a byte relay on the other core cost,
+    /// the floor under any intercepting proxy in this layout.
     Relay,
 }
 
@@ -314,6 +314,23 @@ impl Bench {
                 |r| per_item(r.proxy_cpu_us, r.count),
             ));
             rows.push(load_row(&s, &r));
+            let s = self.scenario(
+                "1 MiB responses, TLS passed through",
+                BIG_PATH,
+                args.big,
+                4,
+                true,
+            );
+            let r = self.rounds(&s, args.rounds, Via::Relay)?;
+            let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
+            rows.push(row(&s, "MiB/s", &r, |r| r.rps * mib));
+            rows.push(cpu_row(
+                &s,
+                "proxy CPU per MiB (relay only)",
+                "ms",
+                &r,
+                |r| per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib,
+            ));
         }
         // The eBPF loader (and its parse of the kernel's BTF) runs in a
         // child process, so the daemon's own peak is set by serving.
