@@ -63,6 +63,7 @@ struct RawConfig {
     approval_webhook: Option<String>,
     rotate_grace_secs: Option<u64>,
     agent_tls_resumption: Option<bool>,
+    private_upstreams_from_dns: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +108,11 @@ pub struct Config {
     /// signature on a reconnect). Benchmarks turn it off to measure full
     /// handshakes.
     pub agent_tls_resumption: bool,
+    /// A name from DNS may lead the daemon to a private network (RFC 1918,
+    /// 100.64.0.0/10, 198.18.0.0/15, fc00::/7), where internal APIs live.
+    /// `false` refuses such answers as loopback and link-local always are,
+    /// for hosts whose agents must reach only the internet.
+    pub private_upstreams_from_dns: bool,
 }
 
 impl Default for Config {
@@ -128,6 +134,7 @@ impl Default for Config {
             approval_webhook: None,
             rotate_grace_secs: 3600,
             agent_tls_resumption: true,
+            private_upstreams_from_dns: true,
         }
     }
 }
@@ -192,6 +199,7 @@ impl Config {
         take!(approval_timeout_secs);
         take!(rotate_grace_secs);
         take!(agent_tls_resumption);
+        take!(private_upstreams_from_dns);
         cfg.approval_webhook = raw.approval_webhook;
         if cfg.proxy_port == 0 {
             problems.push("proxy_port: must be 1-65535".into());
@@ -300,6 +308,16 @@ mod tests {
             panic!("expected Invalid");
         };
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn private_upstreams_from_dns_is_allowed_unless_turned_off() {
+        assert!(Config::default().private_upstreams_from_dns);
+        let cfg = parse("private_upstreams_from_dns: false\n").expect("valid config");
+        assert!(!cfg.private_upstreams_from_dns);
+        let err = parse("private_upstreams_from_dns: nope\n").expect_err("not a boolean");
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/airlock/airlock.yaml:1:"), "{text}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{
     ca::Ca,
     cgroup::{AgentIndex, CgroupTree},
     config::Config,
-    dns::{Resolver, upstreams_from_resolv_conf},
+    dns::{DnsReach, Resolver, upstreams_from_resolv_conf},
     ebpf::{ConnTable, Kernel},
     metrics::{self, Metrics},
     policy::PolicyStore,
@@ -126,7 +126,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         audit: audit.clone(),
         metrics: metrics.clone(),
     };
-    let resolver = Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT);
+    let reach = if config.private_upstreams_from_dns {
+        DnsReach::WithPrivate
+    } else {
+        DnsReach::PublicOnly
+    };
+    let resolver = Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT, reach);
 
     let approvals = Approvals::new(
         Duration::from_secs(config.approval_timeout_secs),

@@ -67,6 +67,7 @@ impl Resolver {
                 name,
                 &decision.addrs,
                 decision.ttl,
+                self.reach,
                 std::time::Instant::now(),
             );
         }

@@ -94,7 +94,7 @@ impl Resolver {
             };
         }
         let addrs = self.ask_dns(host.clone()).await?;
-        rebinding::keep_reachable(&host, addrs)
+        rebinding::keep_reachable(&host, addrs, self.reach)
     }
 
     /// What DNS (or the cache of its answers) gives for `host`.

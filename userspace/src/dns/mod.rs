@@ -30,6 +30,7 @@ use hickory_proto::error::ProtoError;
 use hickory_proto::op::ResponseCode;
 use tokio::sync::Semaphore;
 
+pub use rebinding::DnsReach;
 pub use resolv_conf::upstreams_from_resolv_conf;
 
 /// Queries handled at once on the UDP socket; past this, datagrams are
@@ -145,7 +146,7 @@ pub enum DnsError {
     #[error("{name} has no A or AAAA records")]
     NoAddresses { name: String },
     #[error(
-        "{name} resolves only to {addrs}, which Airlock never connects to for a name from DNS (this host, the local link, a cloud metadata service); if the name is meant to reach it, map it under resolve: in the config"
+        "{name} resolves only to {addrs}, which Airlock does not connect to for a name from DNS (this host, the local link, a cloud metadata service, or a private network under private_upstreams_from_dns: false); if the name is meant to reach it, map it under resolve: in the config"
     )]
     OffLimits { name: String, addrs: String },
 }
@@ -157,21 +158,25 @@ pub struct Resolver {
     upstream: upstream::Upstreams,
     cache: lookup::LookupCache,
     told: told::Told,
+    reach: DnsReach,
     udp_slots: Arc<Semaphore>,
 }
 
 impl Resolver {
     /// `timeout` bounds each try against one upstream server.
+    /// `reach`: which networks a name from DNS may lead the daemon to.
     pub fn new(
         policy: Arc<dyn DnsPolicy>,
         upstreams: Vec<SocketAddr>,
         timeout: Duration,
+        reach: DnsReach,
     ) -> Arc<Self> {
         Arc::new(Self {
             policy,
             upstream: upstream::Upstreams::new(upstreams, timeout),
             cache: lookup::LookupCache::default(),
             told: told::Told::default(),
+            reach,
             udp_slots: Arc::new(Semaphore::new(UDP_MAX_IN_FLIGHT)),
         })
     }

@@ -10,10 +10,26 @@
 //! and a name that has no other address is refused. An operator who means
 //! a name to reach such an address maps it under `resolve:` in the config,
 //! and a policy may still name an address itself (an IP literal or CIDR).
+//!
+//! Private networks are reachable from DNS by default, since internal
+//! APIs live there; `private_upstreams_from_dns: false` in the config
+//! refuses them the same way, for hosts whose agents must reach only the
+//! internet.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::DnsError;
+
+/// Which networks, besides the ones never allowed, a name from DNS may
+/// lead the daemon to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsReach {
+    /// Public and private networks (the default).
+    #[default]
+    WithPrivate,
+    /// Public networks only.
+    PublicOnly,
+}
 
 /// Cloud metadata services outside the link-local range.
 const METADATA_V4: [Ipv4Addr; 1] = [
@@ -31,45 +47,60 @@ const NAT64_PREFIX: [u16; 6] = [0x64, 0xff9b, 0, 0, 0, 0];
 
 /// Whether `ip`, given by DNS, is one the daemon must not connect to:
 /// this host (loopback, unspecified), the local link (where metadata
-/// services live), multicast and broadcast, or a metadata service.
-pub fn off_limits(ip: IpAddr) -> bool {
+/// services live), multicast and broadcast, a metadata service, and with
+/// `DnsReach::PublicOnly` a private network.
+pub fn off_limits(ip: IpAddr, reach: DnsReach) -> bool {
+    let private_too = reach == DnsReach::PublicOnly;
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4_off_limits(v4),
+        IpAddr::V4(v4) => v4_off_limits(v4, private_too),
         IpAddr::V6(v6) => {
             let segments = v6.segments();
             if segments[..6] == NAT64_PREFIX {
                 let [a, b] = segments[6].to_be_bytes();
                 let [c, d] = segments[7].to_be_bytes();
-                return v4_off_limits(Ipv4Addr::new(a, b, c, d));
+                return v4_off_limits(Ipv4Addr::new(a, b, c, d), private_too);
             }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_unicast_link_local()
                 || v6.is_multicast()
                 || METADATA_V6.contains(&v6)
+                // fc00::/7 (unique local) and fec0::/10 (the old site-local).
+                || (private_too && (v6.is_unique_local() || segments[0] & 0xffc0 == 0xfec0))
         }
     }
 }
 
-fn v4_off_limits(v4: Ipv4Addr) -> bool {
+fn v4_off_limits(v4: Ipv4Addr, private_too: bool) -> bool {
+    let [a, b, ..] = v4.octets();
     // 0.0.0.0/8 is "this network": connecting to 0.x reaches this host.
-    v4.octets()[0] == 0
+    a == 0
         || v4.is_loopback()
         || v4.is_link_local()
         || v4.is_multicast()
         // 240.0.0.0/4, reserved, and the broadcast address in it.
-        || v4.octets()[0] >= 240
+        || a >= 240
         || METADATA_V4.contains(&v4)
+        || (private_too
+            && (v4.is_private()
+                // 100.64.0.0/10, carrier-grade NAT's shared space.
+                || (a == 100 && b & 0xc0 == 64)
+                // 198.18.0.0/15, set aside for benchmarking networks.
+                || (a == 198 && b & 0xfe == 18)))
 }
 
 /// `addrs` as DNS gave them for `name`, without those the daemon must not
 /// connect to; an error naming them when nothing else is left.
-pub(super) fn keep_reachable(name: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, DnsError> {
-    if !addrs.iter().copied().any(off_limits) {
+pub(super) fn keep_reachable(
+    name: &str,
+    addrs: Vec<IpAddr>,
+    reach: DnsReach,
+) -> Result<Vec<IpAddr>, DnsError> {
+    if !addrs.iter().any(|ip| off_limits(*ip, reach)) {
         return Ok(addrs);
     }
     let (refused, kept): (Vec<IpAddr>, Vec<IpAddr>) =
-        addrs.into_iter().partition(|ip| off_limits(*ip));
+        addrs.into_iter().partition(|ip| off_limits(*ip, reach));
     if kept.is_empty() {
         return Err(DnsError::OffLimits {
             name: name.to_owned(),
@@ -87,7 +118,7 @@ pub(super) fn keep_reachable(name: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAdd
 mod tests {
     use std::net::IpAddr;
 
-    use super::{keep_reachable, off_limits};
+    use super::{DnsReach, keep_reachable, off_limits};
     use crate::dns::DnsError;
 
     fn ip(text: &str) -> IpAddr {
@@ -120,7 +151,9 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::7f00:1",
         ] {
-            assert!(off_limits(ip(text)), "{text} should be off limits");
+            for reach in [DnsReach::WithPrivate, DnsReach::PublicOnly] {
+                assert!(off_limits(ip(text), reach), "{text} should be off limits");
+            }
         }
     }
 
@@ -146,7 +179,47 @@ mod tests {
             "::ffff:93.184.216.34",
             "64:ff9b::5db8:d822",
         ] {
-            assert!(!off_limits(ip(text)), "{text} should be reachable");
+            assert!(
+                !off_limits(ip(text), DnsReach::WithPrivate),
+                "{text} should be reachable"
+            );
+        }
+    }
+
+    #[test]
+    fn public_only_refuses_private_networks_too() {
+        for text in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "198.18.0.1",
+            "198.19.255.255",
+            "fd00::7",
+            "fc00::1",
+            "fec0::1",
+            "::ffff:10.1.2.3",
+            "64:ff9b::a01:203",
+        ] {
+            assert!(
+                off_limits(ip(text), DnsReach::PublicOnly),
+                "{text} should be off limits with public_only"
+            );
+        }
+        for text in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "fe00::1",
+        ] {
+            assert!(
+                !off_limits(ip(text), DnsReach::PublicOnly),
+                "{text} should be reachable with public_only"
+            );
         }
     }
 
@@ -159,15 +232,20 @@ mod tests {
             ip("2001:db8::7"),
         ];
         assert_eq!(
-            keep_reachable("mixed.test", mixed).expect("two reachable addresses"),
+            keep_reachable("mixed.test", mixed, DnsReach::WithPrivate)
+                .expect("two reachable addresses"),
             vec![ip("192.0.2.7"), ip("2001:db8::7")]
         );
         let clean = vec![ip("192.0.2.7")];
         assert_eq!(
-            keep_reachable("clean.test", clean.clone()).expect("reachable"),
+            keep_reachable("clean.test", clean.clone(), DnsReach::WithPrivate).expect("reachable"),
             clean
         );
-        match keep_reachable("rebind.test", vec![ip("169.254.169.254"), ip("::1")]) {
+        match keep_reachable(
+            "rebind.test",
+            vec![ip("169.254.169.254"), ip("::1")],
+            DnsReach::WithPrivate,
+        ) {
             Err(err @ DnsError::OffLimits { .. }) => {
                 let text = err.to_string();
                 assert!(text.contains("rebind.test"), "{text}");

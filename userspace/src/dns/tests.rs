@@ -281,11 +281,16 @@ impl Drop for Harness {
 }
 
 async fn start(upstreams: Vec<SocketAddr>, timeout: Duration) -> Harness {
+    start_reaching(upstreams, timeout, DnsReach::WithPrivate).await
+}
+
+async fn start_reaching(upstreams: Vec<SocketAddr>, timeout: Duration, reach: DnsReach) -> Harness {
     let policy = Arc::new(FakePolicy::standard());
     let resolver = Resolver::new(
         Arc::clone(&policy) as Arc<dyn DnsPolicy>,
         upstreams,
         timeout,
+        reach,
     );
     let socket = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     let udp_addr = socket.local_addr().unwrap();
@@ -865,6 +870,35 @@ async fn lookup_ip_never_gives_this_host_or_the_link_for_a_name_from_dns() {
     // connects land on the proxy whatever address it dials.
     let (reply, _) = ask_udp(h.udp_addr, &query("allowed.test.", RecordType::A)).await;
     assert_eq!(ipv4s(&reply), vec![Ipv4Addr::new(127, 0, 0, 7)]);
+}
+
+#[tokio::test]
+async fn lookup_ip_public_only_refuses_private_networks_from_dns_alone() {
+    let upstream = FakeUpstream::start().await;
+    let h = start_reaching(vec![upstream.addr], PATIENCE, DnsReach::PublicOnly).await;
+    // allowed.test answers 127.0.0.7 and fd00::7 (unique local).
+    assert!(matches!(
+        h.resolver.lookup_ip("allowed.test").await,
+        Err(DnsError::OffLimits { .. })
+    ));
+    assert_eq!(
+        h.resolver.lookup_ip("public.test").await.unwrap(),
+        vec![
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            IpAddr::V6("2001:db8::7".parse().unwrap()),
+        ]
+    );
+    // The operator's static map still names private addresses.
+    assert_eq!(
+        h.resolver.lookup_ip("static.test").await.unwrap(),
+        h.policy.statics["static.test"]
+    );
+    // The default reaches the unique-local address.
+    let h = start(vec![upstream.addr], PATIENCE).await;
+    assert_eq!(
+        h.resolver.lookup_ip("allowed.test").await.unwrap(),
+        vec![IpAddr::V6("fd00::7".parse().unwrap())]
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::rebinding;
+use super::rebinding::{self, DnsReach};
 
 /// Names remembered across all agents; past it, what expires first goes.
 const MAX_NAMES: usize = 4096;
@@ -49,13 +49,14 @@ impl Told {
         name: &str,
         addrs: &[IpAddr],
         ttl: u32,
+        reach: DnsReach,
         now: Instant,
     ) {
         let keep = Duration::from_secs(u64::from(ttl)).clamp(MIN_KEEP, MAX_KEEP);
         let fresh: Vec<IpAddr> = addrs
             .iter()
             .copied()
-            .filter(|ip| !rebinding::off_limits(*ip))
+            .filter(|ip| !rebinding::off_limits(*ip, reach))
             .collect();
         if fresh.is_empty() {
             return;
@@ -110,7 +111,9 @@ mod tests {
         time::{Duration, Instant},
     };
 
-    use super::{MAX_ADDRS_PER_NAME, MAX_NAMES, MIN_KEEP, Told};
+    use super::{DnsReach, MAX_ADDRS_PER_NAME, MAX_NAMES, MIN_KEEP, Told};
+
+    const ANY: DnsReach = DnsReach::WithPrivate;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("an address")
@@ -125,6 +128,7 @@ mod tests {
             "git.test",
             &[ip("192.0.2.1"), ip("2001:db8::1")],
             120,
+            ANY,
             t0,
         );
         assert_eq!(
@@ -144,12 +148,13 @@ mod tests {
     fn answers_that_rotate_accumulate_and_a_short_ttl_still_serves_the_connect() {
         let told = Told::default();
         let t0 = Instant::now();
-        told.remember("a", "lb.test", &[ip("192.0.2.1")], 0, t0);
+        told.remember("a", "lb.test", &[ip("192.0.2.1")], 0, ANY, t0);
         told.remember(
             "a",
             "lb.test",
             &[ip("192.0.2.2")],
             0,
+            ANY,
             t0 + Duration::from_secs(5),
         );
         assert_eq!(
@@ -162,6 +167,7 @@ mod tests {
             "lb.test",
             &[ip("192.0.2.1")],
             0,
+            ANY,
             t0 + Duration::from_secs(20),
         );
         assert_eq!(
@@ -183,6 +189,7 @@ mod tests {
                 ip("::ffff:127.0.0.1"),
             ],
             300,
+            ANY,
             t0,
         );
         assert!(told.addresses("a", "rebind.test", t0).is_empty());
@@ -191,9 +198,21 @@ mod tests {
             "mixed.test",
             &[ip("127.0.0.1"), ip("192.0.2.9")],
             300,
+            ANY,
             t0,
         );
         assert_eq!(told.addresses("a", "mixed.test", t0), vec![ip("192.0.2.9")]);
+    }
+
+    #[test]
+    fn public_only_keeps_private_networks_out_too() {
+        let told = Told::default();
+        let t0 = Instant::now();
+        let answer = [ip("10.1.2.3"), ip("192.0.2.9")];
+        told.remember("a", "corp.test", &answer, 300, DnsReach::PublicOnly, t0);
+        assert_eq!(told.addresses("a", "corp.test", t0), vec![ip("192.0.2.9")]);
+        told.remember("a", "corp2.test", &answer, 300, ANY, t0);
+        assert_eq!(told.addresses("a", "corp2.test", t0), answer.to_vec());
     }
 
     #[test]
@@ -201,12 +220,12 @@ mod tests {
         let told = Told::default();
         let t0 = Instant::now();
         for i in 0..MAX_NAMES + 10 {
-            told.remember("a", &format!("n{i}.test"), &[ip("192.0.2.1")], 60, t0);
+            told.remember("a", &format!("n{i}.test"), &[ip("192.0.2.1")], 60, ANY, t0);
         }
         let names = told.entries.lock().expect("lock").len();
         assert_eq!(names, MAX_NAMES);
         let many: Vec<IpAddr> = (0..=255u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
-        told.remember("a", "big.test", &many, 60, t0);
+        told.remember("a", "big.test", &many, 60, ANY, t0);
         let kept = told.addresses("a", "big.test", t0);
         assert_eq!(kept.len(), MAX_ADDRS_PER_NAME);
         assert_eq!(kept.last(), Some(&ip("192.0.2.255")), "the newest stay");
