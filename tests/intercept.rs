@@ -1142,6 +1142,83 @@ setTimeout(() => {{ console.log('timed out', got.length); process.exit(1); }}, 1
     assert_no_secret("daemon log", &d.log_text());
 }
 
+/// A reload that takes a permission away applies to the next request on
+/// a connection opened before it: agents keep connections open for a
+/// long time (LLM clients, SDKs with pools), and a revocation that waited
+/// for them to reconnect would not be one.
+#[test]
+fn a_reload_that_takes_a_path_away_stops_it_on_an_open_connection() {
+    let Setup { d, up } = setup("");
+    let flag = d.dir.path().join("policy-changed");
+    let src = format!(
+        r#"
+import http.client, os, ssl, sys, time
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+conn = http.client.HTTPSConnection('api.example.test', {port}, context=ctx, timeout=10)
+def get():
+    conn.request('GET', '/hello')
+    r = conn.getresponse()
+    r.read()
+    return r.status, conn.sock.getsockname()
+first, before = get()
+print('first', first, flush=True)
+deadline = time.time() + 30
+while not os.path.exists('{flag}'):
+    if time.time() > deadline:
+        print('the test never changed the policy')
+        sys.exit(1)
+    time.sleep(0.05)
+second, after = get()
+print('second', second, 'same connection' if before == after else 'another connection')
+"#,
+        port = up.port,
+        flag = flag.display()
+    );
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    std::thread::scope(|scope| {
+        let agent = scope.spawn(|| d.run_agent_dns("web-bot", &[PY, "-c", &src]));
+        d.wait_audit("for the first request", |r| {
+            r["path"] == "/hello" && r["status"] == 200
+        });
+        let path = d.policy_dir.join("web-bot.yaml");
+        let policy = std::fs::read_to_string(&path).expect("policy");
+        std::fs::write(&path, policy.replace("\"/hello\", ", "")).expect("edit");
+        // A new connection sees the new policy first: then it is in force.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = d.run_agent_dns(
+                "web-bot",
+                &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+            );
+            if stdout(&out) == "403" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the edited policy never took effect: {}",
+                describe(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let hellos = || up.seen().iter().filter(|s| s.path == "/hello").count();
+        let reached = hellos();
+        std::fs::write(&flag, "").expect("flag");
+        harness::set_mode(&flag, 0o644);
+        let out = agent.join().expect("the agent's thread");
+        assert_eq!(
+            stdout(&out),
+            "first 200\nsecond 403 same connection\n",
+            "{}",
+            describe(&out)
+        );
+        assert_eq!(
+            hellos(),
+            reached,
+            "a request the new policy denies reached the upstream"
+        );
+    });
+}
+
 #[test]
 fn a_policy_typo_leaves_the_old_policy_in_force() {
     let Setup { d, up } = setup("");

@@ -137,7 +137,7 @@ impl Proxy {
                 FirstBytes::Http => {
                     self.intercept
                         .clone()
-                        .serve_plain(stream, origin, agent, policy)
+                        .serve_plain(stream, origin, agent)
                         .await;
                 }
                 FirstBytes::Other | FirstBytes::Silent => {

@@ -35,7 +35,7 @@ use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
     audit::{Action, Audit, AuditRecord},
     creds::{self, SwapError, Swapped},
-    policy::{HttpDecision, Policy},
+    policy::HttpDecision,
 };
 
 /// Streaming APIs (LLMs) may think for a while before the first byte.
@@ -47,7 +47,6 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-airlock-request
 pub struct ConnCtx {
     pub agent: Arc<str>,
     pub origin: Origin,
-    pub policy: Arc<Policy>,
     /// The SNI (or, without one, the dialled address) for TLS; None for
     /// plain HTTP, where each request's Host names it.
     pub tls_host: Option<Arc<str>>,
@@ -60,16 +59,10 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(
-        agent: Arc<str>,
-        origin: Origin,
-        policy: Arc<Policy>,
-        tls_host: Option<String>,
-    ) -> ConnCtx {
+    pub fn new(agent: Arc<str>, origin: Origin, tls_host: Option<String>) -> ConnCtx {
         let port = origin.dst.0.port();
         ConnCtx {
             agent,
-            policy,
             tls_authority: tls_host
                 .as_deref()
                 .and_then(|host| authority(host, port).ok()),
@@ -244,10 +237,16 @@ impl Intercept {
         record: &mut AuditRecord,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let allowed = match ctx
-            .policy
-            .decide_http(host, ctx.port, method, path.as_str())
-        {
+        // The policy in force now, not the version the connection opened
+        // under: a rule a reload took away must stop the next request on a
+        // keep-alive connection too, and a policy removed stops them all.
+        let Some(policy) = self.policies.get(&ctx.agent) else {
+            return Err(ProxyError::Denied {
+                reason: "no_policy",
+                rule: None,
+            });
+        };
+        let allowed = match policy.decide_http(host, ctx.port, method, path.as_str()) {
             HttpDecision::Allow(a) => a,
             HttpDecision::Deny(d) => {
                 return Err(ProxyError::Denied {

@@ -113,19 +113,15 @@ impl Intercept {
             }
         };
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(agent, origin, policy, Some(host)));
+        let ctx = Arc::new(ConnCtx::new(agent, origin, Some(host)));
         self.serve_http_conn(TokioIo::new(tls), ctx).await;
     }
 
-    pub async fn serve_plain(
-        self: Arc<Self>,
-        stream: TcpStream,
-        origin: Origin,
-        agent: Arc<str>,
-        policy: Arc<Policy>,
-    ) {
+    /// Plain HTTP: each request's Host names the host, and each is judged
+    /// by the agent's policy in force when it comes.
+    pub async fn serve_plain(self: Arc<Self>, stream: TcpStream, origin: Origin, agent: Arc<str>) {
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(agent, origin, policy, None));
+        let ctx = Arc::new(ConnCtx::new(agent, origin, None));
         self.serve_http_conn(TokioIo::new(stream), ctx).await;
     }
 
