@@ -1219,6 +1219,141 @@ print('second', second, 'same connection' if before == after else 'another conne
     });
 }
 
+/// Tunnels outlive the decision that let them through: a reload that no
+/// longer passes the host through, or drops the `tcp:` entry, closes the
+/// tunnels already open under it, and says so in the audit log.
+#[test]
+fn a_reload_that_takes_a_tunnel_away_closes_the_open_ones() {
+    let raw = harness::servers::TagServer::start("127.0.0.1:0", "raw tcp server");
+    let t = raw.addr.port();
+    let Setup { d, up } = setup(&format!(
+        "passthrough:\n  - \"pinned.example.test\"\ntcp:\n  - \"127.0.0.1/32:{t}\"\n"
+    ));
+    let ca = harness::script(
+        &d,
+        "upstream-ca.pem",
+        &std::fs::read_to_string(&up.ca_pem).expect("upstream CA"),
+    );
+    let flag = d.dir.path().join("policy-changed");
+    let src = format!(
+        r#"
+import os, socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile='{ca}')
+tls = ctx.wrap_socket(socket.create_connection(('pinned.example.test', {p}), timeout=10),
+                      server_hostname='pinned.example.test')
+def get():
+    tls.sendall(b'GET /hello HTTP/1.1\r\nHost: pinned.example.test\r\n\r\n')
+    data = b''
+    while b'hello from upstream' not in data:
+        chunk = tls.recv(4096)
+        if not chunk:
+            return 'closed'
+        data += chunk
+    return data.split(b'\r\n')[0].decode()
+raw = socket.create_connection(('127.0.0.1', {t}), timeout=10)
+print('tunnel', get())
+print('tcp', raw.recv(100).decode().strip(), flush=True)
+deadline = time.time() + 30
+while not os.path.exists('{flag}'):
+    if time.time() > deadline:
+        print('the test never changed the policy')
+        sys.exit(1)
+    time.sleep(0.05)
+try:
+    print('tunnel after', get())
+except OSError as e:
+    print('tunnel after closed', type(e).__name__)
+try:
+    raw.sendall(b'ping\n')
+    print('tcp after', raw.recv(100).decode().strip() or 'closed')
+except OSError as e:
+    print('tcp after closed', type(e).__name__)
+"#,
+        p = up.port,
+        flag = flag.display()
+    );
+    let path = d.policy_dir.join("web-bot.yaml");
+    std::thread::scope(|scope| {
+        let agent = scope.spawn(|| d.run_agent_dns("web-bot", &[PY, "-c", &src]));
+        // Both tunnels are open and have carried something.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(raw.accepted() == 1 && up.seen().iter().any(|s| s.path == "/hello")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent's tunnels never opened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let policy = std::fs::read_to_string(&path).expect("policy");
+        let cut = policy
+            .replace("passthrough:\n  - \"pinned.example.test\"\n", "")
+            .replace(&format!("tcp:\n  - \"127.0.0.1/32:{t}\"\n"), "");
+        assert_ne!(cut, policy, "the edit changed nothing");
+        std::fs::write(&path, cut).expect("edit");
+        // In force once a new raw connection is refused.
+        let probe = format!(
+            "import socket\ns = socket.create_connection(('127.0.0.1', {t}), timeout=5)\ns.settimeout(5)\ntry:\n    s.sendall(b'x\\n')\n    print(s.recv(100).decode().strip() or 'closed')\nexcept OSError:\n    print('closed')\n"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = d.run_agent("web-bot", &[PY, "-c", &probe]);
+            if stdout(&out).trim() == "closed" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the edited policy never took effect: {}",
+                describe(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::fs::write(&flag, "").expect("flag");
+        harness::set_mode(&flag, 0o644);
+        let out = agent.join().expect("the agent's thread");
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.first(),
+            Some(&"tunnel HTTP/1.1 200 OK"),
+            "{}",
+            describe(&out)
+        );
+        assert_eq!(
+            lines.get(1),
+            Some(&"tcp raw tcp server"),
+            "{}",
+            describe(&out)
+        );
+        assert!(
+            lines
+                .get(2)
+                .is_some_and(|l| l.starts_with("tunnel after closed")),
+            "the passthrough tunnel outlived its permission:\n{}",
+            describe(&out)
+        );
+        assert!(
+            lines
+                .get(3)
+                .is_some_and(|l| l.starts_with("tcp after closed")),
+            "the tcp: tunnel outlived its permission:\n{}",
+            describe(&out)
+        );
+    });
+    for (what, rule) in [
+        ("passthrough", "passthrough pinned.example.test".to_owned()),
+        ("tcp", format!("tcp[0] 127.0.0.1/32:{t}")),
+    ] {
+        let rec = d.wait_audit(&format!("for the {what} tunnel's end"), |r| {
+            r["rule"] == rule.as_str() && r["reason"] == "policy_revoked"
+        });
+        assert_eq!(rec["action"], "deny", "{rec}");
+        // What crossed before the cut is counted.
+        let crossed =
+            rec["bytes_out"].as_u64().unwrap_or(0) + rec["bytes_in"].as_u64().unwrap_or(0);
+        assert!(crossed > 0, "{rec}");
+    }
+}
+
 #[test]
 fn a_policy_typo_leaves_the_old_policy_in_force() {
     let Setup { d, up } = setup("");

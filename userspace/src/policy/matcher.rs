@@ -61,6 +61,10 @@ impl DenyReason {
 pub struct TcpMatch {
     /// `tcp[0] github.com:22`.
     pub label: String,
+    /// What the entry names, to find it again in a later version of the
+    /// policy, wherever it stands there.
+    target: TcpTarget,
+    port: u16,
 }
 
 impl Policy {
@@ -136,7 +140,17 @@ impl Policy {
             })
             .map(|entry| TcpMatch {
                 label: entry.label.clone(),
+                target: entry.target.clone(),
+                port: entry.port,
             })
+    }
+
+    /// Whether this version of the policy still has the `tcp:` entry that
+    /// `matched` came from: the same target and port.
+    pub fn keeps_tcp(&self, matched: &TcpMatch) -> bool {
+        self.tcp
+            .iter()
+            .any(|entry| entry.port == matched.port && entry.target == matched.target)
     }
 
     /// Whether a TLS connection with this SNI is tunnelled uninspected.

@@ -23,9 +23,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use error::{PolicyError, PolicyErrors};
-pub use matcher::HttpDecision;
 #[cfg(test)]
-use matcher::{Allowed, Denied, DenyReason, TcpMatch};
+use matcher::{Allowed, Denied, DenyReason};
+pub use matcher::{HttpDecision, TcpMatch};
 pub use model::{EnvValue, Policy};
 #[cfg(test)]
 use model::{RateLimit, RuleId};

@@ -20,6 +20,9 @@ pub struct PolicyStore {
     dir: PathBuf,
     state: RwLock<State>,
     metrics: Arc<Metrics>,
+    /// Bumped after every reload, for what outlives a decision (tunnels,
+    /// WebSockets) to check it again.
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -43,6 +46,7 @@ impl PolicyStore {
             dir: dir.to_path_buf(),
             state: RwLock::new(State::default()),
             metrics,
+            reloaded: tokio::sync::watch::Sender::new(0),
         });
         store.reload();
         store
@@ -50,6 +54,26 @@ impl PolicyStore {
 
     pub fn get(&self, agent: &str) -> Option<Arc<Policy>> {
         self.state.read().ok()?.by_agent.get(agent).cloned()
+    }
+
+    /// Returns once `agent`'s policy in force no longer passes `allows`
+    /// (or the agent has none): checked at once, then after every
+    /// reload. A connection that outlives the decision that let it
+    /// through (a tunnel, a WebSocket) races its relay against this, so
+    /// that a permission taken away ends it too.
+    pub async fn revoked(&self, agent: &str, allows: impl Fn(&Policy) -> bool) {
+        // Subscribed before the first check: a reload between the two is
+        // seen by the wait below.
+        let mut reloads = self.reloaded.subscribe();
+        loop {
+            if !self.get(agent).is_some_and(|policy| allows(&policy)) {
+                return;
+            }
+            if reloads.changed().await.is_err() {
+                // The store is gone with the daemon: nothing changes now.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Whether a rule with credentials, in any agent's policy in force,
@@ -126,6 +150,8 @@ impl PolicyStore {
         }
         next.secret_hosts = SecretHosts::build(next.by_agent.values().map(|p| &**p));
         *state = next;
+        drop(state);
+        self.reloaded.send_modify(|generation| *generation += 1);
     }
 
     fn reject(&self, path: &Path, msg: String, next: &mut State) {
@@ -239,6 +265,50 @@ mod tests {
         assert!(store.holds_secrets("api.example.com", 443));
         assert!(!store.holds_secrets("api.example.com", 8443));
         assert!(!store.holds_secrets("log.example.net", 443));
+    }
+
+    #[tokio::test]
+    async fn revoked_returns_once_a_reload_takes_the_permission_away() {
+        use std::time::Duration;
+        use tokio::time::timeout;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "reader.yaml", READS);
+        let store = store(dir.path());
+        let reads_the_log = |policy: &crate::policy::Policy| {
+            matches!(
+                policy.decide_http("log.example.net", 443, "GET", "/"),
+                HttpDecision::Allow(_)
+            )
+        };
+        let wait = store.revoked("reader", reads_the_log);
+        tokio::pin!(wait);
+        // Allowed: it waits, also across a reload that changes nothing.
+        assert!(
+            timeout(Duration::from_millis(100), &mut wait)
+                .await
+                .is_err()
+        );
+        store.reload();
+        assert!(
+            timeout(Duration::from_millis(100), &mut wait)
+                .await
+                .is_err()
+        );
+        // A reload that takes the host away ends the wait.
+        write(
+            dir.path(),
+            "reader.yaml",
+            "agent: reader\nrules:\n  - host: api.example.com\n",
+        );
+        store.reload();
+        timeout(Duration::from_secs(5), &mut wait)
+            .await
+            .expect("revoked after the reload");
+        // An agent with no policy has nothing to keep.
+        timeout(Duration::from_secs(1), store.revoked("nobody", |_| true))
+            .await
+            .expect("no policy, no permission");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument as _, debug, info_span, warn};
+use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::{
     orig_dst::{ClientAddr, Origin},
@@ -21,7 +21,7 @@ use crate::{
     dns::Resolver,
     ebpf::ConnTable,
     metrics::Metrics,
-    policy::{Policy, PolicyStore},
+    policy::{Policy, PolicyStore, TcpMatch},
 };
 
 /// Everything a captured connection needs, shared by all of them.
@@ -122,8 +122,8 @@ impl Proxy {
                     .await;
                 return;
             }
-            if let Some(rule) = self.tcp_rule(&agent, &policy, origin.dst.0).await {
-                self.relay(stream, &origin, &agent, rule, started).await;
+            if let Some(matched) = self.tcp_rule(&agent, &policy, origin.dst.0).await {
+                self.relay(stream, &origin, &agent, matched, started).await;
                 return;
             }
             let _ = stream.set_nodelay(true);
@@ -162,14 +162,14 @@ impl Proxy {
     /// this agent for the name (within its TTL), or one the daemon
     /// resolves the name to. What the agent resolved some other way is not
     /// trusted.
-    async fn tcp_rule(&self, agent: &str, policy: &Policy, dst: SocketAddr) -> Option<String> {
+    async fn tcp_rule(&self, agent: &str, policy: &Policy, dst: SocketAddr) -> Option<TcpMatch> {
         let asked: RefCell<Vec<String>> = RefCell::new(Vec::new());
         let first = policy.tcp_match(dst.ip(), dst.port(), &|host| {
             asked.borrow_mut().push(host.to_string());
             self.resolver.told(agent, host)
         });
-        if let Some(m) = first {
-            return Some(m.label);
+        if first.is_some() {
+            return first;
         }
         let hosts = asked.into_inner();
         if hosts.is_empty() {
@@ -188,11 +188,9 @@ impl Proxy {
             };
             resolved.insert(host, ips);
         }
-        policy
-            .tcp_match(dst.ip(), dst.port(), &|host| {
-                resolved.get(host).cloned().unwrap_or_default()
-            })
-            .map(|m| m.label)
+        policy.tcp_match(dst.ip(), dst.port(), &|host| {
+            resolved.get(host).cloned().unwrap_or_default()
+        })
     }
 
     async fn relay(
@@ -200,20 +198,30 @@ impl Proxy {
         stream: TcpStream,
         origin: &Origin,
         agent: &str,
-        rule: String,
+        matched: TcpMatch,
         started: Instant,
     ) {
         let _ = stream.set_nodelay(true);
         let mut record = self.base_record(Some(origin), Some(agent));
-        record.rule = Some(rule.into());
+        record.rule = Some(matched.label.as_str().into());
         match relay::connect(&[origin.dst.0]).await {
             Ok(upstream) => {
                 self.metrics.connection(agent, "allow");
                 debug!("relaying raw TCP");
-                let (out, inn) = relay::splice(stream, upstream).await;
-                record.action = Some(Action::Allow);
-                record.bytes_out = out;
-                record.bytes_in = inn;
+                // A reload that drops the entry ends the tunnel.
+                let revoked = self
+                    .policies
+                    .revoked(agent, |policy| policy.keeps_tcp(&matched));
+                let spliced = relay::splice(stream, upstream, revoked).await;
+                record.bytes_out = spliced.from_agent;
+                record.bytes_in = spliced.to_agent;
+                if spliced.stopped {
+                    info!(rule = %matched.label, "tunnel closed: the policy no longer allows it");
+                    record.action = Some(Action::Deny);
+                    record.reason = Some("policy_revoked".into());
+                } else {
+                    record.action = Some(Action::Allow);
+                }
             }
             Err(err) => {
                 self.metrics.connection(agent, "error");

@@ -553,7 +553,25 @@ impl Intercept {
             && let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         {
             let scrubber = guarded.then(|| scrubber.clone());
-            tokio::spawn(websocket::splice(agent_side, upstream_side, scrubber));
+            // A reload that no longer allows the upgrade's request ends the
+            // WebSocket too.
+            let (policies, agent) = (self.policies.clone(), ctx.agent.clone());
+            let (host, port, method, path) =
+                (host.to_owned(), ctx.port, method.to_owned(), path.clone());
+            tokio::spawn(async move {
+                let revoked = policies.revoked(&agent, |policy| {
+                    matches!(
+                        policy.decide_http(&host, port, &method, path.as_str()),
+                        HttpDecision::Allow(_)
+                    )
+                });
+                tokio::select! {
+                    () = websocket::splice(agent_side, upstream_side, scrubber) => {}
+                    () = revoked => {
+                        tracing::info!(%agent, host, "WebSocket closed: the policy no longer allows it");
+                    }
+                }
+            });
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
         let body = if !guarded {

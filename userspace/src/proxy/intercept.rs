@@ -169,10 +169,25 @@ impl Intercept {
         match relay::connect(&targets).await {
             Ok(upstream) => {
                 self.metrics.connection(agent, "passthrough");
-                let (out, inn) = relay::splice(stream, upstream).await;
-                record.action = Some(Action::Allow);
-                record.bytes_out = out;
-                record.bytes_in = inn;
+                // A reload that stops passing the host through ends the
+                // tunnel.
+                let revoked = self
+                    .policies
+                    .revoked(agent, |policy| policy.passthrough_allows(host));
+                let spliced = relay::splice(stream, upstream, revoked).await;
+                record.bytes_out = spliced.from_agent;
+                record.bytes_in = spliced.to_agent;
+                if spliced.stopped {
+                    tracing::info!(
+                        agent,
+                        host,
+                        "tunnel closed: the policy no longer passes it through"
+                    );
+                    record.action = Some(Action::Deny);
+                    record.reason = Some("policy_revoked".into());
+                } else {
+                    record.action = Some(Action::Allow);
+                }
             }
             Err(err) => {
                 record.action = Some(Action::Error);
