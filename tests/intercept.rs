@@ -1142,6 +1142,37 @@ setTimeout(() => {{ console.log('timed out', got.length); process.exit(1); }}, 1
     assert_no_secret("daemon log", &d.log_text());
 }
 
+/// Python lines that wait (bounded) until the test raises `flag`: the
+/// agent holds its connections open meanwhile.
+fn wait_for_flag(flag: &std::path::Path) -> String {
+    format!(
+        "deadline = time.time() + 30\nwhile not os.path.exists('{}'):\n    if time.time() > deadline:\n        print('the test never changed the policy')\n        sys.exit(1)\n    time.sleep(0.05)",
+        flag.display()
+    )
+}
+
+fn raise(flag: &std::path::Path) {
+    std::fs::write(flag, "").expect("flag");
+    harness::set_mode(flag, 0o644);
+}
+
+/// Polls `probe` (in force?, what it saw) until an edited policy is in
+/// force, for at most 10 s.
+fn until_in_force(probe: impl Fn() -> (bool, String)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (done, seen) = probe();
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited policy never took effect: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A reload that takes a permission away applies to the next request on
 /// a connection opened before it: agents keep connections open for a
 /// long time (LLM clients, SDKs with pools), and a revocation that waited
@@ -1162,17 +1193,12 @@ def get():
     return r.status, conn.sock.getsockname()
 first, before = get()
 print('first', first, flush=True)
-deadline = time.time() + 30
-while not os.path.exists('{flag}'):
-    if time.time() > deadline:
-        print('the test never changed the policy')
-        sys.exit(1)
-    time.sleep(0.05)
+{wait}
 second, after = get()
 print('second', second, 'same connection' if before == after else 'another connection')
 "#,
         port = up.port,
-        flag = flag.display()
+        wait = wait_for_flag(&flag)
     );
     let url = format!("https://api.example.test:{}/hello", up.port);
     std::thread::scope(|scope| {
@@ -1184,26 +1210,16 @@ print('second', second, 'same connection' if before == after else 'another conne
         let policy = std::fs::read_to_string(&path).expect("policy");
         std::fs::write(&path, policy.replace("\"/hello\", ", "")).expect("edit");
         // A new connection sees the new policy first: then it is in force.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        until_in_force(|| {
             let out = d.run_agent_dns(
                 "web-bot",
                 &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
             );
-            if stdout(&out) == "403" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edited policy never took effect: {}",
-                describe(&out)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            (stdout(&out) == "403", describe(&out))
+        });
         let hellos = || up.seen().iter().filter(|s| s.path == "/hello").count();
         let reached = hellos();
-        std::fs::write(&flag, "").expect("flag");
-        harness::set_mode(&flag, 0o644);
+        raise(&flag);
         let out = agent.join().expect("the agent's thread");
         assert_eq!(
             stdout(&out),
@@ -1253,12 +1269,7 @@ def get():
 raw = socket.create_connection(('127.0.0.1', {t}), timeout=10)
 print('tunnel', get())
 print('tcp', raw.recv(100).decode().strip(), flush=True)
-deadline = time.time() + 30
-while not os.path.exists('{flag}'):
-    if time.time() > deadline:
-        print('the test never changed the policy')
-        sys.exit(1)
-    time.sleep(0.05)
+{wait}
 try:
     print('tunnel after', get())
 except OSError as e:
@@ -1270,7 +1281,7 @@ except OSError as e:
     print('tcp after closed', type(e).__name__)
 "#,
         p = up.port,
-        flag = flag.display()
+        wait = wait_for_flag(&flag)
     );
     let path = d.policy_dir.join("web-bot.yaml");
     std::thread::scope(|scope| {
@@ -1294,50 +1305,25 @@ except OSError as e:
         let probe = format!(
             "import socket\ns = socket.create_connection(('127.0.0.1', {t}), timeout=5)\ns.settimeout(5)\ntry:\n    s.sendall(b'x\\n')\n    print(s.recv(100).decode().strip() or 'closed')\nexcept OSError:\n    print('closed')\n"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        until_in_force(|| {
             let out = d.run_agent("web-bot", &[PY, "-c", &probe]);
-            if stdout(&out).trim() == "closed" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edited policy never took effect: {}",
-                describe(&out)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::fs::write(&flag, "").expect("flag");
-        harness::set_mode(&flag, 0o644);
+            (stdout(&out).trim() == "closed", describe(&out))
+        });
+        raise(&flag);
         let out = agent.join().expect("the agent's thread");
         let text = stdout(&out);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines.first(),
-            Some(&"tunnel HTTP/1.1 200 OK"),
-            "{}",
-            describe(&out)
-        );
-        assert_eq!(
-            lines.get(1),
-            Some(&"tcp raw tcp server"),
-            "{}",
-            describe(&out)
-        );
-        assert!(
-            lines
-                .get(2)
-                .is_some_and(|l| l.starts_with("tunnel after closed")),
-            "the passthrough tunnel outlived its permission:\n{}",
-            describe(&out)
-        );
-        assert!(
-            lines
-                .get(3)
-                .is_some_and(|l| l.starts_with("tcp after closed")),
-            "the tcp: tunnel outlived its permission:\n{}",
-            describe(&out)
-        );
+        let expected = [
+            "tunnel HTTP/1.1 200 OK",
+            "tcp raw tcp server",
+            // Closed: EOF, or a reset.
+            "tunnel after closed",
+            "tcp after closed",
+        ];
+        assert_eq!(lines.len(), expected.len(), "{}", describe(&out));
+        for (line, start) in lines.iter().zip(expected) {
+            assert!(line.starts_with(start), "{}", describe(&out));
+        }
     });
     for (what, rule) in [
         ("passthrough", "passthrough pinned.example.test".to_owned()),
