@@ -509,21 +509,16 @@ fn send_the_credential(d: &Daemon, base: &str) {
 
 /// Waits (bounded) until the daemon has loaded a policy for `agent`.
 fn wait_for_policy(d: &Daemon, agent: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    until_in_force(|| {
         let status = d.status().expect("status");
         let loaded = status["policies"]["loaded"]
             .as_array()
             .is_some_and(|all| all.iter().any(|p| p["agent"] == agent));
-        if loaded {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the policy of {agent} was never loaded: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (
+            loaded,
+            format!("the policy of {agent} was not loaded: {status}"),
+        )
+    });
 }
 
 /// An upstream that keeps what one agent sent gives it to whichever agent
