@@ -551,6 +551,52 @@ fn a_secret_one_agent_sent_is_scrubbed_when_another_agent_reads_it_back() {
     assert_eq!(read.header("authorization"), None);
 }
 
+/// An upstream keeps what it was sent after the rule that sent it is
+/// gone: a reload that takes the credential off the host's rule, leaving
+/// the host reachable, still has its answers scrubbed.
+#[test]
+fn a_secret_sent_under_a_rule_since_taken_away_is_scrubbed_when_read_back() {
+    let Setup { d, up } = setup("");
+    let base = format!("https://api.example.test:{}", up.port);
+    send_the_credential(&d, &base);
+    let path = d.policy_dir.join("web-bot.yaml");
+    let policy = std::fs::read_to_string(&path).expect("policy");
+    // The agent's environment goes too: a placeholder no rule binds is
+    // a policy error.
+    let without = policy
+        .replace("    credentials:\n      - secret: api-token\n", "")
+        .replace("env:\n  API_TOKEN: \"{{ placeholder: api-token }}\"\n", "");
+    assert!(!without.contains("api-token"), "{without}");
+    std::fs::write(&path, without).expect("edit");
+    // The placeholder is refused once no rule binds the secret any more.
+    until_in_force(|| {
+        let out = d.run_agent_dns(
+            "web-bot",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Authorization: Bearer {PLACEHOLDER}"),
+                &format!("{base}/hello"),
+            ],
+        );
+        (stdout(&out) == "403", redacted(&describe(&out)))
+    });
+
+    let python = format!(
+        "import requests\nr = requests.get('{base}/log', timeout=10)\nprint(r.status_code, r.text)\n"
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &python]);
+    let text = stdout(&out);
+    assert_no_secret("the log read back after the reload", &text);
+    assert!(text.starts_with("200 "), "{}", redacted(&describe(&out)));
+    the_log_read_back(&up, &text);
+}
+
 /// What the agent got back from the log (`text`) shows the placeholder
 /// where the secret was kept, and the upstream's last request read the
 /// log asking for an answer the scrubber can read; that request.

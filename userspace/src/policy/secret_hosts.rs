@@ -4,9 +4,11 @@
 //! to another agent whose own policy binds no secret to that host: the
 //! answers that second agent gets must be scrubbed too. So whether a host
 //! holds secrets is a question about every policy in force, not the
-//! requesting agent's alone. The index is built when policies load, so a
-//! request pays one lookup (and a walk over the few wildcard and address
-//! patterns), and nothing at all when no policy binds a secret.
+//! requesting agent's alone. And an upstream keeps what it was sent after a
+//! reload takes the rule that sent it away: a host once indexed stays so
+//! for as long as the daemon runs. The index is built when policies load,
+//! so a request pays one lookup (and a walk over the few wildcard and
+//! address patterns), and nothing at all when no policy binds a secret.
 
 use std::collections::HashMap;
 
@@ -47,6 +49,24 @@ impl SecretHosts {
             }
         }
         index
+    }
+
+    /// Adds what `earlier` indexed: a reload never takes a host out.
+    pub(super) fn keep(mut self, earlier: &SecretHosts) -> SecretHosts {
+        for (name, ports) in &earlier.names {
+            let kept = self.names.entry(name.clone()).or_default();
+            for port in ports {
+                if !kept.contains(port) {
+                    kept.push(*port);
+                }
+            }
+        }
+        for entry in &earlier.patterns {
+            if !self.patterns.contains(entry) {
+                self.patterns.push(entry.clone());
+            }
+        }
+        self
     }
 
     fn is_empty(&self) -> bool {
@@ -114,6 +134,22 @@ mod tests {
         assert!(!index.holds("docs.example.org", 443));
         assert!(!index.holds("www.example.net", 443));
         assert!(!index.holds("not a host", 443));
+    }
+
+    #[test]
+    fn a_host_indexed_before_is_kept_by_the_next_index() {
+        let before = SecretHosts::build([&policy(
+            "agent: a\nrules:\n  - host: api.example.com\n    credentials: [{secret: key}]\n  - host: \"*.corp.example\"\n    credentials: [{secret: key}]\n",
+        )]);
+        let now = SecretHosts::build([&policy(
+            "agent: a\nrules:\n  - host: api.example.com\n    port: 8443\n    credentials: [{secret: key}]\n  - host: api.example.com\n",
+        )])
+        .keep(&before);
+        assert!(now.holds("api.example.com", 443));
+        assert!(now.holds("api.example.com", 8443));
+        assert!(now.holds("git.corp.example", 443));
+        assert!(!now.holds("git.corp.example", 8443));
+        assert!(!now.holds("www.example.org", 443));
     }
 
     #[test]

@@ -32,8 +32,9 @@ struct State {
     by_file: HashMap<PathBuf, String>,
     /// The current rejection of each file that has one.
     errors: HashMap<PathBuf, String>,
-    /// Built from `by_agent` whenever it changes, so that it never speaks
-    /// for policies no longer in force, nor misses one that is.
+    /// Built from `by_agent` whenever it changes, so that it misses no
+    /// policy in force, and keeping every host it held before: what a host
+    /// was sent under a rule since taken away, it may still give back.
     secret_hosts: SecretHosts,
 }
 
@@ -76,9 +77,10 @@ impl PolicyStore {
         }
     }
 
-    /// Whether a rule with credentials, in any agent's policy in force,
-    /// matches `host` on `port`: that upstream may have been sent a secret
-    /// and may give it back, to whichever agent asks. A poisoned lock
+    /// Whether a rule with credentials, in any agent's policy in force or
+    /// loaded since the daemon started, matches `host` on `port`: that
+    /// upstream may have been sent a secret and may give it back, to
+    /// whichever agent asks, after the rule that sent it is gone too. A poisoned lock
     /// answers yes: scrubbing an answer that needed none costs little.
     pub fn holds_secrets(&self, host: &str, port: u16) -> bool {
         self.state
@@ -148,7 +150,8 @@ impl PolicyStore {
                 info!(agent = %agent, file = %path.display(), "policy removed: the agent has no egress now");
             }
         }
-        next.secret_hosts = SecretHosts::build(next.by_agent.values().map(|p| &**p));
+        next.secret_hosts =
+            SecretHosts::build(next.by_agent.values().map(|p| &**p)).keep(&state.secret_hosts);
         *state = next;
         drop(state);
         self.reloaded.send_modify(|generation| *generation += 1);
@@ -312,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_adds_and_removes_hosts_that_hold_secrets() {
+    fn a_reload_adds_hosts_that_hold_secrets_and_takes_none_away() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "reader.yaml", READS);
         let store = store(dir.path());
@@ -338,13 +341,20 @@ mod tests {
         store.reload();
         assert!(store.holds_secrets("api.example.com", 443));
 
+        // The upstream keeps what it was sent after the rule that sent
+        // it is gone: removing the policy, or the credentials from a rule,
+        // leaves the host holding secrets.
         std::fs::remove_file(dir.path().join("writer.yaml")).expect("remove");
         store.reload();
-        assert!(!store.holds_secrets("api.example.com", 443));
+        assert!(store.holds_secrets("api.example.com", 443));
         assert!(store.holds_secrets("log.example.net", 443));
 
         write(dir.path(), "reader.yaml", READS);
         store.reload();
-        assert!(!store.holds_secrets("log.example.net", 443));
+        assert!(store.holds_secrets("log.example.net", 443));
+        assert!(store.holds_secrets("api.example.com", 443));
+        // What no rule with credentials ever named still holds nothing.
+        assert!(!store.holds_secrets("api.example.com", 8443));
+        assert!(!store.holds_secrets("www.example.org", 443));
     }
 }
