@@ -1276,6 +1276,74 @@ print('second', second, 'same connection' if before == after else 'another conne
     });
 }
 
+/// A WebSocket outlives the request that opened it: a reload that no
+/// longer allows that request closes the socket, and the agent's next
+/// message goes nowhere.
+#[test]
+fn a_reload_that_takes_a_websocket_path_away_closes_the_open_socket() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let flag = d.dir.path().join("policy-changed");
+    let py = format!(
+        r#"
+import socket, ssl, os, sys, time
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+head = b''
+while b'\r\n\r\n' not in head:
+    head += s.recv(1)
+def echo(word):
+    s.sendall(bytes([0x81, 0x80 | len(word), 1, 2, 3, 4]) + bytes(b ^ [1, 2, 3, 4][i % 4] for i, b in enumerate(word)))
+    want = bytes([0x81, len(word)]) + word
+    got = b''
+    try:
+        while len(got) < len(want):
+            more = s.recv(64)
+            if not more:
+                return 'closed'
+            got += more
+    except (ssl.SSLError, OSError):
+        return 'closed'
+    return 'echo' if got == want else 'other ' + repr(got)
+print(head.split(b'\r\n')[0].decode(), echo(b'hello'), flush=True)
+{wait}
+print(echo(b'again'))
+"#,
+        wait = wait_for_flag(&flag)
+    );
+    let url = format!("https://api.example.test:{p}/ws");
+    std::thread::scope(|scope| {
+        let agent = scope.spawn(|| d.run_agent_dns("web-bot", &[PY, "-c", &py]));
+        d.wait_audit("for the WebSocket upgrade", |r| {
+            r["path"] == "/ws" && r["status"] == 101
+        });
+        let path = d.policy_dir.join("web-bot.yaml");
+        let policy = std::fs::read_to_string(&path).expect("policy");
+        let without = policy.replace(", \"/ws\"", "");
+        assert_ne!(policy, without, "/ws was in the policy");
+        std::fs::write(&path, without).expect("edit");
+        until_in_force(|| {
+            let out = d.run_agent_dns(
+                "web-bot",
+                &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+            );
+            (stdout(&out) == "403", describe(&out))
+        });
+        raise(&flag);
+        let out = agent.join().expect("the agent's thread");
+        assert_eq!(
+            stdout(&out),
+            "HTTP/1.1 101 Switching Protocols echo\nclosed\n",
+            "{}",
+            describe(&out)
+        );
+        d.wait_audit("for the WebSocket's closing", |r| {
+            r["path"] == "/ws" && r["action"] == "deny" && r["reason"] == "policy_revoked"
+        });
+    });
+}
+
 /// Tunnels outlive the decision that let them through: a reload that no
 /// longer passes the host through, or drops the `tcp:` entry, closes the
 /// tunnels already open under it, and says so in the audit log.

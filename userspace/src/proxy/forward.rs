@@ -369,11 +369,9 @@ impl Intercept {
         // to this request or, having kept them, to a later one without any,
         // from this agent or another: its answers are scrubbed, and asked
         // for whole and uncompressed so that the scrubber can read them.
-        // With no secrets at all, there is nothing to give back. The
-        // connection's own policy still counts beside the store's index of
-        // every policy in force: it may be a version since reloaded, whose
-        // rules this connection can still send secrets under. Cheapest
-        // first: the index is looked up only when the rest leaves it open.
+        // With no secrets at all, there is nothing to give back. Cheapest
+        // first: the store's index of every host a policy has bound secrets
+        // to is looked up only when the request's own rule leaves it open.
         let guarded = !scrubber.is_empty()
             && (!injected.is_empty()
                 || allowed.binds_secrets_to_host
@@ -554,11 +552,16 @@ impl Intercept {
         {
             let scrubber = guarded.then(|| scrubber.clone());
             // A reload that no longer allows the upgrade's request ends the
-            // WebSocket too.
-            let (policies, agent) = (self.policies.clone(), ctx.agent.clone());
+            // WebSocket too, and the audit log says so under the request's
+            // id.
+            let (policies, audit) = (self.policies.clone(), self.audit.clone());
             let (host, port, method, path) =
                 (host.to_owned(), ctx.port, method.to_owned(), path.clone());
+            let mut closed = record.clone();
             tokio::spawn(async move {
+                let Some(agent) = closed.agent.clone() else {
+                    return;
+                };
                 let revoked = policies.revoked(&agent, |policy| {
                     matches!(
                         policy.decide_http(&host, port, &method, path.as_str()),
@@ -569,6 +572,11 @@ impl Intercept {
                     () = websocket::splice(agent_side, upstream_side, scrubber) => {}
                     () = revoked => {
                         tracing::info!(%agent, host, "WebSocket closed: the policy no longer allows it");
+                        closed.action = Some(Action::Deny);
+                        closed.reason = Some(Cow::Borrowed("policy_revoked"));
+                        closed.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+                        closed.duration_ms = started.elapsed().as_millis() as u64;
+                        audit.record(closed);
                     }
                 }
             });
