@@ -303,6 +303,99 @@ for name, fn in [('sendto', sendto), ('connected', connected), ('sendto6', sendt
     );
 }
 
+/// The hooks of the internet families never see a socket of another
+/// family. AF_VSOCK needs no privilege and reaches the hypervisor (in VMs
+/// that carry their network over it, the internet); AF_PACKET and AF_XDP
+/// put frames on the wire for an agent run as root. `airlock run` refuses
+/// them, and io_uring, whose requests no system call filter sees. Unix and
+/// netlink sockets stay on the host, and runtimes need them.
+#[test]
+fn sockets_of_families_that_leave_the_host_are_refused() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    // Sockets are only made, never connected: nothing leaves this host.
+    let src = r#"
+import socket
+def attempt(name, family, kind, proto=0):
+    try:
+        socket.socket(family, kind, proto).close()
+        print(name, 'created')
+    except PermissionError:
+        print(name, 'EPERM')
+    except OSError as e:
+        print(name, 'error', e.errno)
+attempt('vsock', 40, socket.SOCK_STREAM)
+attempt('vsock-dgram', 40, socket.SOCK_DGRAM)
+attempt('packet', 17, socket.SOCK_RAW, 0x0300)
+attempt('xdp', 44, socket.SOCK_RAW)
+attempt('unix', socket.AF_UNIX, socket.SOCK_STREAM)
+attempt('netlink', socket.AF_NETLINK, socket.SOCK_RAW, 0)
+attempt('tcp', socket.AF_INET6, socket.SOCK_STREAM)
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+fd = libc.syscall(425, 4, params)
+print('io_uring', 'created' if fd >= 0 else 'EPERM' if ctypes.get_errno() == 1 else 'error %d' % ctypes.get_errno())
+if fd >= 0:
+    os.close(fd)
+"#;
+    let outside = std::process::Command::new(PY)
+        .args(["-c", src])
+        .output()
+        .expect("python");
+    let created = |out: &std::process::Output, name: &str| {
+        stdout(out).lines().any(|l| l == format!("{name} created"))
+    };
+    // Control: as root outside the managed cgroup these are made, so an
+    // EPERM inside comes from Airlock and not from a missing capability
+    // or a kernel without the family.
+    for name in ["vsock", "packet", "unix", "netlink", "tcp", "io_uring"] {
+        assert!(
+            created(&outside, name),
+            "{name} sockets cannot be made outside Airlock either, so this would prove nothing:\n{}",
+            describe(&outside)
+        );
+    }
+    let mut refused = vec!["vsock", "packet", "io_uring"];
+    for name in ["vsock-dgram", "xdp"] {
+        if created(&outside, name) {
+            refused.push(name);
+        }
+    }
+
+    let as_root = d.run_agent_as("capture-bot", &["--allow-root"], &[PY, "-c", src]);
+    let as_nobody = d.run_agent("capture-bot", &[PY, "-c", src]);
+    for name in &refused {
+        assert!(
+            stdout(&as_root)
+                .lines()
+                .any(|l| l == format!("{name} EPERM")),
+            "{name} was not refused to a root agent:\n{}",
+            describe(&as_root)
+        );
+    }
+    for name in ["vsock", "io_uring"] {
+        assert!(
+            stdout(&as_nobody)
+                .lines()
+                .any(|l| l == format!("{name} EPERM")),
+            "an unprivileged agent was not refused {name}:\n{}",
+            describe(&as_nobody)
+        );
+    }
+    for out in [&as_root, &as_nobody] {
+        for name in ["unix", "netlink", "tcp"] {
+            assert!(
+                created(out, name),
+                "{name} sockets must still work for agents:\n{}",
+                describe(out)
+            );
+        }
+    }
+}
+
 #[test]
 fn dns_answers_only_the_names_the_policy_names() {
     let upstream = FakeDns::start(

@@ -2,7 +2,8 @@
 //!
 //! Joins the agent's cgroup *before* exec, so that every socket the command
 //! ever opens is born inside it (a socket keeps the cgroup it was created
-//! in), then drops to the user and execs.
+//! in), then drops to the user, confines its system calls
+//! (`agent_syscalls`) and execs.
 
 use std::{
     collections::BTreeMap,
@@ -88,15 +89,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .env("USER", &t.name)
             .env("LOGNAME", &t.name);
     }
+    // Built here: between fork and exec nothing may allocate.
+    let filter = crate::agent_syscalls::build()?;
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes one async-signal-safe syscall.
+    // makes async-signal-safe syscalls (prctl, seccomp), allocating nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // setuid programs (sudo, ping) must not win back what we drop.
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            // Sockets the cgroup hooks never see, and io_uring.
+            crate::agent_syscalls::install(&filter)
         });
     }
     let err = cmd.exec();

@@ -294,7 +294,7 @@ impl Bench {
             }));
         }
         // The peak of the scenarios that intercept, before the relay's
-        // buffers (64 KiB each way per tunnel) add theirs.
+        // buffers (16 KiB each way per tunnel) add theirs.
         let intercept_peak = status_kib(pid, "VmHWM")?;
         if wanted(Kind::Relay) {
             let s = self.scenario(

@@ -1,0 +1,158 @@
+//! What `airlock run` forbids the agent's process tree at the syscall
+//! level (seccomp), where the cgroup hooks cannot see:
+//!
+//! - **Sockets of other families than IP, Unix and netlink.** The kernel
+//!   runs `cgroup/sock_create` for the internet families only. `AF_VSOCK`
+//!   needs no privilege and reaches the hypervisor (and, in VMs that carry
+//!   their network over it, the internet); `AF_PACKET` and `AF_XDP` put
+//!   frames on the wire for an agent run as root; Bluetooth, CAN, RDS and
+//!   TIPC have links of their own.
+//! - **io_uring.** Its requests (`IORING_OP_SOCKET`, `IORING_OP_CONNECT`)
+//!   are not system calls, so no seccomp rule reaches them. Runtimes that
+//!   use it (libuv, for Node) fall back to plain system calls when setup
+//!   fails.
+//!
+//! Refused calls fail with EPERM, as the cgroup hooks' refusals do. The
+//! filter is inherited by every child and cannot be removed. A 32-bit
+//! (i386) system call is fatal: `socketcall(2)` hides its family in
+//! memory that seccomp cannot read, so no rule could tell.
+//!
+//! Processes placed in an agent's cgroup by other means than `airlock
+//! run` (a systemd unit with `Slice=airlock.slice`) do not get this
+//! filter; such units set `RestrictAddressFamilies=AF_UNIX AF_INET
+//! AF_INET6 AF_NETLINK` themselves (README.md).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// The families an agent may open sockets of: those the cgroup hooks
+/// capture, and those that stay on this host (and that runtimes need:
+/// glibc asks netlink for the host's addresses).
+pub const ALLOWED_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the agent's system call filter: {0}")]
+pub struct FilterError(#[from] seccompiler::BackendError);
+
+/// The filter, built before fork: installing it (`install`) must not
+/// allocate.
+pub fn build() -> Result<BpfProgram, FilterError> {
+    let other_family = ALLOWED_FAMILIES
+        .iter()
+        .map(|&family| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in with_x32(&[libc::SYS_socket, libc::SYS_socketpair]) {
+        refused.insert(nr, vec![SeccompRule::new(other_family.clone())?]);
+    }
+    let io_uring = [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ];
+    for nr in with_x32(&io_uring) {
+        // No rule: refused whatever the arguments.
+        refused.insert(nr, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH.try_into()?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// The x32 ABI's numbers beside the native ones: same architecture in
+/// seccomp's eyes, numbers offset by bit 30, and another way in where a
+/// kernel enables it.
+fn with_x32(native: &[libc::c_long]) -> Vec<i64> {
+    let mut all: Vec<i64> = native.iter().map(|&nr| i64::from(nr)).collect();
+    if cfg!(target_arch = "x86_64") {
+        const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+        all.extend(native.iter().map(|&nr| i64::from(nr) | X32_SYSCALL_BIT));
+    }
+    all
+}
+
+/// Installs `filter` on the calling thread; between fork and exec, that is
+/// the whole child. Sets no_new_privs, which the kernel requires of an
+/// unprivileged caller (and `airlock run` wants anyway). Makes two system
+/// calls and no allocation on success.
+pub fn install(filter: &BpfProgram) -> std::io::Result<()> {
+    seccompiler::apply_filter(filter).map_err(|err| match err {
+        seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => io,
+        other => std::io::Error::other(other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// socket(2)'s errno for `family`, or 0 when a socket was made.
+    fn socket_errno(family: libc::c_int, kind: libc::c_int) -> i32 {
+        // SAFETY: socket(2) with plain integer arguments; a descriptor it
+        // returns is closed at once.
+        let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+        }
+        // SAFETY: `fd` was just made here and is owned by no one else.
+        unsafe { libc::close(fd) };
+        0
+    }
+
+    /// Seccomp filters belong to the thread that installs them (without
+    /// TSYNC): one thread of the test binary is confined, the others are
+    /// not.
+    #[test]
+    fn a_confined_thread_gets_ip_unix_and_netlink_sockets_and_nothing_else() {
+        let filter = build().expect("filter");
+        let seen = std::thread::spawn(move || {
+            install(&filter).expect("install");
+            // SAFETY: io_uring_setup with a null params pointer fails
+            // before touching memory; only the errno is read.
+            let uring =
+                unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null::<u8>()) };
+            let uring_errno = std::io::Error::last_os_error().raw_os_error();
+            (
+                [
+                    socket_errno(libc::AF_UNIX, libc::SOCK_STREAM),
+                    socket_errno(libc::AF_INET, libc::SOCK_STREAM),
+                    socket_errno(libc::AF_INET6, libc::SOCK_DGRAM),
+                    socket_errno(libc::AF_NETLINK, libc::SOCK_RAW),
+                ],
+                [
+                    socket_errno(libc::AF_VSOCK, libc::SOCK_STREAM),
+                    socket_errno(libc::AF_PACKET, libc::SOCK_RAW),
+                    socket_errno(libc::AF_XDP, libc::SOCK_RAW),
+                    socket_errno(libc::AF_BLUETOOTH, libc::SOCK_STREAM),
+                    socket_errno(46, libc::SOCK_STREAM),
+                ],
+                (uring, uring_errno),
+            )
+        })
+        .join()
+        .expect("the confined thread");
+        let (allowed, refused, uring) = seen;
+        assert_eq!(allowed, [0; 4], "IP, Unix and netlink sockets are made");
+        assert_eq!(refused, [libc::EPERM; 5], "every other family is EPERM");
+        assert_eq!(uring, (-1, Some(libc::EPERM)), "io_uring is refused");
+        // Control: the test's own thread is not confined, and there the
+        // kernel does not refuse AF_VSOCK with EPERM (it makes one, or has
+        // no such family), so the EPERM above is the filter's.
+        assert_ne!(socket_errno(libc::AF_VSOCK, libc::SOCK_STREAM), libc::EPERM);
+    }
+}
