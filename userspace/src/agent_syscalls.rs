@@ -77,11 +77,11 @@ pub fn build() -> Result<BpfProgram, FilterError> {
 /// The x32 ABI's numbers beside the native ones: same architecture in
 /// seccomp's eyes, numbers offset by bit 30, and another way in where a
 /// kernel enables it.
-fn with_x32(native: &[libc::c_long]) -> Vec<i64> {
-    let mut all: Vec<i64> = native.iter().map(|&nr| i64::from(nr)).collect();
+fn with_x32(native: &[i64]) -> Vec<i64> {
+    let mut all = native.to_vec();
     if cfg!(target_arch = "x86_64") {
         const X32_SYSCALL_BIT: i64 = 0x4000_0000;
-        all.extend(native.iter().map(|&nr| i64::from(nr) | X32_SYSCALL_BIT));
+        all.extend(native.iter().map(|&nr| nr | X32_SYSCALL_BIT));
     }
     all
 }
