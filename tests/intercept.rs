@@ -553,10 +553,11 @@ fn a_secret_one_agent_sent_is_scrubbed_when_another_agent_reads_it_back() {
 
 /// An upstream keeps what it was sent after the rule that sent it is
 /// gone: a reload that takes the credential off the host's rule, leaving
-/// the host reachable, still has its answers scrubbed.
+/// the host reachable, still has its answers scrubbed, also after the
+/// daemon restarts.
 #[test]
 fn a_secret_sent_under_a_rule_since_taken_away_is_scrubbed_when_read_back() {
-    let Setup { d, up } = setup("");
+    let Setup { mut d, up } = setup("");
     let base = format!("https://api.example.test:{}", up.port);
     send_the_credential(&d, &base);
     let path = d.policy_dir.join("web-bot.yaml");
@@ -593,6 +594,15 @@ fn a_secret_sent_under_a_rule_since_taken_away_is_scrubbed_when_read_back() {
     let out = d.run_agent_dns("web-bot", &[PY, "-c", &python]);
     let text = stdout(&out);
     assert_no_secret("the log read back after the reload", &text);
+    assert!(text.starts_with("200 "), "{}", redacted(&describe(&out)));
+    the_log_read_back(&up, &text);
+
+    // A restart does not forget it: no policy in force binds the host now.
+    d.kill9();
+    d.spawn();
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &python]);
+    let text = stdout(&out);
+    assert_no_secret("the log read back after a restart", &text);
     assert!(text.starts_with("200 "), "{}", redacted(&describe(&out)));
     the_log_read_back(&up, &text);
 }

@@ -7,6 +7,7 @@
 mod agent_env;
 mod agent_syscalls;
 mod approvals;
+mod atomic_file;
 mod audit;
 mod ca;
 mod cgroup;

@@ -1,10 +1,9 @@
 //! The CA's files on disk: load them, or create them on first start.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -228,7 +227,7 @@ fn write_new_key(path: &Path, pem: &[u8]) -> Result<(), CaError> {
         file.set_permissions(fs::Permissions::from_mode(KEY_MODE))?;
         file.write_all(pem)?;
         file.sync_all()?;
-        sync_parent(path)
+        crate::atomic_file::sync_parent(path)
     })();
     if let Err(e) = result {
         // A half-written key would block every later start; remove it.
@@ -241,43 +240,8 @@ fn write_new_key(path: &Path, pem: &[u8]) -> Result<(), CaError> {
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers
 /// (agents loading their CA file) never see a partial file.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let err = |source| CaError::Write {
+    crate::atomic_file::write(path, bytes, mode).map_err(|source| CaError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(
-        ".{file_name}.tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_parent(path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+    })
 }

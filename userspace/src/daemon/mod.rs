@@ -107,7 +107,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let audit_at_stop = audit.clone();
     let metrics = Metrics::new()?;
     let agents = Arc::new(AgentIndex::new(tree.clone()));
-    let policies = PolicyStore::load(&config.policy_dir, metrics.clone());
+    let policies = PolicyStore::load_remembering(
+        &config.policy_dir,
+        Some(config.state_dir.join("secret-hosts")),
+        metrics.clone(),
+    );
     policies.clone().watch();
 
     let upstreams = if config.dns_upstream.is_empty() {

@@ -15,6 +15,13 @@ use std::collections::HashMap;
 use super::host::{Host, HostPattern};
 use super::model::Policy;
 
+const MEMORY_HEADER: &str = "\
+# Hosts that a policy has bound secrets to, kept across restarts: their
+# answers stay scrubbed after the rule is gone, since an upstream may keep
+# what it was sent. Written by the Airlock daemon. To forget them, stop the
+# daemon, delete this file, and start it again.
+";
+
 #[derive(Debug, Default)]
 pub(super) struct SecretHosts {
     /// Exact names, with every port a rule with credentials names for them.
@@ -67,6 +74,66 @@ impl SecretHosts {
             }
         }
         self
+    }
+
+    /// How many (host, port) pairs it holds.
+    pub(super) fn len(&self) -> usize {
+        self.names.values().map(Vec::len).sum::<usize>() + self.patterns.len()
+    }
+
+    /// The text of the file that keeps the index across restarts: one
+    /// "host port" a line, as a policy names the host.
+    pub(super) fn to_text(&self) -> String {
+        let mut lines: Vec<String> = self
+            .names
+            .iter()
+            .flat_map(|(name, ports)| ports.iter().map(move |port| format!("{name} {port}")))
+            .chain(
+                self.patterns
+                    .iter()
+                    .map(|(pattern, port)| format!("{pattern} {port}")),
+            )
+            .collect();
+        lines.sort();
+        let mut text = String::from(MEMORY_HEADER);
+        for line in lines {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Reads what `to_text` wrote; an error names the line.
+    pub(super) fn from_text(text: &str) -> Result<SecretHosts, String> {
+        let mut index = SecretHosts::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let entry = line
+                .rsplit_once(' ')
+                .ok_or("expected \"host port\"")
+                .and_then(|(host, port)| {
+                    let port = port.parse::<u16>().map_err(|_| "the port is not 1-65535")?;
+                    Ok((HostPattern::parse(host.trim())?, port))
+                });
+            match entry {
+                Ok((HostPattern::Exact(name), port)) => {
+                    let ports = index.names.entry(name).or_default();
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                Ok(entry) => {
+                    if !index.patterns.contains(&entry) {
+                        index.patterns.push(entry);
+                    }
+                }
+                Err(why) => return Err(format!("line {}: {why}: {line:?}", n + 1)),
+            }
+        }
+        Ok(index)
     }
 
     fn is_empty(&self) -> bool {
@@ -150,6 +217,39 @@ mod tests {
         assert!(now.holds("git.corp.example", 443));
         assert!(!now.holds("git.corp.example", 8443));
         assert!(!now.holds("www.example.org", 443));
+    }
+
+    #[test]
+    fn the_index_reads_back_what_it_wrote() {
+        let index = SecretHosts::build([&policy(
+            "agent: a\nrules:\n  - host: api.example.com\n    credentials: [{secret: key}]\n  - host: api.example.com:8443\n    credentials: [{secret: key}]\n  - host: \"*.corp.example\"\n    credentials: [{secret: key}]\n  - host: \"[2001:db8::1]\"\n    credentials: [{secret: key}]\n  - host: 192.0.2.7:9000\n    credentials: [{secret: key}]\n",
+        )]);
+        let text = index.to_text();
+        let back = SecretHosts::from_text(&text).expect("reads back");
+        assert_eq!(back.len(), 5);
+        assert_eq!(back.to_text(), text);
+        for (host, port) in [
+            ("api.example.com", 443),
+            ("api.example.com", 8443),
+            ("git.corp.example", 443),
+            ("2001:db8::1", 443),
+            ("192.0.2.7", 9000),
+        ] {
+            assert!(back.holds(host, port), "{host} {port}");
+        }
+        assert!(!back.holds("api.example.com", 80));
+    }
+
+    #[test]
+    fn a_damaged_memory_names_its_line() {
+        for (text, want) in [
+            ("# header\napi.example.com 443\napi.example.com\n", "line 3"),
+            ("api.example.com 70000\n", "line 1: the port"),
+            ("bad*host.example 443\n", "line 1: '*'"),
+        ] {
+            let err = SecretHosts::from_text(text).expect_err(text);
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 
     #[test]

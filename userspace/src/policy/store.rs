@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 
 pub struct PolicyStore {
     dir: PathBuf,
+    /// Where the hosts policies have bound secrets to are kept across
+    /// restarts (`secret_hosts`); none in tests that want a fresh start.
+    memory: Option<PathBuf>,
     state: RwLock<State>,
     metrics: Arc<Metrics>,
     /// Bumped after every reload, for what outlives a decision (tunnels,
@@ -38,14 +41,68 @@ struct State {
     secret_hosts: SecretHosts,
 }
 
+/// The hosts a previous start kept at `path`. A file that does not read
+/// back is moved aside (named in the log) rather than lost, and the index
+/// starts from the policies alone.
+fn recall(path: &Path) -> SecretHosts {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return SecretHosts::default(),
+        Err(err) => {
+            error!(file = %path.display(), error = %err, "cannot read the hosts that hold secrets; starting from the policies alone");
+            return SecretHosts::default();
+        }
+    };
+    match SecretHosts::from_text(&text) {
+        Ok(index) => index,
+        Err(why) => {
+            let aside = path.with_extension("damaged");
+            let moved = std::fs::rename(path, &aside);
+            error!(
+                file = %path.display(),
+                %why,
+                moved_to = %aside.display(),
+                moved = moved.is_ok(),
+                "the hosts that hold secrets do not read back; starting from the policies alone (fix the file and move it back, then restart, to keep its hosts)"
+            );
+            SecretHosts::default()
+        }
+    }
+}
+
+/// Writes the index to `path`, whole or not at all. A failure is logged:
+/// the index in memory still holds for as long as the daemon runs.
+fn remember(path: &Path, index: &SecretHosts) {
+    if let Err(err) = crate::atomic_file::write(path, index.to_text().as_bytes(), 0o600) {
+        error!(file = %path.display(), error = %err, "cannot keep the hosts that hold secrets for the next start; they hold until this daemon stops");
+    }
+}
+
 /// Debounce: editors write a file in several steps (truncate, write, rename).
 const SETTLE: Duration = Duration::from_millis(150);
 
 impl PolicyStore {
+    /// A store that starts from the policies alone and keeps nothing.
+    #[cfg(test)]
     pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Arc<PolicyStore> {
+        PolicyStore::load_remembering(dir, None, metrics)
+    }
+
+    /// As `load`, starting from (and keeping up to date) the hosts that
+    /// `memory` says policies have bound secrets to before this start.
+    pub fn load_remembering(
+        dir: &Path,
+        memory: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<PolicyStore> {
+        let remembered = memory.as_deref().map(recall).unwrap_or_default();
         let store = Arc::new(PolicyStore {
             dir: dir.to_path_buf(),
-            state: RwLock::new(State::default()),
+            memory,
+            state: RwLock::new(State {
+                secret_hosts: remembered,
+                ..State::default()
+            }),
             metrics,
             reloaded: tokio::sync::watch::Sender::new(0),
         });
@@ -152,6 +209,11 @@ impl PolicyStore {
         }
         next.secret_hosts =
             SecretHosts::build(next.by_agent.values().map(|p| &**p)).keep(&state.secret_hosts);
+        if next.secret_hosts.len() > state.secret_hosts.len()
+            && let Some(memory) = &self.memory
+        {
+            remember(memory, &next.secret_hosts);
+        }
         *state = next;
         drop(state);
         self.reloaded.send_modify(|generation| *generation += 1);
@@ -312,6 +374,44 @@ mod tests {
         timeout(Duration::from_secs(1), store.revoked("nobody", |_| true))
             .await
             .expect("no policy, no permission");
+    }
+
+    #[test]
+    fn the_hosts_that_hold_secrets_outlive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = tempfile::tempdir().expect("state");
+        let memory = state.path().join("secret-hosts");
+        write(dir.path(), "writer.yaml", BINDS);
+        let first = PolicyStore::load_remembering(
+            dir.path(),
+            Some(memory.clone()),
+            Metrics::new().expect("metrics"),
+        );
+        assert!(first.holds_secrets("api.example.com", 443));
+        drop(first);
+        std::fs::remove_file(dir.path().join("writer.yaml")).expect("remove");
+
+        let second = PolicyStore::load_remembering(
+            dir.path(),
+            Some(memory.clone()),
+            Metrics::new().expect("metrics"),
+        );
+        assert!(second.holds_secrets("api.example.com", 443));
+        assert!(!second.holds_secrets("www.example.org", 443));
+        drop(second);
+
+        // A damaged file is moved aside, not lost, and the start goes on.
+        std::fs::write(&memory, "api.example.com\n").expect("damage");
+        let third = PolicyStore::load_remembering(
+            dir.path(),
+            Some(memory.clone()),
+            Metrics::new().expect("metrics"),
+        );
+        assert!(!third.holds_secrets("api.example.com", 443));
+        assert_eq!(
+            std::fs::read_to_string(memory.with_extension("damaged")).expect("moved aside"),
+            "api.example.com\n"
+        );
     }
 
     #[test]
