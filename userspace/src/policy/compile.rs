@@ -292,7 +292,7 @@ impl Compiler {
     fn allow_rule(&mut self, at: &NodePath, index: usize, spec: RuleSpec) -> Option<AllowRule> {
         let host_port = self.host_port(at, &spec.host, spec.port);
         let methods = self.methods(at, spec.methods);
-        let paths = self.paths(at, spec.paths);
+        let paths = self.paths(at, spec.paths, false);
         let mut credentials = Vec::new();
         for (i, credential) in spec.credentials.unwrap_or_default().into_iter().enumerate() {
             if is_secret_name(&credential.secret) {
@@ -333,7 +333,10 @@ impl Compiler {
     fn deny_rule(&mut self, at: &NodePath, index: usize, spec: DenySpec) -> Option<DenyRule> {
         let host_port = self.host_port(at, &spec.host, spec.port);
         let methods = self.methods(at, spec.methods);
-        let paths = self.paths(at, spec.paths);
+        // Some servers (GitHub's repository paths, Windows hosts) ignore
+        // case: a deny rule must not be sidestepped by `/ADMIN`. Widening a
+        // deny is safe; allow rules stay exact.
+        let paths = self.paths(at, spec.paths, true);
         let (host, port) = host_port?;
         Some(DenyRule {
             label: label("deny", index, &host, port).into(),
@@ -373,7 +376,12 @@ impl Compiler {
     }
 
     /// `Some(None)`: any path; `None`: invalid (reported).
-    fn paths(&mut self, at: &NodePath, paths: Option<Vec<String>>) -> Option<Option<GlobSet>> {
+    fn paths(
+        &mut self,
+        at: &NodePath,
+        paths: Option<Vec<String>>,
+        ignore_case: bool,
+    ) -> Option<Option<GlobSet>> {
         let Some(paths) = paths else {
             return Some(None);
         };
@@ -397,7 +405,11 @@ impl Compiler {
             }
             // `*` must stop at '/', or "/repos/org/*" would reach every
             // sub-resource of every repo of the org.
-            match GlobBuilder::new(pattern).literal_separator(true).build() {
+            match GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .case_insensitive(ignore_case)
+                .build()
+            {
                 Ok(glob) => {
                     set.add(glob);
                 }

@@ -240,7 +240,10 @@ fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Opt
 /// decoded, since `/%61dmin` *is* `/admin` to the server; other escapes such
 /// as `%2F` stay as they are (npm's scoped packages use them). Dot segments,
 /// empty inner segments and backslashes make the path ambiguous: servers
-/// differ on whether they collapse them.
+/// differ on whether they collapse them. So do the ones that appear once
+/// `%2F` and `%5C` are read as separators (nginx decodes them before it
+/// resolves `..`) or `;parameters` are dropped from a segment (Tomcat and
+/// Jetty read `..;` as `..`).
 pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
@@ -251,14 +254,35 @@ pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
     } else {
         Cow::Borrowed(path)
     };
-    let mut segments = out[1..].split('/').peekable();
-    while let Some(segment) = segments.next() {
-        let last = segments.peek().is_none();
-        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+    if has_dot_or_empty_inner_segment(out[1..].split('/')) {
+        return None;
+    }
+    if out.contains([';', '%']) {
+        let as_servers_may_read: String = out[1..]
+            .split('/')
+            .map(|segment| segment.split(';').next().unwrap_or(segment))
+            .collect::<Vec<_>>()
+            .join("/")
+            .replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%5C", "/")
+            .replace("%5c", "/");
+        if has_dot_or_empty_inner_segment(as_servers_may_read.split('/')) {
             return None;
         }
     }
     Some(out)
+}
+
+fn has_dot_or_empty_inner_segment<'a>(segments: impl Iterator<Item = &'a str>) -> bool {
+    let mut segments = segments.peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Decodes the escapes of unreserved characters; `None` on a backslash or

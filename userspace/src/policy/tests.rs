@@ -494,6 +494,27 @@ fn canonical_path_decodes_only_unreserved_escapes() {
     assert_eq!(canonical_path("/%41%7e%2F").as_deref(), Some("/A~%2F"));
     assert_eq!(canonical_path("/a/").as_deref(), Some("/a/"));
     assert_eq!(canonical_path("/a/%2e"), None);
+    // What servers read as a separator, or drop from a segment, before
+    // they resolve dot segments.
+    for ambiguous in [
+        "/hello/..%2Fadmin/users",
+        "/hello/..%2fadmin",
+        "/hello/%2e%2e%2fadmin",
+        "/hello/..%5Cadmin",
+        "/hello/..;/admin/x",
+        "/hello/.;/admin",
+        "/hello/..;jsessionid=1/admin",
+        "/a%2F%2Fb",
+    ] {
+        assert_eq!(canonical_path(ambiguous), None, "{ambiguous}");
+    }
+    // Encoded separators and parameters as such are left alone.
+    assert_eq!(
+        canonical_path("/@types%2fnode").as_deref(),
+        Some("/@types%2fnode")
+    );
+    assert_eq!(canonical_path("/a;b=c/x").as_deref(), Some("/a;b=c/x"));
+    assert_eq!(canonical_path("/%41%7e%2F").as_deref(), Some("/A~%2F"));
     assert_eq!(canonical_path("a"), None);
 }
 
@@ -561,8 +582,17 @@ fn deny_rules_win_over_allow_rules() {
     );
     let admin = denied(p.decide_http("x.example.com", 443, "GET", "/admin/users"));
     assert_eq!(admin.rule_label.as_deref(), Some("deny[1] *.example.com"));
-    // Nor do encodings or dot segments.
-    for path in ["/%61dmin/users", "/public/../admin/users", "//admin/users"] {
+    // Nor do encodings, dot segments, encoded separators, `;` parameters
+    // or letter case, which servers may resolve or fold before routing.
+    for path in [
+        "/%61dmin/users",
+        "/public/../admin/users",
+        "//admin/users",
+        "/public/..%2Fadmin/users",
+        "/public/..;/admin/users",
+        "/ADMIN/users",
+        "/Admin/users",
+    ] {
         assert_eq!(
             reason(p.decide_http("x.example.com", 443, "GET", path)),
             DenyReason::DenyRule,
