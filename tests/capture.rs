@@ -396,6 +396,177 @@ if fd >= 0:
     }
 }
 
+/// The hooks rewrite where an agent's socket sends; the wire goes where the
+/// IP header says. An IPv6 routing header (open to any user) sends a
+/// datagram or a TCP Fast Open SYN with its data to the header's first
+/// hop, and a listening socket's replies go to whoever connected from
+/// outside. Nothing an agent sends may leave loopback.
+#[test]
+fn an_agent_neither_routes_around_the_proxy_nor_is_reached_from_off_the_host() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let ns = harness::netns::NetNs::new(72);
+    const MARKER: &[u8] = b"AIRLOCK-ROUTED-PROBE";
+    let routed = format!(
+        r#"
+import socket, struct
+hop = socket.inet_pton(socket.AF_INET6, '{hop}')
+# A segment routing header: the packet goes to `hop` first.
+srh = struct.pack('!BBBBBBH', 0, 4, 4, 1, 1, 0, 0) + bytes(16) + hop
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, 'sent')
+    except OSError as e:
+        print(name, 'error', e.errno)
+def udp():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)
+    s.sendto(b'{marker} udp', ('2001:db8::1234', 53))
+def tcp_fast_open():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)
+    s.setsockopt(socket.IPPROTO_TCP, 34, 1)  # TCP_FASTOPEN_NO_COOKIE
+    s.setblocking(False)
+    try:
+        s.sendto(b'{marker} tcp', 0x20000000, ('2001:db8::1234', 443))  # MSG_FASTOPEN
+    except BlockingIOError:
+        pass
+attempt('udp', udp)
+attempt('tcp', tcp_fast_open)
+"#,
+        hop = ns.ns_ip6,
+        marker = std::str::from_utf8(MARKER).expect("ascii")
+    );
+    let listen = std::time::Duration::from_secs(2);
+    // Control: outside Airlock the same sends reach the namespace, so the
+    // route and the count work.
+    let counting = ns.count_frames_with(MARKER, listen);
+    std::thread::sleep(Duration::from_millis(200));
+    let outside = std::process::Command::new(PY)
+        .args(["-c", &routed])
+        .output()
+        .expect("python");
+    assert!(
+        counting.join().expect("count") >= 2,
+        "the routed sends did not arrive even from outside Airlock, so this would prove nothing:\n{}",
+        describe(&outside)
+    );
+    let counting = ns.count_frames_with(MARKER, listen);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = d.run_agent("capture-bot", &[PY, "-c", &routed]);
+    assert_eq!(
+        counting.join().expect("count"),
+        0,
+        "an agent's routed packet left the host:\n{}",
+        describe(&out)
+    );
+
+    // A listener of the agent's, dialled from the namespace; beside it, one
+    // of the test's own as the control.
+    // Dual-stack, as the agent's below.
+    let control = std::net::TcpListener::bind("[::]:0").expect("control listener");
+    let control_port = control.local_addr().expect("addr").port();
+    let agent_port = harness::free_port();
+    let flag = d.dir.path().join("dialled");
+    let listener = format!(
+        r#"
+import os, socket, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', {agent_port}))
+s.listen()
+print('listening', flush=True)
+s.settimeout(0.2)
+got = 'nothing'
+deadline = time.time() + 30
+while time.time() < deadline and not os.path.exists('{flag}'):
+    try:
+        c, peer = s.accept()
+        c.sendall(b'agent data\n')
+        got = 'accepted'
+    except socket.timeout:
+        pass
+print(got)
+"#,
+        flag = flag.display()
+    );
+    std::thread::scope(|scope| {
+        let agent = scope.spawn(|| d.run_agent("capture-bot", &[PY, "-c", &listener]));
+        // The agent's listener is bound once a connection from here gets
+        // through: loopback stays open to it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent's listener never came up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dial = |port: u16| {
+            let targets = [
+                format!("{}:{port}", ns.host_ip),
+                format!("[{}]:{port}", ns.host_ip6),
+            ];
+            ns.inside(move || {
+                targets
+                    .iter()
+                    .map(|t| {
+                        let addr: std::net::SocketAddr = t.parse().expect("addr");
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                                let mut buf = [0u8; 32];
+                                std::io::Read::read(&mut s, &mut buf)
+                            })
+                            .map(|n| n > 0)
+                            .unwrap_or(false)
+                    })
+                    .collect::<Vec<bool>>()
+            })
+        };
+        let accepted_control = std::thread::spawn(move || {
+            for _ in 0..2 {
+                if let Ok((mut c, _)) = control.accept() {
+                    let _ = std::io::Write::write_all(&mut c, b"control data\n");
+                }
+            }
+        });
+        assert_eq!(
+            dial(control_port),
+            [true, true],
+            "the test's own listener is not reachable from the namespace, so this would prove nothing"
+        );
+        let _ = accepted_control.join();
+        assert_eq!(
+            dial(agent_port),
+            [false, false],
+            "the agent's listener answered a host off this one"
+        );
+        raise_flag(&flag);
+        let out = agent.join().expect("agent");
+        assert!(
+            stdout(&out).starts_with("listening\n"),
+            "{}",
+            describe(&out)
+        );
+    });
+    let status = d.status().expect("status");
+    assert!(
+        status["kernel_counters"]["off_host_denied"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
+        "the kernel counted no packet addressed off the host: {status:#}"
+    );
+}
+
+fn raise_flag(flag: &std::path::Path) {
+    std::fs::write(flag, "").expect("flag");
+    harness::set_mode(flag, 0o644);
+}
+
 #[test]
 fn dns_answers_only_the_names_the_policy_names() {
     let upstream = FakeDns::start(

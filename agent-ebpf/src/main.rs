@@ -14,9 +14,9 @@
 #![no_main]
 
 use agent_common::{
-    AF_INET, ClientKey, ConnRecord, DnsOrig, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNECTIONS,
-    MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, decide_connect, decide_sock_create,
-    udp_egress_allowed, v4_mapped,
+    AF_INET, ClientKey, ConnRecord, DnsOrig, Egress, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNECTIONS,
+    MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, decide_connect, decide_egress,
+    decide_sock_create, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -400,49 +400,70 @@ pub fn airlock_sock_create(ctx: SockContext) -> i32 {
     DENY
 }
 
-/// Every UDP datagram an agent emits: record who sent DNS queries (the
-/// resolver looks the sender up by address and port) and drop anything
-/// that is not a query to the resolver.
+/// Every packet an agent's socket sends: drop what is addressed off this
+/// host (by the IP header, which a routing header or source route can make
+/// differ from the socket's rewritten destination), record who sent DNS
+/// queries (the resolver looks the sender up by address and port), and
+/// drop other UDP. (Named for its first job; the pinned link keeps the
+/// name.)
 #[cgroup_skb(egress)]
 pub fn airlock_udp_egress(ctx: SkBuffContext) -> i32 {
     match inspect_egress(&ctx) {
         Ok(verdict) => verdict,
-        // A packet too short to parse is not UDP we sent through the hooks.
-        Err(()) => ALLOW,
+        // Too short to hold an IP header: nothing an agent should send.
+        Err(()) => DENY,
     }
 }
 
 #[inline(always)]
 fn inspect_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     let first: u8 = ctx.load(0).map_err(|_| ())?;
-    let (src, dst_loopback, l4) = match first >> 4 {
+    // The transport is the IP header's own next header: behind IPv6
+    // extension headers it is not UDP here, and such a packet may only
+    // pass on loopback.
+    let (src, dst_loopback, is_udp, l4) = match first >> 4 {
         4 => {
             let proto: u8 = ctx.load(9).map_err(|_| ())?;
-            if u32::from(proto) != IPPROTO_UDP {
-                return Ok(ALLOW);
-            }
             let src: [u8; 4] = ctx.load(12).map_err(|_| ())?;
             let dst: [u8; 4] = ctx.load(16).map_err(|_| ())?;
-            (v4_mapped(src), dst[0] == 127, usize::from(first & 0x0f) * 4)
+            (
+                v4_mapped(src),
+                dst[0] == 127,
+                u32::from(proto) == IPPROTO_UDP,
+                usize::from(first & 0x0f) * 4,
+            )
         }
         6 => {
             let next: u8 = ctx.load(6).map_err(|_| ())?;
-            if u32::from(next) != IPPROTO_UDP {
-                return Ok(ALLOW);
-            }
             let src: [u8; 16] = ctx.load(8).map_err(|_| ())?;
             let dst: [u8; 16] = ctx.load(24).map_err(|_| ())?;
-            (src, dst == words_to_bytes(LOOPBACK6), 40)
+            (
+                src,
+                dst == words_to_bytes(LOOPBACK6),
+                u32::from(next) == IPPROTO_UDP,
+                40,
+            )
         }
-        _ => return Ok(ALLOW),
+        _ => return Ok(DENY),
     };
-    let sport: u16 = ctx.load(l4).map_err(|_| ())?;
-    let dport: u16 = ctx.load(l4 + 2).map_err(|_| ())?;
-    let settings = settings();
-    if !udp_egress_allowed(&settings, dst_loopback, u16::from_be(dport)) {
-        bump(Stat::UdpDenied);
-        return Ok(DENY);
+    let dport: u16 = if is_udp && dst_loopback {
+        ctx.load(l4 + 2).map_err(|_| ())?
+    } else {
+        0
+    };
+    match decide_egress(&settings(), dst_loopback, is_udp, u16::from_be(dport)) {
+        Egress::Pass => return Ok(ALLOW),
+        Egress::DropOffHost => {
+            bump(Stat::OffHostDenied);
+            return Ok(DENY);
+        }
+        Egress::DropUdp => {
+            bump(Stat::UdpDenied);
+            return Ok(DENY);
+        }
+        Egress::DnsQuery => {}
     }
+    let sport: u16 = ctx.load(l4).map_err(|_| ())?;
     let key = ClientKey {
         addr: src,
         port: u16::from_be(sport),

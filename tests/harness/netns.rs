@@ -19,6 +19,9 @@ pub struct NetNs {
     /// This side's address on the pair, and the namespace's.
     pub host_ip: String,
     pub ns_ip: String,
+    /// The same, in IPv6 (documentation prefix 2001:db8:`subnet`::/64).
+    pub host_ip6: String,
+    pub ns_ip6: String,
 }
 
 fn ip(args: &[&str]) {
@@ -48,6 +51,8 @@ impl NetNs {
             name: name.clone(),
             host_ip: format!("198.18.{subnet}.1"),
             ns_ip: format!("198.18.{subnet}.2"),
+            host_ip6: format!("2001:db8:{subnet}::1"),
+            ns_ip6: format!("2001:db8:{subnet}::2"),
         };
         ip(&["netns", "add", &name]);
         ip(&[
@@ -60,10 +65,22 @@ impl NetNs {
             "dev",
             &host_if,
         ]);
+        // No duplicate address detection: the addresses are usable at once.
+        let host_cidr6 = format!("{}/64", ns.host_ip6);
+        ip(&["addr", "add", &host_cidr6, "dev", &host_if, "nodad"]);
         ip(&["link", "set", &host_if, "up"]);
         let ns_cidr = format!("{}/24", ns.ns_ip);
+        let ns_cidr6 = format!("{}/64", ns.ns_ip6);
         for args in [
             ["addr", "add", ns_cidr.as_str(), "dev", ns_if.as_str()].as_slice(),
+            &[
+                "addr",
+                "add",
+                ns_cidr6.as_str(),
+                "dev",
+                ns_if.as_str(),
+                "nodad",
+            ],
             &["link", "set", ns_if.as_str(), "up"],
             &["link", "set", "lo", "up"],
         ] {
@@ -80,17 +97,67 @@ impl NetNs {
 
     /// A `TagServer` listening inside the namespace on its address.
     pub fn tag_server(&self, tag: &str) -> TagServer {
-        let (path, bind, tag) = (self.path(), format!("{}:0", self.ns_ip), tag.to_owned());
+        let (bind, tag) = (format!("{}:0", self.ns_ip), tag.to_owned());
+        self.inside(move || TagServer::start(&bind, &tag))
+    }
+
+    /// Runs `work` on a thread inside the namespace, and returns its result.
+    pub fn inside<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns moves only this thread, which exists to bind
-            // the listener there; the file descriptor is valid for the call.
+            // SAFETY: setns moves only this thread, which exists to work
+            // there; the file descriptor is valid for the call.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            TagServer::start(&bind, &tag)
+            work()
         })
         .join()
-        .expect("start a server in the namespace")
+        .expect("work in the namespace")
+    }
+
+    /// Starts counting, inside the namespace, the frames that arrive on
+    /// its end of the pair carrying `marker`; the count is read from the
+    /// returned handle after `listen` has passed.
+    pub fn count_frames_with(
+        &self,
+        marker: &'static [u8],
+        listen: std::time::Duration,
+    ) -> std::thread::JoinHandle<usize> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: as in `inside`.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let sniffer = socket2::Socket::new(
+                socket2::Domain::PACKET,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(i32::from(
+                    (libc::ETH_P_ALL as u16).to_be(),
+                ))),
+            )
+            .expect("a packet socket in the namespace");
+            sniffer
+                .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+                .expect("timeout");
+            let deadline = std::time::Instant::now() + listen;
+            let mut seen = 0;
+            let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 65536];
+            while std::time::Instant::now() < deadline {
+                if let Ok(n) = sniffer.recv(&mut frame) {
+                    // SAFETY: recv initialised the first `n` bytes.
+                    let bytes: Vec<u8> = frame[..n]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
+                    if bytes.windows(marker.len()).any(|w| w == marker) {
+                        seen += 1;
+                    }
+                }
+            }
+            seen
+        })
     }
 }
 

@@ -131,9 +131,10 @@ pub enum Stat {
     RekeyMissing = 6,
     DnsClientRecorded = 7,
     ForeignNetns = 8,
+    OffHostDenied = 9,
 }
 
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -146,6 +147,7 @@ impl Stat {
         Stat::RekeyMissing,
         Stat::DnsClientRecorded,
         Stat::ForeignNetns,
+        Stat::OffHostDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -159,6 +161,7 @@ impl Stat {
             Stat::RekeyMissing => "rekey_missing",
             Stat::DnsClientRecorded => "dns_client_recorded",
             Stat::ForeignNetns => "foreign_netns_denied",
+            Stat::OffHostDenied => "off_host_denied",
         }
     }
 }
@@ -228,11 +231,42 @@ pub const fn decide_sock_create(family: u32, sock_type: u32, protocol: u32) -> b
     )
 }
 
-/// May this UDP datagram leave an agent's socket? After the sendmsg and
-/// connect hooks, the only UDP an agent emits goes to the resolver on
-/// loopback; anything else got past them and is dropped.
-pub const fn udp_egress_allowed(settings: &Settings, dst_is_loopback: bool, dst_port: u16) -> bool {
-    dst_is_loopback && settings.dns_port != 0 && dst_port == settings.dns_port
+/// What the egress filter does with a packet an agent's socket sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// TCP to the proxy, or whatever else stays on loopback.
+    Pass,
+    /// A DNS query to Airlock's resolver: pass it, and record its sender.
+    DnsQuery,
+    /// UDP other than a query to the resolver.
+    DropUdp,
+    /// Addressed off this host. The connect and sendmsg hooks rewrite every
+    /// destination to loopback, but the wire may still say otherwise: an
+    /// IPv6 routing header (`IPV6_RTHDR`, open to any user) or IPv4 source
+    /// route sends the packet to its first hop, and a listening socket's
+    /// replies go to whoever connected from outside.
+    DropOffHost,
+}
+
+/// The verdict on a packet by the destination in its IP header (not the
+/// socket's), its transport, and its destination port.
+pub const fn decide_egress(
+    settings: &Settings,
+    dst_is_loopback: bool,
+    is_udp: bool,
+    dst_port: u16,
+) -> Egress {
+    if !dst_is_loopback {
+        return Egress::DropOffHost;
+    }
+    if !is_udp {
+        return Egress::Pass;
+    }
+    if settings.dns_port != 0 && dst_port == settings.dns_port {
+        Egress::DnsQuery
+    } else {
+        Egress::DropUdp
+    }
 }
 
 /// `::ffff:a.b.c.d` from an IPv4 address given as its four bytes in network

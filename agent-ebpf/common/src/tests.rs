@@ -131,11 +131,23 @@ fn only_plain_tcp_and_udp_sockets_may_be_created() {
 }
 
 #[test]
-fn udp_egress_only_to_the_resolver_on_loopback() {
-    assert!(udp_egress_allowed(&READY, true, 15053));
-    assert!(!udp_egress_allowed(&READY, false, 15053));
-    assert!(!udp_egress_allowed(&READY, true, 53));
-    assert!(!udp_egress_allowed(&Settings::default(), true, 0));
+fn nothing_leaves_loopback_and_udp_only_to_the_resolver() {
+    assert_eq!(decide_egress(&READY, true, false, 15001), Egress::Pass);
+    assert_eq!(decide_egress(&READY, true, true, 15053), Egress::DnsQuery);
+    assert_eq!(decide_egress(&READY, true, true, 53), Egress::DropUdp);
+    assert_eq!(
+        decide_egress(&Settings::default(), true, true, 0),
+        Egress::DropUdp
+    );
+    // Off the host, whatever the transport or port: a routed packet, or a
+    // listener's reply.
+    for (udp, port) in [(false, 443), (false, 15001), (true, 15053), (true, 53)] {
+        assert_eq!(
+            decide_egress(&READY, false, udp, port),
+            Egress::DropOffHost,
+            "udp={udp} port={port}"
+        );
+    }
 }
 
 #[test]
