@@ -562,6 +562,80 @@ print(got)
     );
 }
 
+/// Sockets made outside the agent's cgroup are not captured: one inherited
+/// from whoever ran `airlock run`, or taken from a process of the same user
+/// outside (`pidfd_getfd`), would be a way around the proxy.
+#[test]
+fn an_agent_gets_no_socket_made_outside_its_cgroup() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let server = harness::servers::TagServer::start("127.0.0.1:0", "outside server");
+    // A connected socket this process would hand down, were it not marked.
+    let inherited = std::net::TcpStream::connect(server.addr).expect("connect");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited);
+    // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    // A process of the agent's user, outside its cgroup, holding a socket.
+    let mut holder = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c"])
+        .arg("import socket, sys, time\ns = socket.socket()\nprint(s.fileno(), flush=True)\ntime.sleep(30)")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the holder's socket");
+    let src = format!(
+        r#"
+import ctypes, os
+try:
+    os.fstat({fd})
+    print('inherited open')
+except OSError:
+    print('inherited closed')
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = libc.syscall(434, {pid}, 0)  # pidfd_open
+taken = libc.syscall(438, pidfd, {their_fd}, 0)  # pidfd_getfd
+print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
+"#,
+        pid = holder.id(),
+        their_fd = line.trim()
+    );
+    // Control: the same user outside Airlock takes the socket, so the
+    // refusal below is Airlock's.
+    let outside = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PY,
+            "-c",
+            &src,
+        ])
+        .output()
+        .expect("python");
+    let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        stdout(&outside).contains("taken"),
+        "the holder's socket cannot be taken outside Airlock either, so this would prove nothing:\n{}",
+        describe(&outside)
+    );
+    assert_eq!(
+        stdout(&out),
+        format!("inherited closed\ngetfd errno {}\n", libc::EPERM),
+        "{}",
+        describe(&out)
+    );
+    drop(inherited);
+}
+
 fn raise_flag(flag: &std::path::Path) {
     std::fs::write(flag, "").expect("flag");
     harness::set_mode(flag, 0o644);

@@ -11,6 +11,12 @@
 //!   are not system calls, so no seccomp rule reaches them. Runtimes that
 //!   use it (libuv, for Node) fall back to plain system calls when setup
 //!   fails.
+//! - **Reaching into other processes:** `ptrace`, `process_vm_readv`/
+//!   `writev` and `pidfd_getfd`. A process of the same user outside the
+//!   agent's cgroup (the user's shell, another agent run as the same user)
+//!   has sockets no hook sees; taking one of its descriptors, or making it
+//!   connect for the agent, would go around Airlock, or be audited as the
+//!   other agent. Debuggers inside an agent do not work for that reason.
 //!
 //! Refused calls fail with EPERM, as the cgroup hooks' refusals do. The
 //! filter is inherited by every child and cannot be removed. A 32-bit
@@ -61,7 +67,16 @@ pub fn build() -> Result<BpfProgram, FilterError> {
         libc::SYS_io_uring_enter,
         libc::SYS_io_uring_register,
     ];
-    for nr in with_x32(&io_uring) {
+    let other_processes = [
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_pidfd_getfd,
+    ];
+    for nr in with_x32(&io_uring)
+        .into_iter()
+        .chain(with_x32(&other_processes))
+    {
         // No rule: refused whatever the arguments.
         refused.insert(nr, Vec::new());
     }
@@ -84,6 +99,34 @@ fn with_x32(native: &[i64]) -> Vec<i64> {
         all.extend(native.iter().map(|&nr| nr | X32_SYSCALL_BIT));
     }
     all
+}
+
+/// Marks every descriptor above standard error close-on-exec, so the
+/// command starts with none it did not open itself: a socket inherited
+/// from whoever ran `airlock run` was made outside the agent's cgroup, and
+/// no hook would see what goes through it. Async-signal-safe.
+pub fn close_inherited_on_exec() -> std::io::Result<()> {
+    // SAFETY: close_range(2) with integer arguments; CLOEXEC only flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: one descriptor at a time, up to the limit.
+    // SAFETY: sysconf with a constant name.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(3, 1 << 20) as libc::c_int;
+    for fd in 3..max {
+        // SAFETY: fcntl on a number that may not be open fails with EBADF,
+        // which is ignored; no memory is involved.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 /// Installs `filter` on the calling thread; between fork and exec, that is
@@ -127,6 +170,17 @@ mod tests {
             let uring =
                 unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null::<u8>()) };
             let uring_errno = std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: calls that fail on their arguments (no such fd, pid
+            // 0, a null iovec) before touching memory; only errno is read.
+            let with_errno =
+                |rc: libc::c_long| (rc, std::io::Error::last_os_error().raw_os_error());
+            let reach = [
+                with_errno(unsafe { libc::syscall(libc::SYS_pidfd_getfd, -1, 0, 0) }),
+                with_errno(unsafe { libc::syscall(libc::SYS_process_vm_readv, 0, 0, 0, 0, 0, 0) }),
+                with_errno(unsafe {
+                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_PEEKDATA, 0, 0, 0)
+                }),
+            ];
             (
                 [
                     socket_errno(libc::AF_UNIX, libc::SOCK_STREAM),
@@ -142,14 +196,26 @@ mod tests {
                     socket_errno(46, libc::SOCK_STREAM),
                 ],
                 (uring, uring_errno),
+                reach,
             )
         })
         .join()
         .expect("the confined thread");
-        let (allowed, refused, uring) = seen;
+        let (allowed, refused, uring, reach) = seen;
         assert_eq!(allowed, [0; 4], "IP, Unix and netlink sockets are made");
         assert_eq!(refused, [libc::EPERM; 5], "every other family is EPERM");
         assert_eq!(uring, (-1, Some(libc::EPERM)), "io_uring is refused");
+        assert_eq!(
+            reach,
+            [(-1, Some(libc::EPERM)); 3],
+            "other processes are out of reach"
+        );
+        // SAFETY: as above, unconfined: the kernel's own answer.
+        let unconfined = unsafe { libc::syscall(libc::SYS_pidfd_getfd, -1, 0, 0) };
+        assert_eq!(
+            (unconfined, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EBADF))
+        );
         // Control: the test's own thread is not confined, and there the
         // kernel does not refuse AF_VSOCK with EPERM (it makes one, or has
         // no such family), so the EPERM above is the filter's.

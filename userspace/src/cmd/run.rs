@@ -99,7 +99,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Sockets the cgroup hooks never see, and io_uring.
+            // Sockets the cgroup hooks never see: inherited ones, other
+            // families, io_uring, other processes'.
+            crate::agent_syscalls::close_inherited_on_exec()?;
             crate::agent_syscalls::install(&filter)
         });
     }
