@@ -45,7 +45,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-gzip", "/sse", "/ws", "/big", "/bighead"]
+    paths: ["/hello", "/log", "/echo", "/echo-gzip", "/sse", "/ws", "/big", "/bighead", "/reason"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -231,6 +231,21 @@ show('unlisted', requests.get('https://api.example.test:{p}/elsewhere', timeout=
 show('exfil', requests.get('https://other.example.test:{p}/hello', headers={{'Authorization': 'Bearer ' + tok}}, timeout=10))
 show('exfil-query', requests.get('https://other.example.test:{p}/hello?key=' + tok, timeout=10))
 show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
+# Paths a server may resolve to /admin/users: an encoded separator, and a
+# `;` parameter on a dot segment.
+show('encoded-dots', requests.get('https://api.example.test:{p}/hello/..%2Fadmin/users', timeout=10))
+show('param-dots', requests.get('https://api.example.test:{p}/hello/..;/admin/users', timeout=10))
+# A POST that frameworks read as the DELETE the policy refuses.
+show('override', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'DELETE', 'Authorization': 'Bearer ' + tok}}, timeout=10))
+import http.client, ssl
+conn = http.client.HTTPSConnection('api.example.test', {p}, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']), timeout=10)
+conn.putrequest('GET', '/hello', skip_host=True)
+conn.putheader('Host', 'api.example.test:{p}')
+conn.putheader('Host', 'other.example.test')
+conn.putheader('Authorization', 'Bearer ' + tok)
+conn.endheaders()
+r = conn.getresponse()
+print('two-hosts', r.status, json.loads(r.read()).get('reason'))
 r = requests.post('https://api.example.test:{p}/echo?text=' + tok, headers={{'Authorization': 'Bearer ' + tok}}, timeout=10)
 show('planted', r)
 print('detail', r.json().get('detail'))
@@ -251,6 +266,10 @@ print('detail', r.json().get('detail'))
                 "exfil-query 403 denied placeholder_not_allowed GET /hello?key={PLACEHOLDER} web-bot"
             ),
             "clean 200 None None None None None",
+            "encoded-dots 403 denied deny_rule GET /hello/..%2Fadmin/users web-bot",
+            "param-dots 403 denied deny_rule GET /hello/..;/admin/users web-bot",
+            "override 403 denied method_not_allowed POST /hello web-bot",
+            "two-hosts 403 host_mismatch",
             // The right host, but a bearer token planted in a query
             // parameter (a message text the API would keep).
             &format!(
@@ -331,13 +350,53 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     );
     assert!(
         !text.contains(&b64(format!("bot:{SECRET}"))),
-        "the agent got the encoded secret back: {text}"
+        "the agent got the encoded secret back"
     );
     assert_eq!(
         text.matches(&b64(format!("bot:{PLACEHOLDER}"))).count(),
         2,
         "the echoed header and body: {text}"
     );
+
+    // Kept by the upstream and read back later without any credential:
+    // the answer is not tied to the Basic value Airlock sent, and the
+    // user name is the agent's to choose.
+    let log = format!("https://api.example.test:{}/log", up.port);
+    let out = d.run_agent_dns("web-bot", &["curl", "-sS", &log]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !text.contains(&b64(format!("bot:{SECRET}"))),
+        "the agent read the encoded secret back from the log"
+    );
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS -u \"ab:$API_TOKEN\" {url} >/dev/null && curl -sS {log}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        !text.contains(&b64(format!("ab:{SECRET}"))),
+        "the agent read the encoded secret back from the log"
+    );
+
+    // A status line that quotes the request: the reason phrase is the
+    // upstream's text, and not passed on.
+    let reason = format!("https://api.example.test:{}/reason", up.port);
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!("curl -sS -i --http1.1 -H \"Authorization: Bearer $API_TOKEN\" {reason}"),
+        ],
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 401 "), "{}", describe(&out));
+    assert_no_secret("the status line", &text);
 }
 
 const ENC_RULE: &str = "  - host: svc.example.test:{port}\n    methods: [GET]\n    paths: [\"/echo\"]\n    credentials:\n      - secret: q-key\n      - secret: h-key\n      - secret: k-key\n";

@@ -219,6 +219,18 @@ async fn handle(
     }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
+        "/reason" => {
+            // An HTTP/1.1 status line that quotes the request, as careless
+            // servers' error pages do.
+            let mut r = Response::new(full("denied\n"));
+            *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+            if let Some(auth) = req.headers().get("authorization")
+                && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(auth.as_bytes().to_vec())
+            {
+                r.extensions_mut().insert(phrase);
+            }
+            r
+        }
         "/log" => {
             // Every request seen so far, as a request log or a request bin
             // shows them: what one request sent, another reads back, whole

@@ -6,6 +6,7 @@
 //! On the way back, [`Scrubber`] puts placeholders back wherever an upstream
 //! echoes a secret, in headers, streamed bodies and trailers.
 
+mod base64_forms;
 mod echo_forms;
 mod grant;
 mod readable;

@@ -7,11 +7,13 @@
 //!
 //! Each secret is looked for as it is and in the forms the common URL and
 //! JSON encoders give it (`super::echo_forms`): an upstream reflecting a
-//! request URL or a JSON document of its headers gives those back. The
-//! base64 of a Basic value Airlock rewrote is added for that response
+//! request URL or a JSON document of its headers gives those back. Inside
+//! base64 among other bytes (a Basic value kept in a request log) it is
+//! found at each alignment (`super::base64_forms`). The base64 of a Basic
+//! value Airlock rewrote is also added whole for that response
 //! ([`Scrubber::with`]), so an echoed Authorization header gives back the
 //! agent's own encoding. Other encodings an upstream may make of its own
-//! (its own base64, a changed letter case, a hash) are not recognised.
+//! (a changed letter case, a hash) are not recognised.
 
 use std::cmp::Reverse;
 use std::fmt;
@@ -24,6 +26,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use zeroize::Zeroizing;
 
+use super::base64_forms::base64_forms;
 use super::echo_forms::echo_forms;
 use crate::secret::Secret;
 
@@ -57,13 +60,15 @@ struct Table {
     max_len: usize,
 }
 
-/// Each pair, followed by a pair for every other form of its secret.
+/// Each pair, followed by a pair for every other form of its secret: as
+/// the common encoders echo it, and inside base64 among other bytes.
 fn with_echo_forms(pairs: Vec<(Secret, Vec<u8>)>) -> Vec<(Secret, Vec<u8>)> {
     let mut all = Vec::with_capacity(pairs.len());
     for (secret, placeholder) in pairs {
         for form in echo_forms(secret.expose()) {
             all.push((form, placeholder.clone()));
         }
+        all.extend(base64_forms(secret.expose(), &placeholder));
         all.push((secret, placeholder));
     }
     all

@@ -143,9 +143,13 @@ impl Intercept {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let (host, mismatch) = {
-            let named = parts
-                .headers
-                .get(header::HOST)
+            // One Host, in text, or none: servers that route on another of
+            // several, or read bytes this one cannot, would pick a host the
+            // policy never saw.
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            let first = hosts.next();
+            let unreadable = hosts.next().is_some() || first.is_some_and(|v| v.to_str().is_err());
+            let named = first
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .map(normalize_host);
@@ -153,9 +157,12 @@ impl Intercept {
                 // The SNI decided which certificate the agent got; a Host
                 // naming another server on the same connection would dodge
                 // that decision.
-                (Some(sni), named) => (sni.clone(), named.is_some_and(|n| *n != **sni)),
-                (None, Some(h)) => (Arc::from(h.as_ref()), false),
-                (None, None) => (Arc::from(ctx.origin.dst.0.ip().to_string()), false),
+                (Some(sni), named) => (
+                    sni.clone(),
+                    unreadable || named.is_some_and(|n| *n != **sni),
+                ),
+                (None, Some(h)) => (Arc::from(h.as_ref()), unreadable),
+                (None, None) => (Arc::from(ctx.origin.dst.0.ip().to_string()), unreadable),
             }
         };
         let mut record = AuditRecord {
@@ -255,6 +262,22 @@ impl Intercept {
                 });
             }
         };
+        // Frameworks (Rails, Google's APIs) take the method from these
+        // headers: a POST that says DELETE is a DELETE to them, and must
+        // pass the policy as one too.
+        for name in headers::METHOD_OVERRIDES {
+            for value in parts.headers.get_all(name) {
+                let overridden = value.to_str().unwrap_or("(not text)").trim();
+                if let HttpDecision::Deny(d) =
+                    policy.decide_http(host, ctx.port, overridden, path.as_str())
+                {
+                    return Err(ProxyError::Denied {
+                        reason: d.reason.as_str(),
+                        rule: d.rule_label,
+                    });
+                }
+            }
+        }
         record.rule = Some(allowed.rule_label.clone());
         if let Some(limit) = &allowed.rate_limit {
             self.limiter
@@ -585,6 +608,9 @@ impl Intercept {
         let body = if !guarded {
             Either::Left(rbody)
         } else {
+            // An HTTP/1.1 reason phrase is the upstream's own text, which
+            // hyper would hand on as it came; the status code says it all.
+            rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
             for value in rparts.headers.values_mut() {
                 if let Some(clean) = scrubber.scrub_header_value(value) {
                     *value = clean;
