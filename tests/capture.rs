@@ -636,6 +636,76 @@ print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
     drop(inherited);
 }
 
+/// While the daemon is down the pinned hooks still send every agent's
+/// connections and DNS to Airlock's ports: an agent listening there would
+/// receive the others'. Agents may bind any other port.
+#[test]
+fn an_agent_cannot_bind_airlocks_own_ports() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let status = d.status().expect("status");
+    let port = |what: &str| {
+        status["listening"][what][0]
+            .as_str()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no {what} port in {status}"))
+    };
+    let (proxy, dns) = (port("proxy"), port("dns"));
+    let src = format!(
+        r#"
+import errno, socket
+def attempt(name, family, kind, addr):
+    s = socket.socket(family, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(addr)
+        print(name, 'bound')
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+attempt('proxy', socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', {proxy}))
+attempt('proxy-any6', socket.AF_INET6, socket.SOCK_STREAM, ('::', {proxy}))
+attempt('dns', socket.AF_INET, socket.SOCK_DGRAM, ('127.0.0.1', {dns}))
+attempt('dns6', socket.AF_INET6, socket.SOCK_DGRAM, ('::1', {dns}))
+attempt('other', socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 0))
+"#
+    );
+    // Control: outside Airlock the ports are only in use, so the EPERM
+    // below is the hook's.
+    let outside = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PY,
+            "-c",
+            &src,
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        stdout(&outside).contains("proxy EADDRINUSE"),
+        "{}",
+        describe(&outside)
+    );
+    let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
+    assert_eq!(
+        stdout(&out),
+        "proxy EPERM\nproxy-any6 EPERM\ndns EPERM\ndns6 EPERM\nother bound\n",
+        "{}",
+        describe(&out)
+    );
+    let status = d.status().expect("status");
+    assert!(
+        status["kernel_counters"]["bind_denied"]
+            .as_u64()
+            .is_some_and(|n| n >= 4),
+        "{status:#}"
+    );
+}
+
 fn raise_flag(flag: &std::path::Path) {
     std::fs::write(flag, "").expect("flag");
     harness::set_mode(flag, 0o644);
@@ -819,11 +889,19 @@ def attempt(name, fn):
         print(name, 'EPERM')
     except OSError as e:
         print(name, 'error', e.errno)
-# What an attacker listens on: the daemon's ports, in its own namespace.
-srv = socket.socket(); srv.bind(('127.0.0.1', P)); srv.listen(8)
-srv6 = socket.socket(socket.AF_INET6); srv6.bind(('::1', P)); srv6.listen(8)
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(('127.0.0.1', D))
-print('listening')
+# What an attacker would listen on: the daemon's ports, in its own
+# namespace. The bind hook refuses them in any namespace; the connects
+# below are refused whether or not something listens.
+traps = []
+def trap():
+    srv = socket.socket(); srv.bind(('127.0.0.1', P)); srv.listen(8); traps.append(srv)
+def trap6():
+    srv6 = socket.socket(socket.AF_INET6); srv6.bind(('::1', P)); srv6.listen(8); traps.append(srv6)
+def trap_dns():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(('127.0.0.1', D)); traps.append(udp)
+for name, fn in [('trap', trap), ('trap6', trap6), ('trap-dns', trap_dns)]:
+    attempt(name, fn)
+print('namespace ready')
 def tcp():
     socket.create_connection(('127.0.0.1', 9), timeout=2)
 def tcp6():
@@ -852,14 +930,14 @@ for name, fn in [('tcp', tcp), ('tcp6', tcp6), ('mapped', mapped), ('dns', dns)]
             &src,
         ],
     );
-    // The namespace was made and its listeners bound: the refusals below
-    // are the hooks', not a failure to set the trap.
+    // The namespace was made: the refusals below are the hooks', not a
+    // failure to make it.
     assert!(
-        stdout(&out).lines().any(|l| l == "listening"),
+        stdout(&out).lines().any(|l| l == "namespace ready"),
         "the agent could not set up its own namespace:\n{}",
         describe(&out)
     );
-    for name in ["tcp", "tcp6", "mapped", "dns"] {
+    for name in ["trap", "trap6", "trap-dns", "tcp", "tcp6", "mapped", "dns"] {
         assert!(
             stdout(&out).lines().any(|l| l == format!("{name} EPERM")),
             "{name} from another network namespace was not refused with EPERM:\n{}",
@@ -904,7 +982,7 @@ fn a_killed_daemon_fails_closed_and_its_successor_reuses_the_pins() {
     let policy = capture_policy(&[format!("127.0.0.1/32:{}", server.addr.port())]);
     let mut d = Daemon::start(DaemonOptions::with_policy("capture.yaml", &policy));
     let attached = d.attached_programs();
-    assert_eq!(attached, 9, "one of each hook");
+    assert_eq!(attached, 11, "one of each hook");
 
     // An agent that outlives the daemon: it connects once per step, each
     // step started by a file the test creates.
@@ -1069,7 +1147,7 @@ fn a_restarted_daemon_replaces_a_foreign_pinned_program_and_maps_of_another_layo
     );
     assert_eq!(
         d.attached_programs(),
-        9,
+        11,
         "a hook was attached twice or lost"
     );
     let after = dial(&d);
@@ -1101,7 +1179,7 @@ fn a_restarted_daemon_replaces_a_foreign_pinned_program_and_maps_of_another_layo
     );
     assert_eq!(
         d.attached_programs(),
-        9,
+        11,
         "a hook was attached twice or lost"
     );
     // The allowed relay needs the connect4 record to reach the daemon's
@@ -1164,7 +1242,7 @@ fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
     // The next daemon finds its links on the old cgroup and attaches the
     // programs to the new one.
     d.spawn();
-    assert_eq!(d.attached_programs(), 9);
+    assert_eq!(d.attached_programs(), 11);
     let status = d.status().expect("status");
     for p in status["programs"].as_array().expect("programs") {
         assert_eq!(p["link"], "attached", "{status}");
@@ -1182,7 +1260,7 @@ fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
     // While the daemon runs, it notices by itself and attaches again.
     remake_cgroup_root(&d);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while d.attached_programs() < 9 {
+    while d.attached_programs() < 11 {
         assert!(
             std::time::Instant::now() < deadline,
             "the running daemon did not attach its programs again:\n{}",

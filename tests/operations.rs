@@ -355,7 +355,7 @@ fn status_reports_health_programs_agents_and_denials() {
     );
     let status = d.status().expect("status");
     assert_eq!(status["healthy"], true, "{status}");
-    assert_eq!(status["attached_programs"], 9, "{status}");
+    assert_eq!(status["attached_programs"], 11, "{status}");
     let agents = status["agents"].as_array().expect("agents");
     assert!(
         agents
@@ -404,7 +404,7 @@ fn status_reports_health_programs_agents_and_denials() {
         .expect("status");
     let text = stdout(&human);
     assert!(
-        text.contains("healthy") && text.contains("ops-bot") && text.contains("9 attached"),
+        text.contains("healthy") && text.contains("ops-bot") && text.contains("11 attached"),
         "{text}"
     );
     // A daemon that is down: status says so, with the fix, and fails.

@@ -15,8 +15,8 @@
 
 use agent_common::{
     AF_INET, ClientKey, ConnRecord, DnsOrig, Egress, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNECTIONS,
-    MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, decide_connect, decide_egress,
-    decide_sock_create, v4_mapped,
+    MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, bind_allowed, decide_connect,
+    decide_egress, decide_sock_create, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -277,6 +277,33 @@ pub fn airlock_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn airlock_sendmsg6(ctx: SockAddrContext) -> i32 {
     capture(&ctx, true, false)
+}
+
+/// bind(2) of an agent's socket: any port but the ones Airlock listens on.
+#[inline(always)]
+fn bind_verdict(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: `user_port` is readable in bind4/bind6; one 4-byte load.
+    let port =
+        u16::from_be(unsafe { core::ptr::read_volatile(&(*ctx.sock_addr).user_port) } as u16);
+    if bind_allowed(&settings(), port) {
+        return ALLOW;
+    }
+    bump(Stat::BindDenied);
+    warn!(
+        ctx,
+        "airlock: refused a bind to Airlock's own port {}", port
+    );
+    DENY
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn airlock_bind4(ctx: SockAddrContext) -> i32 {
+    bind_verdict(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn airlock_bind6(ctx: SockAddrContext) -> i32 {
+    bind_verdict(&ctx)
 }
 
 /// Replies from the resolver are reported as coming from the server the

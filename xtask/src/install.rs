@@ -237,7 +237,7 @@ pub fn install_check() -> anyhow::Result<()> {
 fn check_installed() -> anyhow::Result<()> {
     let out = Command::new(BIN).args(["status", "--json"]).output()?;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("status JSON")?;
-    if status["healthy"] != true || status["attached_programs"] != 9 {
+    if status["healthy"] != true || status["attached_programs"] != 11 {
         bail!("installed daemon is not healthy: {status}");
     }
     // A target the example policies do not name.
@@ -289,7 +289,7 @@ fn check_installed() -> anyhow::Result<()> {
     }
     drop(listener);
     say(
-        "installed service: healthy, 9 programs attached, Node agent captured and judged by the example policy",
+        "installed service: healthy, 11 programs attached, Node agent captured and judged by the example policy",
     );
     Ok(())
 }

@@ -39,6 +39,8 @@ pub mod programs {
     pub const SOCK_OPS: &str = "airlock_sock_ops";
     pub const SOCK_CREATE: &str = "airlock_sock_create";
     pub const UDP_EGRESS: &str = "airlock_udp_egress";
+    pub const BIND4: &str = "airlock_bind4";
+    pub const BIND6: &str = "airlock_bind6";
 }
 
 pub const MAX_CONNECTIONS: u32 = 65_536;
@@ -132,9 +134,10 @@ pub enum Stat {
     DnsClientRecorded = 7,
     ForeignNetns = 8,
     OffHostDenied = 9,
+    BindDenied = 10,
 }
 
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -148,6 +151,7 @@ impl Stat {
         Stat::DnsClientRecorded,
         Stat::ForeignNetns,
         Stat::OffHostDenied,
+        Stat::BindDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -162,6 +166,7 @@ impl Stat {
             Stat::DnsClientRecorded => "dns_client_recorded",
             Stat::ForeignNetns => "foreign_netns_denied",
             Stat::OffHostDenied => "off_host_denied",
+            Stat::BindDenied => "bind_denied",
         }
     }
 }
@@ -229,6 +234,17 @@ pub const fn decide_sock_create(family: u32, sock_type: u32, protocol: u32) -> b
         (sock_type, protocol),
         (SOCK_STREAM, IPPROTO_IP | IPPROTO_TCP) | (SOCK_DGRAM, IPPROTO_IP | IPPROTO_UDP)
     )
+}
+
+/// May an agent bind `port`? Not Airlock's own ports, on any address:
+/// while the daemon is down (a restart, a crash) the pinned hooks still
+/// send every agent's connections and DNS there, and an agent listening
+/// on them would receive the others' requests. Port 0 asks the kernel for
+/// an ephemeral port, never these.
+pub const fn bind_allowed(settings: &Settings, port: u16) -> bool {
+    port == 0
+        || ((settings.proxy_port == 0 || port != settings.proxy_port)
+            && (settings.dns_port == 0 || port != settings.dns_port))
 }
 
 /// What the egress filter does with a packet an agent's socket sends.

@@ -131,6 +131,18 @@ fn only_plain_tcp_and_udp_sockets_may_be_created() {
 }
 
 #[test]
+fn agents_may_bind_any_port_but_airlocks_own() {
+    for port in [0, 1, 80, 8080, 15000, 15002, 15054, 65535] {
+        assert!(bind_allowed(&READY, port), "{port}");
+    }
+    assert!(!bind_allowed(&READY, 15001));
+    assert!(!bind_allowed(&READY, 15053));
+    // Before the daemon has said where it listens, there is nothing to
+    // keep; the connect hooks deny everything then anyway.
+    assert!(bind_allowed(&Settings::default(), 15001));
+}
+
+#[test]
 fn nothing_leaves_loopback_and_udp_only_to_the_resolver() {
     assert_eq!(decide_egress(&READY, true, false, 15001), Egress::Pass);
     assert_eq!(decide_egress(&READY, true, true, 15053), Egress::DnsQuery);

@@ -68,9 +68,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match crate::ebpf::missing_hooks(&tree.root) {
         Ok(missing) if missing.is_empty() => {}
         Ok(missing) => bail!(
-            "{} lacks Airlock's eBPF programs ({} of its 9 hooks have none): an agent placed there would not be captured. A running daemon attaches them again within 2 s; otherwise start it (`systemctl start airlock`, or `airlock daemon`)",
+            "{} lacks Airlock's eBPF programs ({} of its {} hooks have none): an agent placed there would not be captured. A running daemon attaches them again within 2 s; otherwise start it (`systemctl start airlock`, or `airlock daemon`)",
             tree.root.display(),
-            missing.len()
+            missing.len(),
+            crate::ebpf::HOOK_COUNT
         ),
         Err(err) => bail!(
             "cannot ask the kernel which eBPF programs guard {}: {err}; not running the agent unguarded",

@@ -158,11 +158,13 @@ enum Hook {
 }
 
 /// Each program, its hook, and its attach type (enum bpf_attach_type).
-const PROGRAMS: [(&str, Hook, u32); 9] = [
-    // sock_create and the egress filter first: from the moment connect
-    // hooks exist, nothing must be able to go around them.
+const PROGRAMS: [(&str, Hook, u32); 11] = [
+    // sock_create, the egress filter and bind first: from the moment
+    // connect hooks exist, nothing must be able to go around them.
     (prog::SOCK_CREATE, Hook::SockCreate, 2),
     (prog::UDP_EGRESS, Hook::SkbEgress, 1),
+    (prog::BIND4, Hook::SockAddr, 8),
+    (prog::BIND6, Hook::SockAddr, 9),
     (prog::SOCK_OPS, Hook::SockOps, 3),
     (prog::RECVMSG4, Hook::SockAddr, 19),
     (prog::RECVMSG6, Hook::SockAddr, 20),

@@ -14,7 +14,7 @@ mod upgrade;
 pub use kernel::{Kernel, LoaderOutcome, guard_hooks};
 pub use load::{KernelError, attach, detach_pinned};
 pub use maps::{ConnTable, KernelConnTable, KernelStats};
-pub use query::{attached_program_count, missing_hooks};
+pub use query::{HOOK_COUNT, attached_program_count, missing_hooks};
 pub use sys::netns_cookie;
 
 /// The eBPF object built from `agent-ebpf` by build.rs.

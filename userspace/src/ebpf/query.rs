@@ -7,10 +7,12 @@ use super::sys;
 const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// The attach types Airlock uses (enum bpf_attach_type).
-const ATTACH_TYPES: [u32; 9] = [
+const ATTACH_TYPES: [u32; 11] = [
     1,  // BPF_CGROUP_INET_EGRESS
     2,  // BPF_CGROUP_INET_SOCK_CREATE
     3,  // BPF_CGROUP_SOCK_OPS
+    8,  // BPF_CGROUP_INET4_BIND
+    9,  // BPF_CGROUP_INET6_BIND
     10, // BPF_CGROUP_INET4_CONNECT
     11, // BPF_CGROUP_INET6_CONNECT
     14, // BPF_CGROUP_UDP4_SENDMSG
@@ -70,6 +72,9 @@ fn program_ids(cgroup: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
 pub(super) fn is_attached(cgroup: &File, attach_type: u32, id: u32) -> std::io::Result<bool> {
     Ok(program_ids(cgroup, attach_type)?.contains(&id))
 }
+
+/// How many hooks Airlock puts on the cgroup root.
+pub const HOOK_COUNT: usize = ATTACH_TYPES.len();
 
 /// The hooks (by attach type) that have no program attached directly to
 /// `cgroup`. A process placed there would not be captured by them.
