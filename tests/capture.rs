@@ -578,9 +578,11 @@ fn an_agent_gets_no_socket_made_outside_its_cgroup() {
     // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
     // A process of the agent's user, outside its cgroup, holding a socket.
-    let mut holder = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c"])
-        .arg("import socket, sys, time\ns = socket.socket()\nprint(s.fileno(), flush=True)\ntime.sleep(30)")
+    let mut holder = as_nobody_outside(&[
+        PY,
+        "-c",
+        "import socket, sys, time\ns = socket.socket()\nprint(s.fileno(), flush=True)\ntime.sleep(30)",
+    ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the holder");
@@ -608,15 +610,7 @@ print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
     );
     // Control: the same user outside Airlock takes the socket, so the
     // refusal below is Airlock's.
-    let outside = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            PY,
-            "-c",
-            &src,
-        ])
+    let outside = as_nobody_outside(&[PY, "-c", &src])
         .output()
         .expect("python");
     let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
@@ -674,15 +668,7 @@ attempt('other', socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 0))
     );
     // Control: outside Airlock the ports are only in use, so the EPERM
     // below is the hook's.
-    let outside = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            PY,
-            "-c",
-            &src,
-        ])
+    let outside = as_nobody_outside(&[PY, "-c", &src])
         .output()
         .expect("python");
     assert!(
@@ -704,6 +690,15 @@ attempt('other', socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 0))
             .is_some_and(|n| n >= 4),
         "{status:#}"
     );
+}
+
+/// `cmd` as user nobody (the agents' user in these tests), outside
+/// Airlock: the control beside what an agent is refused.
+fn as_nobody_outside(cmd: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(cmd);
+    c
 }
 
 fn raise_flag(flag: &std::path::Path) {
