@@ -701,6 +701,39 @@ fn as_nobody_outside(cmd: &[&str]) -> std::process::Command {
     c
 }
 
+/// A user's systemd manager starts processes for them outside any
+/// cgroup Airlock knows (`systemd-run --user`): `airlock run` refuses a
+/// user that has one, and says what to do.
+#[test]
+fn airlock_run_refuses_a_user_whose_systemd_manager_runs() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    // A user of the test's own, with what a running manager leaves.
+    let uid = 65_000 + std::process::id() % 500;
+    let runtime = std::path::PathBuf::from(format!("/run/user/{uid}"));
+    assert!(!runtime.exists(), "{} is in use", runtime.display());
+    let had_run_user = std::path::Path::new("/run/user").exists();
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
+    std::fs::write(runtime.join("bus"), "").expect("bus");
+    let uid_text = uid.to_string();
+    let out = d.run_agent_as("capture-bot", &["--user", &uid_text], &["true"]);
+    let _ = std::fs::remove_dir_all(&runtime);
+    if !had_run_user {
+        let _ = std::fs::remove_dir("/run/user");
+    }
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemd user manager running") && err.contains("disable-linger"),
+        "{err}"
+    );
+    // Without it, the same user runs.
+    let out = d.run_agent_as("capture-bot", &["--user", &uid_text], &["true"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
 fn raise_flag(flag: &std::path::Path) {
     std::fs::write(flag, "").expect("flag");
     harness::set_mode(flag, 0o644);

@@ -55,6 +55,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    if let Some(t) = &target {
+        refuse_user_with_a_manager(t)?;
+    }
+
     let tree = CgroupTree::discover(&config.cgroup_root)?;
     if !tree.root.is_dir() {
         bail!(
@@ -108,6 +112,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run {:?}", args.command[0]))
+}
+
+/// A user whose systemd user manager runs (a login session, or lingering)
+/// can have it start processes for them: `systemd-run --user` from inside
+/// the agent would start one in the manager's cgroup, outside Airlock.
+fn refuse_user_with_a_manager(target: &Target) -> anyhow::Result<()> {
+    let runtime = std::path::PathBuf::from(format!("/run/user/{}", target.uid));
+    for socket in ["bus", "systemd/private"] {
+        let path = runtime.join(socket);
+        if path.exists() {
+            bail!(
+                "user {name} has a systemd user manager running ({}): the agent could have it start processes outside its cgroup (`systemd-run --user`), which Airlock would not capture. Run the agent as a user of its own with no login session and no lingering (`useradd --system --no-create-home airlock-agent`), or end this user's sessions and `loginctl disable-linger {name}`",
+                path.display(),
+                name = target.name,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The environment of the policy the daemon has in force (a policy file
