@@ -1026,7 +1026,7 @@ def attempt():
         return 'tag ' + s.makefile().readline().strip()
     except OSError as e:
         return 'error ' + type(e).__name__
-for step in ['alive', 'killed', 'restarted']:
+for step in ['alive', 'killed', 'restarted', 'stopped']:
     deadline = time.time() + 60
     while not os.path.exists(os.path.join('{dir}', step)) and time.time() < deadline:
         time.sleep(0.02)
@@ -1095,6 +1095,25 @@ for step in ['alive', 'killed', 'restarted']:
     let status = d.status().expect("status");
     let programs = status["programs"].as_array().expect("programs");
     assert!(programs.iter().all(|p| p["link"] == "reopened"), "{status}");
+
+    // Stopped cleanly (`systemctl stop`, an upgrade), the daemon closes the
+    // hooks: connects are refused at once, and whatever listens on its
+    // port meanwhile (any local process may bind it) gets none of them.
+    d.stop();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", d.proxy_port))
+        .expect("the stopped daemon's port is free");
+    squatter.set_nonblocking(true).expect("nonblocking");
+    let before = server.accepted();
+    assert_eq!(
+        step("stopped"),
+        "error PermissionError",
+        "with the daemon stopped, the agent's connect must be refused"
+    );
+    assert!(
+        squatter.accept().is_err(),
+        "the process on the stopped daemon's port received an agent's connection"
+    );
+    assert_eq!(server.accepted(), before);
     let _ = agent.0.wait();
 }
 

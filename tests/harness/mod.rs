@@ -228,6 +228,20 @@ impl Daemon {
             .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
+    /// SIGTERM, as `systemctl stop` sends, and wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait for the daemon");
+            assert!(
+                status.success(),
+                "the daemon stopped badly ({status}):\n{}",
+                self.log_text()
+            );
+        }
+    }
+
     /// SIGKILL: no chance to clean anything up, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

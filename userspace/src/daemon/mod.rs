@@ -225,7 +225,15 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     );
     notify::ready();
     wait_for_stop().await;
-    info!("stopping; the pinned programs stay attached, so agents stay enforced (fail closed)");
+    match kernel.close() {
+        Ok(()) => info!(
+            "stopping; agents' connections are refused until the daemon is back (the pinned programs stay attached)"
+        ),
+        Err(err) => error!(
+            error = %err,
+            "stopping; cannot close the hooks, so agents' connections go on to the proxy's ports, where nothing listens"
+        ),
+    }
     if !audit_at_stop.flush(AUDIT_FLUSH_AT_STOP) {
         error!(
             path = %config.audit_log.display(),

@@ -90,6 +90,33 @@ impl Kernel {
         })
     }
 
+    /// At a clean stop: the hooks refuse every agent connect and DNS send
+    /// (EPERM) until a daemon publishes its settings again, instead of
+    /// sending them to ports that nothing, or another local process, may
+    /// hold meanwhile. The ports stay known, so agents still may not bind
+    /// them. (A crash leaves the settings as they were; the bind hooks
+    /// still keep agents off the ports.)
+    pub fn close(&self) -> Result<(), KernelError> {
+        let mut settings: Array<MapData, Settings> = Array::try_from(Map::Array(open_pin(
+            &self.report.pin_dir,
+            map_names::SETTINGS,
+        )?))
+        .map_err(|source| KernelError::Map {
+            name: map_names::SETTINGS,
+            source,
+        })?;
+        let closed = Settings {
+            netns_cookie: 0,
+            ..self.requested
+        };
+        settings
+            .set(0, closed, 0)
+            .map_err(|source| KernelError::Map {
+                name: map_names::SETTINGS,
+                source,
+            })
+    }
+
     /// The settings this daemon gave the hooks.
     pub fn requested(&self) -> Settings {
         self.requested

@@ -1,7 +1,8 @@
 //! Load the embedded object and attach its programs to the managed cgroup
 //! root, or re-open the links a previous run pinned. Links are pinned so
-//! that enforcement outlives the daemon: while it is down, redirected
-//! connects find no listener and fail (closed), and a restarted daemon
+//! that enforcement outlives the daemon: while it is down, connects are
+//! refused (a clean stop closes the hooks, `Kernel::close`) or find no
+//! listener (a crash), and a restarted daemon
 //! picks the links up again instead of stacking a second copy of every
 //! hook.
 //!
