@@ -530,7 +530,13 @@ impl Intercept {
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(|err| ProxyError::Upstream {
-                reason: error_chain(&err),
+                // An HTTP/2 GOAWAY's debug data is the upstream's text, and
+                // hyper's error quotes it.
+                reason: if guarded {
+                    scrubbed_text(&scrubber, error_chain(&err))
+                } else {
+                    error_chain(&err)
+                },
             })?;
         if upstream::head_size(resp.headers()) > upstream::RESPONSE_HEAD_MAX {
             return Err(ProxyError::Upstream {
@@ -641,6 +647,14 @@ impl Intercept {
     }
 }
 
+/// `text` with the secrets `scrubber` knows replaced by their placeholders.
+fn scrubbed_text(scrubber: &creds::Scrubber, text: String) -> String {
+    match scrubber.scrub_bytes(text.as_bytes()) {
+        Some(clean) => String::from_utf8_lossy(&clean).into_owned(),
+        None => text,
+    }
+}
+
 /// What goes upstream: the agent's body as it streams, or a body read
 /// whole before a human approved it.
 enum Outgoing {
@@ -680,7 +694,23 @@ impl OnDone for AuditWhenDone {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_host;
+    use super::{normalize_host, scrubbed_text};
+    use crate::{creds::Scrubber, secret::Secret};
+
+    #[test]
+    fn an_upstream_error_quoting_a_secret_is_scrubbed() {
+        let scrubber = Scrubber::new(vec![(
+            Secret::new(b"sk-live-0123456789abcdef".to_vec()),
+            b"airlock-ph-key".to_vec(),
+        )]);
+        // As hyper words an HTTP/2 GOAWAY that carries debug data.
+        let text = "connection error received: not a result of an error (b\"token sk-live-0123456789abcdef\")";
+        assert_eq!(
+            scrubbed_text(&scrubber, text.to_owned()),
+            "connection error received: not a result of an error (b\"token airlock-ph-key\")"
+        );
+        assert_eq!(scrubbed_text(&scrubber, "clean".to_owned()), "clean");
+    }
 
     #[test]
     fn host_headers_normalize_to_bare_lower_case_names() {
