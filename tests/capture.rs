@@ -616,6 +616,13 @@ print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
     let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
     let _ = holder.kill();
     let _ = holder.wait();
+    // `run` says that the user also runs processes outside Airlock.
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("also runs processes outside this agent's cgroup"),
+        "{}",
+        describe(&out)
+    );
     assert!(
         stdout(&outside).contains("taken"),
         "the holder's socket cannot be taken outside Airlock either, so this would prove nothing:\n{}",

@@ -84,6 +84,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let env = agent_env(&config, &args.agent)?;
     let dir = tree.enter(&args.agent, std::process::id())?;
+    if let Some(t) = &target {
+        warn_of_other_processes(t, &tree.mount, &dir);
+    }
     tracing::debug!(cgroup = %dir.display(), "joined agent cgroup");
 
     let mut cmd = Command::new(&args.command[0]);
@@ -130,6 +133,57 @@ fn refuse_user_with_a_manager(target: &Target) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A process of the agent's user outside the agent's cgroup is outside
+/// Airlock, and the agent may reach into it (`/proc/PID/mem` needs only the
+/// same user): said, not refused, since a user shared on purpose is the
+/// operator's choice.
+fn warn_of_other_processes(target: &Target, mount: &std::path::Path, agent_dir: &std::path::Path) {
+    let Ok(relative) = agent_dir.strip_prefix(mount) else {
+        return;
+    };
+    let inside = format!("0::/{}", relative.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut outside = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let owned = std::fs::read_to_string(dir.join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .is_some_and(|uid| uid == target.uid.to_string())
+        });
+        if !owned {
+            continue;
+        }
+        let in_agent = std::fs::read_to_string(dir.join("cgroup")).is_ok_and(|cg| {
+            cg.lines()
+                .any(|l| l == inside || l.starts_with(&format!("{inside}/")))
+        });
+        if !in_agent {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            outside.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    if !outside.is_empty() {
+        outside.truncate(5);
+        eprintln!(
+            "airlock: warning: user {} also runs processes outside this agent's cgroup (pid {}): they are outside Airlock, and the agent can reach into them through /proc/PID/mem. Give the agent a user of its own (`useradd --system --no-create-home airlock-agent`)",
+            target.name,
+            outside.join(", ")
+        );
+    }
 }
 
 /// The environment of the policy the daemon has in force (a policy file
