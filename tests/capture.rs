@@ -564,7 +564,9 @@ print(got)
 
 /// Sockets made outside the agent's cgroup are not captured: one inherited
 /// from whoever ran `airlock run`, or taken from a process of the same user
-/// outside (`pidfd_getfd`), would be a way around the proxy.
+/// outside (`pidfd_getfd`), would be a way around the proxy, as would a
+/// process outside that listens on an abstract Unix socket or takes
+/// signals from the agent.
 #[test]
 fn an_agent_gets_no_socket_made_outside_its_cgroup() {
     let d = Daemon::start(DaemonOptions::with_policy(
@@ -577,6 +579,15 @@ fn an_agent_gets_no_socket_made_outside_its_cgroup() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited);
     // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    // A listener on an abstract Unix socket, which no file permission
+    // guards, outside the agent.
+    let abstract_name = format!("airlock-e2e-{}", std::process::id());
+    let abstract_listener = {
+        use std::os::linux::net::SocketAddrExt as _;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .expect("abstract address");
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract listener")
+    };
     // A process of the agent's user, outside its cgroup, holding a socket.
     let mut holder = as_nobody_outside(&[
         PY,
@@ -604,9 +615,21 @@ libc = ctypes.CDLL(None, use_errno=True)
 pidfd = libc.syscall(434, {pid}, 0)  # pidfd_open
 taken = libc.syscall(438, pidfd, {their_fd}, 0)  # pidfd_getfd
 print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
+import socket
+try:
+    socket.socket(socket.AF_UNIX).connect('\0{abstract}')
+    print('abstract connected')
+except OSError as e:
+    print('abstract errno %d' % e.errno)
+try:
+    os.kill({pid}, 0)
+    print('signal sent')
+except OSError as e:
+    print('signal errno %d' % e.errno)
 "#,
         pid = holder.id(),
-        their_fd = line.trim()
+        their_fd = line.trim(),
+        abstract = abstract_name,
     );
     // Control: the same user outside Airlock takes the socket, so the
     // refusal below is Airlock's.
@@ -623,18 +646,24 @@ print('taken' if taken >= 0 else 'getfd errno %d' % ctypes.get_errno())
         "{}",
         describe(&out)
     );
-    assert!(
-        stdout(&outside).contains("taken"),
-        "the holder's socket cannot be taken outside Airlock either, so this would prove nothing:\n{}",
-        describe(&outside)
-    );
+    for reached in ["taken", "abstract connected", "signal sent"] {
+        assert!(
+            stdout(&outside).contains(reached),
+            "{reached}: not even outside Airlock, so this would prove nothing:\n{}",
+            describe(&outside)
+        );
+    }
     assert_eq!(
         stdout(&out),
-        format!("inherited closed\ngetfd errno {}\n", libc::EPERM),
+        format!(
+            "inherited closed\ngetfd errno {e}\nabstract errno {e}\nsignal errno {e}\n",
+            e = libc::EPERM
+        ),
         "{}",
         describe(&out)
     );
     drop(inherited);
+    drop(abstract_listener);
 }
 
 /// While the daemon is down the pinned hooks still send every agent's

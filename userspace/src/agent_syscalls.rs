@@ -18,6 +18,12 @@
 //!   connect for the agent, would go around Airlock, or be audited as the
 //!   other agent. Debuggers inside an agent do not work for that reason.
 //!
+//! - **Abstract Unix sockets and signals of processes outside the agent**
+//!   (Landlock scopes, kernel 6.12 and later): an abstract socket is no
+//!   file a permission guards, and whoever listens on one outside (an X
+//!   server, a helper that relays) would act for the agent. Those the
+//!   agent's own processes make stay reachable to them.
+//!
 //! Refused calls fail with EPERM, as the cgroup hooks' refusals do. The
 //! filter is inherited by every child and cannot be removed. A 32-bit
 //! (i386) system call is fatal: `socketcall(2)` hides its family in
@@ -99,6 +105,27 @@ fn with_x32(native: &[i64]) -> Vec<i64> {
         all.extend(native.iter().map(|&nr| nr | X32_SYSCALL_BIT));
     }
     all
+}
+
+/// What Landlock made of the scopes on this kernel.
+pub enum Scoped {
+    Enforced,
+    /// The kernel has no Landlock, or one before ABI 6, which has no scopes.
+    Unsupported,
+}
+
+/// Scopes the calling thread, and what it execs, to its own abstract Unix
+/// sockets and signals.
+pub fn scope_to_self() -> Result<Scoped, landlock::RulesetError> {
+    use landlock::{Ruleset, RulesetAttr as _, RulesetStatus, Scope};
+    let status = Ruleset::default()
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)?
+        .create()?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Scoped::Enforced,
+        RulesetStatus::PartiallyEnforced | RulesetStatus::NotEnforced => Scoped::Unsupported,
+    })
 }
 
 /// Marks every descriptor above standard error close-on-exec, so the

@@ -113,6 +113,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             crate::agent_syscalls::install(&filter)
         });
     }
+    // Before exec, in this very thread: exec keeps the Landlock domain.
+    match crate::agent_syscalls::scope_to_self()
+        .context("cannot scope the agent to its own abstract sockets and signals")?
+    {
+        crate::agent_syscalls::Scoped::Enforced => {}
+        crate::agent_syscalls::Scoped::Unsupported => eprintln!(
+            "airlock: warning: this kernel has no Landlock scopes (6.12 and later): the agent can reach abstract Unix sockets and signal processes outside it"
+        ),
+    }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run {:?}", args.command[0]))
 }
