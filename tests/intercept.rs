@@ -305,13 +305,9 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     let url = format!("https://api.example.test:{}/echo", up.port);
     // -i prints the response headers too: the upstream echoes the
     // Authorization header back as x-echo-authorization.
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS -i -H \"Authorization: Bearer $API_TOKEN\" {url}"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS -i -H \"Authorization: Bearer $API_TOKEN\" {url}"),
     );
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
@@ -332,14 +328,7 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     // echoed: the agent gets back the encoding of what it sent.
     use base64::Engine as _;
     let b64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS -i -u \"bot:$API_TOKEN\" {url}"),
-        ],
-    );
+    let out = web_bot_sh(&d, &format!("curl -sS -i -u \"bot:$API_TOKEN\" {url}"));
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
@@ -369,13 +358,9 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
         !text.contains(&b64(format!("bot:{SECRET}"))),
         "the agent read the encoded secret back from the log"
     );
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS -u \"ab:$API_TOKEN\" {url} >/dev/null && curl -sS {log}"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS -u \"ab:$API_TOKEN\" {url} >/dev/null && curl -sS {log}"),
     );
     let text = stdout(&out);
     assert!(
@@ -386,13 +371,9 @@ fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     // A status line that quotes the request: the reason phrase is the
     // upstream's text, and not passed on.
     let reason = format!("https://api.example.test:{}/reason", up.port);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS -i --http1.1 -H \"Authorization: Bearer $API_TOKEN\" {reason}"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS -i --http1.1 -H \"Authorization: Bearer $API_TOKEN\" {reason}"),
     );
     let text = stdout(&out);
     assert!(text.starts_with("HTTP/1.1 401 "), "{}", describe(&out));
@@ -443,13 +424,9 @@ fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
     d.secret_set_kind("q-key", "query", Q_PH, Q_SECRET);
     d.secret_set_kind("h-key", "bearer", H_PH, H_SECRET);
     let url = format!("https://svc.example.test:{}/echo?key={Q_PH}", up.port);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS -i -H 'Authorization: Bearer {H_PH}' '{url}'"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS -i -H 'Authorization: Bearer {H_PH}' '{url}'"),
     );
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
@@ -483,15 +460,9 @@ fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
 fn a_secret_an_upstream_kept_is_scrubbed_when_read_back_without_one() {
     let Setup { d, up } = setup("");
     let base = format!("https://api.example.test:{}", up.port);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" {base}/hello"
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" {base}/hello"),
     );
     assert!(out.status.success(), "{}", describe(&out));
     let python = format!(
@@ -550,18 +521,17 @@ fn a_secret_an_upstream_kept_is_scrubbed_when_read_back_without_one() {
     );
 }
 
+/// `script` run by `sh -c` as agent web-bot, which has API_TOKEN.
+fn web_bot_sh(d: &Daemon, script: &str) -> std::process::Output {
+    d.run_agent_dns("web-bot", &["sh", "-c", script])
+}
+
 /// `web-bot` sends its credential to the upstream, which keeps it in its
 /// request log.
 fn send_the_credential(d: &Daemon, base: &str) {
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" {base}/hello"
-            ),
-        ],
+    let out = web_bot_sh(
+        d,
+        &format!("curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" {base}/hello"),
     );
     assert!(out.status.success(), "{}", redacted(&describe(&out)));
 }
@@ -772,13 +742,9 @@ fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
 
     // An upstream that compresses whatever it was asked: 502, no body.
     let gzip_url = format!("https://api.example.test:{}/echo-gzip", up.port);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS --compressed -i -H \"Authorization: Bearer $API_TOKEN\" {gzip_url}"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS --compressed -i -H \"Authorization: Bearer $API_TOKEN\" {gzip_url}"),
     );
     let text = stdout(&out);
     assert!(
@@ -823,15 +789,11 @@ fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
     ];
     for (how, connect_to) in runs {
         let before = up.seen().len();
-        let out = d.run_agent_dns(
-            "web-bot",
-            &[
-                "sh",
-                "-c",
-                &format!(
-                    "curl -sS --fail-with-body --cacert {ca} {connect_to} -H \"Authorization: Bearer $API_TOKEN\" {url}"
-                ),
-            ],
+        let out = web_bot_sh(
+            &d,
+            &format!(
+                "curl -sS --fail-with-body --cacert {ca} {connect_to} -H \"Authorization: Bearer $API_TOKEN\" {url}"
+            ),
         );
         assert!(out.status.success(), "{how}: {}", describe(&out));
         let seen = up.seen();
@@ -852,16 +814,12 @@ fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
     // A name the policy does not pass through, with the same trust, gets
     // Airlock's certificate (intercepted), which the upstream's CA alone
     // does not verify: no tunnel is made for it.
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --cacert {ca} https://api.example.test:{}/hello",
-                up.port
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS --cacert {ca} https://api.example.test:{}/hello",
+            up.port
+        ),
     );
     assert!(!out.status.success(), "{}", describe(&out));
 }
@@ -994,15 +952,11 @@ fn a_name_dns_points_at_this_host_leads_the_daemon_nowhere() {
 fn an_oversized_upstream_head_is_a_502_with_a_reason() {
     let Setup { d, up } = setup("");
     let base = format!("https://api.example.test:{}", up.port);
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --http1.1 -w '\\n%{{http_code}}\\n' {base}/bighead; curl -sS --http1.1 {base}/hello"
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS --http1.1 -w '\\n%{{http_code}}\\n' {base}/bighead; curl -sS --http1.1 {base}/hello"
+        ),
     );
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
@@ -1057,13 +1011,9 @@ fn a_header_secret_bound_to_its_header_goes_nowhere_else() {
     );
     let url = format!("https://svc.example.test:{}/echo", up.port);
     let curl = |header: &str| {
-        d.run_agent_dns(
-            "web-bot",
-            &[
-                "sh",
-                "-c",
-                &format!("curl -sS -w ' %{{http_code}}' -H '{header}: {K_PH}' {url}"),
-            ],
+        web_bot_sh(
+            &d,
+            &format!("curl -sS -w ' %{{http_code}}' -H '{header}: {K_PH}' {url}"),
         )
     };
     let before = up.seen().len();
@@ -1232,16 +1182,12 @@ setTimeout(() => {{ console.log('timed out', got.length); process.exit(1); }}, 1
     );
     assert_eq!(handshake.header("sec-websocket-extensions"), None);
 
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: h2c' -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
-                up.port
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: h2c' -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
+            up.port
+        ),
     );
     let text = stdout(&out);
     assert!(
@@ -1744,13 +1690,11 @@ fn aws_requests_are_re_signed_with_the_real_key() {
     // The same placeholder elsewhere than the signature is refused: a
     // presigned URL would hand the agent a URL signed with the real key.
     let before = up.seen().len();
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!("curl -sS '{base}/echo?X-Amz-Credential={AWS_PH}%2F20261125%2Fus-east-1%2Fs3%2Faws4_request'"),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS '{base}/echo?X-Amz-Credential={AWS_PH}%2F20261125%2Fus-east-1%2Fs3%2Faws4_request'"
+        ),
     );
     let text = stdout(&out);
     assert!(
@@ -1840,15 +1784,11 @@ fn oauth2_tokens_are_fetched_renewed_and_never_seen_by_the_agent() {
         &grant("not-the-client-secret"),
     );
     let before = echoed_authorizations(&up).len();
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS -w ' %{{http_code}}' -H 'Authorization: Bearer airlock-ph-svc-broken' https://svc.example.test:{p}/echo"
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS -w ' %{{http_code}}' -H 'Authorization: Bearer airlock-ph-svc-broken' https://svc.example.test:{p}/echo"
+        ),
     );
     let text = stdout(&out);
     assert!(text.ends_with(" 502"), "{}", describe(&out));
@@ -1888,15 +1828,11 @@ fn github_app_installation_tokens_are_fetched_with_a_signed_jwt() {
             "app_id: 4242\ninstallation_id: 99\napi_url: https://auth.example.test:{p}\nprivate_key: |\n{indented}"
         ),
     );
-    let out = d.run_agent_dns(
-        "web-bot",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --fail-with-body -H 'Authorization: token {GH_PH}' https://svc.example.test:{p}/echo"
-            ),
-        ],
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS --fail-with-body -H 'Authorization: token {GH_PH}' https://svc.example.test:{p}/echo"
+        ),
     );
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
