@@ -1099,14 +1099,7 @@ fetch('https://api.example.test:{p}/sse').then(async r => {{
     // A WebSocket upgrade, echoed by the upstream after the 101.
     let py = format!(
         r#"
-import socket, ssl, os
-ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
-s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
-s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
-head = b''
-while b'\r\n\r\n' not in head:
-    head += s.recv(1)
-print(head.split(b'\r\n')[0].decode())
+{open}print(head.split(b'\r\n')[0].decode())
 frame = bytes([0x81, 0x85, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b'hello', [1, 2, 3, 4, 1]))
 s.sendall(frame)
 want = bytes([0x81, 0x05]) + b'hello'
@@ -1114,7 +1107,8 @@ got = b''
 while len(got) < len(want):
     got += s.recv(64)
 print('echo', got == want)
-"#
+"#,
+        open = ws_open_py(p)
     );
     let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
     assert_eq!(
@@ -1123,6 +1117,21 @@ print('echo', got == want)
         "{}",
         describe(&out)
     );
+}
+
+/// Python that opens a WebSocket to the upstream's /ws as `s` and reads
+/// the answer's head into `head`.
+fn ws_open_py(p: u16) -> String {
+    format!(
+        r#"import socket, ssl, os
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+head = b''
+while b'\r\n\r\n' not in head:
+    head += s.recv(1)
+"#
+    )
 }
 
 /// A WebSocket whose handshake carried a credential: the upstream's
@@ -1301,14 +1310,8 @@ fn a_reload_that_takes_a_websocket_path_away_closes_the_open_socket() {
     let flag = d.dir.path().join("policy-changed");
     let py = format!(
         r#"
-import socket, ssl, os, sys, time
-ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
-s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
-s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
-head = b''
-while b'\r\n\r\n' not in head:
-    head += s.recv(1)
-def echo(word):
+import sys, time
+{open}def echo(word):
     s.sendall(bytes([0x81, 0x80 | len(word), 1, 2, 3, 4]) + bytes(b ^ [1, 2, 3, 4][i % 4] for i, b in enumerate(word)))
     want = bytes([0x81, len(word)]) + word
     got = b''
@@ -1325,7 +1328,8 @@ print(head.split(b'\r\n')[0].decode(), echo(b'hello'), flush=True)
 {wait}
 print(echo(b'again'))
 "#,
-        wait = wait_for_flag(&flag)
+        wait = wait_for_flag(&flag),
+        open = ws_open_py(p)
     );
     let url = format!("https://api.example.test:{p}/ws");
     std::thread::scope(|scope| {
