@@ -770,6 +770,56 @@ fn airlock_run_refuses_a_user_whose_systemd_manager_runs() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// A process placed in an agent's cgroup without `airlock run` (a unit
+/// that `systemd-run --slice` made) has no system call filter, and may
+/// open sockets the hooks never see: `airlock status` names it.
+#[test]
+fn status_names_agent_processes_placed_without_airlock_run() {
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let unit = harness::cgroup2_mount()
+        .expect("a cgroup v2 mount")
+        .join(&d.cgroup_root)
+        .join("capture-bot.service");
+    std::fs::create_dir_all(&unit).expect("the unit's cgroup");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(unit.join("cgroup.procs"), sleeper.id().to_string()).expect("place it");
+    let status = d.status().expect("status");
+    let human = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir(&unit);
+    let entry = status["agents"]
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["agent"] == "capture-bot"))
+        .unwrap_or_else(|| panic!("no capture-bot in {status:#}"));
+    assert_eq!(entry["unconfined_processes"], 1, "{status:#}");
+    assert!(
+        stdout(&human).contains("UNCONFINED: 1 process(es)"),
+        "{}",
+        describe(&human)
+    );
+    // A process run by `airlock run` has the filter: none of them counts.
+    let out = d.run_agent(
+        "capture-bot",
+        &[
+            PY,
+            "-c",
+            "print([l for l in open('/proc/self/status') if l.startswith('Seccomp:')][0].split()[1])",
+        ],
+    );
+    assert_eq!(stdout(&out), "2\n", "{}", describe(&out));
+}
+
 fn raise_flag(flag: &std::path::Path) {
     std::fs::write(flag, "").expect("flag");
     harness::set_mode(flag, 0o644);

@@ -184,6 +184,39 @@ impl CgroupTree {
     }
 }
 
+/// The processes of each agent: those in its top-level directory under
+/// the root and in every cgroup below it.
+fn processes_below(root: &Path) -> HashMap<Arc<str>, Vec<u32>> {
+    fn collect(dir: &Path, pids: &mut Vec<u32>, depth: u32) {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if depth > 16 {
+            return;
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect(&entry.path(), pids, depth + 1);
+            }
+        }
+    }
+    let mut out: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Some(agent) = entry
+            .file_name()
+            .to_str()
+            .and_then(agent_of_dir_name)
+            .map(Arc::from)
+        else {
+            continue;
+        };
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect(&entry.path(), out.entry(agent).or_default(), 0);
+        }
+    }
+    out
+}
+
 fn walk(
     dir: &Path,
     ino: u64,
@@ -222,6 +255,11 @@ struct IndexState {
 const MIN_RESCAN_INTERVAL: Duration = Duration::from_millis(20);
 
 impl AgentIndex {
+    /// The processes in each agent's cgroups, read from the tree now.
+    pub fn processes(&self) -> HashMap<Arc<str>, Vec<u32>> {
+        processes_below(&self.tree.root)
+    }
+
     pub fn new(tree: CgroupTree) -> Self {
         Self {
             tree,

@@ -86,6 +86,12 @@ fn print_human(s: &serde_json::Value) {
                     a["live_connections"],
                     a["policy"].as_str().unwrap_or("NONE (no egress)")
                 );
+                if let Some(n) = a["unconfined_processes"].as_u64().filter(|n| *n > 0) {
+                    println!(
+                        "  {:<20} UNCONFINED: {n} process(es) without a system call filter (placed without `airlock run`?): they may open sockets the hooks never see (AF_VSOCK, io_uring); see README, Run an agent",
+                        ""
+                    );
+                }
             }
         }
         _ => println!("  (none running)"),

@@ -38,6 +38,7 @@ impl StatusSource {
         // Ports and network namespace, as this daemon asked the loader.
         let settings_ok = self.kernel.settings() == Some(self.kernel.requested());
         let live = self.live.snapshot();
+        let processes = self.agents.processes();
         let agents: Vec<_> = self
             .agents
             .snapshot()
@@ -48,6 +49,9 @@ impl StatusSource {
                     "cgroup_id": id,
                     "policy": self.policies.get(&name).map(|p| p.source.display().to_string()),
                     "live_connections": live.get(&*name).copied().unwrap_or(0),
+                    "unconfined_processes": processes
+                        .get(&name)
+                        .map_or(0, |pids| pids.iter().filter(|pid| !has_syscall_filter(**pid)).count()),
                 })
             })
             .collect();
@@ -89,6 +93,20 @@ impl StatusSource {
             "approvals_pending": self.approvals.pending(),
         })
     }
+}
+
+/// Whether process `pid` runs under a seccomp filter: `airlock run` puts
+/// one on every agent, and a unit with `RestrictAddressFamilies=` or
+/// `SystemCallFilter=` has one too. One placed in an agent's cgroup by
+/// other means has none, and may open sockets the cgroup hooks never see.
+/// A process gone meanwhile counts as filtered: it opens nothing.
+fn has_syscall_filter(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|mode| mode.trim() == "2")
+    })
 }
 
 impl StatusSource {
