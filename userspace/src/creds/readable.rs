@@ -143,7 +143,7 @@ mod tests {
         // The value is the upstream's and may echo what it was sent: only
         // registered codings are quoted back.
         assert_eq!(
-            unreadable_coding(&with_encoding(&["Bearer sk-live-0123456789abcdef"])).as_deref(),
+            unreadable_coding(&with_encoding(&["Bearer test-value-0123456789abcdef"])).as_deref(),
             Some("content-encoding: an unknown coding")
         );
     }

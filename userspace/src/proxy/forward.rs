@@ -700,11 +700,11 @@ mod tests {
     #[test]
     fn an_upstream_error_quoting_a_secret_is_scrubbed() {
         let scrubber = Scrubber::new(vec![(
-            Secret::new(b"sk-live-0123456789abcdef".to_vec()),
+            Secret::new(b"test-value-0123456789abcdef".to_vec()),
             b"airlock-ph-key".to_vec(),
         )]);
         // As hyper words an HTTP/2 GOAWAY that carries debug data.
-        let text = "connection error received: not a result of an error (b\"token sk-live-0123456789abcdef\")";
+        let text = "connection error received: not a result of an error (b\"token test-value-0123456789abcdef\")";
         assert_eq!(
             scrubbed_text(&scrubber, text.to_owned()),
             "connection error received: not a result of an error (b\"token airlock-ph-key\")"
