@@ -88,7 +88,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     )?;
     let conns: Arc<dyn ConnTable> = kernel.conns.clone();
     let kernel = Arc::new(kernel);
-    tokio::spawn(crate::ebpf::guard_hooks(kernel.clone()));
+    let guard = tokio::spawn(crate::ebpf::guard_hooks(kernel.clone()));
 
     // State the proxy needs before the first agent request: the CA (and
     // the trust bundle agents are pointed at) and the vault's master key.
@@ -225,6 +225,9 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     );
     notify::ready();
     wait_for_stop().await;
+    // No attaching again after this: the loader would open the hooks that
+    // the close below shuts.
+    guard.abort();
     match kernel.close() {
         Ok(()) => info!(
             "stopping; agents' connections are refused until the daemon is back (the pinned programs stay attached)"
