@@ -5,7 +5,7 @@
 use std::{
     borrow::Cow,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -56,6 +56,9 @@ pub struct ConnCtx {
     /// The dialled address as the audit writes it, formatted once per
     /// connection rather than per request.
     pub dst: Arc<str>,
+    /// `requests_total` for allowed requests to the connection's first
+    /// host. Looked up once: the lookup hashes three labels under a lock.
+    allowed: OnceLock<(Box<str>, prometheus::IntCounter)>,
 }
 
 impl ConnCtx {
@@ -70,7 +73,21 @@ impl ConnCtx {
             port,
             dst: origin.dst.0.to_string().into(),
             origin,
+            allowed: OnceLock::new(),
         }
+    }
+
+    /// Counts an allowed request to `host` in `requests_total`.
+    fn count_allowed(&self, requests: &prometheus::IntCounterVec, host: &str) {
+        if let Some((first, counter)) = self.allowed.get()
+            && **first == *host
+        {
+            counter.inc();
+            return;
+        }
+        let counter = requests.with_label_values(&[&self.agent, host, "allow"]);
+        counter.inc();
+        let _ = self.allowed.set((host.into(), counter));
     }
 
     fn tls(&self) -> bool {
@@ -569,10 +586,7 @@ impl Intercept {
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .with_label_values(&[&ctx.agent, host, "allow"])
-            .inc();
+        ctx.count_allowed(&self.metrics.requests, host);
 
         let (mut rparts, rbody) = resp.into_parts();
         let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
