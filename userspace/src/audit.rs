@@ -183,6 +183,10 @@ impl Pending {
     }
 }
 
+/// Room for a typical line (about 350 bytes), so that formatting does not
+/// reallocate.
+const LINE_CAPACITY: usize = 512;
+
 /// A batch buffer that grew past this (a stalled disk) is given back once
 /// written, so that one bad minute does not hold memory for good.
 const KEPT_CAPACITY: usize = 1 << 20;
@@ -319,13 +323,26 @@ impl Audit {
             self.health.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let first = {
+        // Formatted outside the lock, so that proxy threads do not queue
+        // behind each other's formatting; appended whole or not at all.
+        let first = LINE.with_borrow_mut(|line| {
+            line.clear();
+            if serde_json::to_writer(&mut *line, &record).is_err() {
+                return None;
+            }
+            line.push(b'\n');
             // The lock only guards a buffer: one poisoned by a panic
             // elsewhere still holds whole lines.
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            push_line(&mut pending.bytes, &record);
+            pending.bytes.extend_from_slice(line);
             pending.records += 1;
-            pending.records == 1
+            Some(pending.records == 1)
+        });
+        let Some(first) = first else {
+            // Unreachable with the record's own types; counted, not hidden.
+            self.health.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.health.lost.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         // One wake-up per batch. The writer runs as long as the process;
         // at a clean stop the daemon flushes it (see `flush`).
@@ -457,10 +474,10 @@ fn write_some(out: &mut impl Write, buf: &mut Vec<u8>) -> std::io::Result<()> {
     result
 }
 
-fn push_line(buf: &mut Vec<u8>, record: &AuditRecord) {
-    if serde_json::to_writer(&mut *buf, record).is_ok() {
-        buf.push(b'\n');
-    }
+thread_local! {
+    /// Where a record is formatted before it joins the pending lines.
+    static LINE: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(LINE_CAPACITY));
 }
 
 /// UTC with milliseconds, e.g. 2026-11-24T19:02:04.123Z, written as digits
@@ -523,6 +540,46 @@ mod tests {
             let text = std::fs::read_to_string(&path).expect("audit log");
             assert_eq!(text.lines().count(), 1000 * (round + 1));
         }
+    }
+
+    #[test]
+    fn records_from_many_threads_land_as_whole_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(&path).expect("start");
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let audit = audit.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u16 {
+                        audit.record(AuditRecord {
+                            host: format!("host-{t}.example.test").into(),
+                            port: i,
+                            ..AuditRecord::default()
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("recording thread");
+        }
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        let mut per_thread = std::collections::HashMap::<String, Vec<u64>>::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a whole JSON line");
+            per_thread
+                .entry(v["host"].as_str().expect("host").to_owned())
+                .or_default()
+                .push(v["port"].as_u64().expect("port"));
+        }
+        assert_eq!(per_thread.len(), 4);
+        for ports in per_thread.values() {
+            // Each thread's records, all there and in the order it made them.
+            assert_eq!(*ports, (0..2000).collect::<Vec<u64>>());
+        }
+        assert_eq!(audit.state().backlog, 0);
     }
 
     fn format_rfc3339(secs: u64, millis: u32) -> String {
