@@ -323,21 +323,14 @@ impl Audit {
             self.health.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Formatted outside the lock, so that proxy threads do not queue
-        // behind each other's formatting; appended whole or not at all.
-        let first = LINE.with_borrow_mut(|line| {
-            line.clear();
-            if serde_json::to_writer(&mut *line, &record).is_err() {
-                return None;
-            }
-            line.push(b'\n');
-            // The lock only guards a buffer: one poisoned by a panic
-            // elsewhere still holds whole lines.
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.bytes.extend_from_slice(line);
-            pending.records += 1;
-            Some(pending.records == 1)
-        });
+        // The thread's own buffer, unless the thread is exiting (a body
+        // dropped by a thread-local's destructor) or already using it.
+        let first = LINE
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut line) => self.append(&mut line, &record),
+                Err(_) => self.append(&mut Vec::with_capacity(LINE_CAPACITY), &record),
+            })
+            .unwrap_or_else(|_| self.append(&mut Vec::with_capacity(LINE_CAPACITY), &record));
         let Some(first) = first else {
             // Unreachable with the record's own types; counted, not hidden.
             self.health.backlog.fetch_sub(1, Ordering::Relaxed);
@@ -349,6 +342,22 @@ impl Audit {
         if first {
             let _ = self.tx.send(Msg::Lines);
         }
+    }
+
+    /// Formats `record` into `line`, outside the lock so that proxy threads
+    /// do not queue behind each other's formatting, then appends it whole
+    /// to the pending lines. Returns whether it is the first pending one,
+    /// or None if it could not be formatted.
+    fn append(&self, line: &mut Vec<u8>, record: &AuditRecord) -> Option<bool> {
+        line.clear();
+        serde_json::to_writer(&mut *line, record).ok()?;
+        line.push(b'\n');
+        // The lock only guards a buffer: one poisoned by a panic elsewhere
+        // still holds whole lines.
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.bytes.extend_from_slice(line);
+        pending.records += 1;
+        Some(pending.records == 1)
     }
 
     /// Waits until every record sent before this call is written, or
@@ -580,6 +589,49 @@ mod tests {
             assert_eq!(*ports, (0..2000).collect::<Vec<u64>>());
         }
         assert_eq!(audit.state().backlog, 0);
+    }
+
+    #[test]
+    fn a_record_made_while_its_thread_exits_is_kept() {
+        // A body dropped by a thread-local's destructor records its request
+        // after the thread's own formatting buffer may be gone.
+        struct RecordOnDrop(Audit);
+        impl Drop for RecordOnDrop {
+            fn drop(&mut self) {
+                self.0.record(AuditRecord {
+                    host: "late.example.test".into(),
+                    ..AuditRecord::default()
+                });
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<RecordOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(&path).expect("start");
+        let late = audit.clone();
+        std::thread::spawn(move || {
+            LATE.with(|slot| *slot.borrow_mut() = Some(RecordOnDrop(late.clone())));
+            // Made after LATE, so destroyed before it.
+            late.record(AuditRecord {
+                host: "early.example.test".into(),
+                ..AuditRecord::default()
+            });
+        })
+        .join()
+        .expect("the exiting thread must not panic");
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        let hosts: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
+                v["host"].as_str().expect("host").to_owned()
+            })
+            .collect();
+        assert_eq!(hosts, ["early.example.test", "late.example.test"]);
     }
 
     fn format_rfc3339(secs: u64, millis: u32) -> String {
