@@ -145,7 +145,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let intercept = Arc::new(Intercept {
         ca,
         client_h2: proxy::upstream_client(resolver.clone(), upstream_tls),
-        client_h1: proxy::upstream_client(resolver.clone(), upstream_tls_h1),
+        pool_h1: proxy::H1Pool::new(proxy::UpstreamConnector::new(
+            resolver.clone(),
+            upstream_tls_h1,
+        )),
         credentials: credentials.clone(),
         policies: policies.clone(),
         limiter: Arc::new(RateLimiter::new()),

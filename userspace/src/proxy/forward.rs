@@ -24,6 +24,7 @@ use tracing::warn;
 use super::{
     Intercept,
     body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
+    h1_pool::Slot,
     headers,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
@@ -59,10 +60,17 @@ pub struct ConnCtx {
     /// `requests_total` for allowed requests to the connection's first
     /// host. Looked up once: the lookup hashes three labels under a lock.
     allowed: OnceLock<(Box<str>, prometheus::IntCounter)>,
+    /// The upstream connection the connection's HTTP/1.1 requests go on.
+    upstream: Slot,
 }
 
 impl ConnCtx {
-    pub fn new(agent: Arc<str>, origin: Origin, tls_host: Option<String>) -> ConnCtx {
+    pub fn new(
+        agent: Arc<str>,
+        origin: Origin,
+        tls_host: Option<String>,
+        upstream: Slot,
+    ) -> ConnCtx {
         let port = origin.dst.0.port();
         ConnCtx {
             agent,
@@ -74,6 +82,7 @@ impl ConnCtx {
             dst: origin.dst.0.to_string().into(),
             origin,
             allowed: OnceLock::new(),
+            upstream,
         }
     }
 
@@ -387,7 +396,7 @@ impl Intercept {
             } else {
                 let (tokens, knows_them) = Box::pin(self.credentials.tokens(
                     &needed,
-                    &TokenTransport(&self.client_h1),
+                    &TokenTransport(&self.pool_h1),
                     Instant::now(),
                 ))
                 .await
@@ -538,21 +547,27 @@ impl Intercept {
         // connection (no hop through the h2 connection's task, no flow
         // control windows on large bodies), and it is what the agent would
         // have used without Airlock.
-        let client = if agent_h2 && !upgrade {
-            &self.client_h2
+        let sent = if agent_h2 && !upgrade {
+            tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, self.client_h2.request(upstream_req))
+                .await
+                .map(|resp| resp.map_err(|err| error_chain(&err)))
         } else {
-            &self.client_h1
-        };
-        let resp = tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, client.request(upstream_req))
+            tokio::time::timeout(
+                RESPONSE_HEAD_TIMEOUT,
+                self.pool_h1.send(&ctx.upstream, upstream_req),
+            )
             .await
+            .map(|resp| resp.map_err(|err| error_chain(&err)))
+        };
+        let resp = sent
             .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(|err| ProxyError::Upstream {
+            .map_err(|reason| ProxyError::Upstream {
                 // An HTTP/2 GOAWAY's debug data is the upstream's text, and
                 // hyper's error quotes it.
                 reason: if guarded {
-                    scrubbed_text(&scrubber, error_chain(&err))
+                    scrubbed_text(&scrubber, reason)
                 } else {
-                    error_chain(&err)
+                    reason
                 },
             })?;
         if upstream::head_size(resp.headers()) > upstream::RESPONSE_HEAD_MAX {

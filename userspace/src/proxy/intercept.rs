@@ -14,7 +14,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
-    forward::ConnCtx, orig_dst::Origin, peek::ClientHello, relay, upstream::UpstreamClient,
+    forward::ConnCtx,
+    h1_pool::{H1Pool, Slot},
+    orig_dst::Origin,
+    peek::ClientHello,
+    relay,
+    upstream::UpstreamClient,
 };
 use crate::{
     approvals::Approvals,
@@ -36,9 +41,10 @@ pub struct Intercept {
     /// Offers h2 first: for agents that speak HTTP/2, so that their
     /// streams stay multiplexed on the way out.
     pub client_h2: UpstreamClient,
-    /// HTTP/1.1 only: for agents that speak HTTP/1.1, and for upgrades
-    /// (WebSocket), which cannot ride an h2 connection.
-    pub client_h1: UpstreamClient,
+    /// HTTP/1.1 only: for agents that speak HTTP/1.1, for upgrades
+    /// (WebSocket), which cannot ride an h2 connection, and for token
+    /// requests.
+    pub pool_h1: Arc<H1Pool>,
     pub credentials: Arc<super::credentials::Credentials>,
     /// Asked, per request, whether any agent's policy binds secrets to
     /// the host: the connection's own policy cannot say.
@@ -113,7 +119,12 @@ impl Intercept {
             }
         };
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(agent, origin, Some(host)));
+        let ctx = Arc::new(ConnCtx::new(
+            agent,
+            origin,
+            Some(host),
+            Slot::new(self.pool_h1.clone()),
+        ));
         self.serve_http_conn(TokioIo::new(tls), ctx).await;
     }
 
@@ -121,7 +132,12 @@ impl Intercept {
     /// by the agent's policy in force when it comes.
     pub async fn serve_plain(self: Arc<Self>, stream: TcpStream, origin: Origin, agent: Arc<str>) {
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(agent, origin, None));
+        let ctx = Arc::new(ConnCtx::new(
+            agent,
+            origin,
+            None,
+            Slot::new(self.pool_h1.clone()),
+        ));
         self.serve_http_conn(TokioIo::new(stream), ctx).await;
     }
 

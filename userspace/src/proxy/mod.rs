@@ -2,7 +2,7 @@
 //! for each accepted socket, names the agent, and routes the connection:
 //! raw TCP relay (`tcp:` rules), DNS over TCP, or, for HTTP and TLS,
 //! `intercept` (terminate, decide per request in `forward`, swap
-//! credentials, forward via `upstream`). `rescue` turns failures into
+//! credentials, forward via `h1_pool` or, for HTTP/2, `upstream`). `rescue` turns failures into
 //! answers.
 
 mod accept;
@@ -10,6 +10,7 @@ mod body;
 mod credentials;
 mod dial;
 mod forward;
+mod h1_pool;
 mod headers;
 mod intercept;
 pub mod listener;
@@ -24,6 +25,7 @@ mod whole_body;
 
 pub use accept::{Proxy, serve};
 pub use credentials::Credentials;
+pub use h1_pool::H1Pool;
 pub use intercept::Intercept;
 pub use live::LiveConns;
-pub use upstream::client as upstream_client;
+pub use upstream::{Connector as UpstreamConnector, client as upstream_client};

@@ -1,7 +1,8 @@
-//! The proxy's side toward the real servers: a pooled hyper client whose
-//! connector resolves names with the daemon's resolver (never the address
-//! the agent dialled) and speaks verified TLS (system roots plus the
-//! configured extra CAs).
+//! The proxy's side toward the real servers: the connector, which resolves
+//! names with the daemon's resolver (never the address the agent dialled)
+//! and speaks verified TLS (system roots plus the configured extra CAs),
+//! and the pooled hyper client that HTTP/2 agents' requests share.
+//! HTTP/1.1 requests go on connections of their own (`h1_pool`).
 
 use std::{
     future::Future,
@@ -28,10 +29,11 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::h1_pool::{H1Pool, Slot};
 use crate::{creds::Transport, dns::Resolver};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const UPSTREAM_READ_BUFFER_MAX: usize = 64 * 1024;
+pub const UPSTREAM_READ_BUFFER_MAX: usize = 64 * 1024;
 /// The largest response head passed on. hyper's read buffer limit alone
 /// is soft (a head that arrives in one read may pass it), so the size is
 /// also checked once the head is parsed: a head past it is a 502 whatever
@@ -62,20 +64,21 @@ pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> Upstre
         .http1_max_buf_size(UPSTREAM_READ_BUFFER_MAX)
         // Agents' own Host header was checked against the SNI; keep it.
         .set_host(true)
-        .build(Connector { resolver, tls })
+        .build(Connector::new(resolver, tls))
 }
 
 /// Token requests (OAuth2, GitHub App) go out on the same verified,
-/// daemon-resolved connections as agents' requests. (A wrapper, because
-/// the client's type names a `dyn Error` whose lifetime the compiler cannot
-/// prove general enough for the trait's future.)
-pub struct TokenTransport<'a>(pub &'a UpstreamClient);
+/// daemon-resolved connections as agents' HTTP/1.1 requests.
+pub struct TokenTransport<'a>(pub &'a Arc<H1Pool>);
 
 impl Transport for TokenTransport<'_> {
     async fn send(&self, req: Request<Bytes>) -> Result<(StatusCode, Bytes), String> {
+        // Its own slot: the connection goes back to the pool once the
+        // answer is read.
+        let slot = Slot::new(self.0.clone());
         let resp = self
             .0
-            .request(req.map(super::body::full))
+            .send(&slot, req.map(super::body::full))
             .await
             .map_err(|err| error_chain(&err))?;
         let (parts, body) = resp.into_parts();
@@ -154,17 +157,31 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 impl Connector {
+    pub fn new(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> Connector {
+        Connector { resolver, tls }
+    }
+
     async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
-        let host = uri
-            .host()
-            .ok_or_else(|| ConnectError::NoHost {
-                uri: uri.to_string(),
-            })?
+        let host = uri.host().ok_or_else(|| ConnectError::NoHost {
+            uri: uri.to_string(),
+        })?;
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        self.connect_to(https, host, port).await
+    }
+
+    /// A connection to `host` (a name, or an IP literal, bracketed or
+    /// not) as the daemon resolves it, with verified TLS when `https`.
+    pub async fn connect_to(
+        &self,
+        https: bool,
+        host: &str,
+        port: u16,
+    ) -> Result<UpstreamIo, ConnectError> {
+        let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let ips = self
             .resolver
             .lookup_ip(&host)
