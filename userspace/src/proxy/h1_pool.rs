@@ -8,8 +8,10 @@
 //! connect against waiting for an idle one opened about 52 upstream
 //! connections for 32 agent connections; see BENCHMARKS.md.) When the
 //! agent hangs up, or a plain-HTTP agent turns to another host, the
-//! connection goes to the idle pool, where the next request for that host
-//! finds it.
+//! connection goes to the idle pool, where the next request of the same
+//! agent for that host finds it. Agents never share a connection: a
+//! server may tie state to one (NTLM and Negotiate authenticate the
+//! connection, not the request), and one agent must not inherit another's.
 
 use std::{
     collections::HashMap,
@@ -56,19 +58,22 @@ pub enum SendError {
     Http(hyper::Error),
 }
 
-/// Which requests a connection can carry: same scheme, same host and port.
+/// Which requests a connection can carry: the same agent's (or the
+/// daemon's own), with the same scheme, host and port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
+    owner: Option<Arc<str>>,
     https: bool,
     authority: Authority,
 }
 
 impl Key {
-    fn of(uri: &Uri) -> Result<Key, SendError> {
+    fn of(owner: &Option<Arc<str>>, uri: &Uri) -> Result<Key, SendError> {
         let authority = uri.authority().cloned().ok_or_else(|| SendError::NoHost {
             uri: uri.to_string(),
         })?;
         Ok(Key {
+            owner: owner.clone(),
             https: uri.scheme() == Some(&http::uri::Scheme::HTTPS),
             authority,
         })
@@ -97,13 +102,17 @@ pub struct H1Pool {
 /// The upstream connection one agent connection keeps between requests.
 pub struct Slot {
     pool: Arc<H1Pool>,
+    /// The agent whose requests it sends; None for the daemon's own
+    /// (token requests).
+    owner: Option<Arc<str>>,
     kept: Mutex<Option<Conn>>,
 }
 
 impl Slot {
-    pub fn new(pool: Arc<H1Pool>) -> Slot {
+    pub fn new(pool: Arc<H1Pool>, owner: Option<Arc<str>>) -> Slot {
         Slot {
             pool,
+            owner,
             kept: Mutex::new(None),
         }
     }
@@ -163,7 +172,7 @@ impl H1Pool {
         slot: &Slot,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let key = Key::of(req.uri())?;
+        let key = Key::of(&slot.owner, req.uri())?;
         to_origin_form(&mut req, &key);
         let (mut conn, reused) = match self.reuse(slot, &key).await {
             Some(conn) => (conn, true),

@@ -119,12 +119,8 @@ impl Intercept {
             }
         };
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(
-            agent,
-            origin,
-            Some(host),
-            Slot::new(self.pool_h1.clone()),
-        ));
+        let slot = Slot::new(self.pool_h1.clone(), Some(agent.clone()));
+        let ctx = Arc::new(ConnCtx::new(agent, origin, Some(host), slot));
         self.serve_http_conn(TokioIo::new(tls), ctx).await;
     }
 
@@ -132,12 +128,8 @@ impl Intercept {
     /// by the agent's policy in force when it comes.
     pub async fn serve_plain(self: Arc<Self>, stream: TcpStream, origin: Origin, agent: Arc<str>) {
         self.metrics.connection(&agent, "intercept");
-        let ctx = Arc::new(ConnCtx::new(
-            agent,
-            origin,
-            None,
-            Slot::new(self.pool_h1.clone()),
-        ));
+        let slot = Slot::new(self.pool_h1.clone(), Some(agent.clone()));
+        let ctx = Arc::new(ConnCtx::new(agent, origin, None, slot));
         self.serve_http_conn(TokioIo::new(stream), ctx).await;
     }
 

@@ -75,7 +75,7 @@ impl Transport for TokenTransport<'_> {
     async fn send(&self, req: Request<Bytes>) -> Result<(StatusCode, Bytes), String> {
         // Its own slot: the connection goes back to the pool once the
         // answer is read.
-        let slot = Slot::new(self.0.clone());
+        let slot = Slot::new(self.0.clone(), None);
         let resp = self
             .0
             .send(&slot, req.map(super::body::full))

@@ -108,6 +108,10 @@ async fn upstream(ip: &str, name: &'static str, delay: Duration, body_len: usize
     }
 }
 
+fn agent(name: &str) -> Option<Arc<str>> {
+    Some(Arc::from(name))
+}
+
 async fn get(pool: &H1Pool, slot: &Slot, addr: SocketAddr) -> String {
     let req = Request::get(format!("http://{addr}/x?y=1"))
         .body(empty())
@@ -123,7 +127,7 @@ async fn get(pool: &H1Pool, slot: &Slot, addr: SocketAddr) -> String {
 async fn one_agent_connection_sends_every_request_on_one_upstream_connection() {
     let up = upstream("127.0.0.1", "a", Duration::ZERO, 0).await;
     let pool = pool();
-    let slot = Slot::new(pool.clone());
+    let slot = Slot::new(pool.clone(), agent("a"));
     for _ in 0..5 {
         assert_eq!(get(&pool, &slot, up.addr).await, "a");
     }
@@ -143,7 +147,7 @@ async fn an_agent_connection_that_ended_leaves_its_connection_to_the_next() {
     let up = upstream("127.0.0.1", "a", Duration::ZERO, 0).await;
     let pool = pool();
     for _ in 0..3 {
-        let slot = Slot::new(pool.clone());
+        let slot = Slot::new(pool.clone(), agent("a"));
         assert_eq!(get(&pool, &slot, up.addr).await, "a");
         drop(slot);
         assert_eq!(pool.idle_count(), 1);
@@ -155,7 +159,10 @@ async fn an_agent_connection_that_ended_leaves_its_connection_to_the_next() {
 async fn two_agent_connections_at_once_get_two_upstream_connections_never_more() {
     let up = upstream("127.0.0.1", "a", Duration::from_millis(20), 0).await;
     let pool = pool();
-    let (one, two) = (Slot::new(pool.clone()), Slot::new(pool.clone()));
+    let (one, two) = (
+        Slot::new(pool.clone(), agent("a")),
+        Slot::new(pool.clone(), agent("a")),
+    );
     for _ in 0..4 {
         let (a, b) = tokio::join!(get(&pool, &one, up.addr), get(&pool, &two, up.addr));
         assert_eq!((a.as_str(), b.as_str()), ("a", "a"));
@@ -168,7 +175,7 @@ async fn a_plain_http_agent_naming_two_hosts_keeps_their_connections_apart() {
     let a = upstream("127.0.0.1", "a", Duration::ZERO, 0).await;
     let b = upstream("127.0.0.2", "b", Duration::ZERO, 0).await;
     let pool = pool();
-    let slot = Slot::new(pool.clone());
+    let slot = Slot::new(pool.clone(), agent("a"));
     for _ in 0..3 {
         assert_eq!(get(&pool, &slot, a.addr).await, "a");
         assert_eq!(get(&pool, &slot, b.addr).await, "b");
@@ -202,7 +209,7 @@ async fn a_connection_the_upstream_closed_is_not_used_again() {
         }
     });
     let pool = pool();
-    let slot = Slot::new(pool.clone());
+    let slot = Slot::new(pool.clone(), agent("a"));
     for _ in 0..3 {
         assert_eq!(get(&pool, &slot, addr).await, "ok");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -214,7 +221,7 @@ async fn a_connection_the_upstream_closed_is_not_used_again() {
 async fn an_answer_the_agent_left_unread_costs_its_connection_not_the_next_request() {
     let up = upstream("127.0.0.1", "a", Duration::ZERO, 4 << 20).await;
     let pool = pool();
-    let slot = Slot::new(pool.clone());
+    let slot = Slot::new(pool.clone(), agent("a"));
     let req = Request::get(format!("http://{}/big", up.addr))
         .body(empty())
         .expect("request");
@@ -227,4 +234,24 @@ async fn an_answer_the_agent_left_unread_costs_its_connection_not_the_next_reque
         "the next request waited for the abandoned answer"
     );
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn agents_never_share_a_connection() {
+    let up = upstream("127.0.0.1", "a", Duration::ZERO, 0).await;
+    let pool = pool();
+    let first = Slot::new(pool.clone(), agent("first"));
+    assert_eq!(get(&pool, &first, up.addr).await, "a");
+    drop(first);
+    assert_eq!(pool.idle_count(), 1);
+    // Another agent, and the daemon's own token requests, open their own.
+    let other = Slot::new(pool.clone(), agent("other"));
+    assert_eq!(get(&pool, &other, up.addr).await, "a");
+    let daemon = Slot::new(pool.clone(), None);
+    assert_eq!(get(&pool, &daemon, up.addr).await, "a");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+    // The first agent's next connection finds its own idle one.
+    let again = Slot::new(pool.clone(), agent("first"));
+    assert_eq!(get(&pool, &again, up.addr).await, "a");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
 }
