@@ -156,6 +156,10 @@ pub const BACKLOG_LIMIT: usize = 16_384;
 /// the p99 added fell by 10-20 µs (BENCHMARKS.md); a line still reaches
 /// the file within 20 ms, and a clean stop flushes.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Pending lines this long are written without waiting out the pause: at
+/// 40k requests/s, 20 ms of lines made writes of 300 KB that held the
+/// proxy's core long enough to show in its p99 (BENCHMARKS.md).
+const BATCH_BYTES: usize = 64 * 1024;
 /// How often a failed write is tried again.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -165,6 +169,14 @@ enum Msg {
     Lines,
     /// Write everything recorded before this, then answer.
     Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// What appending a line did to the pending lines.
+struct Appended {
+    /// It is the first: the writer is told lines are pending.
+    first: bool,
+    /// It filled a batch: the writer need not wait out its pause.
+    full: bool,
 }
 
 /// Lines formatted and not yet taken by the writer.
@@ -200,6 +212,8 @@ const KEPT_CAPACITY: usize = 1 << 20;
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Unparked when the pending lines fill a batch.
+    writer: std::thread::Thread,
     pending: Arc<Mutex<Pending>>,
     recent: Arc<Mutex<VecDeque<AuditRecord>>>,
     next_id: Arc<AtomicU64>,
@@ -249,14 +263,16 @@ impl Audit {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Self::start_writer(file, path, limit)
+        Self::start_writer(file, path, limit, BATCH_PAUSE)
     }
 
-    /// The writer thread over `out`, which is the log at `path`.
+    /// The writer thread over `out`, which is the log at `path`, letting
+    /// records gather for `pause` under load.
     fn start_writer<W: Write + Send + 'static>(
         out: W,
         path: &Path,
         limit: usize,
+        pause: std::time::Duration,
     ) -> Result<Audit, AuditError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let log_path = path.to_path_buf();
@@ -264,19 +280,22 @@ impl Audit {
         let writer_health = health.clone();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let writer_pending = pending.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("airlock-audit".into())
-            .spawn(move || write_loop(out, log_path, rx, &writer_pending, &writer_health))
+            .spawn(move || write_loop(out, log_path, rx, &writer_pending, &writer_health, pause))
             .map_err(|source| AuditError::Open {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            })?
+            .thread()
+            .clone();
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         Ok(Audit {
             tx,
+            writer,
             pending,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_DENIALS))),
             next_id: Arc::new(AtomicU64::new(seed << 16)),
@@ -330,13 +349,13 @@ impl Audit {
         }
         // The thread's own buffer, unless the thread is exiting (a body
         // dropped by a thread-local's destructor) or already using it.
-        let first = LINE
+        let appended = LINE
             .try_with(|cell| match cell.try_borrow_mut() {
                 Ok(mut line) => self.append(&mut line, &record),
                 Err(_) => self.append(&mut Vec::with_capacity(LINE_CAPACITY), &record),
             })
             .unwrap_or_else(|_| self.append(&mut Vec::with_capacity(LINE_CAPACITY), &record));
-        let Some(first) = first else {
+        let Some(Appended { first, full }) = appended else {
             // Unreachable with the record's own types; counted, not hidden.
             self.health.backlog.fetch_sub(1, Ordering::Relaxed);
             self.health.lost.fetch_add(1, Ordering::Relaxed);
@@ -347,22 +366,28 @@ impl Audit {
         if first {
             let _ = self.tx.send(Msg::Lines);
         }
+        if full {
+            self.writer.unpark();
+        }
     }
 
     /// Formats `record` into `line`, outside the lock so that proxy threads
     /// do not queue behind each other's formatting, then appends it whole
-    /// to the pending lines. Returns whether it is the first pending one,
-    /// or None if it could not be formatted.
-    fn append(&self, line: &mut Vec<u8>, record: &AuditRecord) -> Option<bool> {
+    /// to the pending lines. None if it could not be formatted.
+    fn append(&self, line: &mut Vec<u8>, record: &AuditRecord) -> Option<Appended> {
         line.clear();
         serde_json::to_writer(&mut *line, record).ok()?;
         line.push(b'\n');
         // The lock only guards a buffer: one poisoned by a panic elsewhere
         // still holds whole lines.
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = pending.bytes.len();
         pending.bytes.extend_from_slice(line);
         pending.records += 1;
-        Some(pending.records == 1)
+        Some(Appended {
+            first: pending.records == 1,
+            full: before < BATCH_BYTES && pending.bytes.len() >= BATCH_BYTES,
+        })
     }
 
     /// Waits until every record sent before this call is written, or
@@ -390,6 +415,7 @@ fn write_loop<W: Write>(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     pending: &Mutex<Pending>,
     health: &Health,
+    pause: std::time::Duration,
 ) {
     // Bytes not written yet: one batch, or what a failed write left over.
     // Its records stay counted in the backlog until written, which bounds
@@ -463,8 +489,9 @@ fn write_loop<W: Write>(
         if wrote && buf.is_empty() {
             // Under load, let records gather: one wake-up and one write per
             // batch instead of a context switch per request. Idle, the next
-            // record is written as soon as it comes.
-            std::thread::sleep(BATCH_PAUSE);
+            // record is written as soon as it comes. A full batch unparks
+            // the writer early (a stale unpark only makes one write early).
+            std::thread::park_timeout(pause);
         }
     }
 }
@@ -554,6 +581,36 @@ mod tests {
             let text = std::fs::read_to_string(&path).expect("audit log");
             assert_eq!(text.lines().count(), 1000 * (round + 1));
         }
+    }
+
+    #[test]
+    fn a_full_batch_is_written_without_waiting_out_the_pause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let file = std::fs::File::create(&path).expect("create");
+        // A pause far longer than the test may wait.
+        let pause = std::time::Duration::from_secs(120);
+        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("audit log")
+                .lines()
+                .count()
+        };
+        // Idle, a record is written at once; then the writer pauses.
+        audit.record(AuditRecord::default());
+        wait_until("the first line", || lines() == 1);
+        let record = || AuditRecord {
+            host: "a-host-name-long-enough-to-fill-a-batch-soon.example.test".into(),
+            ..AuditRecord::default()
+        };
+        let per_batch = BATCH_BYTES / 200;
+        for _ in 0..per_batch {
+            audit.record(record());
+        }
+        wait_until("a full batch, long before the pause ends", || {
+            lines() > BATCH_BYTES / 1024
+        });
     }
 
     #[test]
@@ -725,8 +782,13 @@ mod tests {
     #[test]
     fn records_outlive_a_full_disk_and_recovery_needs_no_refused_request() {
         let disk = FlakyDisk::default();
-        let audit =
-            Audit::start_writer(disk.clone(), Path::new("/flaky/audit.jsonl"), 100).expect("start");
+        let audit = Audit::start_writer(
+            disk.clone(),
+            Path::new("/flaky/audit.jsonl"),
+            100,
+            BATCH_PAUSE,
+        )
+        .expect("start");
         let record = |i: usize| AuditRecord {
             host: format!("host-{i}.example.test").into(),
             ..AuditRecord::default()
