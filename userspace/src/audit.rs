@@ -398,6 +398,8 @@ impl Audit {
         if self.tx.send(Msg::Flush(done_tx)).is_err() {
             return false;
         }
+        // Not after the writer's pause: a stop waits for this.
+        self.writer.unpark();
         done_rx.recv_timeout(timeout).is_ok()
     }
 
@@ -611,6 +613,32 @@ mod tests {
         wait_until("a full batch, long before the pause ends", || {
             lines() > BATCH_BYTES / 1024
         });
+    }
+
+    #[test]
+    fn a_flush_does_not_wait_out_the_pause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let file = std::fs::File::create(&path).expect("create");
+        let pause = std::time::Duration::from_secs(120);
+        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("audit log")
+                .lines()
+                .count()
+        };
+        // The first is written at once; the writer then pauses with the
+        // others pending.
+        audit.record(AuditRecord::default());
+        wait_until("the first line", || lines() == 1);
+        audit.record(AuditRecord::default());
+        audit.record(AuditRecord::default());
+        assert!(
+            audit.flush(std::time::Duration::from_secs(10)),
+            "flush timed out"
+        );
+        assert_eq!(lines(), 3);
     }
 
     #[test]
