@@ -585,23 +585,29 @@ mod tests {
         }
     }
 
+    fn line_count(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .expect("audit log")
+            .lines()
+            .count()
+    }
+
+    /// A log whose writer pauses far longer than a test may wait, once it
+    /// has written its first record: idle, a record is written at once.
+    fn pausing_writer(dir: &Path) -> (Audit, PathBuf) {
+        let path = dir.join("audit.jsonl");
+        let file = std::fs::File::create(&path).expect("create");
+        let pause = std::time::Duration::from_secs(120);
+        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
+        audit.record(AuditRecord::default());
+        wait_until("the first line", || line_count(&path) == 1);
+        (audit, path)
+    }
+
     #[test]
     fn a_full_batch_is_written_without_waiting_out_the_pause() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let file = std::fs::File::create(&path).expect("create");
-        // A pause far longer than the test may wait.
-        let pause = std::time::Duration::from_secs(120);
-        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
-        let lines = || {
-            std::fs::read_to_string(&path)
-                .expect("audit log")
-                .lines()
-                .count()
-        };
-        // Idle, a record is written at once; then the writer pauses.
-        audit.record(AuditRecord::default());
-        wait_until("the first line", || lines() == 1);
+        let (audit, path) = pausing_writer(dir.path());
         let record = || AuditRecord {
             host: "a-host-name-long-enough-to-fill-a-batch-soon.example.test".into(),
             ..AuditRecord::default()
@@ -611,34 +617,22 @@ mod tests {
             audit.record(record());
         }
         wait_until("a full batch, long before the pause ends", || {
-            lines() > BATCH_BYTES / 1024
+            line_count(&path) > BATCH_BYTES / 1024
         });
     }
 
     #[test]
     fn a_flush_does_not_wait_out_the_pause() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let file = std::fs::File::create(&path).expect("create");
-        let pause = std::time::Duration::from_secs(120);
-        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
-        let lines = || {
-            std::fs::read_to_string(&path)
-                .expect("audit log")
-                .lines()
-                .count()
-        };
-        // The first is written at once; the writer then pauses with the
-        // others pending.
-        audit.record(AuditRecord::default());
-        wait_until("the first line", || lines() == 1);
+        let (audit, path) = pausing_writer(dir.path());
+        // Two more pending while the writer pauses.
         audit.record(AuditRecord::default());
         audit.record(AuditRecord::default());
         assert!(
             audit.flush(std::time::Duration::from_secs(10)),
             "flush timed out"
         );
-        assert_eq!(lines(), 3);
+        assert_eq!(line_count(&path), 3);
     }
 
     #[test]
