@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -26,6 +29,9 @@ pub struct PolicyStore {
     /// Bumped after every reload, for what outlives a decision (tunnels,
     /// WebSockets) to check it again.
     reloaded: tokio::sync::watch::Sender<u64>,
+    /// The same count, read on every request without a lock: a connection
+    /// keeps its last decision for as long as this has not moved.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -105,6 +111,7 @@ impl PolicyStore {
             }),
             metrics,
             reloaded: tokio::sync::watch::Sender::new(0),
+            generation: AtomicU64::new(0),
         });
         store.reload();
         store
@@ -112,6 +119,13 @@ impl PolicyStore {
 
     pub fn get(&self, agent: &str) -> Option<Arc<Policy>> {
         self.state.read().ok()?.by_agent.get(agent).cloned()
+    }
+
+    /// Moves after every reload, once the policies it loaded are in force.
+    /// Read it before [`PolicyStore::get`]: what is read after a given
+    /// generation is at least as new as that generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Returns once `agent`'s policy in force no longer passes `allows`
@@ -216,6 +230,7 @@ impl PolicyStore {
         }
         *state = next;
         drop(state);
+        self.generation.fetch_add(1, Ordering::Release);
         self.reloaded.send_modify(|generation| *generation += 1);
     }
 

@@ -26,6 +26,7 @@ use super::{
     body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
     h1_pool::Slot,
     headers,
+    last_decision::LastDecision,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
     upstream::{self, TokenTransport, error_chain},
@@ -34,7 +35,7 @@ use super::{
 };
 use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
-    audit::{Action, Audit, AuditRecord},
+    audit::{Action, AuditRecord},
     creds::{self, SwapError, Swapped},
     policy::HttpDecision,
 };
@@ -62,6 +63,9 @@ pub struct ConnCtx {
     allowed: OnceLock<(Box<str>, prometheus::IntCounter)>,
     /// The upstream connection the connection's HTTP/1.1 requests go on.
     upstream: Slot,
+    /// The policy's answer to the last request, for the next if it is
+    /// the same.
+    decided: LastDecision,
 }
 
 impl ConnCtx {
@@ -83,6 +87,7 @@ impl ConnCtx {
             origin,
             allowed: OnceLock::new(),
             upstream,
+            decided: LastDecision::default(),
         }
     }
 
@@ -273,13 +278,16 @@ impl Intercept {
         // The policy in force now, not the version the connection opened
         // under: a rule a reload took away must stop the next request on a
         // keep-alive connection too, and a policy removed stops them all.
-        let Some(policy) = self.policies.get(&ctx.agent) else {
+        let Some((policy, decision)) =
+            ctx.decided
+                .decide(&self.policies, &ctx.agent, host, ctx.port, method, path)
+        else {
             return Err(ProxyError::Denied {
                 reason: "no_policy",
                 rule: None,
             });
         };
-        let allowed = match policy.decide_http(host, ctx.port, method, path.as_str()) {
+        let allowed = match decision {
             HttpDecision::Allow(a) => a,
             HttpDecision::Deny(d) => {
                 return Err(ProxyError::Denied {
@@ -291,7 +299,7 @@ impl Intercept {
         // Frameworks (Rails, Google's APIs) take the method from these
         // headers: a POST that says DELETE is a DELETE to them, and must
         // pass the policy as one too.
-        for name in headers::METHOD_OVERRIDES {
+        for name in &headers::METHOD_OVERRIDES {
             for value in parts.headers.get_all(name) {
                 let overridden = value.to_str().unwrap_or("(not text)").trim();
                 if let HttpDecision::Deny(d) =
@@ -666,7 +674,7 @@ impl Intercept {
         record.action = Some(action);
         record.status = Some(rparts.status.as_u16());
         let done = AuditWhenDone {
-            audit: self.audit.clone(),
+            intercept: self.clone(),
             record: std::mem::take(record),
             bytes_out,
             started,
@@ -702,7 +710,9 @@ fn read(
 /// Writes the request's audit record when the response body is finished
 /// (or abandoned), with the bytes that really moved.
 struct AuditWhenDone {
-    audit: Audit,
+    /// For its audit log: one reference count, where a clone of the log's
+    /// handle is six.
+    intercept: Arc<Intercept>,
     record: AuditRecord,
     /// None when the request had no body.
     bytes_out: Option<Arc<AtomicU64>>,
@@ -717,7 +727,7 @@ impl OnDone for AuditWhenDone {
             .bytes_out
             .map_or(0, |tally| tally.load(Ordering::Relaxed));
         record.duration_ms = self.started.elapsed().as_millis() as u64;
-        self.audit.record(record);
+        self.intercept.audit.record(record);
     }
 }
 

@@ -13,6 +13,7 @@ mod forward;
 mod h1_pool;
 mod headers;
 mod intercept;
+mod last_decision;
 pub mod listener;
 mod live;
 pub mod orig_dst;

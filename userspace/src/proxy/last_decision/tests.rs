@@ -1,0 +1,91 @@
+use std::path::Path;
+
+use http::uri::PathAndQuery;
+
+use super::LastDecision;
+use crate::{
+    metrics::Metrics,
+    policy::{HttpDecision, PolicyStore},
+};
+
+const AGENT: &str = "agent: reader\nrules:\n  - host: api.example.com\n    methods: [GET]\n    paths: [\"/v1/**\"]\n";
+
+fn write(dir: &Path, text: &str) {
+    std::fs::write(dir.join("reader.yaml"), text).expect("write policy");
+}
+
+fn allowed(decision: Option<(std::sync::Arc<crate::policy::Policy>, HttpDecision)>) -> bool {
+    matches!(decision.expect("a policy").1, HttpDecision::Allow(_))
+}
+
+fn path(text: &'static str) -> PathAndQuery {
+    PathAndQuery::from_static(text)
+}
+
+#[test]
+fn a_reload_reaches_a_decision_the_connection_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), AGENT);
+    let store = PolicyStore::load(dir.path(), Metrics::new().expect("metrics"));
+    let last = LastDecision::default();
+    let ask = || {
+        last.decide(
+            &store,
+            "reader",
+            "api.example.com",
+            443,
+            "GET",
+            &path("/v1/x"),
+        )
+    };
+    assert!(allowed(ask()));
+    assert!(allowed(ask()), "the kept answer is the policy's");
+
+    write(
+        dir.path(),
+        "agent: reader\nrules:\n  - host: api.example.com\n    methods: [GET]\n    paths: [\"/v2/**\"]\n",
+    );
+    store.reload();
+    assert!(
+        !allowed(ask()),
+        "the same request after a reload that denies it"
+    );
+
+    std::fs::remove_file(dir.path().join("reader.yaml")).expect("remove");
+    store.reload();
+    assert!(ask().is_none(), "no policy, no decision");
+}
+
+#[test]
+fn any_other_request_is_asked_of_the_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), AGENT);
+    let store = PolicyStore::load(dir.path(), Metrics::new().expect("metrics"));
+    let last = LastDecision::default();
+    let ask = |host, port, method, p| last.decide(&store, "reader", host, port, method, &path(p));
+    assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
+    assert!(
+        !allowed(ask("api.example.com", 443, "GET", "/v2/x")),
+        "path"
+    );
+    assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
+    assert!(
+        !allowed(ask("api.example.com", 443, "DELETE", "/v1/x")),
+        "method"
+    );
+    assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
+    assert!(
+        !allowed(ask("evil.example.com", 443, "GET", "/v1/x")),
+        "host"
+    );
+    assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
+    assert!(
+        !allowed(ask("api.example.com", 8443, "GET", "/v1/x")),
+        "port"
+    );
+    assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
+    assert!(
+        !allowed(ask("api.example.com", 443, "GET", "/v1/../admin")),
+        "a path that differs only past the prefix"
+    );
+}
