@@ -140,6 +140,36 @@ struct Sides {
     direct: Run,
     airlock: Run,
     peer: Option<Run>,
+    /// Airlock against the peer within each round, whose runs are seconds
+    /// apart: the machine's drift between rounds, which moves the medians
+    /// of both, cancels out of these.
+    paired: Option<Paired>,
+}
+
+/// Medians over the rounds of Airlock's figure against the peer's.
+struct Paired {
+    cpu_ratio: f64,
+    p50_gap_us: f64,
+    p99_gap_us: f64,
+}
+
+impl Paired {
+    fn of(airlock: &[Run], peer: &[Run]) -> Option<Paired> {
+        if airlock.is_empty() || airlock.len() != peer.len() {
+            return None;
+        }
+        let paired = |f: &dyn Fn(&Run, &Run) -> f64| {
+            let mut xs: Vec<f64> = airlock.iter().zip(peer).map(|(a, p)| f(a, p)).collect();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let cpu = |r: &Run| per_item(r.proxy_cpu_us, r.count);
+        Some(Paired {
+            cpu_ratio: paired(&|a, p| cpu(a) / cpu(p)),
+            p50_gap_us: paired(&|a, p| a.p50_us - p.p50_us),
+            p99_gap_us: paired(&|a, p| a.p99_us - p.p99_us),
+        })
+    }
 }
 
 struct Bench {
@@ -247,6 +277,7 @@ impl Bench {
             }));
             rows.push(load_row(&s, &r));
             rows.extend(latency_rows(&s, &r));
+            rows.extend(paired_rows(&s, &r));
         }
         if wanted(Kind::Ka1) {
             let s = self.scenario("keep-alive", SMALL_PATH, args.requests / 4, 1, true);
@@ -259,6 +290,7 @@ impl Bench {
                 per_item(r.proxy_cpu_us, r.count)
             }));
             rows.extend(latency_rows(&s, &r));
+            rows.extend(paired_rows(&s, &r));
         }
         if wanted(Kind::Fresh) {
             let s = self.scenario(
@@ -429,6 +461,7 @@ impl Bench {
             direct: median(&direct),
             airlock: median(&airlock),
             peer: with_peer.then(|| median(&peer)),
+            paired: Paired::of(&airlock, &peer),
         })
     }
 
@@ -624,6 +657,27 @@ fn load_row(s: &Scenario, r: &Sides) -> String {
     )
 }
 
+/// Airlock against the peer round by round: the figures to compare two
+/// builds by on a machine whose speed drifts.
+fn paired_rows(s: &Scenario, r: &Sides) -> Vec<String> {
+    let Some(p) = &r.paired else {
+        return Vec::new();
+    };
+    vec![
+        format!(
+            "| {} | proxy CPU per request, Airlock / nginx, median of the rounds' ratios | | {:.2}x | | | |",
+            s.label(),
+            p.cpu_ratio
+        ),
+        format!(
+            "| {} | p50 / p99 added, Airlock minus nginx, median of the rounds' differences | | {:+.0} / {:+.0} µs | | | |",
+            s.label(),
+            p.p50_gap_us,
+            p.p99_gap_us
+        ),
+    ]
+}
+
 fn latency_rows(s: &Scenario, r: &Sides) -> Vec<String> {
     type Pick = fn(&Run) -> f64;
     let pick: [(&str, Pick); 2] = [("p50", |r| r.p50_us), ("p99", |r| r.p99_us)];
@@ -649,4 +703,43 @@ fn oha_version(oha: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Paired, Run};
+
+    fn run(cpu_us_per_request: u64, p50_us: f64, p99_us: f64) -> Run {
+        Run {
+            count: 1000,
+            rps: 0.0,
+            p50_us,
+            p99_us,
+            proxy_cpu_us: cpu_us_per_request * 1000,
+            origin_cpu_us: 0,
+            load_cpu_us: 0,
+        }
+    }
+
+    #[test]
+    fn each_round_compares_airlock_with_the_peer_beside_it() {
+        // The machine slows down by half after the first round, and one
+        // round of the peer's is caught by a burst of noise.
+        let airlock = [
+            run(44, 70.0, 160.0),
+            run(88, 140.0, 320.0),
+            run(90, 141.0, 330.0),
+        ];
+        let peer = [
+            run(40, 64.0, 140.0),
+            run(80, 128.0, 290.0),
+            run(160, 200.0, 600.0),
+        ];
+        let p = Paired::of(&airlock, &peer).expect("as many rounds on each side");
+        // Ratios 1.10, 1.10, 0.56; gaps 6, 12, -59 and 20, 30, -270.
+        assert!((p.cpu_ratio - 1.1).abs() < 1e-9, "{}", p.cpu_ratio);
+        assert_eq!(p.p50_gap_us, 6.0);
+        assert_eq!(p.p99_gap_us, 20.0);
+        assert!(Paired::of(&airlock, &[]).is_none(), "no peer, no pairs");
+    }
 }
