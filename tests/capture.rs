@@ -1106,17 +1106,35 @@ fn a_killed_daemon_fails_closed_and_its_successor_reuses_the_pins() {
     let src = format!(
         r#"
 import socket, os, time
-def attempt():
+def tcp(family, host):
     try:
-        s = socket.create_connection(('127.0.0.1', {port}), timeout=5)
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect((host, {port}))
         return 'tag ' + s.makefile().readline().strip()
     except OSError as e:
         return 'error ' + type(e).__name__
+def dns():
+    query = bytes.fromhex('123401000001000000000000076578616d706c6503636f6d0000010001')
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.sendto(query, ('127.0.0.1', 53))
+        s.recvfrom(512)
+        return 'answered'
+    except OSError as e:
+        return 'error ' + type(e).__name__
+def attempt(step):
+    if step != 'killed':
+        return tcp(socket.AF_INET, '127.0.0.1')
+    # Every way to the daemon's ports: IPv4, IPv6, v4-mapped, and DNS.
+    return '; '.join([tcp(socket.AF_INET, '127.0.0.1'), tcp(socket.AF_INET6, '::1'),
+                      tcp(socket.AF_INET6, '::ffff:127.0.0.1'), dns()])
 for step in ['alive', 'killed', 'restarted', 'stopped']:
     deadline = time.time() + 60
     while not os.path.exists(os.path.join('{dir}', step)) and time.time() < deadline:
         time.sleep(0.02)
-    result = attempt()
+    result = attempt(step)
     with open(os.path.join('{dir}', step + '.out'), 'w') as f:
         f.write(result)
 "#,
@@ -1159,16 +1177,24 @@ for step in ['alive', 'killed', 'restarted', 'stopped']:
 
     assert_eq!(step("alive"), "tag kept");
     d.kill9();
+    // A local user takes the dead daemon's ports, as any user may.
+    let squatter = Squatter::start(&steps, d.proxy_port, d.dns_port);
     let before = server.accepted();
+    let refused = ["error PermissionError"; 4].join("; ");
     assert_eq!(
         step("killed"),
-        "error ConnectionRefusedError",
-        "with the daemon dead, the agent must not get through"
+        refused,
+        "with the daemon dead, no connect or query of the agent may go ahead (IPv4, IPv6, v4-mapped, DNS)"
     );
     assert_eq!(
         server.accepted(),
         before,
         "the target was reached while the daemon was down"
+    );
+    assert_eq!(
+        squatter.finish(),
+        "priority EPERM\n",
+        "the process on the dead daemon's ports received an agent's connection or query, or could pass for the daemon"
     );
 
     d.spawn();
@@ -1181,6 +1207,12 @@ for step in ['alive', 'killed', 'restarted', 'stopped']:
     let status = d.status().expect("status");
     let programs = status["programs"].as_array().expect("programs");
     assert!(programs.iter().all(|p| p["link"] == "reopened"), "{status}");
+    assert!(
+        status["kernel_counters"]["no_listener_denied"]
+            .as_u64()
+            .is_some_and(|n| n >= 4),
+        "{status:#}"
+    );
 
     // Stopped cleanly (`systemctl stop`, an upgrade), the daemon closes the
     // hooks: connects are refused at once, and whatever listens on its
@@ -1201,6 +1233,107 @@ for step in ['alive', 'killed', 'restarted', 'stopped']:
     );
     assert_eq!(server.accepted(), before);
     let _ = agent.0.wait();
+}
+
+/// A local user, outside Airlock, listening on the daemon's proxy and
+/// resolver ports (IPv4 and IPv6) while the daemon is down. It tries to
+/// pass for the daemon by giving its socket the daemon's priority, and
+/// reports that attempt and everything it received.
+struct Squatter {
+    child: Option<std::process::Child>,
+    done: std::path::PathBuf,
+}
+
+impl Drop for Squatter {
+    /// A failed assertion must not leave it holding the ports (or the
+    /// test's output pipe).
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+const SQUATTER_PY: &str = r#"
+import errno, os, select, socket, sys
+proxy, dns, ready, done, priority = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+socks = []
+for family, kind, addr in [(socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', proxy)),
+                           (socket.AF_INET6, socket.SOCK_STREAM, ('::1', proxy)),
+                           (socket.AF_INET, socket.SOCK_DGRAM, ('127.0.0.1', dns)),
+                           (socket.AF_INET6, socket.SOCK_DGRAM, ('::1', dns))]:
+    s = socket.socket(family, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(addr)
+    if kind == socket.SOCK_STREAM:
+        s.listen(16)
+    socks.append(s)
+out = []
+for s in socks:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, priority)
+        out.append('priority set')
+    except OSError as e:
+        # The most an unprivileged socket may have.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 6)
+        if not out:
+            out.append('priority ' + errno.errorcode.get(e.errno, str(e.errno)))
+open(ready, 'w').close()
+while not os.path.exists(done):
+    for s in select.select(socks, [], [], 0.05)[0]:
+        if s.type == socket.SOCK_STREAM:
+            s.accept()
+            out.append('accepted on ' + s.getsockname()[0])
+        else:
+            s.recvfrom(512)
+            out.append('datagram on ' + s.getsockname()[0])
+print('\n'.join(out))
+"#;
+
+impl Squatter {
+    fn start(dir: &std::path::Path, proxy_port: u16, dns_port: u16) -> Squatter {
+        let ready = dir.join("squatter-ready");
+        let done = dir.join("squatter-done");
+        let child = as_nobody_outside(&[
+            PY,
+            "-c",
+            SQUATTER_PY,
+            &proxy_port.to_string(),
+            &dns_port.to_string(),
+            &ready.to_string_lossy(),
+            &done.to_string_lossy(),
+            &agent_common::LISTENER_PRIORITY.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("squatter");
+        let mut squatter = Squatter {
+            child: Some(child),
+            done,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            if let Some(Ok(Some(status))) = squatter.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the squatter could not take the daemon's ports: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the squatter never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        squatter
+    }
+
+    /// Stops it and returns what it reported.
+    fn finish(mut self) -> String {
+        std::fs::write(&self.done, b"").expect("done flag");
+        let child = self.child.take().expect("the squatter runs until finished");
+        let out = child.wait_with_output().expect("squatter output");
+        assert!(out.status.success(), "{}", describe(&out));
+        stdout(&out)
+    }
 }
 
 const DIAL_PY: &str = r#"

@@ -14,16 +14,21 @@
 #![no_main]
 
 use agent_common::{
-    AF_INET, ClientKey, ConnRecord, DnsOrig, Egress, IPPROTO_TCP, IPPROTO_UDP, MAX_CONNECTIONS,
-    MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, bind_allowed, decide_connect,
-    decide_egress, decide_sock_create, v4_mapped,
+    AF_INET, ClientKey, ConnRecord, DnsOrig, Egress, IPPROTO_TCP, IPPROTO_UDP, LISTENER_PRIORITY,
+    MAX_CONNECTIONS, MAX_DNS_CLIENTS, STAT_COUNT, Settings, Stat, Verdict, bind_allowed,
+    decide_connect, decide_egress, decide_sock_create, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_lookup_tcp,
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -205,6 +210,10 @@ fn capture(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
                 bump(Stat::UdpDenied);
                 return DENY;
             }
+            if !daemon_listens(ctx, v6, mapped, false, port) {
+                bump(Stat::NoListener);
+                return DENY;
+            }
             let record = caller_record(orig, dest.port, IPPROTO_TCP);
             // A failed insert leaves no record: the proxy then closes the
             // connection, so redirecting anyway still fails closed.
@@ -214,6 +223,10 @@ fn capture(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
             ALLOW
         }
         Verdict::ToResolver { port } => {
+            if !daemon_listens(ctx, v6, mapped, true, port) {
+                bump(Stat::NoListener);
+                return DENY;
+            }
             let family = if v6 { 10 } else { AF_INET as u16 };
             let remembered = DnsOrig {
                 addr: orig,
@@ -245,6 +258,58 @@ fn capture(ctx: &SockAddrContext, v6: bool, is_connect: bool) -> i32 {
             DENY
         }
     }
+}
+
+/// Whether what the kernel finds on loopback at `port` (the address
+/// `redirect` writes) is the daemon's own socket, marked with
+/// [`LISTENER_PRIORITY`]. While the daemon is down after a crash the port
+/// is free, and any local process may bind it.
+#[inline(always)]
+fn daemon_listens(ctx: &SockAddrContext, v6: bool, mapped: bool, udp: bool, port: u16) -> bool {
+    // SAFETY: all-zero is a valid value of this plain-integer union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // The kernel tells the families apart by the size given.
+    let size = if v6 && !mapped {
+        tuple.__bindgen_anon_1.ipv6 = Tuple6 {
+            saddr: [0; 4],
+            daddr: LOOPBACK6,
+            sport: 0,
+            dport: port.to_be(),
+        };
+        core::mem::size_of::<Tuple6>()
+    } else {
+        // A dual-stack socket that dialled ::ffff:127.0.0.1 reaches the
+        // IPv4 socket.
+        tuple.__bindgen_anon_1.ipv4 = Tuple4 {
+            saddr: 0,
+            daddr: LOOPBACK4,
+            sport: 0,
+            dport: port.to_be(),
+        };
+        core::mem::size_of::<Tuple4>()
+    } as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: helpers allowed in cgroup/sock_addr programs, given the
+    // kernel's context and a tuple on this program's stack of `size` bytes.
+    let sk = unsafe {
+        if udp {
+            bpf_sk_lookup_udp(ctx.as_ptr(), &mut tuple, size, netns, 0)
+        } else {
+            bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size, netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is the non-null socket the lookup returned; one 4-byte
+    // load, then the reference the lookup took is given back, as the
+    // verifier requires on every path.
+    let priority = unsafe {
+        let priority = core::ptr::read_volatile(&(*sk).priority);
+        bpf_sk_release(sk.cast());
+        priority
+    };
+    priority == LISTENER_PRIORITY
 }
 
 #[inline(always)]

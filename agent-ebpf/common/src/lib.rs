@@ -69,6 +69,15 @@ pub struct Settings {
     pub netns_cookie: u64,
 }
 
+/// The `SO_PRIORITY` of the daemon's proxy and resolver sockets. The hooks
+/// send an agent to a port only while a socket with this priority is what
+/// the kernel finds there: after a crash, any local process may bind the
+/// daemon's ports, and must not be handed agents' connections or DNS
+/// queries. Priorities above 6 need `CAP_NET_ADMIN` or `CAP_NET_RAW`,
+/// which such a process lacks. (On loopback, which has no queueing
+/// discipline, the priority changes nothing else.)
+pub const LISTENER_PRIORITY: u32 = 0x4149_524c;
+
 /// What an agent's socket meant to do, recorded by the kernel.
 ///
 /// `orig_addr` holds the destination as 16 bytes in network order; IPv4
@@ -135,9 +144,10 @@ pub enum Stat {
     ForeignNetns = 8,
     OffHostDenied = 9,
     BindDenied = 10,
+    NoListener = 11,
 }
 
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 12;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -152,6 +162,7 @@ impl Stat {
         Stat::ForeignNetns,
         Stat::OffHostDenied,
         Stat::BindDenied,
+        Stat::NoListener,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -167,6 +178,7 @@ impl Stat {
             Stat::ForeignNetns => "foreign_netns_denied",
             Stat::OffHostDenied => "off_host_denied",
             Stat::BindDenied => "bind_denied",
+            Stat::NoListener => "no_listener_denied",
         }
     }
 }

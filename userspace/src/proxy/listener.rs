@@ -16,13 +16,31 @@ const BACKLOG: u32 = 8192;
 const AGENT_LEG_CONGESTION: [&[u8]; 2] = [b"cubic", b"reno"];
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot listen on {addr}: {source} (is another Airlock, or something else, using the port?)"
-)]
-pub struct ListenError {
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+pub enum ListenError {
+    #[error(
+        "cannot listen on {addr}: {source} (is another Airlock, or something else, using the port?)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot mark the socket on {addr} as Airlock's (SO_PRIORITY): {source}; the daemon needs CAP_NET_ADMIN, which the agents' hooks rely on to tell its sockets from another process's"
+    )]
+    Mark {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Marks `socket` as the daemon's: the kernel hooks send agents only to a
+/// socket with this priority (see `agent_common::LISTENER_PRIORITY`).
+fn mark(socket: socket2::SockRef<'_>, addr: SocketAddr) -> Result<(), ListenError> {
+    socket
+        .set_priority(agent_common::LISTENER_PRIORITY)
+        .map_err(|source| ListenError::Mark { addr, source })
 }
 
 /// Listen on 127.0.0.1:port and [::1]:port.
@@ -34,7 +52,7 @@ pub fn tcp_pair(port: u16) -> Result<[TcpListener; 2], ListenError> {
 }
 
 fn tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let err = |source| ListenError { addr, source };
+    let err = |source| ListenError::Bind { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -44,6 +62,7 @@ fn tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     socket.set_reuseaddr(true).map_err(err)?;
     socket.set_nodelay(true).map_err(err)?;
     unpaced(&socket);
+    mark(socket2::SockRef::from(&socket), addr)?;
     socket.bind(addr).map_err(err)?;
     socket.listen(BACKLOG).map_err(err)
 }
@@ -65,21 +84,45 @@ fn unpaced(socket: &TcpSocket) {
 pub async fn udp_pair(port: u16) -> Result<[UdpSocket; 2], ListenError> {
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-    Ok([
-        UdpSocket::bind(v4)
-            .await
-            .map_err(|source| ListenError { addr: v4, source })?,
-        UdpSocket::bind(v6)
-            .await
-            .map_err(|source| ListenError { addr: v6, source })?,
-    ])
+    Ok([udp(v4).await?, udp(v6).await?])
+}
+
+async fn udp(addr: SocketAddr) -> Result<UdpSocket, ListenError> {
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { addr, source })?;
+    mark(socket2::SockRef::from(&socket), addr)?;
+    Ok(socket)
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
-    use super::{AGENT_LEG_CONGESTION, tcp};
+    use super::{AGENT_LEG_CONGESTION, tcp, udp};
+
+    /// The kernel hooks hand agents only to sockets with the daemon's
+    /// priority. (Setting it needs CAP_NET_ADMIN: the tests run as root.)
+    #[tokio::test]
+    async fn the_daemons_sockets_carry_its_priority() {
+        let any4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        let listeners = [tcp(any4).expect("tcp4"), tcp(any6).expect("tcp6")];
+        let sockets = [
+            udp(any4).await.expect("udp4"),
+            udp(any6).await.expect("udp6"),
+        ];
+        let priorities = listeners
+            .iter()
+            .map(|l| socket2::SockRef::from(l).priority())
+            .chain(sockets.iter().map(|s| socket2::SockRef::from(s).priority()));
+        for priority in priorities {
+            assert_eq!(
+                priority.expect("SO_PRIORITY"),
+                agent_common::LISTENER_PRIORITY
+            );
+        }
+    }
 
     /// Whatever the host's default (bbr here), an accepted agent
     /// connection runs an unpaced congestion control.
