@@ -550,6 +550,61 @@ fn wait_for_policy(d: &Daemon, agent: &str) {
     });
 }
 
+/// Agents never share an upstream connection, over HTTP/2 as over
+/// HTTP/1.1: one agent's streams must not use up the connection another's
+/// requests ride on, nor end them with a GOAWAY they provoke. An agent's
+/// own requests do share one (so that the test below can fail).
+#[test]
+fn agents_never_share_an_upstream_connection_over_http2() {
+    let Setup { d, up } = setup("");
+    std::fs::write(
+        d.policy_dir.join("peer-bot.yaml"),
+        format!(
+            "agent: peer-bot\nrules:\n  - host: api.example.test:{}\n    methods: [GET]\n    paths: [\"/hello\"]\n",
+            up.port
+        ),
+    )
+    .expect("write the second agent's policy");
+    wait_for_policy(&d, "peer-bot");
+    let curl = format!(
+        "curl -sS --fail-with-body --http2 https://api.example.test:{}/hello",
+        up.port
+    );
+    let mut peers = Vec::new();
+    for agent in ["web-bot", "web-bot", "peer-bot", "peer-bot", "web-bot"] {
+        let before = up.seen().len();
+        let out = d.run_agent_dns(agent, &["sh", "-c", &curl]);
+        assert!(out.status.success(), "{agent}: {}", describe(&out));
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1, "{agent}: upstream request count");
+        let last = seen.last().expect("seen");
+        assert_eq!(last.version, "HTTP/2.0", "{agent}: HTTP version upstream");
+        peers.push((agent, last.peer));
+    }
+    let on = |agent: &str| -> std::collections::BTreeSet<std::net::SocketAddr> {
+        peers
+            .iter()
+            .filter(|(a, _)| *a == agent)
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    let (web, peer) = (on("web-bot"), on("peer-bot"));
+    assert_eq!(
+        web.len(),
+        1,
+        "an agent's requests were not pooled: {peers:?}"
+    );
+    assert_eq!(
+        peer.len(),
+        1,
+        "an agent's requests were not pooled: {peers:?}"
+    );
+    assert!(
+        web.is_disjoint(&peer),
+        "two agents' requests went on one upstream connection: {peers:?}"
+    );
+}
+
 /// An upstream that keeps what one agent sent gives it to whichever agent
 /// reads it back: the answers of a host that any policy binds secrets to
 /// are scrubbed for every agent, also one whose own policy binds it none.

@@ -30,12 +30,34 @@ pub fn require_root() {
     );
 }
 
-/// A port nobody else in this test run uses: bind :0 and keep the number.
+/// A port nobody else in this test run uses, free on 127.0.0.1 and ::1
+/// for TCP and UDP (a daemon listens on both, with both). It lies below
+/// the kernel's range of ephemeral ports, so that while a test holds it
+/// unbound (a daemon killed and started again) no outgoing connection of
+/// a test running beside it can take it.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let bottom = top.saturating_sub(12_000).max(1024);
+    let span = top - bottom;
+    // Test binaries run one after another, each from its own place in
+    // the span.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = bottom + (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let free = [v4, v6]
+            .iter()
+            .all(|addr| TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {bottom} and {top}");
 }
 
 /// `AIRLOCK_TEST_DAEMON_CPU=N` starts every daemon confined to CPU N, as

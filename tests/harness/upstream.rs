@@ -33,6 +33,9 @@ pub struct Seen {
     pub path: String,
     pub version: String,
     pub headers: Vec<(String, String)>,
+    /// The far end of the TCP connection the request came on: which of
+    /// the proxy's upstream connections carried it.
+    pub peer: std::net::SocketAddr,
 }
 
 impl Seen {
@@ -113,7 +116,7 @@ impl TlsUpstream {
         let grants_srv = grants.clone();
         runtime.spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
                 let acceptor = acceptor.clone();
@@ -123,7 +126,8 @@ impl TlsUpstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = service_fn(move |req| handle(req, seen.clone(), grants.clone()));
+                    let service =
+                        service_fn(move |req| handle(req, peer, seen.clone(), grants.clone()));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
@@ -176,10 +180,12 @@ fn full(text: impl Into<Bytes>) -> Body {
 
 async fn handle(
     mut req: Request<hyper::body::Incoming>,
+    peer: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     grants: Arc<Grants>,
 ) -> Result<Response<Body>, Infallible> {
     let record = Seen {
+        peer,
         method: req.method().to_string(),
         authority: req.uri().authority().map(|a| a.to_string()),
         path: req

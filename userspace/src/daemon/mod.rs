@@ -144,7 +144,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let credentials = Arc::new(Credentials::new(vault));
     let intercept = Arc::new(Intercept {
         ca,
-        client_h2: proxy::upstream_client(resolver.clone(), upstream_tls),
+        pools_h2: proxy::H2Pools::new(resolver.clone(), upstream_tls),
         pool_h1: proxy::H1Pool::new(proxy::UpstreamConnector::new(
             resolver.clone(),
             upstream_tls_h1,

@@ -556,9 +556,12 @@ impl Intercept {
         // control windows on large bodies), and it is what the agent would
         // have used without Airlock.
         let sent = if agent_h2 && !upgrade {
-            tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, self.client_h2.request(upstream_req))
-                .await
-                .map(|resp| resp.map_err(|err| error_chain(&err)))
+            tokio::time::timeout(
+                RESPONSE_HEAD_TIMEOUT,
+                self.pools_h2.of(&ctx.agent).request(upstream_req),
+            )
+            .await
+            .map(|resp| resp.map_err(|err| error_chain(&err)))
         } else {
             tokio::time::timeout(
                 RESPONSE_HEAD_TIMEOUT,

@@ -16,10 +16,10 @@ use tracing::debug;
 use super::{
     forward::ConnCtx,
     h1_pool::{H1Pool, Slot},
+    h2_pools::H2Pools,
     orig_dst::Origin,
     peek::ClientHello,
     relay,
-    upstream::UpstreamClient,
 };
 use crate::{
     approvals::Approvals,
@@ -38,9 +38,9 @@ const H1: &[u8] = b"http/1.1";
 /// Everything the HTTP layer shares across connections.
 pub struct Intercept {
     pub ca: Arc<Ca>,
-    /// Offers h2 first: for agents that speak HTTP/2, so that their
-    /// streams stay multiplexed on the way out.
-    pub client_h2: UpstreamClient,
+    /// Offer h2 first: for agents that speak HTTP/2, so that their
+    /// streams stay multiplexed on the way out. One pool per agent.
+    pub pools_h2: H2Pools,
     /// HTTP/1.1 only: for agents that speak HTTP/1.1, for upgrades
     /// (WebSocket), which cannot ride an h2 connection, and for token
     /// requests.

@@ -2,7 +2,7 @@
 //! for each accepted socket, names the agent, and routes the connection:
 //! raw TCP relay (`tcp:` rules), DNS over TCP, or, for HTTP and TLS,
 //! `intercept` (terminate, decide per request in `forward`, swap
-//! credentials, forward via `h1_pool` or, for HTTP/2, `upstream`). `rescue` turns failures into
+//! credentials, forward via `h1_pool` or, for HTTP/2, `h2_pools`). `rescue` turns failures into
 //! answers.
 
 mod accept;
@@ -11,6 +11,7 @@ mod credentials;
 mod dial;
 mod forward;
 mod h1_pool;
+mod h2_pools;
 mod headers;
 mod intercept;
 mod last_decision;
@@ -27,6 +28,7 @@ mod whole_body;
 pub use accept::{Proxy, serve};
 pub use credentials::Credentials;
 pub use h1_pool::H1Pool;
+pub use h2_pools::H2Pools;
 pub use intercept::Intercept;
 pub use live::LiveConns;
-pub use upstream::{Connector as UpstreamConnector, client as upstream_client};
+pub use upstream::Connector as UpstreamConnector;

@@ -1,8 +1,9 @@
 //! The proxy's side toward the real servers: the connector, which resolves
 //! names with the daemon's resolver (never the address the agent dialled)
 //! and speaks verified TLS (system roots plus the configured extra CAs),
-//! and the pooled hyper client that HTTP/2 agents' requests share.
-//! HTTP/1.1 requests go on connections of their own (`h1_pool`).
+//! and the pooled hyper client that an HTTP/2 agent's requests share
+//! (one per agent, `h2_pools`). HTTP/1.1 requests go on connections of
+//! their own (`h1_pool`).
 
 use std::{
     future::Future,
