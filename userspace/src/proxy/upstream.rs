@@ -57,6 +57,11 @@ pub type UpstreamClient = Client<Connector, super::body::ProxyBody>;
 pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        // Without a timer the idle timeout is only applied when the pool
+        // is next asked for a connection: an agent that stopped would keep
+        // its idle upstream connections open for as long as the upstream
+        // allows.
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_max_idle_per_host(64)
         // hyper grows its read buffer to 400 KiB per connection on large
         // bodies; capped at 64 KiB, 1 MiB bodies move as fast and the
