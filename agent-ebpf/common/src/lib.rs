@@ -77,6 +77,9 @@ pub struct Settings {
 /// which such a process lacks. (On loopback, which has no queueing
 /// discipline, the priority changes nothing else.)
 pub const LISTENER_PRIORITY: u32 = 0x4149_524c;
+// TC_PRIO_INTERACTIVE (6) is the most an unprivileged socket may set,
+// directly or through IP_TOS.
+const _: () = assert!(LISTENER_PRIORITY > 6);
 
 /// What an agent's socket meant to do, recorded by the kernel.
 ///
