@@ -550,6 +550,20 @@ fn wait_for_policy(d: &Daemon, agent: &str) {
     });
 }
 
+/// A second agent, by hot reload: its policy allows GET of `path` on
+/// api.example.test and nothing else.
+fn add_agent_that_gets(d: &Daemon, up: &TlsUpstream, agent: &str, path: &str) {
+    std::fs::write(
+        d.policy_dir.join(format!("{agent}.yaml")),
+        format!(
+            "agent: {agent}\nrules:\n  - host: api.example.test:{}\n    methods: [GET]\n    paths: [\"{path}\"]\n",
+            up.port
+        ),
+    )
+    .expect("write the agent's policy");
+    wait_for_policy(d, agent);
+}
+
 /// Agents never share an upstream connection, over HTTP/2 as over
 /// HTTP/1.1: one agent's streams must not use up the connection another's
 /// requests ride on, nor end them with a GOAWAY they provoke. An agent's
@@ -557,15 +571,7 @@ fn wait_for_policy(d: &Daemon, agent: &str) {
 #[test]
 fn agents_never_share_an_upstream_connection_over_http2() {
     let Setup { d, up } = setup("");
-    std::fs::write(
-        d.policy_dir.join("peer-bot.yaml"),
-        format!(
-            "agent: peer-bot\nrules:\n  - host: api.example.test:{}\n    methods: [GET]\n    paths: [\"/hello\"]\n",
-            up.port
-        ),
-    )
-    .expect("write the second agent's policy");
-    wait_for_policy(&d, "peer-bot");
+    add_agent_that_gets(&d, &up, "peer-bot", "/hello");
     let curl = format!(
         "curl -sS --fail-with-body --http2 https://api.example.test:{}/hello",
         up.port
@@ -614,15 +620,7 @@ fn a_secret_one_agent_sent_is_scrubbed_when_another_agent_reads_it_back() {
     let Setup { d, up } = setup("");
     let base = format!("https://api.example.test:{}", up.port);
     send_the_credential(&d, &base);
-    std::fs::write(
-        d.policy_dir.join("log-reader.yaml"),
-        format!(
-            "agent: log-reader\nrules:\n  - host: api.example.test:{}\n    methods: [GET]\n    paths: [\"/log\"]\n",
-            up.port
-        ),
-    )
-    .expect("write the reader's policy");
-    wait_for_policy(&d, "log-reader");
+    add_agent_that_gets(&d, &up, "log-reader", "/log");
 
     let node = format!(
         "fetch('{base}/log').then(async r => console.log(r.status, await r.text()), e => {{ console.log('error', e.cause || e); process.exit(1) }})"
