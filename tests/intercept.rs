@@ -45,7 +45,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-gzip", "/sse", "/ws", "/big", "/bighead", "/reason"]
+    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -770,8 +770,10 @@ fn a_kept_secret_is_never_read_back_in_byte_ranges() {
 
 /// Clients ask for compressed answers by default, and decode them: a
 /// gzipped echo would carry the secret past the scrubber. A request to a
-/// host that holds secrets asks it for no compression, and an answer
-/// compressed all the same is refused.
+/// host that holds secrets asks it for no compression. An answer
+/// compressed all the same is decoded before it is scrubbed, and reaches
+/// the agent uncompressed; one in a coding Airlock does not decode is
+/// refused.
 #[test]
 fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
     let Setup { d, up } = setup("");
@@ -793,11 +795,73 @@ fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
     assert!(text.contains(&format!("Bearer {PLACEHOLDER}")), "{text}");
     assert_no_secret("python's decoded answer", &text);
 
-    // An upstream that compresses whatever it was asked: 502, no body.
-    let gzip_url = format!("https://api.example.test:{}/echo-gzip", up.port);
+    // An upstream that compresses whatever it was asked. curl is not told
+    // to decode: what it prints is what Airlock sent.
+    for coding in ["gzip", "deflate", "br"] {
+        let url = format!(
+            "https://api.example.test:{}/echo-coded?as={coding}",
+            up.port
+        );
+        let out = web_bot_sh(
+            &d,
+            &format!("curl -sS -i -H \"Authorization: Bearer $API_TOKEN\" '{url}'"),
+        );
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{coding}: {}",
+            redacted(&describe(&out))
+        );
+        assert_no_secret(&format!("the {coding} answer, decoded"), &text);
+        assert!(
+            text.lines().next().is_some_and(|l| l.contains(" 200")),
+            "{coding}: {}",
+            redacted(&text)
+        );
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            !head.contains("content-encoding"),
+            "{coding}: {}",
+            redacted(&head)
+        );
+        assert!(
+            head.contains("etag: w/\"echo-1\""),
+            "{coding}: {}",
+            redacted(&head)
+        );
+        let echoed: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| {
+            panic!(
+                "{coding}: the body is not the decoded JSON ({e}): {}",
+                redacted(body)
+            )
+        });
+        let authorization = echoed["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|pair| pair[0] == "authorization")
+            .map(|pair| pair[1].clone());
+        assert_eq!(
+            authorization,
+            Some(format!("Bearer {PLACEHOLDER}").into()),
+            "{coding}: {}",
+            redacted(body)
+        );
+        assert_eq!(
+            up.seen()
+                .last()
+                .and_then(|s| s.header("accept-encoding").map(str::to_owned)),
+            Some("identity".to_owned()),
+            "{coding}"
+        );
+    }
+
+    // A coding Airlock does not decode: 502, no body.
+    let zstd_url = format!("https://api.example.test:{}/echo-coded?as=zstd", up.port);
     let out = web_bot_sh(
         &d,
-        &format!("curl -sS --compressed -i -H \"Authorization: Bearer $API_TOKEN\" {gzip_url}"),
+        &format!("curl -sS --compressed -i -H \"Authorization: Bearer $API_TOKEN\" '{zstd_url}'"),
     );
     let text = stdout(&out);
     assert!(
@@ -806,14 +870,17 @@ fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
         describe(&out)
     );
     assert!(text.contains("\"reason\":\"upstream_error\""), "{text}");
-    assert!(text.contains("content-encoding: gzip"), "{text}");
+    assert!(text.contains("content-encoding: zstd"), "{text}");
     assert_no_secret("the refused answer", &text);
     assert_eq!(
         up.seen().last().map(|s| s.path.clone()),
-        Some("/echo-gzip".to_owned())
+        Some("/echo-coded?as=zstd".to_owned())
     );
-    d.wait_audit("for the refused compressed answer", |r| {
-        r["path"] == "/echo-gzip" && r["status"] == 502 && r["action"] == "error"
+    d.wait_audit("for the refused zstd answer", |r| {
+        r["path"] == "/echo-coded?as=zstd" && r["status"] == 502 && r["action"] == "error"
+    });
+    d.wait_audit("for a decoded answer", |r| {
+        r["path"] == "/echo-coded?as=br" && r["status"] == 200 && r["action"] == "allow"
     });
     assert_no_secret("daemon log", &d.log_text());
 }

@@ -3,7 +3,9 @@
 //! /hello, /log (every request seen so far; honours a `Range` of one
 //! part, and `?part=FIRST-LAST` has it answer 206 with those bytes
 //! unasked), /bighead (an 80 KiB response header), /echo (reflects the request,
-//! secrets included, gzipped when asked), /echo-gzip (gzipped always), /sse (two
+//! secrets included, gzipped when asked), /echo-coded?as=CODING (compressed
+//! in gzip, deflate or br whatever was asked; any other CODING is only
+//! named, over the plain body), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
@@ -267,10 +269,11 @@ async fn handle(
                 .insert("x-big", big.parse().expect("header value"));
             r
         }
-        "/echo" | "/echo-gzip" => {
+        "/echo" | "/echo-coded" => {
             // Reflects everything, as a careless or hostile upstream would,
             // gzipped when the client accepts it, as servers do (and
-            // /echo-gzip whatever the client asked for).
+            // /echo-coded in the coding its query names, whatever the
+            // client asked for).
             let body = serde_json::json!({
                 "path": record.path,
                 "headers": record.headers,
@@ -282,13 +285,33 @@ async fn handle(
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.contains("gzip"));
-            let mut r = if accepts_gzip || path == "/echo-gzip" {
-                let mut r = Response::new(full(gzip(body.as_bytes())));
-                r.headers_mut()
-                    .insert("content-encoding", "gzip".parse().expect("h"));
-                r
-            } else {
-                Response::new(full(body))
+            let forced = (path == "/echo-coded")
+                .then(|| req.uri().query().and_then(|q| q.strip_prefix("as=")))
+                .flatten();
+            let mut r = match (forced, accepts_gzip) {
+                (Some(coding), _) => {
+                    let coded = match coding {
+                        "gzip" => gzip(body.as_bytes()),
+                        "deflate" => zlib(body.as_bytes()),
+                        "br" => brotli(body.as_bytes()),
+                        // Named only: were it let through, the secret
+                        // would be there to see.
+                        _ => body.into_bytes(),
+                    };
+                    let mut r = Response::new(full(coded));
+                    r.headers_mut()
+                        .insert("content-encoding", coding.parse().expect("h"));
+                    r.headers_mut()
+                        .insert("etag", "\"echo-1\"".parse().expect("h"));
+                    r
+                }
+                (None, true) => {
+                    let mut r = Response::new(full(gzip(body.as_bytes())));
+                    r.headers_mut()
+                        .insert("content-encoding", "gzip".parse().expect("h"));
+                    r
+                }
+                (None, false) => Response::new(full(body)),
             };
             if let Some(auth) = req.headers().get("authorization") {
                 r.headers_mut().insert("x-echo-authorization", auth.clone());
@@ -441,6 +464,22 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).expect("gzip into memory");
     encoder.finish().expect("gzip into memory")
+}
+
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("zlib into memory");
+    encoder.finish().expect("zlib into memory")
+}
+
+fn brotli(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    let mut encoder = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+    encoder.write_all(bytes).expect("brotli into memory");
+    drop(encoder);
+    out
 }
 
 fn status(code: u16, body: &str) -> Response<Body> {

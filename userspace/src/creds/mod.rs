@@ -7,6 +7,7 @@
 //! echoes a secret, in headers, streamed bodies and trailers.
 
 mod base64_forms;
+mod decoded;
 mod echo_forms;
 mod grant;
 mod readable;
@@ -18,6 +19,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
+pub use decoded::{Decoded, decodable_coding, mark_decoded};
 pub use grant::{Grant, GrantProblem, TokenError};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
 pub use scrub::{ScrubStream, Scrubber};

@@ -5,8 +5,9 @@
 //! --compressed` all ask for gzip and decode it by default. Cut into byte
 //! ranges, a kept secret could be read back in pieces shorter than itself,
 //! one answer each, none of which the scrubber can match. So such a request
-//! asks for the whole answer, uncompressed, and an answer compressed or
-//! partial all the same is refused.
+//! asks for the whole answer, uncompressed. An answer compressed all the
+//! same is decoded ([`super::decoded`]) when it can be, and refused when
+//! it cannot; a partial one is refused.
 
 use http::{HeaderMap, HeaderValue, header};
 

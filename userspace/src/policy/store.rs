@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use sha2::{Digest as _, Sha256};
 use tracing::{error, info, warn};
 
 use super::{Policy, parse_policy, secret_hosts::SecretHosts};
@@ -41,6 +42,10 @@ struct State {
     by_file: HashMap<PathBuf, String>,
     /// The current rejection of each file that has one.
     errors: HashMap<PathBuf, String>,
+    /// The SHA-256 of each file's text as last read, clean or not: a
+    /// reload pass reads every file, and only a file whose text changed is
+    /// logged and counted again.
+    digests: HashMap<PathBuf, [u8; 32]>,
     /// Built from `by_agent` whenever it changes, so that it misses no
     /// policy in force, and keeping every host it held before: what a host
     /// was sent under a rule since taken away, it may still give back.
@@ -172,7 +177,12 @@ impl PolicyStore {
         // those that do not, so a good file always wins over a stale one.
         let mut kept_previous = Vec::new();
         for path in &files {
-            let parsed = std::fs::read_to_string(path)
+            let text = std::fs::read_to_string(path);
+            if let Ok(text) = &text {
+                next.digests
+                    .insert(path.clone(), Sha256::digest(text.as_bytes()).into());
+            }
+            let parsed = text
                 .map_err(|err| format!("{}: cannot read: {err}", path.display()))
                 .and_then(|text| parse_policy(path, &text).map_err(|e| e.to_string()));
             match parsed {
@@ -185,34 +195,36 @@ impl PolicyStore {
                             policy.agent,
                             other.display()
                         );
-                        self.reject(path, msg, &mut next);
+                        self.reject(path, msg, &state, &mut next);
                         continue;
                     }
-                    let changed = state.by_agent.get(&policy.agent).is_none_or(|old| {
-                        old.source != policy.source || state.errors.contains_key(path)
-                    }) || !state.by_file.contains_key(path);
-                    if changed {
+                    let unchanged = state.digests.get(path) == next.digests.get(path)
+                        && !state.errors.contains_key(path)
+                        && state.by_file.get(path) == Some(&policy.agent);
+                    if !unchanged {
                         info!(agent = %policy.agent, file = %path.display(), "policy loaded");
+                        self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                     }
-                    self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                     next.by_file.insert(path.clone(), policy.agent.clone());
                     next.by_agent.insert(policy.agent.clone(), Arc::new(policy));
                 }
                 Err(msg) => {
-                    self.reject(path, msg, &mut next);
+                    let news = self.reject(path, msg, &state, &mut next);
                     if let Some(agent) = state.by_file.get(path)
                         && let Some(prev) = state.by_agent.get(agent)
                     {
-                        kept_previous.push((path.clone(), agent.clone(), prev.clone()));
+                        kept_previous.push((path.clone(), agent.clone(), prev.clone(), news));
                     }
                 }
             }
         }
-        for (path, agent, prev) in kept_previous {
+        for (path, agent, prev, news) in kept_previous {
             if next.by_agent.contains_key(&agent) {
                 continue;
             }
-            warn!(agent = %agent, file = %path.display(), "keeping the previous policy in force");
+            if news {
+                warn!(agent = %agent, file = %path.display(), "keeping the previous policy in force");
+            }
             next.by_file.insert(path, agent.clone());
             next.by_agent.insert(agent, prev);
         }
@@ -234,13 +246,20 @@ impl PolicyStore {
         self.reloaded.send_modify(|generation| *generation += 1);
     }
 
-    fn reject(&self, path: &Path, msg: String, next: &mut State) {
-        error!(file = %path.display(), "policy rejected:\n{msg}");
-        self.metrics
-            .policy_reloads
-            .with_label_values(&["error"])
-            .inc();
+    /// Records a file's rejection, and says whether it is news: one already
+    /// reported, of a file untouched since, is not logged or counted again.
+    fn reject(&self, path: &Path, msg: String, state: &State, next: &mut State) -> bool {
+        let news = state.errors.get(path) != Some(&msg)
+            || state.digests.get(path) != next.digests.get(path);
+        if news {
+            error!(file = %path.display(), "policy rejected:\n{msg}");
+            self.metrics
+                .policy_reloads
+                .with_label_values(&["error"])
+                .inc();
+        }
         next.errors.insert(path.to_path_buf(), msg);
+        news
     }
 
     pub fn summary(&self) -> serde_json::Value {
@@ -322,6 +341,56 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).expect("write policy");
+    }
+
+    /// `airlock_policy_reload_total` counts files loaded or rejected anew,
+    /// not reload passes: a save of one file, or an editor's temporary file
+    /// in the directory, makes a pass that reads every file.
+    #[test]
+    fn only_files_that_changed_are_counted_as_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "writer.yaml", BINDS);
+        write(dir.path(), "reader.yaml", READS);
+        let metrics = Metrics::new().expect("metrics");
+        let store = PolicyStore::load(dir.path(), metrics.clone());
+        let counts = || {
+            let c = |result| metrics.policy_reloads.with_label_values(&[result]).get();
+            (c("ok"), c("error"))
+        };
+        assert_eq!(counts(), (2, 0), "both files load at start");
+
+        store.reload();
+        assert_eq!(counts(), (2, 0), "a pass that finds nothing new");
+
+        write(dir.path(), "reader.yaml", &READS.replace("log.", "logs."));
+        store.reload();
+        assert_eq!(counts(), (3, 0), "one file edited");
+
+        write(
+            dir.path(),
+            "reader.yaml",
+            "agent: reader\nrules:\n  - hots: x\n",
+        );
+        store.reload();
+        store.reload();
+        assert_eq!(counts(), (3, 1), "a typo, reported once");
+        assert!(store.get("reader").is_some(), "the previous version stays");
+
+        write(
+            dir.path(),
+            "reader.yaml",
+            "agent: reader\nrules:\n  - hots: y\n",
+        );
+        store.reload();
+        assert_eq!(counts(), (3, 2), "another typo is news");
+
+        write(dir.path(), "reader.yaml", &READS.replace("log.", "logs."));
+        store.reload();
+        assert_eq!(
+            counts(),
+            (4, 2),
+            "the fix loads, though its text is the previous one's"
+        );
     }
 
     fn store(dir: &Path) -> std::sync::Arc<PolicyStore> {

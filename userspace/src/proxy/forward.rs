@@ -589,15 +589,24 @@ impl Intercept {
                 ),
             });
         }
+        let answer_has_body =
+            !(bodiless_answer || matches!(resp.status().as_u16(), 101 | 204 | 304));
+        // An upstream that compressed all the same, in a coding Airlock
+        // decodes: the scrubber reads the decoded bytes.
+        let decode = if guarded && answer_has_body {
+            creds::decodable_coding(resp.headers())
+        } else {
+            None
+        };
         if guarded
-            && !bodiless_answer
+            && answer_has_body
+            && decode.is_none()
             && let Some(coding) = creds::unreadable_coding(resp.headers())
-            && !matches!(resp.status().as_u16(), 101 | 204 | 304)
         {
-            warn!(agent = %ctx.agent, host, coding = %coding, "compressed answer from a host that holds secrets");
+            warn!(agent = %ctx.agent, host, coding = %coding, "answer in a coding Airlock cannot decode, from a host that holds secrets");
             return Err(ProxyError::Upstream {
                 reason: format!(
-                    "the upstream compressed its answer ({coding}) though Airlock asked for none; a compressed body cannot be checked for echoed credentials"
+                    "the upstream compressed its answer ({coding}) though Airlock asked for none; Airlock decodes gzip, deflate and br, and a body in any other coding cannot be checked for echoed credentials"
                 ),
             });
         }
@@ -669,7 +678,14 @@ impl Intercept {
                 // Scrubbing can change the length.
                 rparts.headers.remove(header::CONTENT_LENGTH);
             }
-            Either::Right(scrubber.wrap(rbody))
+            let readable = match decode {
+                Some(coding) => {
+                    creds::mark_decoded(&mut rparts.headers);
+                    Either::Right(creds::Decoded::new(rbody, coding))
+                }
+                None => Either::Left(rbody),
+            };
+            Either::Right(scrubber.wrap(readable))
         };
         rparts
             .headers
