@@ -119,9 +119,12 @@ impl ProxyError {
     }
 
     pub fn to_response(&self, asked: &Asked<'_>) -> Response<ProxyBody> {
-        let error = match self.action() {
-            Action::RateLimited => "rate_limited",
-            Action::Error => "upstream",
+        // A 503 is Airlock's own state (its audit log, its body budget),
+        // not the upstream's failure.
+        let error = match (self.action(), self.status()) {
+            (_, StatusCode::SERVICE_UNAVAILABLE) => "unavailable",
+            (Action::RateLimited, _) => "rate_limited",
+            (Action::Error, _) => "upstream",
             _ => "denied",
         };
         let mut body = json!({
@@ -201,6 +204,30 @@ mod tests {
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "12");
         assert_eq!(json_of(resp).await["reason"], "rate_limited");
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_answer_says_whose_it_is() {
+        let cases = [
+            (ProxyError::Upstream { reason: "x".into() }, "upstream"),
+            (ProxyError::UpstreamTimeout, "upstream"),
+            (ProxyError::AuditUnavailable, "unavailable"),
+            (
+                ProxyError::Overloaded {
+                    reason: "body_buffer_full",
+                },
+                "unavailable",
+            ),
+            (ProxyError::ApprovalTimeout, "denied"),
+        ];
+        for (err, expected) in cases {
+            let reason = err.reason();
+            assert_eq!(
+                json_of(err.to_response(&ASKED)).await["error"],
+                expected,
+                "{reason}"
+            );
+        }
     }
 
     #[test]
