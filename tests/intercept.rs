@@ -564,6 +564,65 @@ fn add_agent_that_gets(d: &Daemon, up: &TlsUpstream, agent: &str, path: &str) {
     wait_for_policy(d, agent);
 }
 
+/// A host that a deny rule refuses outright gets no certificate: the
+/// connection is closed at the TLS hello, even when the agent knows the
+/// address without asking Airlock's resolver, and the audit record names
+/// the deny rule rather than a missing one.
+#[test]
+fn a_host_denied_outright_is_refused_in_the_deny_rules_name() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    std::fs::write(
+        d.policy_dir.join("deny-bot.yaml"),
+        format!(
+            "agent: deny-bot\nrules:\n  - host: \"*.example.test:{p}\"\n    methods: [GET]\ndeny:\n  - host: other.example.test\n"
+        ),
+    )
+    .expect("write the agent's policy");
+    wait_for_policy(&d, "deny-bot");
+    let out = d.run_agent_dns(
+        "deny-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS -o /dev/null -w '%{{http_code}}\\n' https://api.example.test:{p}/hello; \
+                 curl -sS --resolve other.example.test:{p}:127.0.0.1 https://other.example.test:{p}/hello; \
+                 echo \"exit $?\""
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("200"),
+        "the wildcard allows the others: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        lines.next(),
+        Some("exit 35"),
+        "curl's TLS connect error: {}",
+        describe(&out)
+    );
+    assert!(
+        !up.seen().iter().any(|s| s
+            .authority
+            .as_deref()
+            .is_some_and(|a| a.contains("other.example.test"))
+            || s.header("host")
+                .is_some_and(|h| h.contains("other.example.test"))),
+        "the denied host was reached"
+    );
+    let rec = d.wait_audit("for the refused connection", |r| {
+        r["agent"] == "deny-bot" && r["host"] == "other.example.test"
+    });
+    assert_eq!(rec["action"], "deny", "{rec}");
+    assert_eq!(rec["reason"], "deny_rule", "{rec}");
+    assert_eq!(rec["rule"], "deny[0] other.example.test", "{rec}");
+}
+
 /// Agents never share an upstream connection, over HTTP/2 as over
 /// HTTP/1.1: one agent's streams must not use up the connection another's
 /// requests ride on, nor end them with a GOAWAY they provoke. An agent's

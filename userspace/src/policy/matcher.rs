@@ -177,11 +177,8 @@ impl Policy {
             // Addresses are not looked up.
             return false;
         };
-        let wholly_denied = self
-            .deny
-            .iter()
-            .any(|rule| rule.is_whole_host() && rule.host.matches(&host));
-        let by_rule = !wholly_denied && self.rules.iter().any(|rule| rule.host.matches(&host));
+        let by_rule = self.whole_host_deny(&host).is_none()
+            && self.rules.iter().any(|rule| rule.host.matches(&host));
         by_rule
             || self
                 .tcp
@@ -191,6 +188,20 @@ impl Policy {
                 .passthrough
                 .iter()
                 .any(|pattern| pattern.matches(&host))
+    }
+
+    /// The label of the deny rule that refuses `name` outright (no port,
+    /// method or path narrows it), if one does: what a connection to it is
+    /// refused by, before any request.
+    pub fn whole_host_denial(&self, name: &str) -> Option<Arc<str>> {
+        let host = Host::parse(name)?;
+        self.whole_host_deny(&host).map(|rule| rule.label.clone())
+    }
+
+    fn whole_host_deny(&self, host: &Host) -> Option<&DenyRule> {
+        self.deny
+            .iter()
+            .find(|rule| rule.is_whole_host() && rule.host.matches(host))
     }
 
     /// Secret names referenced by any rule's credentials, sorted, unique.

@@ -604,9 +604,17 @@ fn deny_rules_win_over_allow_rules() {
         reason(p.decide_http("blocked.example.com", 443, "GET", "/")),
         DenyReason::DenyRule
     );
-    // A wholly denied host is not resolvable even though a wildcard names it.
+    // A wholly denied host is not resolvable even though a wildcard names it,
+    // and a connection to it is refused in the deny rule's name.
     assert!(!p.names_host("blocked.example.com"));
     assert!(p.names_host("api.example.com"));
+    assert_eq!(
+        p.whole_host_denial("Blocked.Example.com.").as_deref(),
+        Some("deny[2] blocked.example.com")
+    );
+    // Rules that deny only some methods or paths refuse no connection.
+    assert_eq!(p.whole_host_denial("api.example.com"), None);
+    assert_eq!(p.whole_host_denial("x.example.com"), None);
 }
 
 #[test]

@@ -86,9 +86,13 @@ impl Intercept {
         }
         let ip_host = host.parse::<std::net::IpAddr>().is_ok();
         if !ip_host && !policy.names_host(&host) {
-            // Decide before minting: a host the policy never names gets no
-            // certificate (and no cache entry), only a closed connection.
-            self.refuse(&origin, &agent, &host, "no_rule_for_host");
+            // Decide before minting: a host the policy never names, or
+            // denies outright, gets no certificate (and no cache entry),
+            // only a closed connection. The audit names the deny rule.
+            match policy.whole_host_denial(&host) {
+                Some(rule) => self.refuse_by(&origin, &agent, &host, "deny_rule", Some(rule)),
+                None => self.refuse(&origin, &agent, &host, "no_rule_for_host"),
+            }
             return;
         }
         let alpn: Vec<Vec<u8>> = if hello.alpn.iter().any(|p| p == H2) {
@@ -221,10 +225,22 @@ impl Intercept {
     }
 
     fn refuse(&self, origin: &Origin, agent: &str, host: &str, reason: &'static str) {
+        self.refuse_by(origin, agent, host, reason, None);
+    }
+
+    fn refuse_by(
+        &self,
+        origin: &Origin,
+        agent: &str,
+        host: &str,
+        reason: &'static str,
+        rule: Option<Arc<str>>,
+    ) {
         self.metrics.connection(agent, "deny");
         let mut record = self.record(origin, agent, host);
         record.action = Some(Action::Deny);
         record.reason = Some(reason.into());
+        record.rule = rule;
         self.audit.record(record);
     }
 }
