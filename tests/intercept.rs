@@ -1178,6 +1178,14 @@ fn a_header_secret_bound_to_its_header_goes_nowhere_else() {
         ],
         K_SECRET,
     );
+    // Without --header, the secret goes in any header, and `set` says so.
+    let out = d.secret_with_value_noted(&["set", "k-any", "--kind", "header"], K_SECRET);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("note: k-any is swapped into any request header; to refuse it in all but one, set it again with --header NAME"),
+        "{}",
+        describe(&out)
+    );
     let list = std::process::Command::new(harness::AIRLOCK)
         .args(["secret", "list", "--config"])
         .arg(&d.config)

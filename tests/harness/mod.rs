@@ -359,6 +359,18 @@ impl Daemon {
 
     /// `airlock secret ARGS...` with `value` on stdin; it must succeed.
     pub fn secret_with_value(&self, args: &[&str], value: &str) {
+        let out = self.secret_with_value_noted(args, value);
+        assert!(
+            out.stderr.is_empty(),
+            "secret {} warned: {}",
+            args[0],
+            describe(&out)
+        );
+    }
+
+    /// As [`Self::secret_with_value`], for a command that may print a
+    /// note on stderr: the output, once checked for success and the value.
+    pub fn secret_with_value_noted(&self, args: &[&str], value: &str) -> Output {
         let action = args[0];
         let mut child = Command::new(AIRLOCK)
             .arg("secret")
@@ -387,11 +399,7 @@ impl Daemon {
                 && !String::from_utf8_lossy(&out.stderr).contains(value),
             "secret {action} printed the secret"
         );
-        assert!(
-            out.stderr.is_empty(),
-            "secret {action} warned: {}",
-            describe(&out)
-        );
+        out
     }
 
     /// GET /metrics from the daemon.

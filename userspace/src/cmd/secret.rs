@@ -38,6 +38,14 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
                 "stored {} ({}{only}, version {}); agents use the placeholder {}",
                 info.name, info.kind, info.version, info.placeholder
             );
+            if kind == SecretKind::Header && info.header.is_none() {
+                // Any header is where an agent could plant the placeholder
+                // for a server to keep and show (a note, a label).
+                eprintln!(
+                    "note: {} is swapped into any request header; to refuse it in all but one, set it again with --header NAME (e.g. --header x-api-key)",
+                    info.name
+                );
+            }
         }
         SecretAction::List { json } => {
             let list = vault.list()?;
