@@ -143,17 +143,7 @@ mod tests {
     use http_body_util::{BodyExt as _, StreamBody};
 
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in pairs {
-            h.append(
-                header::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
-        }
-        h
-    }
+    use crate::proxy::header_map as headers;
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

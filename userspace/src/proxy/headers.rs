@@ -90,20 +90,22 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+/// A header map of `pairs`, in order, repeated names kept: for tests.
+#[cfg(test)]
+pub fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                v.parse().expect("value"),
-            );
-        }
-        h
-    }
+    use super::{map_of as headers, *};
 
     #[test]
     fn connection_close_and_named_headers_are_stripped() {

@@ -29,6 +29,8 @@ pub use accept::{Proxy, serve};
 pub use credentials::Credentials;
 pub use h1_pool::H1Pool;
 pub use h2_pools::H2Pools;
+#[cfg(test)]
+pub use headers::map_of as header_map;
 pub use intercept::Intercept;
 pub use live::LiveConns;
 pub use upstream::Connector as UpstreamConnector;
