@@ -24,6 +24,10 @@ use std::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+mod log_file;
+
+use log_file::{LogFile, Sink};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot open audit log {path}: {source}")]
@@ -249,26 +253,16 @@ impl Audit {
     }
 
     fn start_with_limit(path: &Path, limit: usize) -> Result<Audit, AuditError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| AuditError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| AuditError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = LogFile::open(path).map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::start_writer(file, path, limit, BATCH_PAUSE)
     }
 
     /// The writer thread over `out`, which is the log at `path`, letting
     /// records gather for `pause` under load.
-    fn start_writer<W: Write + Send + 'static>(
+    fn start_writer<W: Sink + Send + 'static>(
         out: W,
         path: &Path,
         limit: usize,
@@ -411,7 +405,7 @@ impl Audit {
     }
 }
 
-fn write_loop<W: Write>(
+fn write_loop<W: Sink>(
     mut out: W,
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Msg>,
@@ -458,7 +452,16 @@ fn write_loop<W: Write>(
             .take_into(&mut buf);
         let wrote = !buf.is_empty();
         if wrote {
-            match write_some(&mut out, &mut buf) {
+            let written = out.follow().and_then(|moved| {
+                if moved {
+                    tracing::info!(
+                        path = %path.display(),
+                        "audit log was moved or removed (rotated?): writing to a new file at its path"
+                    );
+                }
+                write_some(&mut out, &mut buf)
+            });
+            match written {
                 Ok(()) => {
                     health.backlog.fetch_sub(records, Ordering::Relaxed);
                     records = 0;
@@ -596,7 +599,7 @@ mod tests {
     /// has written its first record: idle, a record is written at once.
     fn pausing_writer(dir: &Path) -> (Audit, PathBuf) {
         let path = dir.join("audit.jsonl");
-        let file = std::fs::File::create(&path).expect("create");
+        let file = LogFile::open(&path).expect("create");
         let pause = std::time::Duration::from_secs(120);
         let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
         audit.record(AuditRecord::default());
@@ -786,6 +789,8 @@ mod tests {
         written: Arc<Mutex<Vec<u8>>>,
     }
 
+    impl Sink for FlakyDisk {}
+
     impl Write for FlakyDisk {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             if self.full.load(Ordering::SeqCst) {
@@ -845,6 +850,67 @@ mod tests {
                 .map(|i| format!("host-{i}.example.test"))
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_rotated_log_loses_no_record_and_the_path_gets_the_new_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let audit = Audit::start(&path).expect("start");
+        let record = |host: &str| AuditRecord {
+            host: host.into(),
+            ..AuditRecord::default()
+        };
+        audit.record(record("before.example.test"));
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        // As logrotate's `create` does it: rename, then a new empty file.
+        std::fs::rename(&path, &rotated).expect("rename");
+        std::fs::write(&path, b"").expect("create");
+        audit.record(record("after.example.test"));
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            hosts_of(&std::fs::read_to_string(&rotated).expect("rotated log")),
+            ["before.example.test"]
+        );
+        assert_eq!(
+            hosts_of(&std::fs::read_to_string(&path).expect("new log")),
+            ["after.example.test"]
+        );
+        // Removed outright, it is made again.
+        std::fs::remove_file(&path).expect("rm");
+        audit.record(record("later.example.test"));
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            hosts_of(&std::fs::read_to_string(&path).expect("remade log")),
+            ["later.example.test"]
+        );
+        assert_eq!(audit.state().lost_records, 0);
+    }
+
+    #[test]
+    fn a_log_path_that_takes_no_file_refuses_requests_until_it_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(&path).expect("start");
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("a folder where the log was");
+        audit.record(AuditRecord {
+            host: "held.example.test".into(),
+            ..AuditRecord::default()
+        });
+        wait_until("the failed open to be seen", || audit.state().write_failing);
+        assert!(
+            !audit.accepting(),
+            "nothing goes out that cannot be recorded"
+        );
+        std::fs::remove_dir(&path).expect("rmdir");
+        wait_until("the retry to open a new log", || audit.accepting());
+        assert_eq!(
+            hosts_of(&std::fs::read_to_string(&path).expect("new log")),
+            ["held.example.test"]
+        );
+        assert_eq!(audit.state().lost_records, 0);
     }
 
     #[test]

@@ -17,6 +17,9 @@ const CONFIG: &str = "/etc/airlock/airlock.yaml";
 const UNIT_DIR: &str = "/etc/systemd/system";
 const PID_FILE: &str = "/run/airlock/airlock.pid";
 const DAEMON_LOG: &str = "/var/log/airlock/daemon.log";
+const AUDIT_LOG: &str = "/var/log/airlock/audit.jsonl";
+const LOGROTATE_DIR: &str = "/etc/logrotate.d";
+const LOGROTATE: &str = "/etc/logrotate.d/airlock";
 const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
 
 #[derive(Args)]
@@ -75,6 +78,16 @@ pub fn install() -> anyhow::Result<()> {
             Path::new(UNIT_DIR).join(unit),
         )?;
     }
+    if Path::new(LOGROTATE_DIR).is_dir() {
+        std::fs::copy("systemd/airlock.logrotate", LOGROTATE)
+            .with_context(|| format!("installing {LOGROTATE}"))?;
+        set_mode(Path::new(LOGROTATE), 0o644)?;
+        say(format!("log rotation: {LOGROTATE}"));
+    } else {
+        say(format!(
+            "logrotate is not installed ({LOGROTATE_DIR} is missing): {AUDIT_LOG} grows until it is rotated; rename or remove it at any time and the daemon opens a new one"
+        ));
+    }
     for (dir, mode) in [
         ("/var/lib/airlock", 0o711),
         ("/var/log/airlock", 0o750),
@@ -113,7 +126,7 @@ pub fn install() -> anyhow::Result<()> {
     let out = Command::new(BIN).args(["status"]).output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     println!(
-        "\nAirlock is running. Run an agent with, for example:\n  sudo airlock run --agent package-fetcher --user nobody -- node -e \"fetch('https://registry.npmjs.org/left-pad').then(r => console.log(r.status))\"\nPolicies: {CONFIG_DIR}/policies (edits apply at once). Audit: /var/log/airlock/audit.jsonl. Uninstall: sudo -E cargo xtask uninstall"
+        "\nAirlock is running. Run an agent with, for example:\n  sudo airlock run --agent package-fetcher --user nobody -- node -e \"fetch('https://registry.npmjs.org/left-pad').then(r => console.log(r.status))\"\nPolicies: {CONFIG_DIR}/policies (edits apply at once). Audit: {AUDIT_LOG}. Uninstall: sudo -E cargo xtask uninstall"
     );
     Ok(())
 }
@@ -195,6 +208,7 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     for unit in ["airlock.service", "airlock.slice"] {
         let _ = std::fs::remove_file(Path::new(UNIT_DIR).join(unit));
     }
+    let _ = std::fs::remove_file(LOGROTATE);
     if systemd_is_pid1() {
         let _ = Command::new("systemctl").arg("daemon-reload").status();
     }
@@ -245,12 +259,85 @@ fn check_installed() -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let dir = std::env::temp_dir().join(format!("airlock-install-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let result = agent_is_judged(&dir, port).and_then(|()| audit_log_rotates(&dir, port));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(listener);
+    result
+}
+
+/// A Node agent under the example policies, asking for a target they do
+/// not name, gets Airlock's 403.
+fn agent_is_judged(dir: &Path, port: u16) -> anyhow::Result<()> {
+    node_agent_get(dir, port, "/")?;
+    say(
+        "installed service: healthy, 11 programs attached, Node agent captured and judged by the example policy",
+    );
+    Ok(())
+}
+
+/// logrotate, run as its timer would with the installed configuration,
+/// moves the audit log away; the daemon's next record goes to a new file
+/// at the path, and the rotated file keeps the records before it.
+fn audit_log_rotates(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let logrotate = Path::new("/usr/sbin/logrotate");
+    if !logrotate.exists() {
+        bail!(
+            "logrotate is not installed (apt-get install logrotate): cannot check the installed {LOGROTATE}"
+        );
+    }
+    let rotated = format!("{AUDIT_LOG}.1");
+    node_agent_get(dir, port, "/before-rotation")?;
+    wait_for_line(Path::new(AUDIT_LOG), "/before-rotation")?;
+    run(Command::new(logrotate)
+        .arg("--force")
+        .arg("--state")
+        .arg(dir.join("logrotate.state"))
+        .arg(LOGROTATE))?;
+    node_agent_get(dir, port, "/after-rotation")?;
+    wait_for_line(Path::new(AUDIT_LOG), "/after-rotation")?;
+    let old = std::fs::read_to_string(&rotated).with_context(|| format!("reading {rotated}"))?;
+    let new = std::fs::read_to_string(AUDIT_LOG)?;
+    if !old.contains("\"/before-rotation\"")
+        || old.contains("/after-rotation")
+        || new.contains("/before-rotation")
+    {
+        bail!(
+            "the audit log did not rotate cleanly: {rotated} and {AUDIT_LOG} hold the wrong records"
+        );
+    }
+    say(format!(
+        "log rotation: after logrotate --force, the record before it is in {rotated} and the next one in a new {AUDIT_LOG}"
+    ));
+    Ok(())
+}
+
+/// Waits (up to 10 s: the writer gathers records for 20 ms) for a record
+/// of `path` in the audit log at `log`.
+fn wait_for_line(log: &Path, path: &str) -> anyhow::Result<()> {
+    let needle = format!("\"path\":\"{path}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(&needle) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no audit record of {path} in {} after 10 s", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a Node agent, `package-fetcher` as user nobody, that fetches
+/// `http://127.0.0.1:{port}{path}`, and checks that Airlock answered 403.
+/// Its resolver is pointed at 127.0.0.53 so nothing leaves loopback.
+fn node_agent_get(dir: &Path, port: u16, path: &str) -> anyhow::Result<()> {
     let resolv = dir.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.53\n")?;
-    set_mode(&dir, 0o755)?;
+    set_mode(dir, 0o755)?;
     set_mode(&resolv, 0o644)?;
     let node = format!(
-        "fetch('http://127.0.0.1:{port}/').then(async r => console.log(r.status, JSON.stringify(await r.json())), e => console.log('error', e))"
+        "fetch('http://127.0.0.1:{port}{path}').then(async r => console.log(r.status, JSON.stringify(await r.json())), e => console.log('error', e))"
     );
     let script = format!(
         "mount --bind {} /etc/resolv.conf && exec \"$@\"",
@@ -279,7 +366,6 @@ fn check_installed() -> anyhow::Result<()> {
             &node,
         ])
         .output()?;
-    let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     if !(text.starts_with("403 ") && text.contains("\"agent\":\"package-fetcher\"")) {
         bail!(
@@ -287,10 +373,6 @@ fn check_installed() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    drop(listener);
-    say(
-        "installed service: healthy, 11 programs attached, Node agent captured and judged by the example policy",
-    );
     Ok(())
 }
 
@@ -320,8 +402,10 @@ fn check_removed() -> anyhow::Result<()> {
             ));
         }
     }
-    if Path::new(BIN).exists() {
-        left.push(BIN.to_string());
+    for file in [BIN, LOGROTATE] {
+        if Path::new(file).exists() {
+            left.push(file.to_string());
+        }
     }
     if !left.is_empty() {
         bail!("uninstall left things behind: {}", left.join(", "));
