@@ -407,6 +407,10 @@ fn status_reports_health_programs_agents_and_denials() {
         text.contains("healthy") && text.contains("ops-bot") && text.contains("11 attached"),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("audit:    writing to {}, ", d.audit.display())),
+        "status must say where the audit log is: {text}"
+    );
     // A daemon that is down: status says so, with the fix, and fails.
     let mut d = d;
     d.kill9();

@@ -223,6 +223,8 @@ pub struct Audit {
     next_id: Arc<AtomicU64>,
     health: Arc<Health>,
     limit: usize,
+    /// Where the log is, for `airlock status`.
+    path: Arc<Path>,
 }
 
 /// What the writer thread tells the proxy.
@@ -240,6 +242,7 @@ struct Health {
 /// The writer's state, for `airlock status`.
 #[derive(Debug, Serialize)]
 pub struct AuditState {
+    pub path: Arc<Path>,
     pub accepting: bool,
     pub backlog: usize,
     pub write_failing: bool,
@@ -295,6 +298,7 @@ impl Audit {
             next_id: Arc::new(AtomicU64::new(seed << 16)),
             health,
             limit,
+            path: path.into(),
         })
     }
 
@@ -308,6 +312,7 @@ impl Audit {
 
     pub fn state(&self) -> AuditState {
         AuditState {
+            path: self.path.clone(),
             accepting: self.accepting(),
             backlog: self.health.backlog.load(Ordering::Relaxed),
             write_failing: self.health.failing.load(Ordering::Relaxed),

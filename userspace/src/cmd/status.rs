@@ -60,15 +60,16 @@ fn print_human(s: &serde_json::Value) {
     }
     let audit = &s["audit"];
     println!(
-        "audit:    {}, {} records queued, {} lost",
+        "audit:    {} {}, {} records queued, {} lost",
         match (
             audit["accepting"].as_bool(),
             audit["write_failing"].as_bool()
         ) {
-            (Some(true), _) => "writing",
-            (_, Some(true)) => "WRITES FAILING: requests are refused",
-            _ => "FALLING BEHIND: requests are refused",
+            (Some(true), _) => "writing to",
+            (_, Some(true)) => "WRITES FAILING, requests are refused:",
+            _ => "FALLING BEHIND, requests are refused:",
         },
+        audit["path"].as_str().unwrap_or("?"),
         audit["backlog"],
         audit["lost_records"]
     );
