@@ -41,6 +41,57 @@ fn render_invalid(path: &Path, problems: &[String]) -> String {
         .join("\n")
 }
 
+/// The keys of [`RawConfig`], for the hint to a typo (a test checks that
+/// they are serde's).
+const KEYS: &[&str] = &[
+    "version",
+    "cgroup_root",
+    "policy_dir",
+    "state_dir",
+    "proxy_port",
+    "dns_port",
+    "metrics_addr",
+    "audit_log",
+    "admin_socket",
+    "dns_upstream",
+    "resolve",
+    "upstream_ca",
+    "bpf_pin_dir",
+    "approval_timeout_secs",
+    "approval_webhook",
+    "rotate_grace_secs",
+    "agent_tls_resumption",
+    "private_upstreams_from_dns",
+];
+
+/// serde's message, without the position our prefix gives; an unknown key
+/// is said as a policy's is, with the key it was likely meant to be.
+fn parse_message(err: &serde_yaml::Error) -> String {
+    let message = err.to_string();
+    let message = match err.location() {
+        Some(at) => message.replacen(
+            &format!(" at line {} column {}", at.line(), at.column()),
+            "",
+            1,
+        ),
+        None => message,
+    };
+    let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key)
+    else {
+        return message;
+    };
+    let list = KEYS.join(", ");
+    match crate::nearest_key::closest(key, KEYS) {
+        Some(guess) => {
+            format!("unknown key `{key}` (hint: did you mean `{guess}`? valid keys: {list})")
+        }
+        None => format!("unknown key `{key}` (hint: valid keys: {list})"),
+    }
+}
+
 /// The file as written. Unknown keys are errors: a typo must not silently
 /// fall back to a default.
 #[derive(Debug, Default, Deserialize)]
@@ -165,7 +216,7 @@ impl Config {
                     path: path.to_path_buf(),
                     line: loc.as_ref().map_or(1, |l| l.line()),
                     column: loc.as_ref().map_or(1, |l| l.column()),
-                    message: err.to_string(),
+                    message: parse_message(&err),
                 }
             })?
         };
@@ -295,8 +346,41 @@ mod tests {
     fn a_typo_is_an_error_with_its_position() {
         let err = parse("version: 1\nproxy_prot: 15001\n").expect_err("typo");
         let text = err.to_string();
-        assert!(text.starts_with("/etc/airlock/airlock.yaml:2:"), "{text}");
-        assert!(text.contains("proxy_prot"), "{text}");
+        assert!(
+            text.starts_with(
+                "/etc/airlock/airlock.yaml:2:1: unknown key `proxy_prot` (hint: did you mean `proxy_port`? valid keys: version, "
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(" at line "), "the position twice: {text}");
+        let err = parse("zzzz: 1\n").expect_err("unknown");
+        assert!(
+            err.to_string()
+                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns)"),
+            "{err}"
+        );
+        let err = parse("proxy_port: abc\n").expect_err("a string");
+        assert_eq!(
+            err.to_string(),
+            "/etc/airlock/airlock.yaml:1:13: proxy_port: invalid type: string \"abc\", expected u16"
+        );
+    }
+
+    #[test]
+    fn the_keys_of_the_hint_are_the_keys_serde_reads() {
+        let err = serde_yaml::from_str::<RawConfig>("zzzz: 1\n").expect_err("unknown");
+        let message = err.to_string();
+        let (_, expected) = message
+            .split_once("expected one of ")
+            .expect("serde's list");
+        let serde_keys: Vec<&str> = expected
+            .split(" at line ")
+            .next()
+            .expect("list")
+            .split(", ")
+            .map(|k| k.trim_matches('`'))
+            .collect();
+        assert_eq!(serde_keys, KEYS);
     }
 
     #[test]

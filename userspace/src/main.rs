@@ -19,6 +19,7 @@ mod daemon;
 mod dns;
 mod ebpf;
 mod metrics;
+mod nearest_key;
 mod policy;
 mod proxy;
 mod ratelimit;
