@@ -720,6 +720,11 @@ mod tests {
         assert_eq!(hosts, ["early.example.test", "late.example.test"]);
     }
 
+    /// The host of each line of the audit log at `path`.
+    fn hosts_in(path: &Path) -> Vec<String> {
+        hosts_of(&std::fs::read_to_string(path).expect("audit log"))
+    }
+
     /// The host of each line of an audit log, which must be whole JSON.
     fn hosts_of(text: &str) -> Vec<String> {
         text.lines()
@@ -874,22 +879,13 @@ mod tests {
         std::fs::write(&path, b"").expect("create");
         audit.record(record("after.example.test"));
         assert!(audit.flush(std::time::Duration::from_secs(10)));
-        assert_eq!(
-            hosts_of(&std::fs::read_to_string(&rotated).expect("rotated log")),
-            ["before.example.test"]
-        );
-        assert_eq!(
-            hosts_of(&std::fs::read_to_string(&path).expect("new log")),
-            ["after.example.test"]
-        );
+        assert_eq!(hosts_in(&rotated), ["before.example.test"]);
+        assert_eq!(hosts_in(&path), ["after.example.test"]);
         // Removed outright, it is made again.
         std::fs::remove_file(&path).expect("rm");
         audit.record(record("later.example.test"));
         assert!(audit.flush(std::time::Duration::from_secs(10)));
-        assert_eq!(
-            hosts_of(&std::fs::read_to_string(&path).expect("remade log")),
-            ["later.example.test"]
-        );
+        assert_eq!(hosts_in(&path), ["later.example.test"]);
         assert_eq!(audit.state().lost_records, 0);
     }
 
@@ -911,10 +907,7 @@ mod tests {
         );
         std::fs::remove_dir(&path).expect("rmdir");
         wait_until("the retry to open a new log", || audit.accepting());
-        assert_eq!(
-            hosts_of(&std::fs::read_to_string(&path).expect("new log")),
-            ["held.example.test"]
-        );
+        assert_eq!(hosts_in(&path), ["held.example.test"]);
         assert_eq!(audit.state().lost_records, 0);
     }
 

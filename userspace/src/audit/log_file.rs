@@ -95,11 +95,18 @@ mod tests {
         std::fs::read_to_string(path).expect("log file")
     }
 
-    #[test]
-    fn a_file_moved_away_keeps_what_it_had_and_a_new_one_takes_the_rest() {
+    /// A log opened at `audit.jsonl` in a new folder (kept alive by the
+    /// returned guard).
+    fn fresh_log() -> (tempfile::TempDir, PathBuf, LogFile) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let mut log = LogFile::open(&path).expect("open");
+        let log = LogFile::open(&path).expect("open");
+        (dir, path, log)
+    }
+
+    #[test]
+    fn a_file_moved_away_keeps_what_it_had_and_a_new_one_takes_the_rest() {
+        let (dir, path, mut log) = fresh_log();
         assert!(!log.follow().expect("follow"), "nothing moved yet");
         log.write_all(b"one\n").expect("write");
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rename");
@@ -113,9 +120,7 @@ mod tests {
     #[test]
     fn a_file_put_in_its_place_is_appended_to_not_truncated() {
         // logrotate's `create`: the old file renamed, a new empty one made.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let mut log = LogFile::open(&path).expect("open");
+        let (dir, path, mut log) = fresh_log();
         log.write_all(b"one\n").expect("write");
         std::fs::rename(&path, dir.path().join("old")).expect("rename");
         std::fs::write(&path, b"made by logrotate\n").expect("create");
@@ -140,9 +145,7 @@ mod tests {
     #[test]
     fn a_file_truncated_in_place_is_written_from_its_new_end() {
         // logrotate's `copytruncate`.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let mut log = LogFile::open(&path).expect("open");
+        let (_dir, path, mut log) = fresh_log();
         log.write_all(b"a long first line\n").expect("write");
         std::fs::OpenOptions::new()
             .write(true)
@@ -156,9 +159,7 @@ mod tests {
 
     #[test]
     fn a_path_that_cannot_take_a_file_is_an_error_that_says_why() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let mut log = LogFile::open(&path).expect("open");
+        let (_dir, path, mut log) = fresh_log();
         std::fs::remove_file(&path).expect("rm");
         std::fs::create_dir(&path).expect("a folder where the log was");
         let err = log.follow().expect_err("a folder is no log");
