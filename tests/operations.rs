@@ -426,3 +426,95 @@ fn status_reports_health_programs_agents_and_denials() {
         "{err}"
     );
 }
+
+/// The paths of the HTTP requests in the audit log at `path` (lookups
+/// and connections have none), each line of which must be whole JSON.
+fn audit_paths(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {l}"));
+            v["path"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn audit_records_outlive_a_killed_daemon_and_are_written_once() {
+    let (mut d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        "",
+    );
+    // A burst on one connection, and SIGKILL the moment it is answered:
+    // the writer lets records gather for 20 ms, so the last ones are not
+    // in the log yet when the daemon dies.
+    let urls: Vec<String> = (0..40)
+        .map(|i| format!("https://api.example.test:{}/hello?burst={i}", up.port))
+        .collect();
+    let mut cmd = vec!["curl", "-sS", "-w", "%{http_code} ", "--max-time", "20"];
+    for url in &urls {
+        cmd.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = d.run_agent_dns("ops-bot", &cmd);
+    d.kill9();
+    assert_eq!(
+        stdout(&out).trim(),
+        ["200"; 40].join(" "),
+        "{}",
+        describe(&out)
+    );
+
+    d.spawn();
+    let log = d.audit.clone();
+    d.wait_audit("of the burst's last request, after the restart", |r| {
+        r["path"] == "/hello?burst=39"
+    });
+    // Whether the burst's last records were still waiting is down to
+    // timing; the FIFO below makes sure one is.
+    let recoveries = |d: &Daemon| {
+        d.log_text()
+            .matches("writing them to the log first")
+            .count()
+    };
+    let before = recoveries(&d);
+    let expected: Vec<String> = (0..40).map(|i| format!("/hello?burst={i}")).collect();
+    assert_eq!(
+        audit_paths(&log),
+        expected,
+        "every answered request recorded once, in order"
+    );
+    // A request whose record cannot be written yet, then SIGKILL: before
+    // the journal, records waiting for their write died with the daemon.
+    // The log is rotated away and a FIFO with no reader put in its place:
+    // the writer's open of the new log waits, as on a hung disk, and what
+    // is recorded meanwhile waits with it.
+    let rotated = log.with_extension("jsonl.1");
+    std::fs::rename(&log, &rotated).expect("mv audit log");
+    let fifo = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    assert_eq!(
+        agent_get(
+            &d,
+            &format!("https://api.example.test:{}/hello?held", up.port)
+        ),
+        "200"
+    );
+    d.kill9();
+    std::fs::remove_file(&log).expect("rm fifo");
+
+    d.spawn();
+    d.wait_audit("of the held request, after the restart", |r| {
+        r["path"] == "/hello?held"
+    });
+    assert_eq!(
+        recoveries(&d),
+        before + 1,
+        "the restart must say it wrote the record the killed run left:\n{}",
+        d.log_text()
+    );
+    assert_eq!(audit_paths(&rotated), expected);
+    assert_eq!(audit_paths(&log), ["/hello?held"]);
+}

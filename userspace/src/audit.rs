@@ -4,15 +4,17 @@
 //! worker to a fresh thread each time, and under load that grew the daemon
 //! to a hundred threads.
 //!
-//! Each record is formatted where it is made, into a buffer the writer
-//! swaps out a batch at a time. Formatting takes under a microsecond a record;
-//! done by the writer, a batch's worth ran at once on the proxy's core and
-//! held up whichever request came meanwhile, which made the tail latency.
+//! Each record is formatted where it is made and copied into the journal
+//! ([`journal`]), a ring in a shared file mapping that outlives the
+//! process, so that a record the daemon made is written even if it is
+//! killed before its batch goes out. Formatting takes under a microsecond a
+//! record; done by the writer, a batch's worth ran at once on the proxy's
+//! core and held up whichever request came meanwhile, which made the tail
+//! latency.
 
 use std::{
     borrow::Cow,
     collections::VecDeque,
-    io::Write,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
@@ -24,8 +26,10 @@ use std::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+mod journal;
 mod log_file;
 
+use journal::{Appender, Drainer, Gauge, JournalError};
 use log_file::{LogFile, Sink};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -183,23 +189,18 @@ struct Appended {
     full: bool,
 }
 
-/// Lines formatted and not yet taken by the writer.
-#[derive(Default)]
+/// Lines in the journal that the writer has not taken yet.
 struct Pending {
-    bytes: Vec<u8>,
+    journal: Appender,
     records: usize,
+    /// Bytes appended since the writer last took them.
+    bytes: usize,
 }
 
 impl Pending {
-    /// Takes what is pending into `buf`, returning how many records it held.
-    fn take_into(&mut self, buf: &mut Vec<u8>) -> usize {
-        if buf.is_empty() {
-            // Swap rather than copy: the two buffers take turns.
-            std::mem::swap(buf, &mut self.bytes);
-        } else {
-            buf.extend_from_slice(&self.bytes);
-            self.bytes.clear();
-        }
+    /// How many records were appended since the last call.
+    fn take(&mut self) -> usize {
+        self.bytes = 0;
         std::mem::take(&mut self.records)
     }
 }
@@ -207,10 +208,6 @@ impl Pending {
 /// Room for a typical line (about 350 bytes), so that formatting does not
 /// reallocate.
 const LINE_CAPACITY: usize = 512;
-
-/// A batch buffer that grew past this (a stalled disk) is given back once
-/// written, so that one bad minute does not hold memory for good.
-const KEPT_CAPACITY: usize = 1 << 20;
 
 /// The audit sink: cheap to clone, never blocks the caller.
 #[derive(Clone)]
@@ -223,6 +220,7 @@ pub struct Audit {
     next_id: Arc<AtomicU64>,
     health: Arc<Health>,
     limit: usize,
+    journal: Gauge,
     /// Where the log is, for `airlock status`.
     path: Arc<Path>,
 }
@@ -250,17 +248,18 @@ pub struct AuditState {
 }
 
 impl Audit {
-    /// Open (append) the log and start the writer task.
-    pub fn start(path: &Path) -> Result<Audit, AuditError> {
-        Self::start_with_limit(path, BACKLOG_LIMIT)
+    /// Open (append) the log and its journal, and start the writer thread.
+    /// Records a previous run left in the journal are written first.
+    pub fn start(path: &Path, journal: &Path) -> Result<Audit, AuditError> {
+        Self::start_with_limit(path, journal, BACKLOG_LIMIT)
     }
 
-    fn start_with_limit(path: &Path, limit: usize) -> Result<Audit, AuditError> {
+    fn start_with_limit(path: &Path, journal: &Path, limit: usize) -> Result<Audit, AuditError> {
         let file = LogFile::open(path).map_err(|source| AuditError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::start_writer(file, path, limit, BATCH_PAUSE)
+        Self::start_writer(file, path, journal, limit, BATCH_PAUSE)
     }
 
     /// The writer thread over `out`, which is the log at `path`, letting
@@ -268,18 +267,51 @@ impl Audit {
     fn start_writer<W: Sink + Send + 'static>(
         out: W,
         path: &Path,
+        journal_path: &Path,
         limit: usize,
         pause: std::time::Duration,
     ) -> Result<Audit, AuditError> {
+        let journal::Opened {
+            appender,
+            drainer,
+            gauge,
+            recovered,
+        } = journal::open(journal_path, path)?;
+        if recovered.lines > 0 {
+            tracing::warn!(
+                journal = %journal_path.display(),
+                records = recovered.lines,
+                already_in_log_bytes = recovered.already_written,
+                "the last run stopped before writing these audit records; writing them to the log first"
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let log_path = path.to_path_buf();
         let health = Arc::new(Health::default());
+        health.backlog.store(recovered.lines, Ordering::Relaxed);
         let writer_health = health.clone();
-        let pending = Arc::new(Mutex::new(Pending::default()));
+        let pending = Arc::new(Mutex::new(Pending {
+            journal: appender,
+            records: recovered.lines,
+            bytes: 0,
+        }));
+        if recovered.lines > 0 {
+            let _ = tx.send(Msg::Lines);
+        }
         let writer_pending = pending.clone();
         let writer = std::thread::Builder::new()
             .name("airlock-audit".into())
-            .spawn(move || write_loop(out, log_path, rx, &writer_pending, &writer_health, pause))
+            .spawn(move || {
+                write_loop(
+                    out,
+                    log_path,
+                    rx,
+                    &writer_pending,
+                    drainer,
+                    &writer_health,
+                    pause,
+                )
+            })
             .map_err(|source| AuditError::Open {
                 path: path.to_path_buf(),
                 source,
@@ -298,6 +330,7 @@ impl Audit {
             next_id: Arc::new(AtomicU64::new(seed << 16)),
             health,
             limit,
+            journal: gauge,
             path: path.into(),
         })
     }
@@ -308,6 +341,7 @@ impl Audit {
     pub fn accepting(&self) -> bool {
         self.health.backlog.load(Ordering::Relaxed) < self.limit
             && !self.health.failing.load(Ordering::Relaxed)
+            && self.journal.has_room()
     }
 
     pub fn state(&self) -> AuditState {
@@ -355,7 +389,8 @@ impl Audit {
             })
             .unwrap_or_else(|_| self.append(&mut Vec::with_capacity(LINE_CAPACITY), &record));
         let Some(Appended { first, full }) = appended else {
-            // Unreachable with the record's own types; counted, not hidden.
+            // A journal full (16 MiB behind), or a record that does not
+            // format (unreachable with its own types): counted, not hidden.
             self.health.backlog.fetch_sub(1, Ordering::Relaxed);
             self.health.lost.fetch_add(1, Ordering::Relaxed);
             return;
@@ -372,20 +407,24 @@ impl Audit {
 
     /// Formats `record` into `line`, outside the lock so that proxy threads
     /// do not queue behind each other's formatting, then appends it whole
-    /// to the pending lines. None if it could not be formatted.
+    /// to the journal. None if it could not be formatted, or the journal
+    /// has no room for it.
     fn append(&self, line: &mut Vec<u8>, record: &AuditRecord) -> Option<Appended> {
         line.clear();
         serde_json::to_writer(&mut *line, record).ok()?;
         line.push(b'\n');
-        // The lock only guards a buffer: one poisoned by a panic elsewhere
-        // still holds whole lines.
+        // The lock only orders appends: the journal it guards holds whole
+        // lines even if a panic elsewhere poisoned it.
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = pending.bytes.len();
-        pending.bytes.extend_from_slice(line);
+        if !pending.journal.append(line) {
+            return None;
+        }
+        let before = pending.bytes;
+        pending.bytes += line.len();
         pending.records += 1;
         Some(Appended {
             first: pending.records == 1,
-            full: before < BATCH_BYTES && pending.bytes.len() >= BATCH_BYTES,
+            full: before < BATCH_BYTES && pending.bytes >= BATCH_BYTES,
         })
     }
 
@@ -415,14 +454,15 @@ fn write_loop<W: Sink>(
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     pending: &Mutex<Pending>,
+    mut journal: Drainer,
     health: &Health,
     pause: std::time::Duration,
 ) {
-    // Bytes not written yet: one batch, or what a failed write left over.
-    // Its records stay counted in the backlog until written, which bounds
-    // it (`Audit::record` drops past the backlog limit).
-    let mut buf = Vec::with_capacity(64 * 1024);
+    // Records taken from the pending count and not written yet: they stay
+    // in the backlog until written, which bounds it (`Audit::record` drops
+    // past the backlog limit).
     let mut records = 0;
+    let mut failed = false;
     loop {
         let mut flushed = Vec::new();
         let mut closed = false;
@@ -431,13 +471,13 @@ fn write_loop<W: Sink>(
             Some(Msg::Flush(done)) => flushed.push(done),
             None => *closed = true,
         };
-        if buf.is_empty() {
-            take(rx.blocking_recv(), &mut closed);
-        } else {
+        if failed {
             // A write failed: try again now and then, whether or not new
             // records come, so that the log recovering is noticed without
             // a request having to be refused first.
             std::thread::sleep(RETRY_PAUSE);
+        } else {
+            take(rx.blocking_recv(), &mut closed);
         }
         loop {
             match rx.try_recv() {
@@ -450,12 +490,14 @@ fn write_loop<W: Sink>(
             }
         }
         // After the messages, so that a flush covers every record made
-        // before it was sent.
-        records += pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take_into(&mut buf);
-        let wrote = !buf.is_empty();
+        // before it was sent; under the lock, so that the records counted
+        // are the lines up to `end`.
+        let end = {
+            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            records += pending.take();
+            journal.unwritten().1
+        };
+        let wrote = journal.unwritten().0 < end;
         if wrote {
             let written = out.follow().and_then(|moved| {
                 if moved {
@@ -464,15 +506,13 @@ fn write_loop<W: Sink>(
                         "audit log was moved or removed (rotated?): writing to a new file at its path"
                     );
                 }
-                write_some(&mut out, &mut buf)
+                write_journal(&mut out, &mut journal, end)
             });
+            failed = written.is_err();
             match written {
                 Ok(()) => {
                     health.backlog.fetch_sub(records, Ordering::Relaxed);
                     records = 0;
-                    if buf.capacity() > KEPT_CAPACITY {
-                        buf = Vec::with_capacity(64 * 1024);
-                    }
                     if health.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(path = %path.display(), "audit log writable again");
                     }
@@ -492,11 +532,17 @@ fn write_loop<W: Sink>(
         for done in flushed {
             let _ = done.send(());
         }
-        if closed && (buf.is_empty() || health.failing.load(Ordering::Relaxed)) {
-            health.lost.fetch_add(records as u64, Ordering::Relaxed);
+        if closed {
+            if records > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    records,
+                    "audit log not writable at stop: the records wait in the journal for the next start"
+                );
+            }
             return;
         }
-        if wrote && buf.is_empty() {
+        if wrote && !failed {
             // Under load, let records gather: one wake-up and one write per
             // batch instead of a context switch per request. Idle, the next
             // record is written as soon as it comes. A full batch unparks
@@ -506,23 +552,31 @@ fn write_loop<W: Sink>(
     }
 }
 
-/// Writes `buf` out and empties it; on an error, what was not written
-/// stays in `buf`, so that a retry neither repeats nor skips a byte.
-fn write_some(out: &mut impl Write, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut done = 0;
-    let result = loop {
-        if done == buf.len() {
-            break Ok(());
+/// Writes the journal up to `end` to the log, moving its head past each
+/// piece the log takes; on an error the rest stays unwritten, so that a
+/// retry neither repeats nor skips a byte. Before each write the journal
+/// notes where the log ends, for a start after a kill to tell what this
+/// write got to.
+fn write_journal(out: &mut impl Sink, journal: &mut Drainer, end: u64) -> std::io::Result<()> {
+    let mut log_end = out.end()?;
+    loop {
+        let head = journal.unwritten().0;
+        if head >= end {
+            return Ok(());
         }
-        match out.write(&buf[done..]) {
-            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
+        journal.mark(log_end);
+        match out.write(journal.piece(head, end)) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                journal.advance(n as u64);
+                if let Some(log_end) = &mut log_end {
+                    log_end.size += n as u64;
+                }
+            }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => break Err(err),
+            Err(err) => return Err(err),
         }
-    };
-    buf.drain(..done);
-    result
+    }
 }
 
 thread_local! {
@@ -569,12 +623,13 @@ fn rfc3339(secs: u64, millis: u32) -> [u8; 24] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn flush_returns_once_everything_sent_before_it_is_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         for round in 0..3 {
             for i in 0..1000u16 {
                 audit.record(AuditRecord {
@@ -593,6 +648,11 @@ mod tests {
         }
     }
 
+    /// The journal of the log at `path`, in its folder.
+    fn journal_beside(path: &Path) -> PathBuf {
+        path.with_file_name("audit.journal")
+    }
+
     fn line_count(path: &Path) -> usize {
         std::fs::read_to_string(path)
             .expect("audit log")
@@ -606,7 +666,8 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let file = LogFile::open(&path).expect("create");
         let pause = std::time::Duration::from_secs(120);
-        let audit = Audit::start_writer(file, &path, BACKLOG_LIMIT, pause).expect("start");
+        let audit = Audit::start_writer(file, &path, &journal_beside(&path), BACKLOG_LIMIT, pause)
+            .expect("start");
         audit.record(AuditRecord::default());
         wait_until("the first line", || line_count(&path) == 1);
         (audit, path)
@@ -647,7 +708,7 @@ mod tests {
     fn records_from_many_threads_land_as_whole_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         let threads: Vec<_> = (0..4u16)
             .map(|t| {
                 let audit = audit.clone();
@@ -702,7 +763,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         let late = audit.clone();
         std::thread::spawn(move || {
             LATE.with(|slot| *slot.borrow_mut() = Some(RecordOnDrop(late.clone())));
@@ -819,9 +880,11 @@ mod tests {
     #[test]
     fn records_outlive_a_full_disk_and_recovery_needs_no_refused_request() {
         let disk = FlakyDisk::default();
+        let dir = tempfile::tempdir().expect("tempdir");
         let audit = Audit::start_writer(
             disk.clone(),
             Path::new("/flaky/audit.jsonl"),
+            &dir.path().join("audit.journal"),
             100,
             BATCH_PAUSE,
         )
@@ -867,7 +930,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let rotated = dir.path().join("audit.jsonl.1");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         let record = |host: &str| AuditRecord {
             host: host.into(),
             ..AuditRecord::default()
@@ -893,7 +956,7 @@ mod tests {
     fn a_log_path_that_takes_no_file_refuses_requests_until_it_does() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         std::fs::remove_file(&path).expect("rm");
         std::fs::create_dir(&path).expect("a folder where the log was");
         audit.record(AuditRecord {
@@ -916,7 +979,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, go, reader) = stalled_log(dir.path());
         let limit = 200;
-        let audit = Audit::start_with_limit(&path, limit).expect("start");
+        let audit = Audit::start_with_limit(&path, &journal_beside(&path), limit).expect("start");
         assert!(audit.accepting());
         // Enough lines to fill the pipe and block the writer, then more.
         let record = || AuditRecord {
@@ -963,7 +1026,7 @@ mod tests {
     async fn records_land_one_json_object_a_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit/audit.jsonl");
-        let audit = Audit::start(&path).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
         for i in 0..100u16 {
             audit.record(AuditRecord {
                 agent: Some("pr-bot".into()),

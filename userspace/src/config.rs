@@ -191,6 +191,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where audit records wait for their write: beside the admin socket,
+    /// on the runtime folder's tmpfs, which outlives the daemon but not a
+    /// reboot.
+    pub fn audit_journal(&self) -> PathBuf {
+        self.admin_socket.with_file_name("audit.journal")
+    }
+
     /// Load `path`. The default path may be absent (all defaults); a path
     /// the user named must exist.
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {

@@ -9,6 +9,7 @@
 //! the write. A file truncated in place (`copytruncate`) needs nothing:
 //! the log is opened for appending.
 
+use super::journal::LogEnd;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
@@ -23,6 +24,13 @@ pub trait Sink: Write {
     /// no destination could be opened, which counts as a failed write.
     fn follow(&mut self) -> io::Result<bool> {
         Ok(false)
+    }
+
+    /// Where the destination ends now, if it is a file: the journal notes
+    /// it before each write so that a start after a kill can tell how much
+    /// of that write the file got.
+    fn end(&self) -> io::Result<Option<LogEnd>> {
+        Ok(None)
     }
 }
 
@@ -60,6 +68,15 @@ impl LogFile {
 }
 
 impl Sink for LogFile {
+    fn end(&self) -> io::Result<Option<LogEnd>> {
+        let meta = self.file.metadata()?;
+        Ok(Some(LogEnd {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+        }))
+    }
+
     fn follow(&mut self) -> io::Result<bool> {
         match std::fs::metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.id => return Ok(false),

@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 
 pub struct BenchDaemon {
     pub dir: PathBuf,
+    /// Where the admin socket and the audit journal are.
+    run_dir: PathBuf,
     pub config: PathBuf,
     pub proxy_port: u16,
     airlock: PathBuf,
@@ -41,15 +43,22 @@ impl BenchDaemon {
         for (agent, policy) in policies {
             std::fs::write(dir.join(format!("policies/{agent}.yaml")), policy)?;
         }
+        // The runtime folder on tmpfs, as /run is where the daemon is
+        // installed: the audit journal is a shared mapping of a file there.
+        let shm = Path::new("/dev/shm");
+        let run_dir =
+            if shm.is_dir() { shm } else { dir.as_path() }.join(format!("airlock-bench-run-{id}"));
+        std::fs::create_dir_all(&run_dir)?;
         let config = dir.join("airlock.yaml");
         let proxy_port = free_port()?;
         std::fs::write(
             &config,
             format!(
-                "cgroup_root: airlock-bench-{id}.slice\npolicy_dir: {d}/policies\nstate_dir: {d}/state\nproxy_port: {proxy_port}\ndns_port: {}\nmetrics_addr: 127.0.0.1:{}\naudit_log: {d}/audit.jsonl\nadmin_socket: {d}/admin.sock\nbpf_pin_dir: /sys/fs/bpf/airlock-bench-{id}\n{extra_config}",
+                "cgroup_root: airlock-bench-{id}.slice\npolicy_dir: {d}/policies\nstate_dir: {d}/state\nproxy_port: {proxy_port}\ndns_port: {}\nmetrics_addr: 127.0.0.1:{}\naudit_log: {d}/audit.jsonl\nadmin_socket: {r}/admin.sock\nbpf_pin_dir: /sys/fs/bpf/airlock-bench-{id}\n{extra_config}",
                 free_port()?,
                 free_port()?,
-                d = dir.display()
+                d = dir.display(),
+                r = run_dir.display()
             ),
         )?;
         let log = std::fs::File::create(dir.join("daemon.log"))?;
@@ -72,6 +81,7 @@ impl BenchDaemon {
             .context("starting the daemon")?;
         let daemon = BenchDaemon {
             dir,
+            run_dir,
             config,
             proxy_port,
             airlock: airlock.to_path_buf(),
@@ -137,5 +147,6 @@ impl Drop for BenchDaemon {
             .arg(&self.config)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
