@@ -450,6 +450,21 @@ fn an_echoed_secret_is_scrubbed_in_its_percent_and_json_encodings() {
     // the body, and in the echoed header and the body's headers.
     assert!(text.contains(&format!("/echo?key={Q_PH}")), "{text}");
     assert_eq!(text.matches(&format!("Bearer {H_PH}")).count(), 2, "{text}");
+    // The audit record names the path the agent sent, with its
+    // placeholder, never the query the upstream got.
+    let rec = d.wait_audit("for the echoed request", |r| {
+        r["path"].as_str().is_some_and(|p| p.starts_with("/echo?"))
+    });
+    assert_eq!(rec["path"], format!("/echo?key={Q_PH}"));
+    let audit = std::fs::read_to_string(&d.audit).unwrap_or_default();
+    for (name, secret) in [("query", Q_SECRET), ("header", H_SECRET)] {
+        for (i, form) in echo_forms(secret).iter().enumerate() {
+            assert!(
+                !audit.contains(form),
+                "the audit log holds the {name} secret (form {i})"
+            );
+        }
+    }
 }
 
 /// An upstream that keeps what it was sent (a request log, a request bin)
