@@ -517,4 +517,22 @@ fn audit_records_outlive_a_killed_daemon_and_are_written_once() {
     );
     assert_eq!(audit_paths(&rotated), expected);
     assert_eq!(audit_paths(&log), ["/hello?held"]);
+    // And status says so, with where records wait.
+    let status = d.status().expect("status");
+    assert!(
+        status["audit"]["recovered_at_start"].as_u64() > Some(0),
+        "{status}"
+    );
+    let human = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    let text = stdout(&human);
+    let journal = d.dir.path().join("run/audit.journal");
+    assert!(
+        text.contains(&format!("records queued in {}, ", journal.display()))
+            && text.contains("that a killed run left were found at start"),
+        "{text}"
+    );
 }

@@ -223,6 +223,8 @@ pub struct Audit {
     journal: Gauge,
     /// Where the log is, for `airlock status`.
     path: Arc<Path>,
+    journal_path: Arc<Path>,
+    recovered_at_start: usize,
 }
 
 /// What the writer thread tells the proxy.
@@ -241,6 +243,10 @@ struct Health {
 #[derive(Debug, Serialize)]
 pub struct AuditState {
     pub path: Arc<Path>,
+    /// Where records wait for their write.
+    pub journal: Arc<Path>,
+    /// Records a killed run left in the journal, found at start.
+    pub recovered_at_start: usize,
     pub accepting: bool,
     pub backlog: usize,
     pub write_failing: bool,
@@ -332,6 +338,8 @@ impl Audit {
             limit,
             journal: gauge,
             path: path.into(),
+            journal_path: journal_path.into(),
+            recovered_at_start: recovered.lines,
         })
     }
 
@@ -347,6 +355,8 @@ impl Audit {
     pub fn state(&self) -> AuditState {
         AuditState {
             path: self.path.clone(),
+            journal: self.journal_path.clone(),
+            recovered_at_start: self.recovered_at_start,
             accepting: self.accepting(),
             backlog: self.health.backlog.load(Ordering::Relaxed),
             write_failing: self.health.failing.load(Ordering::Relaxed),

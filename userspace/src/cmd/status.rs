@@ -60,7 +60,7 @@ fn print_human(s: &serde_json::Value) {
     }
     let audit = &s["audit"];
     println!(
-        "audit:    {} {}, {} records queued, {} lost",
+        "audit:    {} {}, {} records queued in {}, {} lost",
         match (
             audit["accepting"].as_bool(),
             audit["write_failing"].as_bool()
@@ -71,8 +71,14 @@ fn print_human(s: &serde_json::Value) {
         },
         audit["path"].as_str().unwrap_or("?"),
         audit["backlog"],
+        audit["journal"].as_str().unwrap_or("?"),
         audit["lost_records"]
     );
+    if let Some(n) = audit["recovered_at_start"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "          {n} record(s) that a killed run left were found at start, and written first"
+        );
+    }
     println!("proxy:    {}", s["listening"]["proxy"]);
     println!("dns:      {}", s["listening"]["dns"]);
     println!("metrics:  {}", s["listening"]["metrics"]);
