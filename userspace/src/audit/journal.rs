@@ -484,6 +484,11 @@ fn already_written(map: &Mapping, log: &Path, head: u64) -> u64 {
     if mark_head > head {
         return 0;
     }
+    // Only a regular file has an end to compare: opening a FIFO to read
+    // would wait for a writer, and hold up the start.
+    if !std::fs::metadata(log).is_ok_and(|m| m.is_file()) {
+        return 0;
+    }
     let Ok(mut file) = File::open(log) else {
         return 0;
     };
@@ -798,6 +803,33 @@ mod tests {
         assert!(opened.recovered.set_aside.is_some());
         assert!(unwritten(&opened.drainer).is_empty());
         assert!(s.dir.path().read_dir().expect("ls").count() >= 3);
+    }
+
+    #[test]
+    fn a_fifo_as_the_log_does_not_hold_up_a_start() {
+        let s = setup();
+        let c_path = std::ffi::CString::new(s.log.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let mut opened = open(&s.journal, &s.log).expect("open");
+        assert!(opened.appender.append(b"to the pipe\n"));
+        let meta = std::fs::metadata(&s.log).expect("stat fifo");
+        opened.drainer.mark(Some(LogEnd {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: 0,
+        }));
+        drop(opened);
+        let (done, wait) = std::sync::mpsc::channel();
+        let (journal, log) = (s.journal.clone(), s.log.clone());
+        std::thread::spawn(move || {
+            let lines = open(&journal, &log).map(|o| o.recovered.lines);
+            let _ = done.send(lines.ok());
+        });
+        let lines = wait
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the start waited on the FIFO");
+        assert_eq!(lines, Some(1));
     }
 
     #[test]

@@ -70,6 +70,10 @@ impl LogFile {
 impl Sink for LogFile {
     fn end(&self) -> io::Result<Option<LogEnd>> {
         let meta = self.file.metadata()?;
+        // A FIFO or a device takes bytes but keeps no end to compare.
+        if !meta.is_file() {
+            return Ok(None);
+        }
         Ok(Some(LogEnd {
             dev: meta.dev(),
             ino: meta.ino(),
