@@ -234,8 +234,9 @@ struct Health {
     backlog: AtomicUsize,
     /// Whether the last write failed (disk full, I/O error).
     failing: AtomicBool,
-    /// Records lost: not queued because of the backlog, or still unwritten
-    /// when the daemon stopped.
+    /// Records lost: not queued because of the backlog, or no room for
+    /// them in the journal. Those unwritten at a stop are not lost: they
+    /// wait in the journal for the next start.
     lost: AtomicU64,
 }
 

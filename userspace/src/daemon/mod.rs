@@ -243,7 +243,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if !audit_at_stop.flush(AUDIT_FLUSH_AT_STOP) {
         error!(
             path = %config.audit_log.display(),
-            "audit log not fully written at stop: records still queued are lost"
+            journal = %config.audit_journal().display(),
+            "audit log not fully written at stop: the records still queued wait in the journal, and the next start writes them first"
         );
     }
     Ok(())
