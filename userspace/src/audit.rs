@@ -986,6 +986,43 @@ mod tests {
     }
 
     #[test]
+    fn records_a_stop_could_not_write_are_written_by_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let journal = journal_beside(&path);
+        let audit = Audit::start(&path, &journal).expect("start");
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("a folder where the log was");
+        audit.record(AuditRecord {
+            host: "held.example.test".into(),
+            ..AuditRecord::default()
+        });
+        wait_until("the failed write to be seen", || {
+            audit.state().write_failing
+        });
+        drop(audit);
+        // The stopped writer lets go of the journal once it has seen the
+        // stop (after its retry pause).
+        let file = std::fs::File::open(&journal).expect("journal");
+        wait_until("the stopped writer to let go of the journal", || {
+            // SAFETY: a plain system call on a descriptor we own.
+            unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                ) == 0
+            }
+        });
+        drop(file);
+        std::fs::remove_dir(&path).expect("rmdir");
+        let audit = Audit::start(&path, &journal).expect("start again");
+        assert_eq!(audit.state().recovered_at_start, 1);
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        assert_eq!(hosts_in(&path), ["held.example.test"]);
+        assert_eq!(audit.state().lost_records, 0);
+    }
+
+    #[test]
     fn a_stalled_log_stops_new_requests_and_bounds_the_queue() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, go, reader) = stalled_log(dir.path());
