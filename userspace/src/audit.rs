@@ -508,6 +508,9 @@ fn write_loop<W: Sink>(
             records += pending.take();
             journal.unwritten().1
         };
+        // Room for what comes while this batch is written (a write
+        // makes more room as it goes, but one may fail or hang).
+        journal.allocate_ahead();
         let wrote = journal.unwritten().0 < end;
         if wrote {
             let written = out.follow().and_then(|moved| {
