@@ -92,6 +92,16 @@ fn agent_request(d: &Daemon, method: &str, url: &str) -> String {
     stdout(&out)
 }
 
+/// What `airlock status` prints for a person.
+fn human_status(d: &Daemon) -> String {
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    stdout(&out)
+}
+
 fn counter(metrics: &str, prefix: &str) -> f64 {
     metrics
         .lines()
@@ -397,12 +407,7 @@ fn status_reports_health_programs_agents_and_denials() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let human = std::process::Command::new(harness::AIRLOCK)
-        .args(["status", "--config"])
-        .arg(&d.config)
-        .output()
-        .expect("status");
-    let text = stdout(&human);
+    let text = human_status(&d);
     assert!(
         text.contains("healthy") && text.contains("ops-bot") && text.contains("11 attached"),
         "{text}"
@@ -523,12 +528,7 @@ fn audit_records_outlive_a_killed_daemon_and_are_written_once() {
         status["audit"]["recovered_at_start"].as_u64() > Some(0),
         "{status}"
     );
-    let human = std::process::Command::new(harness::AIRLOCK)
-        .args(["status", "--config"])
-        .arg(&d.config)
-        .output()
-        .expect("status");
-    let text = stdout(&human);
+    let text = human_status(&d);
     let journal = d.dir.path().join("run/audit.journal");
     assert!(
         text.contains(&format!("records queued in {}, ", journal.display()))
