@@ -19,12 +19,12 @@ use std::{
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 mod journal;
 mod log_file;
@@ -172,6 +172,11 @@ const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 const BATCH_BYTES: usize = 64 * 1024;
 /// How often a failed write is tried again.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long written lines may sit in the page cache only. The kernel
+/// writes a file back within about 30 s on its own; a power cut would take
+/// that much of the log. Synced once a second, it takes at most that, for
+/// one disk flush a second under load rather than one a batch.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the writer thread is sent.
 enum Msg {
@@ -212,7 +217,7 @@ const LINE_CAPACITY: usize = 512;
 /// The audit sink: cheap to clone, never blocks the caller.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     /// Unparked when the pending lines fill a batch.
     writer: std::thread::Thread,
     pending: Arc<Mutex<Pending>>,
@@ -292,7 +297,7 @@ impl Audit {
                 "the last run stopped before writing these audit records; writing them to the log first"
             );
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let log_path = path.to_path_buf();
         let health = Arc::new(Health::default());
         health.backlog.store(recovered.lines, Ordering::Relaxed);
@@ -463,7 +468,7 @@ impl Audit {
 fn write_loop<W: Sink>(
     mut out: W,
     path: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    rx: mpsc::Receiver<Msg>,
     pending: &Mutex<Pending>,
     mut journal: Drainer,
     health: &Health,
@@ -474,6 +479,10 @@ fn write_loop<W: Sink>(
     // past the backlog limit).
     let mut records = 0;
     let mut failed = false;
+    // Whether lines were written since the last sync, and when that was.
+    let mut unsynced = false;
+    let mut synced_at = Instant::now();
+    let mut sync_failing = false;
     loop {
         let mut flushed = Vec::new();
         let mut closed = false;
@@ -487,14 +496,22 @@ fn write_loop<W: Sink>(
             // records come, so that the log recovering is noticed without
             // a request having to be refused first.
             std::thread::sleep(RETRY_PAUSE);
+        } else if unsynced {
+            // Idle with lines not on disk yet: wait for more, but not past
+            // the time their sync is due.
+            match rx.recv_timeout(SYNC_EVERY.saturating_sub(synced_at.elapsed())) {
+                Ok(msg) => take(Some(msg), &mut closed),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => take(None, &mut closed),
+            }
         } else {
-            take(rx.blocking_recv(), &mut closed);
+            take(rx.recv().ok(), &mut closed);
         }
         loop {
             match rx.try_recv() {
                 Ok(next) => take(Some(next), &mut closed),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
                     take(None, &mut closed);
                     break;
                 }
@@ -525,6 +542,7 @@ fn write_loop<W: Sink>(
             failed = written.is_err();
             match written {
                 Ok(()) => {
+                    unsynced = true;
                     health.backlog.fetch_sub(records, Ordering::Relaxed);
                     records = 0;
                     if health.failing.swap(false, Ordering::Relaxed) {
@@ -542,6 +560,29 @@ fn write_loop<W: Sink>(
                     }
                 }
             }
+        }
+        // A flush (a stop) and the last batch also wait for the disk.
+        if unsynced && (closed || !flushed.is_empty() || synced_at.elapsed() >= SYNC_EVERY) {
+            match out.sync() {
+                Ok(()) => {
+                    unsynced = false;
+                    if std::mem::take(&mut sync_failing) {
+                        tracing::info!(path = %path.display(), "audit log syncs to disk again");
+                    }
+                }
+                Err(err) => {
+                    // The lines are in the file; only a power cut would
+                    // take them. Tried again in a second.
+                    if !std::mem::replace(&mut sync_failing, true) {
+                        tracing::error!(
+                            path = %path.display(),
+                            error = %err,
+                            "audit log cannot be synced to disk; records written since the last sync would not survive a power cut"
+                        );
+                    }
+                }
+            }
+            synced_at = Instant::now();
         }
         for done in flushed {
             let _ = done.send(());
@@ -889,6 +930,109 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A log whose writes land in a page cache that only `sync` puts on
+    /// the disk.
+    #[derive(Clone, Default)]
+    struct CachedDisk(Arc<Mutex<CachedDiskState>>);
+
+    #[derive(Default)]
+    struct CachedDiskState {
+        written: usize,
+        on_disk: usize,
+        writes: usize,
+        syncs: usize,
+    }
+
+    impl Sink for CachedDisk {
+        fn sync(&mut self) -> std::io::Result<()> {
+            let mut state = self.0.lock().unwrap();
+            state.on_disk = state.written;
+            state.syncs += 1;
+            Ok(())
+        }
+    }
+
+    impl Write for CachedDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut state = self.0.lock().unwrap();
+            state.written += buf.len();
+            state.writes += 1;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cached_disk_writer(dir: &Path) -> (Audit, CachedDisk) {
+        let disk = CachedDisk::default();
+        let audit = Audit::start_writer(
+            disk.clone(),
+            Path::new("/cached/audit.jsonl"),
+            &dir.join("audit.journal"),
+            BACKLOG_LIMIT,
+            BATCH_PAUSE,
+        )
+        .expect("start");
+        (audit, disk)
+    }
+
+    #[test]
+    fn the_last_records_before_a_lull_reach_the_disk_within_a_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, disk) = cached_disk_writer(dir.path());
+        audit.record(AuditRecord::default());
+        wait_until("the record to be written", || {
+            disk.0.lock().unwrap().written > 0
+        });
+        // No more records come to wake the writer: it must wake for the sync.
+        wait_until("the record to be synced", || {
+            let state = disk.0.lock().unwrap();
+            state.on_disk == state.written
+        });
+    }
+
+    #[test]
+    fn under_load_the_log_is_synced_once_a_second_not_every_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, disk) = cached_disk_writer(dir.path());
+        let started = std::time::Instant::now();
+        // 2.5 s of a record every 5 ms: over a hundred batches.
+        for _ in 0..500 {
+            audit.record(AuditRecord::default());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            if started.elapsed() > std::time::Duration::from_millis(2500) {
+                break;
+            }
+        }
+        let state = disk.0.lock().unwrap();
+        assert!(state.writes > 20, "only {} batches", state.writes);
+        assert!(
+            (1..=4).contains(&state.syncs),
+            "{} syncs for {} batches in {:?}",
+            state.syncs,
+            state.writes,
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_flush_returns_once_the_records_are_on_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, disk) = cached_disk_writer(dir.path());
+        for _ in 0..10 {
+            audit.record(AuditRecord::default());
+        }
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        let state = disk.0.lock().unwrap();
+        assert!(state.written > 0);
+        assert_eq!(
+            state.on_disk, state.written,
+            "a stop must not leave lines in the page cache"
+        );
     }
 
     #[test]
