@@ -239,6 +239,9 @@ struct Health {
     backlog: AtomicUsize,
     /// Whether the last write failed (disk full, I/O error).
     failing: AtomicBool,
+    /// Whether the last sync to disk failed: written records would not
+    /// outlive a power cut.
+    sync_failing: AtomicBool,
     /// Records lost: not queued because of the backlog, or no room for
     /// them in the journal. Those unwritten at a stop are not lost: they
     /// wait in the journal for the next start.
@@ -256,6 +259,7 @@ pub struct AuditState {
     pub accepting: bool,
     pub backlog: usize,
     pub write_failing: bool,
+    pub sync_failing: bool,
     pub lost_records: u64,
 }
 
@@ -366,6 +370,7 @@ impl Audit {
             accepting: self.accepting(),
             backlog: self.health.backlog.load(Ordering::Relaxed),
             write_failing: self.health.failing.load(Ordering::Relaxed),
+            sync_failing: self.health.sync_failing.load(Ordering::Relaxed),
             lost_records: self.health.lost.load(Ordering::Relaxed),
         }
     }
@@ -482,7 +487,6 @@ fn write_loop<W: Sink>(
     // Whether lines were written since the last sync, and when that was.
     let mut unsynced = false;
     let mut synced_at = Instant::now();
-    let mut sync_failing = false;
     loop {
         let mut flushed = Vec::new();
         let mut closed = false;
@@ -566,14 +570,14 @@ fn write_loop<W: Sink>(
             match out.sync() {
                 Ok(()) => {
                     unsynced = false;
-                    if std::mem::take(&mut sync_failing) {
+                    if health.sync_failing.swap(false, Ordering::Relaxed) {
                         tracing::info!(path = %path.display(), "audit log syncs to disk again");
                     }
                 }
                 Err(err) => {
                     // The lines are in the file; only a power cut would
                     // take them. Tried again in a second.
-                    if !std::mem::replace(&mut sync_failing, true) {
+                    if !health.sync_failing.swap(true, Ordering::Relaxed) {
                         tracing::error!(
                             path = %path.display(),
                             error = %err,
@@ -943,11 +947,15 @@ mod tests {
         on_disk: usize,
         writes: usize,
         syncs: usize,
+        sync_error: bool,
     }
 
     impl Sink for CachedDisk {
         fn sync(&mut self) -> std::io::Result<()> {
             let mut state = self.0.lock().unwrap();
+            if state.sync_error {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
             state.on_disk = state.written;
             state.syncs += 1;
             Ok(())
@@ -1017,6 +1025,28 @@ mod tests {
             state.writes,
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_disk_that_cannot_sync_shows_in_the_state_until_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, disk) = cached_disk_writer(dir.path());
+        disk.0.lock().unwrap().sync_error = true;
+        audit.record(AuditRecord::default());
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        let state = audit.state();
+        assert!(
+            state.sync_failing,
+            "a failed sync must show in `airlock status`"
+        );
+        // The records are in the file: requests still go.
+        assert!(audit.accepting() && !state.write_failing);
+        disk.0.lock().unwrap().sync_error = false;
+        audit.record(AuditRecord::default());
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        assert!(!audit.state().sync_failing);
+        let state = disk.0.lock().unwrap();
+        assert_eq!(state.on_disk, state.written);
     }
 
     #[test]

@@ -74,6 +74,11 @@ fn print_human(s: &serde_json::Value) {
         audit["journal"].as_str().unwrap_or("?"),
         audit["lost_records"]
     );
+    if audit["sync_failing"].as_bool() == Some(true) {
+        println!(
+            "          NOT SYNCING TO DISK: records written since the last sync would not outlive a power cut (the daemon's log says why)"
+        );
+    }
     if let Some(n) = audit["recovered_at_start"].as_u64().filter(|n| *n > 0) {
         println!(
             "          {n} record(s) that a killed run left were found at start, and written first"
