@@ -21,16 +21,18 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
 mod journal;
 mod log_file;
+mod syncer;
 
 use journal::{Appender, Drainer, Gauge, JournalError};
 use log_file::{LogFile, Sink};
+use syncer::Syncer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -172,11 +174,6 @@ const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 const BATCH_BYTES: usize = 64 * 1024;
 /// How often a failed write is tried again.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
-/// How long written lines may sit in the page cache only. The kernel
-/// writes a file back within about 30 s on its own; a power cut would take
-/// that much of the log. Synced once a second, it takes at most that, for
-/// one disk flush a second under load rather than one a batch.
-const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the writer thread is sent.
 enum Msg {
@@ -315,6 +312,12 @@ impl Audit {
             let _ = tx.send(Msg::Lines);
         }
         let writer_pending = pending.clone();
+        let syncer = Syncer::start(health.clone(), path.to_path_buf()).map_err(|source| {
+            AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let writer = std::thread::Builder::new()
             .name("airlock-audit".into())
             .spawn(move || {
@@ -325,6 +328,7 @@ impl Audit {
                     &writer_pending,
                     drainer,
                     &writer_health,
+                    &syncer,
                     pause,
                 )
             })
@@ -470,6 +474,8 @@ impl Audit {
     }
 }
 
+// The writer thread's whole state, handed over once as it starts.
+#[allow(clippy::too_many_arguments)]
 fn write_loop<W: Sink>(
     mut out: W,
     path: PathBuf,
@@ -477,6 +483,7 @@ fn write_loop<W: Sink>(
     pending: &Mutex<Pending>,
     mut journal: Drainer,
     health: &Health,
+    syncer: &Syncer,
     pause: std::time::Duration,
 ) {
     // Records taken from the pending count and not written yet: they stay
@@ -484,9 +491,6 @@ fn write_loop<W: Sink>(
     // past the backlog limit).
     let mut records = 0;
     let mut failed = false;
-    // Whether lines were written since the last sync, and when that was.
-    let mut unsynced = false;
-    let mut synced_at = Instant::now();
     loop {
         let mut flushed = Vec::new();
         let mut closed = false;
@@ -500,14 +504,6 @@ fn write_loop<W: Sink>(
             // records come, so that the log recovering is noticed without
             // a request having to be refused first.
             std::thread::sleep(RETRY_PAUSE);
-        } else if unsynced {
-            // Idle with lines not on disk yet: wait for more, but not past
-            // the time their sync is due.
-            match rx.recv_timeout(SYNC_EVERY.saturating_sub(synced_at.elapsed())) {
-                Ok(msg) => take(Some(msg), &mut closed),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => take(None, &mut closed),
-            }
         } else {
             take(rx.recv().ok(), &mut closed);
         }
@@ -546,7 +542,9 @@ fn write_loop<W: Sink>(
             failed = written.is_err();
             match written {
                 Ok(()) => {
-                    unsynced = true;
+                    if let Some(disk) = out.disk() {
+                        syncer.written(disk);
+                    }
                     health.backlog.fetch_sub(records, Ordering::Relaxed);
                     records = 0;
                     if health.failing.swap(false, Ordering::Relaxed) {
@@ -565,28 +563,11 @@ fn write_loop<W: Sink>(
                 }
             }
         }
-        // A flush (a stop) and the last batch also wait for the disk.
-        if unsynced && (closed || !flushed.is_empty() || synced_at.elapsed() >= SYNC_EVERY) {
-            match out.sync() {
-                Ok(()) => {
-                    unsynced = false;
-                    if health.sync_failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!(path = %path.display(), "audit log syncs to disk again");
-                    }
-                }
-                Err(err) => {
-                    // The lines are in the file; only a power cut would
-                    // take them. Tried again in a second.
-                    if !health.sync_failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            path = %path.display(),
-                            error = %err,
-                            "audit log cannot be synced to disk; records written since the last sync would not survive a power cut"
-                        );
-                    }
-                }
-            }
-            synced_at = Instant::now();
+        // A flush (a stop) returns once the lines are on the disk.
+        if (closed || !flushed.is_empty())
+            && let Some(disk) = out.disk()
+        {
+            syncer.sync_now(&*disk);
         }
         for done in flushed {
             let _ = done.send(());
@@ -948,17 +929,34 @@ mod tests {
         writes: usize,
         syncs: usize,
         sync_error: bool,
+        /// Syncs wait while this is set (a disk slow to flush)...
+        hang: bool,
+        /// ...and one did.
+        hung: bool,
     }
 
     impl Sink for CachedDisk {
-        fn sync(&mut self) -> std::io::Result<()> {
-            let mut state = self.0.lock().unwrap();
-            if state.sync_error {
-                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        fn disk(&self) -> Option<Arc<dyn log_file::Disk>> {
+            Some(Arc::new(self.clone()))
+        }
+    }
+
+    impl log_file::Disk for CachedDisk {
+        fn sync(&self) -> std::io::Result<()> {
+            loop {
+                let mut state = self.0.lock().unwrap();
+                if state.sync_error {
+                    return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                }
+                if !state.hang {
+                    state.on_disk = state.written;
+                    state.syncs += 1;
+                    return Ok(());
+                }
+                state.hung = true;
+                drop(state);
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            state.on_disk = state.written;
-            state.syncs += 1;
-            Ok(())
         }
     }
 
@@ -1047,6 +1045,31 @@ mod tests {
         assert!(!audit.state().sync_failing);
         let state = disk.0.lock().unwrap();
         assert_eq!(state.on_disk, state.written);
+    }
+
+    #[test]
+    fn a_sync_that_hangs_does_not_hold_up_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, disk) = cached_disk_writer(dir.path());
+        disk.0.lock().unwrap().hang = true;
+        audit.record(AuditRecord::default());
+        wait_until("a sync to hang", || disk.0.lock().unwrap().hung);
+        let before = disk.0.lock().unwrap().written;
+        for _ in 0..10 {
+            audit.record(AuditRecord::default());
+        }
+        wait_until("records written while the sync hangs", || {
+            disk.0.lock().unwrap().written > before
+        });
+        assert!(
+            audit.accepting(),
+            "a slow disk flush must not refuse requests"
+        );
+        disk.0.lock().unwrap().hang = false;
+        wait_until("the records to be synced", || {
+            let state = disk.0.lock().unwrap();
+            state.on_disk == state.written
+        });
     }
 
     #[test]

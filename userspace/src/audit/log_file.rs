@@ -15,6 +15,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// Where the audit writer's batches go.
@@ -33,9 +34,26 @@ pub trait Sink: Write {
         Ok(None)
     }
 
+    /// The file that writes go to now, for the sync thread. None when
+    /// there is nothing to sync.
+    fn disk(&self) -> Option<Arc<dyn Disk>> {
+        None
+    }
+}
+
+/// Where written bytes wait in the page cache until a sync.
+pub trait Disk: Send + Sync {
     /// Puts what was written on the disk (`fdatasync`).
-    fn sync(&mut self) -> io::Result<()> {
-        Ok(())
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl Disk for File {
+    fn sync(&self) -> io::Result<()> {
+        match self.sync_data() {
+            // A FIFO or a device keeps nothing to sync.
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            done => done,
+        }
     }
 }
 
@@ -47,7 +65,8 @@ const MODE: u32 = 0o640;
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: File,
+    /// Shared with the sync thread.
+    file: Arc<File>,
     /// Device and inode of `file`.
     id: (u64, u64),
 }
@@ -66,7 +85,7 @@ impl LogFile {
         let meta = file.metadata()?;
         Ok(LogFile {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             id: (meta.dev(), meta.ino()),
         })
     }
@@ -86,12 +105,8 @@ impl Sink for LogFile {
         }))
     }
 
-    fn sync(&mut self) -> io::Result<()> {
-        match self.file.sync_data() {
-            // A FIFO or a device keeps nothing to sync.
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-            done => done,
-        }
+    fn disk(&self) -> Option<Arc<dyn Disk>> {
+        Some(self.file.clone())
     }
 
     fn follow(&mut self) -> io::Result<bool> {
@@ -104,7 +119,7 @@ impl Sink for LogFile {
         // The old file is synced no more once let go: its last lines go
         // to disk now. A failure there leaves them where a power cut takes
         // them, which is what the writer's own sync errors are logged for.
-        if let Err(err) = self.sync() {
+        if let Err(err) = self.file.sync() {
             tracing::warn!(path = %self.path.display(), error = %err, "the moved audit log could not be synced to disk");
         }
         *self = LogFile::open(&self.path).map_err(|err| {
@@ -119,11 +134,11 @@ impl Sink for LogFile {
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        (&*self.file).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        (&*self.file).flush()
     }
 }
 
@@ -215,11 +230,11 @@ mod tests {
     fn a_file_syncs_and_a_device_that_keeps_nothing_is_no_error() {
         let (_dir, _path, mut log) = fresh_log();
         log.write_all(b"{}\n").expect("write");
-        log.sync().expect("a file syncs");
+        log.file.sync().expect("a file syncs");
         // /dev/null takes writes and has nothing to sync (EINVAL): the
         // writer must not report it failing every second.
         let mut null = LogFile::open(Path::new("/dev/null")).expect("open /dev/null");
         null.write_all(b"{}\n").expect("write");
-        null.sync().expect("nothing to sync is no error");
+        null.file.sync().expect("nothing to sync is no error");
     }
 }
