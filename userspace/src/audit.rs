@@ -10,7 +10,8 @@
 //! killed before its batch goes out. Formatting takes under a microsecond a
 //! record; done by the writer, a batch's worth ran at once on the proxy's
 //! core and held up whichever request came meanwhile, which made the tail
-//! latency.
+//! latency. A second thread ([`syncer`]) puts what the writer wrote on the
+//! disk within a second.
 
 use std::{
     borrow::Cow,
