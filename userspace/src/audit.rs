@@ -936,6 +936,14 @@ mod tests {
         hung: bool,
     }
 
+    impl CachedDisk {
+        /// Whether everything written is on the disk.
+        fn all_synced(&self) -> bool {
+            let state = self.0.lock().unwrap();
+            state.on_disk == state.written
+        }
+    }
+
     impl Sink for CachedDisk {
         fn disk(&self) -> Option<Arc<dyn log_file::Disk>> {
             Some(Arc::new(self.clone()))
@@ -996,10 +1004,7 @@ mod tests {
             disk.0.lock().unwrap().written > 0
         });
         // No more records come to wake the writer: it must wake for the sync.
-        wait_until("the record to be synced", || {
-            let state = disk.0.lock().unwrap();
-            state.on_disk == state.written
-        });
+        wait_until("the record to be synced", || disk.all_synced());
     }
 
     #[test]
@@ -1067,10 +1072,7 @@ mod tests {
             "a slow disk flush must not refuse requests"
         );
         disk.0.lock().unwrap().hang = false;
-        wait_until("the records to be synced", || {
-            let state = disk.0.lock().unwrap();
-            state.on_disk == state.written
-        });
+        wait_until("the records to be synced", || disk.all_synced());
     }
 
     #[test]
