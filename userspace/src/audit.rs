@@ -31,7 +31,7 @@ mod journal;
 mod log_file;
 mod syncer;
 
-use journal::{Appender, Drainer, Gauge, JournalError};
+use journal::{Appender, Drainer, Gauge, JournalError, LogEnd};
 use log_file::{LogFile, Sink};
 use syncer::Syncer;
 
@@ -531,15 +531,7 @@ fn write_loop<W: Sink>(
         journal.allocate_ahead();
         let wrote = journal.unwritten().0 < end;
         if wrote {
-            let written = out.follow().and_then(|moved| {
-                if moved {
-                    tracing::info!(
-                        path = %path.display(),
-                        "audit log was moved or removed (rotated?): writing to a new file at its path"
-                    );
-                }
-                write_journal(&mut out, &mut journal, end)
-            });
+            let written = write_batch(&mut out, &path, &mut journal, end);
             failed = written.is_err();
             match written {
                 Ok(()) => {
@@ -593,13 +585,34 @@ fn write_loop<W: Sink>(
     }
 }
 
-/// Writes the journal up to `end` to the log, moving its head past each
-/// piece the log takes; on an error the rest stays unwritten, so that a
-/// retry neither repeats nor skips a byte. Before each write the journal
-/// notes where the log ends, for a start after a kill to tell what this
-/// write got to.
-fn write_journal(out: &mut impl Sink, journal: &mut Drainer, end: u64) -> std::io::Result<()> {
-    let mut log_end = out.end()?;
+/// Writes the journal up to `end` to the file at the log's path.
+fn write_batch(
+    out: &mut impl Sink,
+    path: &Path,
+    journal: &mut Drainer,
+    end: u64,
+) -> std::io::Result<()> {
+    let followed = out.follow()?;
+    if followed.moved {
+        tracing::info!(
+            path = %path.display(),
+            "audit log was moved or removed (rotated?): writing to a new file at its path"
+        );
+    }
+    write_journal(out, journal, end, followed.end)
+}
+
+/// Writes the journal up to `end` to the log, which ends at `log_end`,
+/// moving the journal's head past each piece the log takes; on an error the
+/// rest stays unwritten, so that a retry neither repeats nor skips a byte.
+/// Before each write the journal notes where the log ends, for a start after
+/// a kill to tell what this write got to.
+fn write_journal(
+    out: &mut impl std::io::Write,
+    journal: &mut Drainer,
+    end: u64,
+    mut log_end: Option<LogEnd>,
+) -> std::io::Result<()> {
     loop {
         let head = journal.unwritten().0;
         if head >= end {
@@ -1307,5 +1320,67 @@ mod tests {
         assert_eq!(first["credentials"][0], "github-token");
         assert!(first["request_id"].as_str().is_some_and(|s| s.len() == 16));
         assert_eq!(audit.recent_denials().len(), RECENT_DENIALS);
+    }
+
+    /// The real log, killed in the middle of a batch: the second write's
+    /// bytes reach the file, and the process dies before the journal's head
+    /// moves past them.
+    struct KilledMidBatch {
+        log: LogFile,
+        writes: usize,
+    }
+
+    impl Sink for KilledMidBatch {
+        fn follow(&mut self) -> std::io::Result<log_file::Followed> {
+            self.log.follow()
+        }
+    }
+
+    impl Write for KilledMidBatch {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            let n = self.log.write(&buf[..buf.len().min(5)])?;
+            match self.writes {
+                1 => Ok(n),
+                _ => Err(std::io::Error::other("killed")),
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_a_kill_after_a_rotation_is_finished_by_the_next_start_not_repeated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let journal_path = journal_beside(&path);
+        let log = LogFile::open(&path).expect("log");
+        // logrotate's `create`, between two batches: the writer must note
+        // where the new file ends, not the one it let go.
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rotate");
+        std::fs::write(&path, b"made by logrotate\n").expect("create");
+
+        let mut opened = journal::open(&journal_path, &path).expect("journal");
+        assert!(opened.appender.append(b"first\n"));
+        assert!(opened.appender.append(b"second\n"));
+        let mut out = KilledMidBatch { log, writes: 0 };
+        let end = opened.drainer.unwritten().1;
+        write_batch(&mut out, &path, &mut opened.drainer, end).expect_err("killed mid-batch");
+        drop(opened);
+
+        let mut opened = journal::open(&journal_path, &path).expect("the next start");
+        assert_eq!(
+            opened.recovered.already_written, 5,
+            "\"\\nseco\" is in the log"
+        );
+        let mut log = LogFile::open(&path).expect("log");
+        let end = opened.drainer.unwritten().1;
+        write_batch(&mut log, &path, &mut opened.drainer, end).expect("write the rest");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("log"),
+            "made by logrotate\nfirst\nsecond\n"
+        );
     }
 }

@@ -4,14 +4,15 @@
 //! file no name reaches, while the path stays empty.
 //!
 //! Before each batch the writer asks whether the path still names the file
-//! it holds (same device and inode) and, if not, opens a new one there. A
-//! `stat` per batch, at most about fifty a second, costs nothing beside
-//! the write. A file truncated in place (`copytruncate`) needs nothing:
-//! the log is opened for appending.
+//! it holds (same device and inode) and, if not, opens a new one there. The
+//! same `stat` tells where the file ends, which the journal notes before the
+//! write: one system call per batch, at most about fifty a second. A file
+//! truncated in place (`copytruncate`) needs nothing: the log is opened for
+//! appending.
 
 use super::journal::LogEnd;
 use std::{
-    fs::{File, OpenOptions},
+    fs::{File, Metadata, OpenOptions},
     io::{self, Write},
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -20,18 +21,10 @@ use std::{
 
 /// Where the audit writer's batches go.
 pub trait Sink: Write {
-    /// Called before each batch. True when the destination changed (the
-    /// old file was moved or removed and a new one opened); an error when
-    /// no destination could be opened, which counts as a failed write.
-    fn follow(&mut self) -> io::Result<bool> {
-        Ok(false)
-    }
-
-    /// Where the destination ends now, if it is a file: the journal notes
-    /// it before each write so that a start after a kill can tell how much
-    /// of that write the file got.
-    fn end(&self) -> io::Result<Option<LogEnd>> {
-        Ok(None)
+    /// Called before each batch: an error when no destination could be
+    /// opened, which counts as a failed write.
+    fn follow(&mut self) -> io::Result<Followed> {
+        Ok(Followed::default())
     }
 
     /// The file that writes go to now, for the sync thread. None when
@@ -39,6 +32,18 @@ pub trait Sink: Write {
     fn disk(&self) -> Option<Arc<dyn Disk>> {
         None
     }
+}
+
+/// What the writer learns of its destination before a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// The destination changed: the old file was moved or removed and a
+    /// new one opened at the path.
+    pub moved: bool,
+    /// Where the destination ends now, if it is a file: the journal notes
+    /// it before each write so that a start after a kill can tell how much
+    /// of that write the file got.
+    pub end: Option<LogEnd>,
 }
 
 /// Where written bytes wait in the page cache until a sync.
@@ -74,6 +79,10 @@ pub struct LogFile {
 impl LogFile {
     /// Opens the log at `path` for appending, creating it and its folder.
     pub fn open(path: &Path) -> io::Result<LogFile> {
+        Ok(LogFile::open_with_meta(path)?.0)
+    }
+
+    fn open_with_meta(path: &Path) -> io::Result<(LogFile, Metadata)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -83,35 +92,39 @@ impl LogFile {
             .mode(MODE)
             .open(path)?;
         let meta = file.metadata()?;
-        Ok(LogFile {
+        let log = LogFile {
             path: path.to_path_buf(),
             file: Arc::new(file),
             id: (meta.dev(), meta.ino()),
-        })
+        };
+        Ok((log, meta))
     }
 }
 
-impl Sink for LogFile {
-    fn end(&self) -> io::Result<Option<LogEnd>> {
-        let meta = self.file.metadata()?;
-        // A FIFO or a device takes bytes but keeps no end to compare.
-        if !meta.is_file() {
-            return Ok(None);
-        }
-        Ok(Some(LogEnd {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-        }))
-    }
+/// Where a file ends. A FIFO or a device takes bytes but keeps no end to
+/// compare.
+fn end_of(meta: &Metadata) -> Option<LogEnd> {
+    meta.is_file().then(|| LogEnd {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+    })
+}
 
+impl Sink for LogFile {
     fn disk(&self) -> Option<Arc<dyn Disk>> {
         Some(self.file.clone())
     }
 
-    fn follow(&mut self) -> io::Result<bool> {
+    fn follow(&mut self) -> io::Result<Followed> {
         match std::fs::metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.id => return Ok(false),
+            // The path names the file held, so its size is that file's.
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+                return Ok(Followed {
+                    moved: false,
+                    end: end_of(&meta),
+                });
+            }
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
@@ -122,13 +135,17 @@ impl Sink for LogFile {
         if let Err(err) = self.file.sync() {
             tracing::warn!(path = %self.path.display(), error = %err, "the moved audit log could not be synced to disk");
         }
-        *self = LogFile::open(&self.path).map_err(|err| {
+        let (log, meta) = LogFile::open_with_meta(&self.path).map_err(|err| {
             io::Error::new(
                 err.kind(),
                 format!("the log was moved or removed, and opening a new one failed: {err}"),
             )
         })?;
-        Ok(true)
+        *self = log;
+        Ok(Followed {
+            moved: true,
+            end: end_of(&meta),
+        })
     }
 }
 
@@ -162,14 +179,17 @@ mod tests {
     #[test]
     fn a_file_moved_away_keeps_what_it_had_and_a_new_one_takes_the_rest() {
         let (dir, path, mut log) = fresh_log();
-        assert!(!log.follow().expect("follow"), "nothing moved yet");
+        assert!(!log.follow().expect("follow").moved, "nothing moved yet");
         log.write_all(b"one\n").expect("write");
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rename");
-        assert!(log.follow().expect("follow"), "the move must be seen");
+        assert!(log.follow().expect("follow").moved, "the move must be seen");
         log.write_all(b"two\n").expect("write");
         assert_eq!(read(&dir.path().join("audit.jsonl.1")), "one\n");
         assert_eq!(read(&path), "two\n");
-        assert!(!log.follow().expect("follow"), "the new file is followed");
+        assert!(
+            !log.follow().expect("follow").moved,
+            "the new file is followed"
+        );
     }
 
     #[test]
@@ -179,7 +199,7 @@ mod tests {
         log.write_all(b"one\n").expect("write");
         std::fs::rename(&path, dir.path().join("old")).expect("rename");
         std::fs::write(&path, b"made by logrotate\n").expect("create");
-        assert!(log.follow().expect("follow"));
+        assert!(log.follow().expect("follow").moved);
         log.write_all(b"two\n").expect("write");
         assert_eq!(read(&path), "made by logrotate\ntwo\n");
     }
@@ -190,7 +210,7 @@ mod tests {
         let path = dir.path().join("logs/audit.jsonl");
         let mut log = LogFile::open(&path).expect("open");
         std::fs::remove_dir_all(dir.path().join("logs")).expect("rm -r");
-        assert!(log.follow().expect("follow"));
+        assert!(log.follow().expect("follow").moved);
         log.write_all(b"two\n").expect("write");
         assert_eq!(read(&path), "two\n");
         let mode = std::fs::metadata(&path).expect("stat").mode() & 0o777;
@@ -207,7 +227,7 @@ mod tests {
             .open(&path)
             .and_then(|f| f.set_len(0))
             .expect("truncate");
-        assert!(!log.follow().expect("follow"), "still the same file");
+        assert!(!log.follow().expect("follow").moved, "still the same file");
         log.write_all(b"two\n").expect("write");
         assert_eq!(read(&path), "two\n");
     }
@@ -223,7 +243,7 @@ mod tests {
             "unclear error: {err}"
         );
         std::fs::remove_dir(&path).expect("rmdir");
-        assert!(log.follow().expect("follow"), "recovers once it can");
+        assert!(log.follow().expect("follow").moved, "recovers once it can");
     }
 
     #[test]
@@ -236,5 +256,43 @@ mod tests {
         let mut null = LogFile::open(Path::new("/dev/null")).expect("open /dev/null");
         null.write_all(b"{}\n").expect("write");
         null.file.sync().expect("nothing to sync is no error");
+    }
+
+    #[test]
+    fn follow_tells_where_the_file_at_the_path_ends() {
+        let (dir, path, mut log) = fresh_log();
+        let end_of_path = |size| {
+            let meta = std::fs::metadata(&path).expect("stat");
+            Some(LogEnd {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                size,
+            })
+        };
+        log.write_all(b"one\n").expect("write");
+        let followed = log.follow().expect("follow");
+        assert_eq!(followed.end, end_of_path(4), "after one line");
+
+        // Rotated: the end is the new file's, not the one let go.
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rename");
+        std::fs::write(&path, b"made by logrotate\n").expect("create");
+        let followed = log.follow().expect("follow");
+        assert!(followed.moved);
+        assert_eq!(followed.end, end_of_path(18), "after a rotation");
+
+        // Truncated in place: the same file, ending sooner.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .expect("truncate");
+        assert_eq!(log.follow().expect("follow").end, end_of_path(0));
+
+        let mut null = LogFile::open(Path::new("/dev/null")).expect("open /dev/null");
+        assert_eq!(
+            null.follow().expect("follow"),
+            Followed::default(),
+            "a device keeps no end"
+        );
     }
 }
