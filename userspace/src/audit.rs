@@ -240,6 +240,11 @@ struct Health {
     /// Whether the last sync to disk failed: written records would not
     /// outlive a power cut.
     sync_failing: AtomicBool,
+    /// Syncs that failed since start, and when the last did (Unix time).
+    /// A later sync that succeeds does not bring back what the failed one
+    /// lost: Linux marks the pages it could not write clean.
+    sync_failures: AtomicU64,
+    last_sync_failure: AtomicU64,
     /// Records lost: not queued because of the backlog, or no room for
     /// them in the journal. Those unwritten at a stop are not lost: they
     /// wait in the journal for the next start.
@@ -258,6 +263,11 @@ pub struct AuditState {
     pub backlog: usize,
     pub write_failing: bool,
     pub sync_failing: bool,
+    /// Failed syncs since start: records written before one may be missing
+    /// from the disk, even after syncs succeed again.
+    pub sync_failures: u64,
+    /// When the last sync failed (Unix time).
+    pub last_sync_failure: Option<u64>,
     pub lost_records: u64,
 }
 
@@ -376,6 +386,9 @@ impl Audit {
             backlog: self.health.backlog.load(Ordering::Relaxed),
             write_failing: self.health.failing.load(Ordering::Relaxed),
             sync_failing: self.health.sync_failing.load(Ordering::Relaxed),
+            sync_failures: self.health.sync_failures.load(Ordering::Relaxed),
+            last_sync_failure: Some(self.health.last_sync_failure.load(Ordering::Relaxed))
+                .filter(|at| *at > 0),
             lost_records: self.health.lost.load(Ordering::Relaxed),
         }
     }
@@ -1061,9 +1074,23 @@ mod tests {
         disk.0.lock().unwrap().sync_error = false;
         audit.record(AuditRecord::default());
         assert!(audit.flush(std::time::Duration::from_secs(10)));
-        assert!(!audit.state().sync_failing);
-        let state = disk.0.lock().unwrap();
-        assert_eq!(state.on_disk, state.written);
+        let state = audit.state();
+        assert!(!state.sync_failing);
+        // What the failed sync did not put on the disk, the kernel will
+        // not write again: the failure stays on record.
+        assert_eq!(state.sync_failures, 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(
+            state
+                .last_sync_failure
+                .is_some_and(|at| now.abs_diff(at) <= 60),
+            "when: {:?}, now {now}",
+            state.last_sync_failure
+        );
+        assert!(disk.all_synced());
     }
 
     #[test]

@@ -91,12 +91,20 @@ impl Shared {
         match disk.sync() {
             Ok(()) => {
                 if self.health.sync_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(path = %self.path.display(), "audit log syncs to disk again");
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "audit log syncs to disk again; records written before the failed sync may still be missing from the disk, since the kernel does not write again what it failed to write (`airlock status` keeps the failure on record)"
+                    );
                 }
             }
             Err(err) => {
                 // The lines are in the file; only a power cut would take
                 // them. Tried again at the next sync.
+                self.health.sync_failures.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.health.last_sync_failure.store(now, Ordering::Relaxed);
                 if !self.health.sync_failing.swap(true, Ordering::Relaxed) {
                     tracing::error!(
                         path = %self.path.display(),
