@@ -4,7 +4,7 @@
 //! part, and `?part=FIRST-LAST` has it answer 206 with those bytes
 //! unasked), /bighead (an 80 KiB response header), /echo (reflects the request,
 //! secrets included, gzipped when asked), /echo-coded?as=CODING (compressed
-//! in gzip, deflate or br whatever was asked; any other CODING is only
+//! in gzip, deflate, br or zstd whatever was asked; any other CODING is only
 //! named, over the plain body), /sse (two
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
@@ -294,6 +294,7 @@ async fn handle(
                         "gzip" => gzip(body.as_bytes()),
                         "deflate" => zlib(body.as_bytes()),
                         "br" => brotli(body.as_bytes()),
+                        "zstd" => zstd::encode_all(body.as_bytes(), 3).expect("zstd"),
                         // Named only: were it let through, the secret
                         // would be there to see.
                         _ => body.into_bytes(),

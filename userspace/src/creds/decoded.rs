@@ -1,6 +1,6 @@
 //! A host that holds secrets is asked for no compression, and most comply.
 //! Some compress all the same (a server that keeps its files compressed, a
-//! CDN that caches one form). Such an answer in gzip, deflate or br is
+//! CDN that caches one form). Such an answer in gzip, deflate, br or zstd is
 //! decoded here so that the scrubber reads what the agent's client would
 //! unpack, and it reaches the agent uncompressed, which every client reads.
 //! A coding Airlock does not decode is still refused
@@ -8,7 +8,10 @@
 //!
 //! The decoder gives at most 64 KiB per frame, however much a small input
 //! unpacks to, so a compression bomb holds no more of the daemon's memory
-//! than any other answer; what it costs is the agent's download.
+//! than any other answer; what it costs is the agent's download. What a
+//! decoder keeps between frames is its window: 32 KiB for gzip and deflate,
+//! at most 16 MiB for br, and at most 8 MiB for zstd, the limit RFC 9659 sets
+//! for HTTP (a frame that asks for more is an error, not an allocation).
 
 use std::{
     io,
@@ -16,7 +19,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder};
+use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder};
 use bytes::Bytes;
 use futures_util::{Stream as _, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, header};
@@ -35,10 +38,11 @@ pub enum Coding {
     /// HTTP's `deflate` is the zlib format (RFC 9110 §8.4.1.2).
     Deflate,
     Brotli,
+    Zstd,
 }
 
 /// The answer's one content coding, when Airlock can decode it: a single
-/// `Content-Encoding` of `gzip` (or `x-gzip`), `deflate` or `br`, and no
+/// `Content-Encoding` of `gzip` (or `x-gzip`), `deflate`, `br` or `zstd`, and no
 /// transfer coding but `chunked`, which hyper has already removed. Layered
 /// codings (`gzip, br`) are not decoded.
 pub fn decodable_coding(headers: &HeaderMap) -> Option<Coding> {
@@ -53,6 +57,8 @@ pub fn decodable_coding(headers: &HeaderMap) -> Option<Coding> {
         Coding::Deflate
     } else if value.eq_ignore_ascii_case("br") {
         Coding::Brotli
+    } else if value.eq_ignore_ascii_case("zstd") {
+        Coding::Zstd
     } else {
         return None;
     };
@@ -113,6 +119,12 @@ impl Decoded {
             }
             Coding::Deflate => Box::pin(ZlibDecoder::new(compressed)),
             Coding::Brotli => Box::pin(BrotliDecoder::new(compressed)),
+            Coding::Zstd => {
+                let mut decoder = ZstdDecoder::new_for_http(compressed);
+                // One or more frames (RFC 8878 §3).
+                decoder.multiple_members(true);
+                Box::pin(decoder)
+            }
         };
         Decoded {
             frames: ReaderStream::with_capacity(reader, FRAME_MAX),
@@ -165,6 +177,14 @@ mod tests {
         out
     }
 
+    /// Two zstd frames, one after another, of `bytes`' two halves.
+    fn zstd_frames(bytes: &[u8]) -> Vec<u8> {
+        let (first, second) = bytes.split_at(bytes.len() / 2);
+        let mut out = zstd::encode_all(first, 3).expect("zstd");
+        out.extend(zstd::encode_all(second, 3).expect("zstd"));
+        out
+    }
+
     /// A body that arrives in pieces of `piece` bytes, as a network gives it.
     fn arriving(bytes: Vec<u8>, piece: usize) -> impl Body<Data = Bytes, Error = io::Error> + Send {
         let frames: Vec<Result<Frame<Bytes>, io::Error>> = bytes
@@ -194,7 +214,7 @@ mod tests {
     #[test]
     fn the_codings_airlock_decodes_are_recognised_and_no_others() {
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<Coding>);
-        let cases: [Case; 11] = [
+        let cases: [Case; 12] = [
             (&[("content-encoding", "gzip")], Some(Coding::Gzip)),
             (&[("content-encoding", "X-GZIP")], Some(Coding::Gzip)),
             (&[("content-encoding", " deflate ")], Some(Coding::Deflate)),
@@ -207,7 +227,8 @@ mod tests {
                 Some(Coding::Gzip),
             ),
             (&[], None),
-            (&[("content-encoding", "zstd")], None),
+            (&[("content-encoding", "ZStd")], Some(Coding::Zstd)),
+            (&[("content-encoding", "compress")], None),
             (&[("content-encoding", "gzip, br")], None),
             (
                 &[("content-encoding", "gzip"), ("content-encoding", "gzip")],
@@ -261,6 +282,7 @@ mod tests {
             (Coding::Gzip, gzip(&original)),
             (Coding::Deflate, zlib(&original)),
             (Coding::Brotli, brotli(&original)),
+            (Coding::Zstd, zstd_frames(&original)),
         ];
         for (coding, compressed) in cases {
             for piece in [1, 7, 4096, usize::MAX] {
@@ -306,7 +328,7 @@ mod tests {
         broken.truncate(broken.len() - 6);
         assert!(run(frames_of(Decoded::new(arriving(broken, 8), Coding::Gzip))).is_err());
         let garbage = b"not compressed at all, though the header says so".to_vec();
-        for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
+        for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd] {
             assert!(
                 run(frames_of(Decoded::new(
                     arriving(garbage.clone(), 8),
@@ -316,5 +338,34 @@ mod tests {
                 "{coding:?}"
             );
         }
+    }
+
+    /// A zstd frame may ask for a window of up to 3.75 TiB. The decoder
+    /// would allocate it; HTTP's zstd allows 8 MiB (RFC 9659 §3).
+    #[test]
+    fn a_zstd_frame_that_asks_for_a_window_past_8_mib_is_refused() {
+        let within = vec![7u8; 1 << 20];
+        let encode = |window_log: u32| {
+            // Streamed with no size given, so the frame header declares
+            // the window rather than the content's size.
+            let mut e = zstd::Encoder::new(Vec::new(), 3).expect("zstd");
+            e.window_log(window_log).expect("window");
+            e.write_all(&within).expect("zstd");
+            e.finish().expect("zstd")
+        };
+        let frames = run(frames_of(Decoded::new(
+            arriving(encode(23), 4096),
+            Coding::Zstd,
+        )))
+        .expect("an 8 MiB window decodes");
+        assert_eq!(frames.concat(), within);
+        assert!(
+            run(frames_of(Decoded::new(
+                arriving(encode(24), 4096),
+                Coding::Zstd
+            )))
+            .is_err(),
+            "a 16 MiB window must be refused"
+        );
     }
 }

@@ -606,7 +606,7 @@ impl Intercept {
             warn!(agent = %ctx.agent, host, coding = %coding, "answer in a coding Airlock cannot decode, from a host that holds secrets");
             return Err(ProxyError::Upstream {
                 reason: format!(
-                    "the upstream compressed its answer ({coding}) though Airlock asked for none; Airlock decodes gzip, deflate and br, and a body in any other coding cannot be checked for echoed credentials"
+                    "the upstream compressed its answer ({coding}) though Airlock asked for none; Airlock decodes gzip, deflate, br and zstd, and a body in any other coding cannot be checked for echoed credentials"
                 ),
             });
         }
