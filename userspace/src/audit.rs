@@ -1077,8 +1077,9 @@ mod tests {
         let state = audit.state();
         assert!(!state.sync_failing);
         // What the failed sync did not put on the disk, the kernel will
-        // not write again: the failure stays on record.
-        assert_eq!(state.sync_failures, 1);
+        // not write again: the failure stays on record. (The sync thread
+        // may have failed too, if this test was slow to get here.)
+        assert!(state.sync_failures >= 1, "{}", state.sync_failures);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
