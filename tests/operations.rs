@@ -154,6 +154,29 @@ fn metrics_move_as_agents_make_allowed_and_denied_requests() {
         counter(&after, "airlock_dns_queries_total{agent=\"ops-bot\"") >= 1.0,
         "the agent's lookups went through Airlock's resolver: {after}"
     );
+    // The audit log's health, for alerts: taking records, none lost.
+    let line = |name: &str| {
+        after
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        line("airlock_audit_accepting").as_deref(),
+        Some("airlock_audit_accepting 1"),
+        "{after}"
+    );
+    assert_eq!(
+        line("airlock_audit_lost_records_total").as_deref(),
+        Some("airlock_audit_lost_records_total 0"),
+        "{after}"
+    );
+    assert_eq!(
+        line("airlock_audit_sync_failures_total").as_deref(),
+        Some("airlock_audit_sync_failures_total 0"),
+        "{after}"
+    );
+    assert!(line("airlock_audit_backlog").is_some(), "{after}");
 }
 
 #[test]

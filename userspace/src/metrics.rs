@@ -12,6 +12,8 @@ use prometheus::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::audit::AuditState;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("registering metric {name}: {source}")]
@@ -38,6 +40,17 @@ pub struct Metrics {
     pub approvals_pending: IntGauge,
     pub bpf_redirects: IntCounter,
     pub dns_queries: IntCounterVec,
+    audit: AuditMetrics,
+}
+
+/// The audit log's health, mirrored from [`AuditState`] at each scrape:
+/// what to alert on, since a log that takes no records refuses requests
+/// and a lost record is a gap in the trail.
+struct AuditMetrics {
+    accepting: IntGauge,
+    backlog: IntGauge,
+    lost_records: IntCounter,
+    sync_failures: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -62,6 +75,31 @@ impl Metrics {
         let counter_vec = |name: &'static str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
                 .map_err(|source| MetricsError::Register { name, source })
+        };
+        let gauge = |name: &'static str, help: &str| {
+            let metric = IntGauge::new(name, help)
+                .map_err(|source| MetricsError::Register { name, source })?;
+            register(&registry, name, metric)
+        };
+        let counter = |name: &'static str, help: &str| {
+            let metric = IntCounter::new(name, help)
+                .map_err(|source| MetricsError::Register { name, source })?;
+            register(&registry, name, metric)
+        };
+        let audit = AuditMetrics {
+            accepting: gauge(
+                "audit_accepting",
+                "1 while the audit log takes records; 0 while requests are refused (503) for want of it",
+            )?,
+            backlog: gauge("audit_backlog", "Audit records waiting to be written")?,
+            lost_records: counter(
+                "audit_lost_records_total",
+                "Audit records that could not be kept (past the backlog limit, or no room in the journal): gaps in the trail",
+            )?,
+            sync_failures: counter(
+                "audit_sync_failures_total",
+                "Failed syncs of the audit log to disk: records written before one may be missing from the disk",
+            )?,
         };
         let m = Metrics {
             connections: register(
@@ -143,6 +181,7 @@ impl Metrics {
                     &["agent", "outcome"],
                 )?,
             )?,
+            audit,
             registry,
         };
         Ok(Arc::new(m))
@@ -154,10 +193,18 @@ impl Metrics {
 
     /// The kernel keeps its own counter; mirror it into the exported one.
     pub fn set_bpf_redirects(&self, total: u64) {
-        let current = self.bpf_redirects.get();
-        if total > current {
-            self.bpf_redirects.inc_by(total - current);
-        }
+        mirror(&self.bpf_redirects, total);
+    }
+
+    /// Mirrors the audit writer's state into the exported metrics.
+    pub fn set_audit(&self, state: &AuditState) {
+        let audit = &self.audit;
+        audit.accepting.set(i64::from(state.accepting));
+        audit
+            .backlog
+            .set(i64::try_from(state.backlog).unwrap_or(i64::MAX));
+        mirror(&audit.lost_records, state.lost_records);
+        mirror(&audit.sync_failures, state.sync_failures);
     }
 
     pub fn render(&self) -> Vec<u8> {
@@ -166,6 +213,15 @@ impl Metrics {
             warn!(error = %err, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Moves an exported counter up to a total kept elsewhere. A counter never
+/// goes down, so a total that fell (a counter reset) is not followed.
+fn mirror(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
     }
 }
 
@@ -234,5 +290,43 @@ mod tests {
         assert!(text.contains("airlock_requests_total{agent=\"pr-bot\",decision=\"deny\",host=\"api.example.test\"} 1"), "{text}");
         assert!(text.contains("airlock_bpf_redirects_total 5"), "{text}");
         assert!(text.contains("airlock_approvals_pending 0"), "{text}");
+    }
+
+    #[test]
+    fn the_audit_log_s_health_is_exported_and_its_counters_never_go_down() {
+        let m = Metrics::new().expect("metrics");
+        let state = |accepting, lost_records, sync_failures| AuditState {
+            path: std::path::Path::new("/var/log/airlock/audit.jsonl").into(),
+            journal: std::path::Path::new("/run/airlock/audit.journal").into(),
+            recovered_at_start: 0,
+            accepting,
+            backlog: 12,
+            write_failing: !accepting,
+            sync_failing: false,
+            sync_failures,
+            last_sync_failure: None,
+            lost_records,
+        };
+        m.set_audit(&state(false, 3, 2));
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for line in [
+            "airlock_audit_accepting 0",
+            "airlock_audit_backlog 12",
+            "airlock_audit_lost_records_total 3",
+            "airlock_audit_sync_failures_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+        m.set_audit(&state(true, 1, 2));
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.lines().any(|l| l == "airlock_audit_accepting 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "airlock_audit_lost_records_total 3"),
+            "{text}"
+        );
     }
 }

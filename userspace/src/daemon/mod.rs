@@ -186,11 +186,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     let refresh_kernel = kernel.clone();
     let refresh_metrics = metrics.clone();
+    let refresh_audit = audit.clone();
     tokio::spawn(metrics::serve(
         metrics_listener,
         metrics.clone(),
         Arc::new(move || {
             refresh_metrics.set_bpf_redirects(refresh_kernel.stats.get(Stat::TcpRedirected));
+            refresh_metrics.set_audit(&refresh_audit.state());
         }),
     ));
     let status = Arc::new(status::StatusSource {
