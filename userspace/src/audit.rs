@@ -271,6 +271,26 @@ pub struct AuditState {
     pub lost_records: u64,
 }
 
+#[cfg(test)]
+impl AuditState {
+    /// A log that takes records and has never failed, for tests of what
+    /// reads the state.
+    pub fn healthy_example() -> AuditState {
+        AuditState {
+            path: Path::new("/var/log/airlock/audit.jsonl").into(),
+            journal: Path::new("/run/airlock/audit.journal").into(),
+            recovered_at_start: 0,
+            accepting: true,
+            backlog: 0,
+            write_failing: false,
+            sync_failing: false,
+            sync_failures: 0,
+            last_sync_failure: None,
+            lost_records: 0,
+        }
+    }
+}
+
 impl Audit {
     /// Open (append) the log and its journal, and start the writer thread.
     /// Records a previous run left in the journal are written first.

@@ -296,16 +296,12 @@ mod tests {
     fn the_audit_log_s_health_is_exported_and_its_counters_never_go_down() {
         let m = Metrics::new().expect("metrics");
         let state = |accepting, lost_records, sync_failures| AuditState {
-            path: std::path::Path::new("/var/log/airlock/audit.jsonl").into(),
-            journal: std::path::Path::new("/run/airlock/audit.journal").into(),
-            recovered_at_start: 0,
             accepting,
             backlog: 12,
             write_failing: !accepting,
-            sync_failing: false,
             sync_failures,
-            last_sync_failure: None,
             lost_records,
+            ..AuditState::healthy_example()
         };
         m.set_audit(&state(false, 3, 2));
         let text = String::from_utf8(m.render()).expect("utf8");

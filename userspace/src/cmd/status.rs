@@ -145,25 +145,13 @@ fn human(s: &serde_json::Value) -> String {
 mod tests {
     use super::*;
     use crate::audit::AuditState;
-    use std::path::Path;
 
     fn with_audit(audit: AuditState) -> serde_json::Value {
         serde_json::json!({ "healthy": true, "audit": audit })
     }
 
     fn audit_state() -> AuditState {
-        AuditState {
-            path: Path::new("/var/log/airlock/audit.jsonl").into(),
-            journal: Path::new("/run/airlock/audit.journal").into(),
-            recovered_at_start: 0,
-            accepting: true,
-            backlog: 0,
-            write_failing: false,
-            sync_failing: false,
-            sync_failures: 0,
-            last_sync_failure: None,
-            lost_records: 0,
-        }
+        AuditState::healthy_example()
     }
 
     #[test]
