@@ -163,16 +163,18 @@ const RECENT_DENIALS: usize = 32;
 /// instead of queued.
 pub const BACKLOG_LIMIT: usize = 16_384;
 /// How long a record may wait for others to share its write. Each write
-/// costs the writer a wake-up and ext4's per-write work (about 38 µs at
-/// 12k requests/s), taken from whichever request shares the core: at 5 ms
-/// that was one request in sixty, inside the 1-connection p99. At 20 ms
-/// the p99 added fell by 10-20 µs (BENCHMARKS.md); a line still reaches
-/// the file within 20 ms, and a clean stop flushes.
-const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
-/// Pending lines this long are written without waiting out the pause: at
-/// 40k requests/s, 20 ms of lines made writes of 300 KB that held the
-/// proxy's core long enough to show in its p99 (BENCHMARKS.md).
-const BATCH_BYTES: usize = 64 * 1024;
+/// costs the writer a wake-up and ext4's per-write work, taken from
+/// whichever request shares its core, so it is the number of writes, more
+/// than their size, that reaches the 1-connection p99: 5 ms → 20 ms took
+/// 10-20 µs off it, and 20 ms → 100 ms took the gap to nginx from +46 to
+/// +11 µs on a slower machine (BENCHMARKS.md). The journal keeps the lines
+/// meanwhile, so a kill loses none; a clean stop flushes.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pending lines this long are written without waiting out the pause. It
+/// bounds the lines resident in the journal and the length of one write:
+/// at 40k requests/s, 20 ms of lines. (Writes of 300 KB and more held the
+/// proxy's core long enough to show in its 32-connection p99.)
+const BATCH_BYTES: usize = 256 * 1024;
 /// How often a failed write is tried again.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 

@@ -1,10 +1,10 @@
 //! Where audit lines wait for the writer: a ring in a file mapped shared,
 //! so that a line is in the kernel's keeping the moment it is recorded.
-//! The writer batches its writes to the log (one wake-up per 20 ms under
-//! load); lines held on the daemon's heap meanwhile died with it when it was
-//! killed. In the mapping they outlive the process (the file is on tmpfs,
-//! `/run/airlock`, and lasts until reboot), and the next start writes them
-//! to the log before anything else.
+//! The writer batches its writes to the log (one wake-up per 100 ms or
+//! 256 KiB under load); lines held on the daemon's heap meanwhile died
+//! with it when it was killed. In the mapping they outlive the process
+//! (the file is on tmpfs, `/run/airlock`, and lasts until reboot), and the
+//! next start writes them to the log before anything else.
 //!
 //! Appending is a copy into memory, as it was into the heap: no system call
 //! on the request's path. The writer writes straight from the mapping and
@@ -49,8 +49,8 @@ pub const CAPACITY: u64 = 16 << 20;
 const MAX_CAPACITY: u64 = 1 << 30;
 const PAGE: u64 = 4096;
 /// How far ahead of the appender the writer keeps pages allocated: at
-/// 40k records/s, about 70 ms of lines, where a full batch (64 KiB) wakes
-/// the writer.
+/// 40k records/s, about 70 ms of lines: four full batches (256 KiB, which
+/// wakes the writer at once).
 const AHEAD: u64 = 1 << 20;
 
 /// Header fields, each a u64 at this byte offset.
