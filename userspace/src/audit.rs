@@ -172,9 +172,10 @@ pub const BACKLOG_LIMIT: usize = 16_384;
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Pending lines this long are written without waiting out the pause. It
 /// bounds the lines resident in the journal and the length of one write:
-/// at 40k requests/s, 20 ms of lines. (Writes of 300 KB and more held the
-/// proxy's core long enough to show in its 32-connection p99.)
-const BATCH_BYTES: usize = 256 * 1024;
+/// at 40k requests/s, 10 ms of lines. (Writes of 300 KB held the proxy's
+/// core long enough to show in its 32-connection p99, and 256 KiB did no
+/// better on one connection than this.)
+const BATCH_BYTES: usize = 128 * 1024;
 /// How often a failed write is tried again.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 

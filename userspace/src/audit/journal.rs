@@ -1,7 +1,7 @@
 //! Where audit lines wait for the writer: a ring in a file mapped shared,
 //! so that a line is in the kernel's keeping the moment it is recorded.
 //! The writer batches its writes to the log (one wake-up per 100 ms or
-//! 256 KiB under load); lines held on the daemon's heap meanwhile died
+//! 128 KiB under load); lines held on the daemon's heap meanwhile died
 //! with it when it was killed. In the mapping they outlive the process
 //! (the file is on tmpfs, `/run/airlock`, and lasts until reboot), and the
 //! next start writes them to the log before anything else.
@@ -49,7 +49,7 @@ pub const CAPACITY: u64 = 16 << 20;
 const MAX_CAPACITY: u64 = 1 << 30;
 const PAGE: u64 = 4096;
 /// How far ahead of the appender the writer keeps pages allocated: at
-/// 40k records/s, about 70 ms of lines: four full batches (256 KiB, which
+/// 40k records/s, about 70 ms of lines: eight full batches (128 KiB, which
 /// wakes the writer at once).
 const AHEAD: u64 = 1 << 20;
 
