@@ -476,8 +476,8 @@ fn audit_records_outlive_a_killed_daemon_and_are_written_once() {
         "",
     );
     // A burst on one connection, and SIGKILL the moment it is answered:
-    // the writer lets records gather for up to 100 ms, so the last ones are not
-    // in the log yet when the daemon dies.
+    // the writer lets records gather for up to 100 ms, so the last ones
+    // are not in the log yet when the daemon dies.
     let urls: Vec<String> = (0..40)
         .map(|i| format!("https://api.example.test:{}/hello?burst={i}", up.port))
         .collect();
