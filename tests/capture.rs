@@ -1649,3 +1649,45 @@ asyncio.run(main())
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A daemon started from a shell or a container gets a soft limit on open
+/// files as low as 1,024 (here 256), and every agent connection takes two
+/// of them. The daemon raises the soft limit to the hard one, so an agent
+/// holding more connections than that at once gets every one answered
+/// instead of waiting on an `accept` that fails.
+#[test]
+fn more_connections_are_held_at_once_than_the_soft_limit_on_open_files_allows() {
+    const SOFT_LIMIT: u64 = 256;
+    const HELD: u64 = 400;
+    let server = TagServer::start("127.0.0.1:0", "held");
+    let policy = capture_policy(&[format!("127.0.0.1/32:{}", server.addr.port())]);
+    let d = Daemon::start_with_open_files(
+        DaemonOptions::with_policy("capture.yaml", &policy),
+        Some(SOFT_LIMIT),
+    );
+    // Every connection is opened and answered before any is closed, then
+    // each echoes once more: all of them are open in the daemon together.
+    let src = format!(
+        r#"
+import socket
+socks = [socket.create_connection(('127.0.0.1', {port}), timeout=10) for _ in range({HELD})]
+files = [s.makefile('rb') for s in socks]
+tags = sum(1 for f in files if f.readline().strip() == b'held')
+for s in socks:
+    s.sendall(b'ping\n')
+echoes = sum(1 for f in files if f.readline().strip() == b'ping')
+print(tags, echoes)
+"#,
+        port = server.addr.port()
+    );
+    let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{HELD} {HELD}"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(server.accepted(), HELD as usize);
+    assert!(!d.log_text().contains("accept failed"), "{}", d.log_text());
+}

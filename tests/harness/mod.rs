@@ -89,6 +89,30 @@ fn confine_to_cpu(cmd: &mut Command, cpu: usize) {
     }
 }
 
+/// Starts the child with this soft limit on open files, its hard limit
+/// unchanged, as a login shell or a container would hand it.
+fn limit_open_files(cmd: &mut Command, soft: u64) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only getrlimit and setrlimit run, which
+    // are async-signal-safe; the rlimit lives on the child's stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = soft.min(limit.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 static NEXT_ID: AtomicU16 = AtomicU16::new(0);
 
 pub struct DaemonOptions {
@@ -117,10 +141,18 @@ pub struct Daemon {
     pub policy_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// The soft limit on open files the daemon is started with, when a
+    /// test sets one.
+    open_files: Option<u64>,
 }
 
 impl Daemon {
     pub fn start(opts: DaemonOptions) -> Daemon {
+        Self::start_with_open_files(opts, None)
+    }
+
+    /// Starts the daemon with this soft limit on open files.
+    pub fn start_with_open_files(opts: DaemonOptions, open_files: Option<u64>) -> Daemon {
         require_root();
         let id = format!(
             "{}-{}",
@@ -166,6 +198,7 @@ impl Daemon {
             policy_dir,
             child: None,
             log,
+            open_files,
         };
         daemon.spawn();
         daemon
@@ -187,6 +220,9 @@ impl Daemon {
             .stderr(log);
         if let Some(cpu) = daemon_cpu() {
             confine_to_cpu(&mut cmd, cpu);
+        }
+        if let Some(soft) = self.open_files {
+            limit_open_files(&mut cmd, soft);
         }
         let child = cmd.spawn().expect("start airlock daemon");
         self.child = Some(child);

@@ -4,6 +4,7 @@
 mod admin;
 mod dns_view;
 mod notify;
+mod open_files;
 mod status;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -64,6 +65,22 @@ fn runtime_shape() -> String {
 }
 
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let open_files = match open_files::raise() {
+        Ok(files) => {
+            if files.is_low() {
+                warn!(
+                    open_files = files.now,
+                    "the limit on open files lets the proxy hold only about {} agent connections at once; raise the hard limit (LimitNOFILE= in the unit, or `ulimit -Hn` before starting)",
+                    files.connections()
+                );
+            }
+            Some(files.now)
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot raise the limit on open files; the proxy holds as many agent connections as the limit it was started with allows");
+            None
+        }
+    };
     let tree = CgroupTree::discover(&config.cgroup_root)?;
     ensure_outside(&tree)?;
     tree.ensure_root()?;
@@ -226,6 +243,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         cgroup = %tree.root.display(),
         ca = %ca_path.display(),
         runtime = %runtime_shape(),
+        open_files = %open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
         "airlock daemon ready"
     );
     notify::ready();

@@ -24,6 +24,8 @@ use crate::{
     policy::{Policy, PolicyStore, TcpMatch},
 };
 
+const ACCEPT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything a captured connection needs, shared by all of them.
 pub struct Proxy {
     pub conns: Arc<dyn ConnTable>,
@@ -40,6 +42,9 @@ pub struct Proxy {
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    // Out of descriptors, accept fails at once for as long as it lasts:
+    // one warning a second, not one per retry.
+    let mut warned: Option<(Instant, u64)> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -47,8 +52,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 tokio::spawn(async move { proxy.handle(stream, ClientAddr(peer)).await });
             }
             Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %err, "accept failed");
+                let failures = warned.map_or(0, |(_, n)| n) + 1;
+                match warned {
+                    Some((at, _)) if at.elapsed() < ACCEPT_WARNING_EVERY => {
+                        warned = Some((at, failures));
+                    }
+                    _ => {
+                        if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                            warn!(error = %err, failures, "accept failed: out of open files; agents' connections wait until some close (raise LimitNOFILE= in the unit)");
+                        } else {
+                            warn!(error = %err, failures, "accept failed");
+                        }
+                        warned = Some((Instant::now(), 0));
+                    }
+                }
+                // Back off instead of spinning.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
