@@ -1691,3 +1691,111 @@ print(tags, echoes)
     assert_eq!(server.accepted(), HELD as usize);
     assert!(!d.log_text().contains("accept failed"), "{}", d.log_text());
 }
+
+/// One agent cannot take the proxy from the others: past
+/// `max_connections_per_agent` its connections are closed as they arrive,
+/// and recorded; another agent's are answered all the while; and closing
+/// some makes room again.
+#[test]
+fn an_agent_at_its_connection_limit_is_refused_more_and_others_are_not() {
+    const LIMIT: usize = 20;
+    const OVER: usize = 5;
+    let server = TagServer::start("127.0.0.1:0", "held");
+    let rule = format!("127.0.0.1/32:{}", server.addr.port());
+    let policy_for = |agent: &str| format!("agent: {agent}\ntcp:\n  - \"{rule}\"\n");
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![
+            ("alpha.yaml".into(), policy_for("alpha")),
+            ("beta.yaml".into(), policy_for("beta")),
+        ],
+        extra_config: format!("max_connections_per_agent: {LIMIT}\n"),
+    });
+    let go_on = d.dir.path().join("go-on");
+    // alpha fills its share, tries OVER more, and holds what it has until
+    // the test lets it go on; then it closes OVER and opens OVER again.
+    let alpha_src = format!(
+        r#"
+import os, socket, sys, time
+def dial():
+    s = socket.create_connection(('127.0.0.1', {port}), timeout=10)
+    try:
+        return s, s.makefile('rb').readline().strip() == b'held'
+    except ConnectionResetError:
+        return s, False
+held = [dial() for _ in range({LIMIT})]
+extra = [dial() for _ in range({OVER})]
+print('answered', sum(ok for _, ok in held), 'refused', sum(not ok for _, ok in extra), flush=True)
+deadline = time.time() + 30
+while not os.path.exists({go_on:?}) and time.time() < deadline:
+    time.sleep(0.05)
+for s, _ in held[:{OVER}]:
+    s.close()
+time.sleep(0.5)
+again = [dial() for _ in range({OVER})]
+print('again', sum(ok for _, ok in again), flush=True)
+"#,
+        port = server.addr.port(),
+        go_on = go_on.display().to_string(),
+    );
+    let mut alpha = std::process::Command::new(harness::AIRLOCK)
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .args([
+            "--agent", "alpha", "--user", "nobody", "--", PY, "-c", &alpha_src,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("airlock run alpha");
+    let mut alpha_out = std::io::BufReader::new(alpha.stdout.take().expect("alpha stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut alpha_out, &mut first).expect("alpha's first line");
+    assert_eq!(first.trim(), format!("answered {LIMIT} refused {OVER}"));
+
+    // While alpha holds its limit, status says so and beta is served.
+    let status = d.status().expect("status");
+    let alpha_status = status["agents"]
+        .as_array()
+        .and_then(|agents| agents.iter().find(|a| a["agent"] == "alpha"))
+        .cloned()
+        .expect("alpha in status");
+    assert_eq!(alpha_status["live_connections"], LIMIT as u64);
+    assert_eq!(alpha_status["connection_limit"], LIMIT as u64);
+    let beta_src = format!(
+        r#"
+import socket
+socks = [socket.create_connection(('127.0.0.1', {port}), timeout=10) for _ in range({OVER})]
+print(sum(1 for s in socks if s.makefile('rb').readline().strip() == b'held'))
+"#,
+        port = server.addr.port()
+    );
+    let beta = d.run_agent("beta", &[PY, "-c", &beta_src]);
+    assert_eq!(
+        stdout(&beta).trim(),
+        OVER.to_string(),
+        "{}",
+        describe(&beta)
+    );
+
+    std::fs::write(&go_on, "").expect("let alpha go on");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut alpha_out, &mut rest).expect("alpha's output");
+    let status = alpha.wait().expect("alpha exits");
+    assert!(status.success(), "alpha: {status}");
+    assert_eq!(rest.trim(), format!("again {OVER}"));
+
+    d.wait_audit("of an agent's last connection", |r| {
+        r["agent"] == "alpha" && r["action"] == "allow"
+    });
+    let refusals = d
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["reason"] == "too_many_connections")
+        .collect::<Vec<_>>();
+    assert_eq!(refusals.len(), OVER, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r["agent"] == "alpha" && r["action"] == "deny")
+    );
+}

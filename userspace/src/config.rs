@@ -62,6 +62,7 @@ const KEYS: &[&str] = &[
     "rotate_grace_secs",
     "agent_tls_resumption",
     "private_upstreams_from_dns",
+    "max_connections_per_agent",
 ];
 
 /// serde's message, without the position our prefix gives; an unknown key
@@ -115,6 +116,7 @@ struct RawConfig {
     rotate_grace_secs: Option<u64>,
     agent_tls_resumption: Option<bool>,
     private_upstreams_from_dns: Option<bool>,
+    max_connections_per_agent: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +166,10 @@ pub struct Config {
     /// `false` refuses such answers as loopback and link-local always are,
     /// for hosts whose agents must reach only the internet.
     pub private_upstreams_from_dns: bool,
+    /// Connections one agent may hold through the proxy at once; more are
+    /// closed as they arrive. Each costs the daemon about 50 KiB and two
+    /// open files, so that one agent cannot take them from the others.
+    pub max_connections_per_agent: u64,
 }
 
 impl Default for Config {
@@ -186,6 +192,7 @@ impl Default for Config {
             rotate_grace_secs: 3600,
             agent_tls_resumption: true,
             private_upstreams_from_dns: true,
+            max_connections_per_agent: 1024,
         }
     }
 }
@@ -258,7 +265,14 @@ impl Config {
         take!(rotate_grace_secs);
         take!(agent_tls_resumption);
         take!(private_upstreams_from_dns);
+        take!(max_connections_per_agent);
         cfg.approval_webhook = raw.approval_webhook;
+        if cfg.max_connections_per_agent == 0 {
+            problems.push(
+                "max_connections_per_agent: must be at least 1 (an agent needs a connection to reach anything)"
+                    .into(),
+            );
+        }
         if cfg.proxy_port == 0 {
             problems.push("proxy_port: must be 1-65535".into());
         }
@@ -363,7 +377,7 @@ mod tests {
         let err = parse("zzzz: 1\n").expect_err("unknown");
         assert!(
             err.to_string()
-                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns)"),
+                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent)"),
             "{err}"
         );
         let err = parse("proxy_port: abc\n").expect_err("a string");
@@ -409,6 +423,33 @@ mod tests {
         let err = parse("private_upstreams_from_dns: nope\n").expect_err("not a boolean");
         let text = err.to_string();
         assert!(text.starts_with("/etc/airlock/airlock.yaml:1:"), "{text}");
+    }
+
+    /// The config the installer writes says its values are the defaults.
+    #[test]
+    fn the_installed_config_holds_the_defaults() {
+        let installed = parse(include_str!("../../xtask/src/default-config.yaml"))
+            .expect("the installed config parses");
+        assert_eq!(format!("{installed:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn an_agent_connection_limit_of_zero_is_refused() {
+        assert_eq!(Config::default().max_connections_per_agent, 1024);
+        let cfg = parse("max_connections_per_agent: 64\n").expect("valid config");
+        assert_eq!(cfg.max_connections_per_agent, 64);
+        let err = parse("max_connections_per_agent: 0\n").expect_err("zero");
+        assert!(
+            err.to_string().starts_with(
+                "/etc/airlock/airlock.yaml: max_connections_per_agent: must be at least 1"
+            ),
+            "{err}"
+        );
+        let err = parse("max_connections_per_agent: -1\n").expect_err("negative");
+        assert!(
+            err.to_string().starts_with("/etc/airlock/airlock.yaml:1:"),
+            "{err}"
+        );
     }
 
     #[test]

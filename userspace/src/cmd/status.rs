@@ -109,6 +109,16 @@ fn human(s: &serde_json::Value) -> String {
                     a["live_connections"],
                     a["policy"].as_str().unwrap_or("NONE (no egress)")
                 ));
+                if let (Some(live), Some(limit)) = (
+                    a["live_connections"].as_u64(),
+                    a["connection_limit"].as_u64(),
+                ) && live >= limit
+                {
+                    out.push(format!(
+                        "  {:<20} AT ITS LIMIT of {limit} connections: more are refused until some close (max_connections_per_agent)",
+                        ""
+                    ));
+                }
                 if let Some(n) = a["unconfined_processes"].as_u64().filter(|n| *n > 0) {
                     out.push(format!(
                         "  {:<20} UNCONFINED: {n} process(es) without a system call filter (placed without `airlock run`?): they may open sockets the hooks never see (AF_VSOCK, io_uring); see README, Run an agent",

@@ -26,7 +26,7 @@ use crate::{
     metrics::{self, Metrics},
     policy::PolicyStore,
     proxy::{self, Proxy, listener},
-    proxy::{Credentials, Intercept, LiveConns},
+    proxy::{Credentials, Intercept, LiveConns, LogGate},
     ratelimit::RateLimiter,
     upstream_tls,
     vault::Vault,
@@ -174,10 +174,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         audit: audit.clone(),
         resolver: resolver.clone(),
     });
-    let live = Arc::new(LiveConns::default());
+    let live = Arc::new(LiveConns::new(config.max_connections_per_agent));
     let proxy = Arc::new(Proxy {
         intercept,
         live: live.clone(),
+        over_limit: LogGate::every(Duration::from_secs(1)),
         conns,
         agents: agents.clone(),
         policies: policies.clone(),

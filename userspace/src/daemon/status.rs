@@ -49,6 +49,7 @@ impl StatusSource {
                     "cgroup_id": id,
                     "policy": self.policies.get(&name).map(|p| p.source.display().to_string()),
                     "live_connections": live.get(&*name).copied().unwrap_or(0),
+                    "connection_limit": self.live.limit(),
                     "unconfined_processes": processes
                         .get(&name)
                         .map_or(0, |pids| pids.iter().filter(|pid| !has_syscall_filter(**pid)).count()),

@@ -4,13 +4,14 @@ use std::{
     cell::RefCell,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::{
+    log_gate::LogGate,
     orig_dst::{ClientAddr, Origin},
     peek::{self, FirstBytes},
     relay,
@@ -23,8 +24,6 @@ use crate::{
     metrics::Metrics,
     policy::{Policy, PolicyStore, TcpMatch},
 };
-
-const ACCEPT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything a captured connection needs, shared by all of them.
 pub struct Proxy {
@@ -39,12 +38,13 @@ pub struct Proxy {
     pub own_ports: Vec<u16>,
     pub intercept: Arc<super::Intercept>,
     pub live: Arc<super::LiveConns>,
+    /// Gates the warning for connections over an agent's limit.
+    pub over_limit: LogGate,
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    // Out of descriptors, accept fails at once for as long as it lasts:
-    // one warning a second, not one per retry.
-    let mut warned: Option<(Instant, u64)> = None;
+    // Out of descriptors, accept fails at once for as long as it lasts.
+    let gate = LogGate::every(Duration::from_secs(1));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -52,22 +52,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 tokio::spawn(async move { proxy.handle(stream, ClientAddr(peer)).await });
             }
             Err(err) => {
-                let failures = warned.map_or(0, |(_, n)| n) + 1;
-                match warned {
-                    Some((at, _)) if at.elapsed() < ACCEPT_WARNING_EVERY => {
-                        warned = Some((at, failures));
-                    }
-                    _ => {
-                        if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                            warn!(error = %err, failures, "accept failed: out of open files; agents' connections wait until some close (raise LimitNOFILE= in the unit)");
-                        } else {
-                            warn!(error = %err, failures, "accept failed");
-                        }
-                        warned = Some((Instant::now(), 0));
+                if let Some(held_back) = gate.open() {
+                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        warn!(error = %err, held_back, "accept failed: out of open files; agents' connections wait until some close (raise LimitNOFILE= in the unit)");
+                    } else {
+                        warn!(error = %err, held_back, "accept failed");
                     }
                 }
                 // Back off instead of spinning.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
@@ -82,6 +75,7 @@ enum Refusal {
     AirlockPort,
     NoRule,
     AuditUnavailable,
+    TooManyConnections,
 }
 
 impl Refusal {
@@ -93,6 +87,7 @@ impl Refusal {
             Refusal::AirlockPort => "airlock_port",
             Refusal::NoRule => "no_rule",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -130,7 +125,10 @@ impl Proxy {
                 );
                 return;
             }
-            let _live = self.live.enter(agent.clone());
+            let Some(_live) = self.live.enter(agent.clone()) else {
+                self.refuse_over_limit(&origin, &agent, client);
+                return;
+            };
             if origin.dst.0.port() == 53 {
                 self.metrics.connection(&agent, "dns");
                 let _ = self
@@ -266,6 +264,25 @@ impl Proxy {
             record.dst = o.dst.0.to_string().into();
         }
         record
+    }
+
+    /// An agent at `max_connections_per_agent`: each connection past it
+    /// is refused and recorded; the warning comes once a second, since an
+    /// agent that loops on connect would otherwise fill the daemon's log.
+    fn refuse_over_limit(&self, origin: &Origin, agent: &Arc<str>, client: ClientAddr) {
+        if let Some(held_back) = self.over_limit.open() {
+            warn!(
+                limit = self.live.limit(),
+                held_back,
+                "agent holds as many connections as max_connections_per_agent allows; refusing more until some close"
+            );
+        }
+        self.refuse(
+            Some(origin),
+            Some(agent),
+            client,
+            Refusal::TooManyConnections,
+        );
     }
 
     fn refuse(

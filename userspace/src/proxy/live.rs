@@ -1,5 +1,6 @@
-//! The connections each agent holds open right now, for `airlock status`.
-//! A guard per connection: the count cannot drift, whichever way the
+//! The connections each agent holds open right now: for `airlock status`,
+//! and to hold each agent to its share (`max_connections_per_agent`). A
+//! guard per connection: the count cannot drift, whichever way the
 //! connection ends.
 
 use std::{
@@ -7,9 +8,10 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-#[derive(Default)]
 pub struct LiveConns {
     by_agent: Mutex<HashMap<Arc<str>, u64>>,
+    /// Connections one agent may hold at once.
+    limit: u64,
 }
 
 /// Counts one connection of `agent` until dropped.
@@ -19,12 +21,30 @@ pub struct LiveGuard {
 }
 
 impl LiveConns {
-    pub fn enter(self: &Arc<Self>, agent: Arc<str>) -> LiveGuard {
-        *self.lock().entry(agent.clone()).or_insert(0) += 1;
-        LiveGuard {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            by_agent: Mutex::default(),
+            limit,
+        }
+    }
+
+    /// Counts one more connection of `agent`, unless it holds its limit
+    /// already.
+    pub fn enter(self: &Arc<Self>, agent: Arc<str>) -> Option<LiveGuard> {
+        let mut map = self.lock();
+        let n = map.entry(agent.clone()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(LiveGuard {
             table: self.clone(),
             agent,
-        }
+        })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Agent -> open connections; agents with none are absent.
@@ -59,10 +79,10 @@ mod tests {
 
     #[test]
     fn counts_follow_the_guards() {
-        let live = Arc::new(LiveConns::default());
-        let a = live.enter("bot".into());
-        let b = live.enter("bot".into());
-        let c = live.enter("other".into());
+        let live = Arc::new(LiveConns::new(10));
+        let a = live.enter("bot".into()).expect("under the limit");
+        let b = live.enter("bot".into()).expect("under the limit");
+        let c = live.enter("other".into()).expect("under the limit");
         assert_eq!(live.snapshot().get("bot"), Some(&2));
         drop(a);
         drop(c);
@@ -70,5 +90,28 @@ mod tests {
         assert_eq!(live.snapshot().get("other"), None);
         drop(b);
         assert!(live.snapshot().is_empty());
+    }
+
+    #[test]
+    fn an_agent_at_its_limit_gets_no_more_until_one_closes() {
+        let live = Arc::new(LiveConns::new(2));
+        let a = live.enter("bot".into()).expect("first");
+        let _b = live.enter("bot".into()).expect("second");
+        assert!(
+            live.enter("bot".into()).is_none(),
+            "a third over a limit of 2"
+        );
+        assert_eq!(
+            live.snapshot().get("bot"),
+            Some(&2),
+            "a refusal is not counted"
+        );
+        // Another agent's share is its own.
+        let _c = live.enter("other".into()).expect("another agent");
+        drop(a);
+        assert!(
+            live.enter("bot".into()).is_some(),
+            "room again after a close"
+        );
     }
 }
