@@ -20,6 +20,7 @@ use clap::Args;
 use super::{
     Binaries,
     daemon::BenchDaemon,
+    held,
     meter::{Meter, cpu_busy_usec, status_kib},
     origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
     peer::Peer,
@@ -45,6 +46,10 @@ pub struct HttpArgs {
     /// Leave out the peer (nginx as a TLS reverse proxy on Airlock's core).
     #[arg(long)]
     no_peer: bool,
+    /// Connections the `held` scenario holds open at once (at most the
+    /// daemon's max_connections_per_agent).
+    #[arg(long, default_value_t = 500)]
+    held: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -63,6 +68,9 @@ enum Kind {
     /// terminated): what capture and a byte relay on the other core cost,
     /// the floor under any intercepting proxy in this layout.
     Relay,
+    /// Connections held open at once, one request on each: the proxy's
+    /// memory per connection an agent holds (Python's ssl as the client).
+    Held,
 }
 
 /// The daemon's resident set, split into heap and mapped files (mostly
@@ -207,8 +215,11 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("airlock-bench-http-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let origin = Origin::start(&dir, load_cpu)?;
+    // The meters first, so that on an early return the processes they
+    // measure are ended (dropped) before their cgroups are removed.
     let origin_meter = Meter::create("origin")?;
+    let proxy_meter = Meter::create("proxy")?;
+    let origin = Origin::start(&dir, load_cpu)?;
     origin_meter.adopt(origin.pid())?;
 
     let policy = format!(
@@ -226,7 +237,6 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
         &extra,
         Some(proxy_cpu),
     )?;
-    let proxy_meter = Meter::create("proxy")?;
     proxy_meter.adopt(daemon.pid())?;
     let airlock_ca = daemon.ca_path()?;
     let peer = if args.no_peer {
@@ -394,6 +404,11 @@ impl Bench {
             after.show(),
             peer_rss("VmRSS")?
         ));
+        // Last: the connections it holds would raise the peak and the
+        // resident set the rows above report.
+        if wanted(Kind::Held) {
+            rows.push(self.held_row(args.held)?);
+        }
 
         println!(
             "\nHTTPS, {} -> nginx (1 worker, no session resumption); Airlock with agent TLS resumption off; {} rounds, medians",
@@ -412,6 +427,50 @@ impl Bench {
             println!("{r}");
         }
         Ok(())
+    }
+
+    /// Airlock's, and the peer's, resident set per connection held open.
+    fn held_row(&self, count: u32) -> anyhow::Result<String> {
+        let python = on_path("python3").context("python3 is not installed")?;
+        let on_load_core = |mut cmd: Command| {
+            cmd.args(["-c", &self.load_cpu.to_string()]).arg(&python);
+            cmd
+        };
+        let origin_port = self.origin.port.to_string();
+        let airlock = held::measure(
+            on_load_core(self.daemon.agent(AGENT, &self.taskset)),
+            self.daemon.pid(),
+            [
+                HOST,
+                &origin_port,
+                &self.airlock_ca.to_string_lossy(),
+                SMALL_PATH,
+            ],
+            count,
+        )?;
+        let peer = match &self.peer {
+            Some((peer, _)) => {
+                let held = held::measure(
+                    on_load_core(Command::new(&self.taskset)),
+                    peer.pid(),
+                    [
+                        HOST,
+                        &peer.port.to_string(),
+                        &self.origin.ca.to_string_lossy(),
+                        SMALL_PATH,
+                    ],
+                    count,
+                )?;
+                format!("{:.1} KiB", held.per_connection_kib(count))
+            }
+            None => String::new(),
+        };
+        Ok(format!(
+            "| held open, {count} conn | proxy RSS per connection held (VmRSS while held, less before: {:.1} → {:.1} MiB) | | {:.1} KiB | | {peer} | |",
+            mib(airlock.before),
+            mib(airlock.held),
+            airlock.per_connection_kib(count),
+        ))
     }
 
     fn scenario<'a>(

@@ -9,6 +9,7 @@
 
 mod connect;
 mod daemon;
+mod held;
 mod http;
 mod meter;
 mod origin;
