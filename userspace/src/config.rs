@@ -167,8 +167,9 @@ pub struct Config {
     /// for hosts whose agents must reach only the internet.
     pub private_upstreams_from_dns: bool,
     /// Connections one agent may hold through the proxy at once; more are
-    /// closed as they arrive. Each costs the daemon about 50 KiB and two
-    /// open files, so that one agent cannot take them from the others.
+    /// closed as they arrive. Each costs the daemon about 55 KiB and two
+    /// open files; the limit keeps one agent from taking them from the
+    /// others.
     pub max_connections_per_agent: u64,
 }
 
