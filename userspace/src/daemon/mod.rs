@@ -67,6 +67,13 @@ fn runtime_shape() -> String {
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let open_files = match open_files::raise() {
         Ok(files) => {
+            if files.before < files.now {
+                info!(
+                    from = files.before,
+                    to = files.now,
+                    "raised the soft limit on open files to the hard limit"
+                );
+            }
             if files.is_low() {
                 warn!(
                     open_files = files.now,
