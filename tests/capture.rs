@@ -1761,6 +1761,14 @@ print('again', sum(ok for _, ok in again), flush=True)
         .expect("alpha in status");
     assert_eq!(alpha_status["live_connections"], LIMIT as u64);
     assert_eq!(alpha_status["connection_limit"], LIMIT as u64);
+    // And the metrics, for an alert before the limit is reached.
+    let metrics = d.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "airlock_live_connections{{agent=\"alpha\"}} {LIMIT}\n"
+        )) && metrics.contains(&format!("airlock_connection_limit_per_agent {LIMIT}\n")),
+        "{metrics}"
+    );
     let beta_src = format!(
         r#"
 import socket
@@ -1783,6 +1791,19 @@ print(sum(1 for s in socks if s.makefile('rb').readline().strip() == b'held'))
     let status = alpha.wait().expect("alpha exits");
     assert!(status.success(), "alpha: {status}");
     assert_eq!(rest.trim(), format!("again {OVER}"));
+    // Once alpha is gone, so are its connections, from the metrics too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d
+        .metrics()
+        .contains("airlock_live_connections{agent=\"alpha\"}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alpha's connections still counted 10 s after it exited:\n{}",
+            d.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     d.wait_audit("of an agent's last connection", |r| {
         r["agent"] == "alpha" && r["action"] == "allow"

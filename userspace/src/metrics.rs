@@ -1,13 +1,13 @@
 //! Prometheus metrics (prefix `airlock_`), served as text on metrics_addr.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tracing::warn;
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub bpf_redirects: IntCounter,
     pub dns_queries: IntCounterVec,
     audit: AuditMetrics,
+    /// Connections each agent holds open, and the most it may: to alert on
+    /// an agent near `max_connections_per_agent`. Read at each scrape.
+    live_connections: IntGaugeVec,
+    connection_limit: IntGauge,
 }
 
 /// The audit log's health, mirrored from [`AuditState`] at each scrape:
@@ -101,7 +105,28 @@ impl Metrics {
                 "Failed syncs of the audit log to disk: records written before one may be missing from the disk",
             )?,
         };
+        let live_connections = register(
+            &registry,
+            "live_connections",
+            IntGaugeVec::new(
+                Opts::new(
+                    "live_connections",
+                    "Connections each agent holds open through the proxy",
+                ),
+                &["agent"],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "live_connections",
+                source,
+            })?,
+        )?;
+        let connection_limit = gauge(
+            "connection_limit_per_agent",
+            "Connections one agent may hold open at once (max_connections_per_agent); more are refused",
+        )?;
         let m = Metrics {
+            live_connections,
+            connection_limit,
             connections: register(
                 &registry,
                 "connections_total",
@@ -205,6 +230,19 @@ impl Metrics {
             .set(i64::try_from(state.backlog).unwrap_or(i64::MAX));
         mirror(&audit.lost_records, state.lost_records);
         mirror(&audit.sync_failures, state.sync_failures);
+    }
+
+    /// Mirrors the proxy's count of open connections per agent; agents
+    /// with none drop out of the export.
+    pub fn set_live_connections(&self, by_agent: &BTreeMap<String, u64>, limit: u64) {
+        self.live_connections.reset();
+        for (agent, n) in by_agent {
+            self.live_connections
+                .with_label_values(&[agent.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        self.connection_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     pub fn render(&self) -> Vec<u8> {

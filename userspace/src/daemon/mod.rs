@@ -212,12 +212,14 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let refresh_kernel = kernel.clone();
     let refresh_metrics = metrics.clone();
     let refresh_audit = audit.clone();
+    let refresh_live = live.clone();
     tokio::spawn(metrics::serve(
         metrics_listener,
         metrics.clone(),
         Arc::new(move || {
             refresh_metrics.set_bpf_redirects(refresh_kernel.stats.get(Stat::TcpRedirected));
             refresh_metrics.set_audit(&refresh_audit.state());
+            refresh_metrics.set_live_connections(&refresh_live.snapshot(), refresh_live.limit());
         }),
     ));
     let status = Arc::new(status::StatusSource {
