@@ -1534,7 +1534,19 @@ fn a_cgroup_root_made_anew_is_guarded_again_before_an_agent_runs_in_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = d.status().expect("status");
+    // The loader, a child process, attaches the programs before the daemon
+    // hears back from it and counts the attach: wait for the count too.
+    let status = loop {
+        let status = d.status().expect("status");
+        if status["hooks_reattached"] != 0 {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the programs are attached again, but status does not say so: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(status["healthy"], true, "{status}");
     // Status tells what happened: attached again, once, and when.
     assert_eq!(status["hooks_reattached"], 1, "{status}");
