@@ -565,8 +565,8 @@ print(got)
 /// Sockets made outside the agent's cgroup are not captured: one inherited
 /// from whoever ran `airlock run`, or taken from a process of the same user
 /// outside (`pidfd_getfd`), would be a way around the proxy, as would a
-/// process outside that listens on an abstract Unix socket or takes
-/// signals from the agent.
+/// process outside that listens on an abstract Unix socket, takes signals
+/// from the agent, or has its memory written through `/proc/PID/mem`.
 #[test]
 fn an_agent_gets_no_socket_made_outside_its_cgroup() {
     let d = Daemon::start(DaemonOptions::with_policy(
@@ -626,6 +626,11 @@ try:
     print('signal sent')
 except OSError as e:
     print('signal errno %d' % e.errno)
+try:
+    open('/proc/{pid}/mem', 'r+b', buffering=0).close()
+    print('memory opened')
+except OSError as e:
+    print('memory errno %d' % e.errno)
 "#,
         pid = holder.id(),
         their_fd = line.trim(),
@@ -639,14 +644,21 @@ except OSError as e:
     let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
     let _ = holder.kill();
     let _ = holder.wait();
-    // `run` says that the user also runs processes outside Airlock.
+    // `run` says that the user also runs processes outside Airlock, and
+    // not that the agent can write their memory: Landlock keeps it out.
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("also runs processes outside this agent's cgroup"),
+            .contains("also runs processes outside this agent's cgroup")
+            && !String::from_utf8_lossy(&out.stderr).contains("/proc/PID/mem"),
         "{}",
         describe(&out)
     );
-    for reached in ["taken", "abstract connected", "signal sent"] {
+    for reached in [
+        "taken",
+        "abstract connected",
+        "signal sent",
+        "memory opened",
+    ] {
         assert!(
             stdout(&outside).contains(reached),
             "{reached}: not even outside Airlock, so this would prove nothing:\n{}",
@@ -656,8 +668,9 @@ except OSError as e:
     assert_eq!(
         stdout(&out),
         format!(
-            "inherited closed\ngetfd errno {e}\nabstract errno {e}\nsignal errno {e}\n",
-            e = libc::EPERM
+            "inherited closed\ngetfd errno {e}\nabstract errno {e}\nsignal errno {e}\nmemory errno {mem}\n",
+            e = libc::EPERM,
+            mem = libc::EACCES
         ),
         "{}",
         describe(&out)

@@ -23,6 +23,12 @@
 //!   file a permission guards, and whoever listens on one outside (an X
 //!   server, a helper that relays) would act for the agent. Those the
 //!   agent's own processes make stay reachable to them.
+//! - **The memory of processes outside the agent** (any Landlock domain,
+//!   kernel 5.13 and later): `/proc/PID/mem` is a file, not a system call
+//!   seccomp could refuse, and needs only the same user; Landlock lets a
+//!   process in a domain reach into no process outside it. Before 6.12,
+//!   which has no scopes, the domain is made by handling one file access
+//!   right no agent needs (making block devices).
 //!
 //! Refused calls fail with EPERM, as the cgroup hooks' refusals do. The
 //! filter is inherited by every child and cannot be removed. A 32-bit
@@ -30,9 +36,10 @@
 //! memory that seccomp cannot read, so no rule could tell.
 //!
 //! Processes placed in an agent's cgroup by other means than `airlock
-//! run` (a systemd unit with `Slice=airlock.slice`) do not get this
-//! filter; such units set `RestrictAddressFamilies=AF_UNIX AF_INET
-//! AF_INET6 AF_NETLINK` themselves (README.md).
+//! run` (a systemd unit with `Slice=airlock.slice`) get neither the filter
+//! nor the domain; such units set `RestrictAddressFamilies=AF_UNIX AF_INET
+//! AF_INET6 AF_NETLINK` themselves, and run as a user of their own
+//! (README.md).
 
 use std::collections::BTreeMap;
 
@@ -107,24 +114,35 @@ fn with_x32(native: &[i64]) -> Vec<i64> {
     all
 }
 
-/// What Landlock made of the scopes on this kernel.
+/// What Landlock made of the agent's confinement on this kernel.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Scoped {
+    /// Scopes, and no reaching into processes outside.
     Enforced,
-    /// The kernel has no Landlock, or one before ABI 6, which has no scopes.
+    /// Landlock before ABI 6 (kernel 6.12): no scopes, but processes
+    /// outside are out of reach.
+    NoScopes,
+    /// No Landlock at all (before 5.13, or left out of `lsm=`).
     Unsupported,
 }
 
 /// Scopes the calling thread, and what it execs, to its own abstract Unix
-/// sockets and signals.
+/// sockets and signals, and puts it in a Landlock domain, which keeps it
+/// from `ptrace` and `/proc/PID/mem` of processes outside the domain.
 pub fn scope_to_self() -> Result<Scoped, landlock::RulesetError> {
-    use landlock::{Ruleset, RulesetAttr as _, RulesetStatus, Scope};
+    use landlock::{AccessFs, Ruleset, RulesetAttr as _, RulesetStatus, Scope};
+    // Without scopes (ABI 1 to 5) a ruleset must handle some file access
+    // to exist at all: making block devices, which takes a capability no
+    // agent should have, and is the one right handled here.
     let status = Ruleset::default()
+        .handle_access(AccessFs::MakeBlock)?
         .scope(Scope::AbstractUnixSocket | Scope::Signal)?
         .create()?
         .restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => Scoped::Enforced,
-        RulesetStatus::PartiallyEnforced | RulesetStatus::NotEnforced => Scoped::Unsupported,
+        RulesetStatus::PartiallyEnforced => Scoped::NoScopes,
+        RulesetStatus::NotEnforced => Scoped::Unsupported,
     })
 }
 
@@ -182,6 +200,44 @@ mod tests {
         // SAFETY: `fd` was just made here and is owned by no one else.
         unsafe { libc::close(fd) };
         0
+    }
+
+    /// Makes a block device node at `path`: the errno, or 0.
+    fn mknod_block(path: &std::path::Path) -> i32 {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: mknod(2) with a NUL-terminated path that outlives the
+        // call; the node made is never opened.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) };
+        if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+    }
+
+    /// The Landlock domain that keeps an agent out of other processes'
+    /// memory exists on kernels without scopes too, because the ruleset
+    /// handles making block devices: a thread so confined is refused one,
+    /// where the test's own thread (root) makes one.
+    #[test]
+    fn a_scoped_thread_is_in_a_landlock_domain_that_refuses_block_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let confined = dir.path().join("confined");
+        let seen = std::thread::spawn(move || {
+            let scoped = scope_to_self().expect("landlock");
+            (scoped, mknod_block(&confined))
+        })
+        .join()
+        .expect("the confined thread");
+        assert_eq!(seen, (Scoped::Enforced, libc::EACCES));
+        // Control: unconfined, the same call succeeds, so the EACCES above
+        // is Landlock's.
+        assert_eq!(
+            mknod_block(&dir.path().join("control")),
+            0,
+            "unconfined, no block device was made: this test needs root (CAP_MKNOD)"
+        );
     }
 
     /// Seccomp filters belong to the thread that installs them (without

@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    agent_syscalls::Scoped,
     cgroup::{CgroupTree, valid_agent_name},
     cli::RunArgs,
     daemon::{AdminRequest, admin_request},
@@ -84,8 +85,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let env = agent_env(&config, &args.agent)?;
     let dir = tree.enter(&args.agent, std::process::id())?;
+    // In this very thread, which execs the command: exec keeps the
+    // Landlock domain.
+    let scoped =
+        crate::agent_syscalls::scope_to_self().context("cannot confine the agent with Landlock")?;
+    match scoped {
+        Scoped::Enforced => {}
+        Scoped::NoScopes => eprintln!(
+            "airlock: warning: this kernel has no Landlock scopes (6.12 and later): the agent can reach abstract Unix sockets and signal processes outside it"
+        ),
+        Scoped::Unsupported => eprintln!(
+            "airlock: warning: this kernel has no Landlock (5.13 and later, with `landlock` in its `lsm=` list): the agent can reach abstract Unix sockets, signal processes outside it, and write to the memory of its user's other processes (/proc/PID/mem)"
+        ),
+    }
     if let Some(t) = &target {
-        warn_of_other_processes(t, &tree.mount, &dir);
+        warn_of_other_processes(t, &tree.mount, &dir, &scoped);
     }
     tracing::debug!(cgroup = %dir.display(), "joined agent cgroup");
 
@@ -113,15 +127,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             crate::agent_syscalls::install(&filter)
         });
     }
-    // Before exec, in this very thread: exec keeps the Landlock domain.
-    match crate::agent_syscalls::scope_to_self()
-        .context("cannot scope the agent to its own abstract sockets and signals")?
-    {
-        crate::agent_syscalls::Scoped::Enforced => {}
-        crate::agent_syscalls::Scoped::Unsupported => eprintln!(
-            "airlock: warning: this kernel has no Landlock scopes (6.12 and later): the agent can reach abstract Unix sockets and signal processes outside it"
-        ),
-    }
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run {:?}", args.command[0]))
 }
@@ -145,10 +150,17 @@ fn refuse_user_with_a_manager(target: &Target) -> anyhow::Result<()> {
 }
 
 /// A process of the agent's user outside the agent's cgroup is outside
-/// Airlock, and the agent may reach into it (`/proc/PID/mem` needs only the
-/// same user): said, not refused, since a user shared on purpose is the
-/// operator's choice.
-fn warn_of_other_processes(target: &Target, mount: &std::path::Path, agent_dir: &std::path::Path) {
+/// Airlock, and shares the agent's files: the agent may plant a script or
+/// setting it reads, or connect to a Unix socket it listens on, and have
+/// it reach the network instead. Without Landlock the agent may also write
+/// its memory (`/proc/PID/mem` needs only the same user). Said, not
+/// refused, since a user shared on purpose is the operator's choice.
+fn warn_of_other_processes(
+    target: &Target,
+    mount: &std::path::Path,
+    agent_dir: &std::path::Path,
+    scoped: &Scoped,
+) {
     let Ok(relative) = agent_dir.strip_prefix(mount) else {
         return;
     };
@@ -187,8 +199,13 @@ fn warn_of_other_processes(target: &Target, mount: &std::path::Path, agent_dir: 
     }
     if !outside.is_empty() {
         outside.truncate(5);
+        let memory = if *scoped == Scoped::Unsupported {
+            ", or write to their memory (/proc/PID/mem)"
+        } else {
+            ""
+        };
         eprintln!(
-            "airlock: warning: user {} also runs processes outside this agent's cgroup (pid {}): they are outside Airlock, and the agent can reach into them through /proc/PID/mem. Give the agent a user of its own (`useradd --system --no-create-home airlock-agent`)",
+            "airlock: warning: user {} also runs processes outside this agent's cgroup (pid {}): they are outside Airlock, and share the agent's files: the agent could plant a script or setting they read, or connect to a Unix socket they listen on, and have them reach the network for it{memory}. Give the agent a user of its own (`useradd --system --no-create-home airlock-agent`)",
             target.name,
             outside.join(", ")
         );
