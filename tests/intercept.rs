@@ -2059,3 +2059,57 @@ fn github_app_installation_tokens_are_fetched_with_a_signed_jwt() {
         .expect("the installation token was asked for");
     assert_eq!(token_request.method, "POST");
 }
+
+/// A crashed daemon dumps no core: a core is the process's memory, and the
+/// daemon's holds the master key and the secrets it has used, in the clear,
+/// wherever the host's `core_pattern` keeps cores. The harness starts every
+/// daemon allowed to dump one, as a host that keeps cores would.
+#[test]
+fn a_crashed_daemon_dumps_no_core() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let Setup { mut d, up } = setup("");
+    // The secret passes through the daemon's memory.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --fail-with-body -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
+                up.port
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        up.seen().last().and_then(|s| s.header("authorization")),
+        Some(format!("Bearer {SECRET}").as_str()),
+        "the secret was not swapped in"
+    );
+    let ended = d.crash();
+    assert_eq!(ended.signal(), Some(libc::SIGABRT), "{ended}");
+    assert!(!ended.core_dumped(), "the crashed daemon dumped a core");
+    let cores = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("core"))
+            .collect()
+    };
+    assert_eq!(cores(d.dir.path()), Vec::<String>::new());
+    // Control: a process started the same way, in the same directory, dumps
+    // one, so this host would have kept the daemon's.
+    let mut control = Command::new("sleep");
+    control.arg("30").current_dir(d.dir.path());
+    harness::allow_core_dumps(&mut control);
+    let mut control = control.spawn().expect("sleep");
+    // SAFETY: signalling a child this test started.
+    unsafe { libc::kill(control.id() as i32, libc::SIGABRT) };
+    let ended = control.wait().expect("wait");
+    assert!(
+        ended.core_dumped(),
+        "this host dumps no core even for a plain process (kernel.core_pattern: {:?}), so this would prove nothing",
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default()
+    );
+}

@@ -113,6 +113,27 @@ fn limit_open_files(cmd: &mut Command, soft: u64) {
     }
 }
 
+/// Starts the child allowed to dump a core of any size, as a host that
+/// keeps cores would have it: whether a process dumps one is then its own
+/// choice.
+pub fn allow_core_dumps(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only setrlimit runs, which is
+    // async-signal-safe; the rlimit lives on the child's stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let any = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &any) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 static NEXT_ID: AtomicU16 = AtomicU16::new(0);
 
 pub struct DaemonOptions {
@@ -212,8 +233,11 @@ impl Daemon {
             .open(&self.log)
             .expect("daemon log");
         let mut cmd = Command::new(AIRLOCK);
+        // In its own directory, where a core (were it to dump one) would be
+        // kept with the test's other files, not in the source tree.
         cmd.args(["daemon", "--config"])
             .arg(&self.config)
+            .current_dir(self.dir.path())
             .env("AIRLOCK_LOG", "info,airlock=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -224,6 +248,7 @@ impl Daemon {
         if let Some(soft) = self.open_files {
             limit_open_files(&mut cmd, soft);
         }
+        allow_core_dumps(&mut cmd);
         let child = cmd.spawn().expect("start airlock daemon");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -305,6 +330,27 @@ impl Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGABRT, as an abort (a failed assertion in a library, a panic
+    /// that aborts) ends it; returns how it ended. Not SIGSEGV: Rust's
+    /// handler for stack overflows swallows the first one sent by kill(2).
+    pub fn crash(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGABRT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not end on SIGABRT:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -14,6 +14,7 @@ mod cgroup;
 mod cli;
 mod cmd;
 mod config;
+mod core_dumps;
 mod creds;
 mod daemon;
 mod dns;
@@ -32,6 +33,17 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    // Every command but `run` may hold a key or a secret in memory; `run`
+    // becomes the agent, which holds placeholders only, and whose cores are
+    // its own.
+    if !matches!(cli.command, cli::Command::Run(_))
+        && let Err(err) = core_dumps::forbid()
+    {
+        eprintln!(
+            "airlock: cannot forbid core dumps, which would hold keys and secrets in the clear: {err}"
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
