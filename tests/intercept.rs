@@ -2113,3 +2113,93 @@ fn a_crashed_daemon_dumps_no_core() {
         std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default()
     );
 }
+
+/// A secret typed at a terminal is not shown as it is typed (it would stay
+/// on the screen, in the scrollback and in whatever records the session),
+/// and ends at Enter.
+#[test]
+fn a_secret_typed_at_a_terminal_is_not_echoed() {
+    const TYPED: &str = "typed-Value-9876543210fedcba";
+    let Setup { d, up } = setup("");
+    // Python drives `airlock secret set` on a pseudo-terminal as a person
+    // would: it waits for the prompt, types the value and Enter, and
+    // reports what the terminal showed, the value blotted out.
+    let driver = r#"
+import json, os, select, subprocess, sys, time
+value = sys.argv[1].encode()
+m, s = os.openpty()
+p = subprocess.Popen(sys.argv[2:], stdin=s, stdout=s, stderr=s, close_fds=True)
+os.close(s)
+shown = b''
+def pump(until, seconds):
+    global shown
+    end = time.time() + seconds
+    while time.time() < end and (until is None or until not in shown):
+        if select.select([m], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(m, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown += chunk
+pump(b'Enter ends it', 10)
+os.write(m, value + b'\n')
+pump(None, 3)
+print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
+                  'shown': shown.decode(errors='replace').replace(value.decode(), '<value>')}))
+"#;
+    let out = Command::new(PY)
+        .args([
+            "-c",
+            driver,
+            TYPED,
+            harness::AIRLOCK,
+            "secret",
+            "set",
+            "--config",
+        ])
+        .arg(&d.config)
+        .arg("api-token")
+        .output()
+        .expect("python");
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(
+        seen["echoed"], false,
+        "the terminal showed the value: {seen}"
+    );
+    assert_eq!(seen["rc"], 0, "{seen}");
+    let shown = seen["shown"].as_str().unwrap_or_default();
+    assert!(
+        shown.starts_with("value of secret api-token (not shown; Enter ends it): ")
+            && shown.contains("stored api-token"),
+        "{seen}"
+    );
+    // What was typed, and only that, is the secret now.
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --fail-with-body -o /dev/null -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
+                up.port
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let sent = up
+        .seen()
+        .last()
+        .and_then(|s| s.header("authorization").map(str::to_owned));
+    assert!(
+        sent.as_deref() == Some(&format!("Bearer {TYPED}")),
+        "the upstream did not receive the typed value (it got {})",
+        if sent.as_deref() == Some(&format!("Bearer {SECRET}")) {
+            "the value set before"
+        } else {
+            "something else"
+        }
+    );
+}

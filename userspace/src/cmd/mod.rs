@@ -4,6 +4,7 @@ mod approvals;
 mod ca;
 mod daemon;
 mod detach;
+mod hidden_line;
 mod kernel_attach;
 mod policy;
 mod run;

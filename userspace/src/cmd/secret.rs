@@ -1,4 +1,9 @@
-use std::{io::Read as _, path::Path, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal as _, Read as _},
+    path::Path,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -20,7 +25,7 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
             header,
         } => {
             let kind: SecretKind = kind.parse()?;
-            let value = read_value()?;
+            let value = read_value(&name, kind)?;
             let info = vault.set_with_header(
                 &name,
                 kind,
@@ -77,7 +82,15 @@ pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
         }
         SecretAction::Rotate { name, grace_secs } => {
             let grace = Duration::from_secs(grace_secs.unwrap_or(config.rotate_grace_secs));
-            let value = read_value()?;
+            let Some(kind) = vault
+                .list()?
+                .into_iter()
+                .find(|s| s.name == name)
+                .map(|s| s.kind)
+            else {
+                bail!("no secret named {name:?} to rotate (`airlock secret list` shows them)");
+            };
+            let value = read_value(&name, kind)?;
             let info = vault.rotate(&name, value, grace)?;
             tell_daemon(&config.admin_socket);
             println!(
@@ -112,11 +125,28 @@ fn tell_daemon(admin_socket: &Path) {
 }
 
 /// The value comes from stdin, never argv (argv is world-readable in /proc).
-fn read_value() -> anyhow::Result<Secret> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .context("reading the secret from standard input")?;
+/// At a terminal it is typed unseen, and ends at Enter.
+fn read_value(name: &str, kind: SecretKind) -> anyhow::Result<Secret> {
+    let mut buf = if std::io::stdin().is_terminal() {
+        if matches!(
+            kind,
+            SecretKind::Oauth2ClientCredentials | SecretKind::GithubApp
+        ) {
+            bail!(
+                "the value of a {kind} secret is a YAML document of several lines: give it on standard input, from a file (`... < {name}.yaml`) or a heredoc (README, Secret kinds)"
+            );
+        }
+        super::hidden_line::read(&format!(
+            "value of secret {name} (not shown; Enter ends it): "
+        ))
+        .context("reading the secret from the terminal")?
+    } else {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the secret from standard input")?;
+        buf
+    };
     // One trailing newline from `echo` or a heredoc is not part of it.
     if buf.last() == Some(&b'\n') {
         buf.pop();
