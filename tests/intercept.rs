@@ -2203,3 +2203,84 @@ print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
         }
     );
 }
+
+/// A policy file that another user can write is not trusted: an agent run
+/// as that user could grant itself anything. The daemon keeps the version
+/// it trusted and says why, `policy check` says the same, and once root
+/// alone can write the file again its content is taken.
+#[test]
+fn a_policy_file_others_can_write_is_refused_and_the_trusted_version_stays() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Setup { d, up } = setup("");
+    let get = |path: &str| {
+        let url = format!("https://api.example.test:{}{path}", up.port);
+        stdout(&d.run_agent_dns(
+            "web-bot",
+            &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        ))
+    };
+    assert_eq!(get("/hello"), "200");
+    assert_eq!(get("/widened"), "403");
+    let path = d.policy_dir.join("web-bot.yaml");
+    let chmod = |mode| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let errors = || d.status().expect("status")["policies"]["errors"].clone();
+    let wait_for = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let errors = errors();
+            if done(&errors) {
+                return errors;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {errors}\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Made writable by every user, then widened, as that user would.
+    chmod(0o666);
+    let good = std::fs::read_to_string(&path).expect("policy");
+    std::fs::write(
+        &path,
+        good.replace("paths: [\"/hello\",", "paths: [\"/widened\", \"/hello\","),
+    )
+    .expect("widen");
+    let reported = wait_for("the file was never refused", &|e| {
+        e.as_array().is_some_and(|e| !e.is_empty())
+    });
+    let reported = reported[0].as_str().unwrap_or_default();
+    assert!(
+        reported.starts_with(&format!(
+            "{}: the file is writable by every user (mode 0666)",
+            path.display()
+        )) && reported.contains("chmod go-w"),
+        "{reported}"
+    );
+    assert_eq!(get("/widened"), "403", "the widened policy took effect");
+    assert_eq!(
+        get("/hello"),
+        "200",
+        "the trusted version is no longer in force"
+    );
+    let out = std::process::Command::new(harness::AIRLOCK)
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .expect("policy check");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the file is writable by every user"),
+        "{}",
+        describe(&out)
+    );
+    // Root's again: what the file says now is taken.
+    chmod(0o644);
+    wait_for("the file was still refused once root's alone", &|e| {
+        e.as_array().is_some_and(Vec::is_empty)
+    });
+    assert_ne!(get("/widened"), "403");
+}

@@ -19,6 +19,7 @@ mod creds;
 mod daemon;
 mod dns;
 mod ebpf;
+mod file_trust;
 mod metrics;
 mod nearest_key;
 mod policy;

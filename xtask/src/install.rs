@@ -51,11 +51,17 @@ pub fn install() -> anyhow::Result<()> {
     set_mode(&staged, 0o755)?;
     std::fs::rename(&staged, BIN).with_context(|| format!("installing {BIN}"))?;
 
-    std::fs::create_dir_all(format!("{CONFIG_DIR}/policies"))?;
+    // Root's alone, whatever the umask or the checkout's modes: the daemon
+    // refuses a config or policy that another user could change.
+    let policy_dir = format!("{CONFIG_DIR}/policies");
+    std::fs::create_dir_all(&policy_dir)?;
+    set_mode(Path::new(CONFIG_DIR), 0o755)?;
+    set_mode(Path::new(&policy_dir), 0o755)?;
     if Path::new(CONFIG).exists() {
         say(format!("keeping {CONFIG}"));
     } else {
         std::fs::write(CONFIG, DEFAULT_CONFIG)?;
+        set_mode(Path::new(CONFIG), 0o644)?;
         say(format!("wrote {CONFIG}"));
     }
     for entry in std::fs::read_dir("policies")
@@ -69,6 +75,7 @@ pub fn install() -> anyhow::Result<()> {
             continue;
         }
         std::fs::copy(entry.path(), &dst)?;
+        set_mode(&dst, 0o644)?;
         say(format!("example policy {}", dst.display()));
     }
     for unit in ["airlock.service", "airlock.slice"] {

@@ -6,6 +6,14 @@ use crate::cli::ConfigArg;
 
 pub fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     let (config, path) = super::load_config(&arg)?;
+    // The config and the CAs it trusts for upstreams decide what agents
+    // reach and who sees their secrets, as the policies do.
+    let trusted = std::iter::once(("config", &path))
+        .chain(config.upstream_ca.iter().map(|ca| ("upstream_ca", ca)));
+    for (what, file) in trusted {
+        crate::file_trust::check(file)
+            .with_context(|| format!("not starting: {what} {}", file.display()))?;
+    }
     let runtime = runtime().context("starting the async runtime")?;
     runtime.block_on(crate::daemon::run(config, path))?;
     Ok(ExitCode::SUCCESS)

@@ -16,6 +16,11 @@ pub fn run(action: PolicyAction) -> anyhow::Result<ExitCode> {
     for path in paths {
         let report = if path.is_dir() {
             policy::load_dir(&path)
+        } else if let Err(untrusted) = policy::check_trusted(&path) {
+            policy::LoadReport {
+                policies: vec![],
+                errors: vec![untrusted],
+            }
         } else {
             match std::fs::read_to_string(&path) {
                 Ok(text) => match policy::parse_policy(&path, &text) {

@@ -91,6 +91,8 @@ pub(super) enum Problem {
     Yaml { message: String },
     #[error("the policy file is empty")]
     Empty,
+    #[error("{0}")]
+    Untrusted(crate::file_trust::Untrusted),
     #[error("unknown key `{key}`")]
     UnknownKey {
         key: String,
@@ -146,7 +148,7 @@ pub(super) enum Problem {
 impl Problem {
     pub(super) fn hint(&self) -> Option<String> {
         let hint = match self {
-            Problem::Yaml { .. } | Problem::Io { .. } => return None,
+            Problem::Yaml { .. } | Problem::Io { .. } | Problem::Untrusted(_) => return None,
             Problem::UnknownKey { key, valid } => {
                 let list = valid.join(", ");
                 match closest(key, valid) {

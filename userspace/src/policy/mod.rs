@@ -40,6 +40,13 @@ pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
     compile::parse(path, text)
 }
 
+/// Refuses a policy file that a user other than root could change, or
+/// replace through a directory above it (`file_trust`).
+pub fn check_trusted(path: &Path) -> Result<(), PolicyErrors> {
+    crate::file_trust::check(path)
+        .map_err(|untrusted| whole_file(path, Problem::Untrusted(untrusted)))
+}
+
 /// Everything `load_dir` found: the valid policies, and the errors of each
 /// file that was rejected.
 #[derive(Debug, Default)]
@@ -104,6 +111,10 @@ pub fn load_dir(dir: &Path) -> LoadReport {
                 ));
                 continue;
             }
+        }
+        if let Err(untrusted) = check_trusted(&path) {
+            report.errors.push(untrusted);
+            continue;
         }
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,

@@ -17,7 +17,7 @@ use std::{
 use sha2::{Digest as _, Sha256};
 use tracing::{error, info, warn};
 
-use super::{Policy, parse_policy, secret_hosts::SecretHosts};
+use super::{Policy, check_trusted, parse_policy, secret_hosts::SecretHosts};
 use crate::metrics::Metrics;
 
 pub struct PolicyStore {
@@ -182,8 +182,9 @@ impl PolicyStore {
                 next.digests
                     .insert(path.clone(), Sha256::digest(text.as_bytes()).into());
             }
-            let parsed = text
-                .map_err(|err| format!("{}: cannot read: {err}", path.display()))
+            let parsed = check_trusted(path)
+                .map_err(|e| e.to_string())
+                .and(text.map_err(|err| format!("{}: cannot read: {err}", path.display())))
                 .and_then(|text| parse_policy(path, &text).map_err(|e| e.to_string()));
             match parsed {
                 Ok(policy) => {
