@@ -86,10 +86,13 @@ impl LogFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // Not through a symlink: one put at the log's path, by whoever can
+        // write its folder, would have root append records to any file.
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         let meta = file.metadata()?;
         let log = LogFile {
@@ -215,6 +218,27 @@ mod tests {
         assert_eq!(read(&path), "two\n");
         let mode = std::fs::metadata(&path).expect("stat").mode() & 0o777;
         assert_eq!(mode & !MODE, 0, "mode {mode:o}: no more than {MODE:o}");
+    }
+
+    #[test]
+    fn a_symlink_put_in_its_place_is_not_followed() {
+        let (dir, path, mut log) = fresh_log();
+        let target = dir.path().join("passwd");
+        std::fs::write(&target, b"root:x:0:0\n").expect("target");
+        std::fs::rename(&path, dir.path().join("old")).expect("rename");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let err = log.follow().expect_err("a symlink is no log");
+        assert!(
+            err.to_string().ends_with(
+                "opening a new one failed: Too many levels of symbolic links (os error 40)"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            read(&target),
+            "root:x:0:0\n",
+            "the link's target was written"
+        );
     }
 
     #[test]
