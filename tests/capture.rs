@@ -1786,6 +1786,23 @@ print('again', sum(ok for _, ok in again), flush=True)
         .expect("alpha in status");
     assert_eq!(alpha_status["live_connections"], LIMIT as u64);
     assert_eq!(alpha_status["connection_limit"], LIMIT as u64);
+    // As a person reads it.
+    let human = std::process::Command::new(harness::AIRLOCK)
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("status");
+    let human = stdout(&human);
+    let lines: Vec<&str> = human.lines().collect();
+    let flagged: Vec<usize> = (1..lines.len())
+        .filter(|&i| lines[i].contains("AT ITS LIMIT"))
+        .collect();
+    assert!(
+        flagged.len() == 1
+            && lines[flagged[0] - 1].starts_with("  alpha ")
+            && lines[flagged[0]].contains(&format!("AT ITS LIMIT of {LIMIT} connections")),
+        "{human}"
+    );
     // And the metrics, for an alert before the limit is reached.
     let metrics = d.metrics();
     assert!(
