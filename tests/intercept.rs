@@ -2144,7 +2144,10 @@ def pump(until, seconds):
                 return
             shown += chunk
 pump(b'Enter ends it', 10)
-os.write(m, value + b'\n')
+try:
+    os.write(m, value + b'\n')
+except OSError:
+    pass  # it ended without asking
 pump(None, 3)
 print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
                   'shown': shown.decode(errors='replace').replace(value.decode(), '<value>')}))
@@ -2175,6 +2178,32 @@ print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
         shown.starts_with("value of secret api-token (not shown; Enter ends it): ")
             && shown.contains("stored api-token"),
         "{seen}"
+    );
+    // A kind whose value is a YAML document is not typed blind: it is
+    // refused at a terminal, with how to give it.
+    let out = Command::new(PY)
+        .args([
+            "-c",
+            driver,
+            TYPED,
+            harness::AIRLOCK,
+            "secret",
+            "set",
+            "--config",
+        ])
+        .arg(&d.config)
+        .args(["gh", "--kind", "github_app"])
+        .output()
+        .expect("python");
+    let refused: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(refused["rc"], 1, "{refused}");
+    assert!(
+        refused["shown"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("airlock: the value of a github_app secret is a YAML document"),
+        "{refused}"
     );
     // What was typed, and only that, is the secret now.
     let out = d.run_agent_dns(
