@@ -2152,22 +2152,25 @@ pump(None, 3)
 print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
                   'shown': shown.decode(errors='replace').replace(value.decode(), '<value>')}))
 "#;
-    let out = Command::new(PY)
-        .args([
-            "-c",
-            driver,
-            TYPED,
-            harness::AIRLOCK,
-            "secret",
-            "set",
-            "--config",
-        ])
-        .arg(&d.config)
-        .arg("api-token")
-        .output()
-        .expect("python");
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    // `airlock secret set ARGS...` typed at, and what it said.
+    let typed = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(PY)
+            .args([
+                "-c",
+                driver,
+                TYPED,
+                harness::AIRLOCK,
+                "secret",
+                "set",
+                "--config",
+            ])
+            .arg(&d.config)
+            .args(args)
+            .output()
+            .expect("python");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+    };
+    let seen = typed(&["api-token"]);
     assert_eq!(
         seen["echoed"], false,
         "the terminal showed the value: {seen}"
@@ -2181,22 +2184,7 @@ print(json.dumps({'rc': p.wait(timeout=10), 'echoed': value in shown,
     );
     // A kind whose value is a YAML document is not typed blind: it is
     // refused at a terminal, with how to give it.
-    let out = Command::new(PY)
-        .args([
-            "-c",
-            driver,
-            TYPED,
-            harness::AIRLOCK,
-            "secret",
-            "set",
-            "--config",
-        ])
-        .arg(&d.config)
-        .args(["gh", "--kind", "github_app"])
-        .output()
-        .expect("python");
-    let refused: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    let refused = typed(&["gh", "--kind", "github_app"]);
     assert_eq!(refused["rc"], 1, "{refused}");
     assert!(
         refused["shown"]

@@ -98,13 +98,19 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    #[test]
-    fn a_file_only_its_owner_writes_is_trusted_and_one_others_write_is_not() {
+    /// A file of root's, 0644, in a directory of root's, 0755.
+    fn root_file() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         chmod(dir.path(), 0o755);
         let file = dir.path().join("agent.yaml");
         std::fs::write(&file, "agent: a\n").expect("write");
         chmod(&file, 0o644);
+        (dir, file)
+    }
+
+    #[test]
+    fn a_file_only_its_owner_writes_is_trusted_and_one_others_write_is_not() {
+        let (_dir, file) = root_file();
         assert_eq!(check(&file), Ok(()));
         chmod(&file, 0o664);
         let err = check(&file).expect_err("group-writable").to_string();
@@ -172,11 +178,7 @@ mod tests {
 
     #[test]
     fn a_file_of_another_user_is_untrusted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        chmod(dir.path(), 0o755);
-        let file = dir.path().join("agent.yaml");
-        std::fs::write(&file, "agent: a\n").expect("write");
-        chmod(&file, 0o644);
+        let (_dir, file) = root_file();
         std::os::unix::fs::chown(&file, Some(65534), None).expect("chown: this test needs root");
         let err = check(&file).expect_err("nobody's").to_string();
         assert!(err.starts_with("the file is owned by uid 65534"), "{err}");
