@@ -2272,7 +2272,7 @@ fn a_policy_file_others_can_write_is_refused_and_the_trusted_version_stays() {
     let reported = reported[0].as_str().unwrap_or_default();
     assert!(
         reported.starts_with(&format!(
-            "{}: the file is writable by every user (mode 0666)",
+            "{}: it is writable by every user (mode 0666)",
             path.display()
         )) && reported.contains("chmod go-w"),
         "{reported}"
@@ -2290,7 +2290,7 @@ fn a_policy_file_others_can_write_is_refused_and_the_trusted_version_stays() {
         .expect("policy check");
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("the file is writable by every user"),
+        String::from_utf8_lossy(&out.stderr).contains("it is writable by every user"),
         "{}",
         describe(&out)
     );

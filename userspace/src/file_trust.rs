@@ -10,7 +10,7 @@ use std::{
 };
 
 /// Why a file is not trusted; its text names the path and the fix.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Untrusted {
     /// The file itself, or the directory that lets it be replaced.
     path: PathBuf,
@@ -21,8 +21,10 @@ pub struct Untrusted {
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Culprit {
-    File,
-    Directory,
+    /// The path checked (a file, or the state directory).
+    Itself,
+    /// A directory above it.
+    Above,
 }
 
 impl fmt::Display for Untrusted {
@@ -36,8 +38,8 @@ impl fmt::Display for Untrusted {
             "writable by its group".to_owned()
         };
         match self.what {
-            Culprit::File => write!(f, "the file is {who}")?,
-            Culprit::Directory => write!(f, "the directory {p} above it is {who}")?,
+            Culprit::Itself => write!(f, "it is {who}")?,
+            Culprit::Above => write!(f, "the directory {p} above it is {who}")?,
         }
         write!(
             f,
@@ -72,7 +74,7 @@ pub fn check(path: &Path) -> Result<(), Untrusted> {
     if let Ok(meta) = std::fs::metadata(&real) {
         let owner_ok = meta.uid() == 0 || owned_by_self(meta.uid());
         if !owner_ok || meta.mode() & 0o022 != 0 {
-            return Err(untrusted(&real, Culprit::File, &meta));
+            return Err(untrusted(&real, Culprit::Itself, &meta));
         }
     }
     for dir in real.ancestors().skip(1) {
@@ -82,7 +84,7 @@ pub fn check(path: &Path) -> Result<(), Untrusted> {
         let owner_ok = meta.uid() == 0 || owned_by_self(meta.uid());
         let sticky = meta.mode() & libc::S_ISVTX != 0;
         if !owner_ok || (meta.mode() & 0o022 != 0 && !sticky) {
-            return Err(untrusted(dir, Culprit::Directory, &meta));
+            return Err(untrusted(dir, Culprit::Above, &meta));
         }
     }
     Ok(())
@@ -115,7 +117,7 @@ mod tests {
         chmod(&file, 0o664);
         let err = check(&file).expect_err("group-writable").to_string();
         assert!(
-            err.starts_with("the file is writable by its group (mode 0664)")
+            err.starts_with("it is writable by its group (mode 0664)")
                 && err.ends_with(&format!(
                     "fix: chown root:root {p} && chmod go-w {p}",
                     p = file.display()
@@ -181,6 +183,6 @@ mod tests {
         let (_dir, file) = root_file();
         std::os::unix::fs::chown(&file, Some(65534), None).expect("chown: this test needs root");
         let err = check(&file).expect_err("nobody's").to_string();
-        assert!(err.starts_with("the file is owned by uid 65534"), "{err}");
+        assert!(err.starts_with("it is owned by uid 65534"), "{err}");
     }
 }

@@ -307,7 +307,11 @@ fn ensure_state_dir(dir: &Path) -> Result<(), VaultError> {
             mode,
         });
     }
-    Ok(())
+    // Its owner, and the directories above it, can swap it whole.
+    crate::file_trust::check(dir).map_err(|source| VaultError::StateDirUntrusted {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Why a vault file was refused. Deliberately coarse: no parser message is
@@ -405,6 +409,12 @@ pub enum VaultError {
         "state directory {path} has mode {mode:04o}, writable by group or others; fix: chmod 700 {path}"
     )]
     StateDirInsecure { path: PathBuf, mode: u32 },
+
+    #[error("state directory {path}: {source}")]
+    StateDirUntrusted {
+        path: PathBuf,
+        source: crate::file_trust::Untrusted,
+    },
 
     #[error(
         "master key {path} does not exist while the vault does; restore the key from a backup (a new key cannot decrypt the vault)"

@@ -578,6 +578,38 @@ fn missing_master_key_with_existing_vault_is_not_recreated() {
     ));
 }
 
+/// Whoever owns the state directory, or can write one above it, can swap
+/// it whole: the vault and its key with it.
+#[test]
+fn a_state_dir_others_could_swap_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = dir.path().join("open");
+    fs::create_dir(&open).expect("mkdir");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let state = open.join("state");
+    match Vault::open(&state) {
+        Err(e @ VaultError::StateDirUntrusted { .. }) => assert!(
+            e.to_string().contains(&format!(
+                "the directory {} above it is writable by every user",
+                open.display()
+            )),
+            "{e}"
+        ),
+        other => panic!("expected StateDirUntrusted, got {other:?}"),
+    }
+    assert!(!state.join("master.key").exists());
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(65534), None).expect("chown: this test needs root");
+    match Vault::open(&state) {
+        Err(e @ VaultError::StateDirUntrusted { .. }) => {
+            assert!(e.to_string().contains("is owned by uid 65534"), "{e}")
+        }
+        other => panic!("expected StateDirUntrusted, got {other:?}"),
+    }
+    std::os::unix::fs::chown(&state, Some(0), None).expect("chown back");
+    Vault::open(&state).expect("root's own state directory");
+}
+
 #[test]
 fn group_writable_state_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
