@@ -56,8 +56,9 @@ fn owned_by_self(uid: u32) -> bool {
     uid == unsafe { libc::geteuid() }
 }
 
-/// Checks that `path` (after its symlinks) and every directory above it
-/// can be changed by root (or this process's user) alone. A directory
+/// Checks that `path` (after its symlinks), every directory above it, and
+/// every directory above the name given can be changed by root (or this
+/// process's user) alone. A directory
 /// others may write is allowed only with the sticky bit (`/tmp`), where
 /// they cannot rename or remove what they do not own. Errors to stat are
 /// left to the caller's read, which names them.
@@ -77,7 +78,14 @@ pub fn check(path: &Path) -> Result<(), Untrusted> {
             return Err(untrusted(&real, Culprit::Itself, &meta));
         }
     }
-    for dir in real.ancestors().skip(1) {
+    // The directories above the target, and above the name given: whoever
+    // can write where a symlink lies can point it elsewhere.
+    let named_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let above_named = named_dir.iter().flat_map(|d| d.ancestors());
+    for dir in real.ancestors().skip(1).chain(above_named) {
         let Ok(meta) = std::fs::metadata(dir) else {
             continue;
         };
@@ -156,6 +164,26 @@ mod tests {
         );
         chmod(&policies, 0o1777);
         assert_eq!(check(&file), Ok(()));
+    }
+
+    /// A symlink in a directory others may write can be pointed anywhere,
+    /// however safe its target is today.
+    #[test]
+    fn a_symlink_in_a_directory_others_write_is_untrusted() {
+        let (dir, target) = root_file();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        chmod(&open, 0o777);
+        let link = open.join("linked.yaml");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert_eq!(check(&target), Ok(()));
+        let err = check(&link)
+            .expect_err("a link others may repoint")
+            .to_string();
+        assert!(
+            err.starts_with(&format!("the directory {} above it", open.display())),
+            "{err}"
+        );
     }
 
     /// A symlink is judged by what it points to, and where.
