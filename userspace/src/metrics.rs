@@ -1,6 +1,11 @@
 //! Prometheus metrics (prefix `airlock_`), served as text on metrics_addr.
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
@@ -45,6 +50,11 @@ pub struct Metrics {
     /// an agent near `max_connections_per_agent`. Read at each scrape.
     live_connections: IntGaugeVec,
     connection_limit: IntGauge,
+    /// One scrape at a time refreshes and renders. Refreshing clears the
+    /// per-agent gauges before it sets them again, and tops counters up
+    /// from what they read: two scrapes at once could render an agent's
+    /// gauge missing, or add the same difference twice.
+    scraping: Mutex<()>,
 }
 
 /// The audit log's health, mirrored from [`AuditState`] at each scrape:
@@ -208,6 +218,7 @@ impl Metrics {
             )?,
             audit,
             registry,
+            scraping: Mutex::new(()),
         };
         Ok(Arc::new(m))
     }
@@ -243,6 +254,14 @@ impl Metrics {
         }
         self.connection_limit
             .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// What `GET /metrics` answers: the gauges read from elsewhere
+    /// refreshed by `refresh`, then everything rendered, as one step.
+    pub fn scrape(&self, refresh: &dyn Fn()) -> Vec<u8> {
+        let _one_at_a_time = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        refresh();
+        self.render()
     }
 
     pub fn render(&self) -> Vec<u8> {
@@ -288,10 +307,9 @@ pub async fn serve(
                 let refresh = refresh.clone();
                 async move {
                     let response = if req.uri().path() == "/metrics" {
-                        refresh();
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(metrics.render())))
+                            .body(Full::new(Bytes::from(metrics.scrape(&*refresh))))
                     } else {
                         Response::builder()
                             .status(404)
@@ -328,6 +346,39 @@ mod tests {
         assert!(text.contains("airlock_requests_total{agent=\"pr-bot\",decision=\"deny\",host=\"api.example.test\"} 1"), "{text}");
         assert!(text.contains("airlock_bpf_redirects_total 5"), "{text}");
         assert!(text.contains("airlock_approvals_pending 0"), "{text}");
+    }
+
+    #[test]
+    fn scrapes_at_the_same_time_each_see_every_agent_and_counters_match_their_totals() {
+        let m = Metrics::new().expect("metrics");
+        let live: BTreeMap<String, u64> =
+            [("alpha".to_string(), 3), ("beta".to_string(), 1)].into();
+        let kernel_total = std::sync::atomic::AtomicU64::new(0);
+        let refresh = || {
+            m.set_live_connections(&live, 64);
+            m.set_bpf_redirects(kernel_total.load(std::sync::atomic::Ordering::Relaxed));
+        };
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for round in 0..2_000u64 {
+                        kernel_total.fetch_max(round, std::sync::atomic::Ordering::Relaxed);
+                        let text = String::from_utf8(m.scrape(&refresh)).expect("utf8");
+                        for agent in ["alpha", "beta"] {
+                            assert!(
+                                text.contains(&format!(
+                                    "airlock_live_connections{{agent=\"{agent}\"}}"
+                                )),
+                                "a scrape lost {agent}'s gauge:\n{text}"
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        // Every scrape topped the counter up to the total it read; had two
+        // added the same difference, it would stand above the total.
+        assert_eq!(m.bpf_redirects.get(), 1_999);
     }
 
     #[test]
