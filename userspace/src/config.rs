@@ -426,12 +426,22 @@ mod tests {
         assert!(text.starts_with("/etc/airlock/airlock.yaml:1:"), "{text}");
     }
 
-    /// The config the installer writes says its values are the defaults.
+    /// The config the installer writes says its values are the defaults,
+    /// and names every key, so that it is where a user finds them all.
     #[test]
-    fn the_installed_config_holds_the_defaults() {
-        let installed = parse(include_str!("../../xtask/src/default-config.yaml"))
-            .expect("the installed config parses");
+    fn the_installed_config_holds_the_defaults_and_names_every_key() {
+        let text = include_str!("../../xtask/src/default-config.yaml");
+        let installed = parse(text).expect("the installed config parses");
         assert_eq!(format!("{installed:?}"), format!("{:?}", Config::default()));
+        for key in KEYS {
+            assert!(
+                text.lines().any(|l| {
+                    let l = l.trim_start_matches("# ");
+                    l.starts_with(key) && l[key.len()..].starts_with(':')
+                }),
+                "the installed config does not name {key}"
+            );
+        }
     }
 
     #[test]
