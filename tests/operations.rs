@@ -559,3 +559,126 @@ fn audit_records_outlive_a_killed_daemon_and_are_written_once() {
         "{text}"
     );
 }
+
+/// A tmpfs of `mib` MiB mounted at a folder for one test; unmounted when
+/// dropped (lazily: a daemon may still hold a file on it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount tmpfs: {}", describe(&out));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_short_of_room_for_the_audit_log_refuses_agents_and_loses_no_record() {
+    let (mut d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        "audit_min_free_mib: 8\n",
+    );
+    // The log on a file system of its own, which the test fills.
+    d.stop();
+    let log_dir = d.audit.parent().expect("log folder").to_path_buf();
+    let disk = Tmpfs::mount(&log_dir, 24);
+    d.spawn();
+    let url = |query: &str| format!("https://api.example.test:{}/hello?{query}", up.port);
+    // The requests that reached the proxy's HTTP layer, answered or
+    // refused with 503, and how many were refused, either so or by a
+    // closed connection (a new one, refused before TLS: curl says 000).
+    let mut asked = Vec::new();
+    let mut refused = 0;
+    let ask = |query: String, asked: &mut Vec<String>, refused: &mut usize| {
+        let code = agent_get(&d, &url(&query));
+        match code.as_str() {
+            "200" => asked.push(query),
+            "503" => {
+                asked.push(query);
+                *refused += 1;
+            }
+            "000" => *refused += 1,
+            other => panic!("HTTP {other}"),
+        }
+        code == "200"
+    };
+    assert!(ask("before".into(), &mut asked, &mut refused));
+
+    // 20 of the 24 MiB taken: under the 8 MiB kept free. A request may
+    // still go out before the writer next looks (its record waits in the
+    // journal); the next is refused.
+    let filler = log_dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 20 << 20]).expect("fill the disk");
+    for i in 0.. {
+        assert!(i < 3, "never refused");
+        if !ask(format!("low-{i}"), &mut asked, &mut refused) {
+            break;
+        }
+    }
+    let text = human_status(&d);
+    assert!(
+        text.contains("audit:    WRITES FAILING, requests are refused")
+            && text.contains(
+                "why: the audit log's file system is down to the 8 MiB that audit_min_free_mib keeps free for the rest of the host"
+            ),
+        "{text}"
+    );
+    let size_at_refusal = std::fs::metadata(&d.audit).expect("log").len();
+    for i in 0..3 {
+        assert!(!ask(format!("refused-{i}"), &mut asked, &mut refused));
+    }
+    assert_eq!(
+        std::fs::metadata(&d.audit).expect("log").len(),
+        size_at_refusal,
+        "the log grew while short of room"
+    );
+
+    // Room again: requests go out, with no restart and no signal.
+    std::fs::remove_file(&filler).expect("rm filler");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ask(format!("after-{refused}"), &mut asked, &mut refused) {
+        assert!(Instant::now() < deadline, "still refused with room");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = format!("/hello?{}", asked.last().expect("asked"));
+    d.wait_audit("of the first request after", |r| r["path"] == last.as_str());
+    // Every request has its record, once, in order, and every refusal
+    // says why.
+    let records = d.audit_records();
+    let paths: Vec<&str> = records.iter().filter_map(|r| r["path"].as_str()).collect();
+    let expected: Vec<String> = asked.iter().map(|q| format!("/hello?{q}")).collect();
+    assert_eq!(paths, expected);
+    let unavailable = records
+        .iter()
+        .filter(|r| r["reason"] == "audit_unavailable")
+        .count();
+    assert_eq!(unavailable, refused, "{records:?}");
+    assert!(
+        d.log_text()
+            .contains("audit log not writable; requests are refused until it is"),
+        "{}",
+        d.log_text()
+    );
+    d.stop();
+    drop(disk);
+}

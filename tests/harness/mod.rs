@@ -196,8 +196,16 @@ impl Daemon {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/airlock-e2e-{id}"));
         let audit = dir.path().join("log/audit.jsonl");
         let config = dir.path().join("airlock.yaml");
+        // The default floor under the audit log (256 MiB available) would
+        // make a test depend on how full the machine's disk is; a test of
+        // the floor sets its own.
+        let floor = if opts.extra_config.contains("audit_min_free_mib:") {
+            ""
+        } else {
+            "audit_min_free_mib: 1\n"
+        };
         let text = format!(
-            "version: 1\ncgroup_root: {cgroup_root}\npolicy_dir: {}\nstate_dir: {}\nproxy_port: {proxy_port}\ndns_port: {dns_port}\nmetrics_addr: 127.0.0.1:{metrics_port}\naudit_log: {}\nadmin_socket: {}\nbpf_pin_dir: {}\n{}",
+            "version: 1\ncgroup_root: {cgroup_root}\npolicy_dir: {}\nstate_dir: {}\nproxy_port: {proxy_port}\ndns_port: {dns_port}\nmetrics_addr: 127.0.0.1:{metrics_port}\naudit_log: {}\nadmin_socket: {}\nbpf_pin_dir: {}\n{floor}{}",
             policy_dir.display(),
             dir.path().join("state").display(),
             audit.display(),

@@ -255,8 +255,11 @@ pub struct Audit {
 struct Health {
     /// Records sent and not yet written (or failed).
     backlog: AtomicUsize,
-    /// Whether the last write failed (disk full, I/O error).
+    /// Whether the last write failed (disk full, I/O error, or less room
+    /// than is kept free).
     failing: AtomicBool,
+    /// Why, while it does: for `airlock status`.
+    write_error: Mutex<Option<String>>,
     /// Whether the last sync to disk failed: written records would not
     /// outlive a power cut.
     sync_failing: AtomicBool,
@@ -282,6 +285,8 @@ pub struct AuditState {
     pub accepting: bool,
     pub backlog: usize,
     pub write_failing: bool,
+    /// Why writes fail, while they do.
+    pub write_error: Option<String>,
     pub sync_failing: bool,
     /// Failed syncs since start: records written before one may be missing
     /// from the disk, even after syncs succeed again.
@@ -303,6 +308,7 @@ impl AuditState {
             accepting: true,
             backlog: 0,
             write_failing: false,
+            write_error: None,
             sync_failing: false,
             sync_failures: 0,
             last_sync_failure: None,
@@ -314,16 +320,24 @@ impl AuditState {
 impl Audit {
     /// Open (append) the log and its journal, and start the writer thread.
     /// Records a previous run left in the journal are written first.
-    pub fn start(path: &Path, journal: &Path) -> Result<Audit, AuditError> {
-        Self::start_with_limit(path, journal, BACKLOG_LIMIT)
+    /// The writer stops, and requests are refused, while the log's file
+    /// system has less than `keep_free` bytes available: a flood of
+    /// records must not fill the disk that the rest of the host writes to.
+    pub fn start(path: &Path, journal: &Path, keep_free: u64) -> Result<Audit, AuditError> {
+        Self::start_with_limit(path, journal, BACKLOG_LIMIT, keep_free)
     }
 
-    fn start_with_limit(path: &Path, journal: &Path, limit: usize) -> Result<Audit, AuditError> {
+    fn start_with_limit(
+        path: &Path,
+        journal: &Path,
+        limit: usize,
+        keep_free: u64,
+    ) -> Result<Audit, AuditError> {
         let file = LogFile::open(path).map_err(|source| AuditError::Open {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::start_writer(file, path, journal, limit, BATCH_PAUSE)
+        Self::start_writer(file, path, journal, limit, BATCH_PAUSE, keep_free)
     }
 
     /// The writer thread over `out`, which is the log at `path`, letting
@@ -334,6 +348,7 @@ impl Audit {
         journal_path: &Path,
         limit: usize,
         pause: std::time::Duration,
+        keep_free: u64,
     ) -> Result<Audit, AuditError> {
         let journal::Opened {
             appender,
@@ -381,6 +396,7 @@ impl Audit {
                     &writer_health,
                     &syncer,
                     pause,
+                    keep_free,
                 )
             })
             .map_err(|source| AuditError::Open {
@@ -425,6 +441,12 @@ impl Audit {
             accepting: self.accepting(),
             backlog: self.health.backlog.load(Ordering::Relaxed),
             write_failing: self.health.failing.load(Ordering::Relaxed),
+            write_error: self
+                .health
+                .write_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             sync_failing: self.health.sync_failing.load(Ordering::Relaxed),
             sync_failures: self.health.sync_failures.load(Ordering::Relaxed),
             last_sync_failure: Some(self.health.last_sync_failure.load(Ordering::Relaxed))
@@ -537,12 +559,21 @@ fn write_loop<W: Sink>(
     health: &Health,
     syncer: &Syncer,
     pause: std::time::Duration,
+    keep_free: u64,
 ) {
     // Records taken from the pending count and not written yet: they stay
     // in the backlog until written, which bounds it (`Audit::record` drops
     // past the backlog limit).
     let mut records = 0;
-    let mut failed = false;
+    // A disk already short of room at start refuses the first request,
+    // rather than letting it out and then finding no room for its record.
+    let mut failed = match out.follow().and_then(|_| has_room(&out, keep_free, 0)) {
+        Ok(()) => false,
+        Err(err) => {
+            writes_fail(health, &path, &err);
+            true
+        }
+    };
     loop {
         let mut flushed = Vec::new();
         let mut closed = false;
@@ -581,30 +612,27 @@ fn write_loop<W: Sink>(
         // makes more room as it goes, but one may fail or hang).
         journal.allocate_ahead();
         let wrote = journal.unwritten().0 < end;
-        if wrote {
-            let written = write_batch(&mut out, &path, &mut journal, end);
+        // Failing, the log is tried again even with nothing to write: the
+        // room it lacked may have come back.
+        if wrote || failed {
+            let written = write_batch(&mut out, &path, &mut journal, end, keep_free);
             failed = written.is_err();
             match written {
                 Ok(()) => {
-                    if let Some(disk) = out.disk() {
+                    if wrote && let Some(disk) = out.disk() {
                         syncer.written(disk);
                     }
                     health.backlog.fetch_sub(records, Ordering::Relaxed);
                     records = 0;
                     if health.failing.swap(false, Ordering::Relaxed) {
+                        *health
+                            .write_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = None;
                         tracing::info!(path = %path.display(), "audit log writable again");
                     }
                 }
-                Err(err) => {
-                    if !health.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            path = %path.display(),
-                            error = %err,
-                            "audit log write failed; requests are refused until a write succeeds (retried every {} ms)",
-                            RETRY_PAUSE.as_millis()
-                        );
-                    }
-                }
+                Err(err) => writes_fail(health, &path, &err),
             }
         }
         // A flush (a stop) returns once the lines are on the disk.
@@ -636,12 +664,30 @@ fn write_loop<W: Sink>(
     }
 }
 
-/// Writes the journal up to `end` to the file at the log's path.
+/// Marks the log failing, and says why the first time.
+fn writes_fail(health: &Health, path: &Path, err: &std::io::Error) {
+    *health
+        .write_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(err.to_string());
+    if !health.failing.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            path = %path.display(),
+            error = %err,
+            "audit log not writable; requests are refused until it is (tried again every {} ms)",
+            RETRY_PAUSE.as_millis()
+        );
+    }
+}
+
+/// Writes the journal up to `end` to the file at the log's path, if its
+/// file system keeps `keep_free` bytes available after the write.
 fn write_batch(
     out: &mut impl Sink,
     path: &Path,
     journal: &mut Drainer,
     end: u64,
+    keep_free: u64,
 ) -> std::io::Result<()> {
     let followed = out.follow()?;
     if followed.moved {
@@ -650,7 +696,29 @@ fn write_batch(
             "audit log was moved or removed (rotated?): writing to a new file at its path"
         );
     }
+    has_room(out, keep_free, end.saturating_sub(journal.unwritten().0))?;
     write_journal(out, journal, end, followed.end)
+}
+
+/// Whether `bytes` more leave `keep_free` available where the log is. Once
+/// they would not, records wait in the journal (16 MiB) and requests are
+/// refused: the disk is not filled for the rest of the host by an agent
+/// that makes requests only to have them refused.
+fn has_room(out: &impl Sink, keep_free: u64, bytes: u64) -> std::io::Result<()> {
+    if keep_free == 0 {
+        return Ok(());
+    }
+    match out.room()? {
+        Some(available) if available.saturating_sub(bytes) < keep_free => Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "the audit log's file system is down to the {} MiB that audit_min_free_mib keeps free for the rest of the host ({:.1} MiB available): make room there (rotate or move old audit logs), or lower audit_min_free_mib",
+                keep_free >> 20,
+                available as f64 / f64::from(1 << 20),
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Writes the journal up to `end` to the log, which ends at `log_end`,
@@ -734,7 +802,7 @@ mod tests {
     fn flush_returns_once_everything_sent_before_it_is_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         for round in 0..3 {
             for i in 0..1000u16 {
                 audit.record(AuditRecord {
@@ -771,8 +839,9 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let file = LogFile::open(&path).expect("create");
         let pause = std::time::Duration::from_secs(120);
-        let audit = Audit::start_writer(file, &path, &journal_beside(&path), BACKLOG_LIMIT, pause)
-            .expect("start");
+        let audit =
+            Audit::start_writer(file, &path, &journal_beside(&path), BACKLOG_LIMIT, pause, 0)
+                .expect("start");
         audit.record(AuditRecord::default());
         wait_until("the first line", || line_count(&path) == 1);
         (audit, path)
@@ -813,7 +882,7 @@ mod tests {
     fn records_from_many_threads_land_as_whole_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         let threads: Vec<_> = (0..4u16)
             .map(|t| {
                 let audit = audit.clone();
@@ -868,7 +937,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         let late = audit.clone();
         std::thread::spawn(move || {
             LATE.with(|slot| *slot.borrow_mut() = Some(RecordOnDrop(late.clone())));
@@ -1054,6 +1123,7 @@ mod tests {
             &dir.join("audit.journal"),
             BACKLOG_LIMIT,
             BATCH_PAUSE,
+            0,
         )
         .expect("start");
         (audit, disk)
@@ -1180,6 +1250,7 @@ mod tests {
             &dir.path().join("audit.journal"),
             100,
             BATCH_PAUSE,
+            0,
         )
         .expect("start");
         let record = |i: usize| AuditRecord {
@@ -1218,12 +1289,126 @@ mod tests {
         );
     }
 
+    /// A log on a file system whose available bytes shrink as it is
+    /// written to, and grow when `freed`.
+    #[derive(Clone, Default)]
+    struct ShrinkingDisk {
+        room: Arc<AtomicU64>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl ShrinkingDisk {
+        fn with_room(bytes: u64) -> ShrinkingDisk {
+            let disk = ShrinkingDisk::default();
+            disk.room.store(bytes, Ordering::SeqCst);
+            disk
+        }
+    }
+
+    impl Sink for ShrinkingDisk {
+        fn room(&self) -> std::io::Result<Option<u64>> {
+            Ok(Some(self.room.load(Ordering::SeqCst)))
+        }
+    }
+
+    impl Write for ShrinkingDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len() as u64;
+            self.room
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(n))
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::ENOSPC))?;
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const KEEP_FREE: u64 = 1 << 20;
+
+    fn shrinking_writer(dir: &Path, disk: &ShrinkingDisk) -> Audit {
+        Audit::start_writer(
+            disk.clone(),
+            Path::new("/small/audit.jsonl"),
+            &dir.join("audit.journal"),
+            BACKLOG_LIMIT,
+            BATCH_PAUSE,
+            KEEP_FREE,
+        )
+        .expect("start")
+    }
+
+    #[test]
+    fn records_stop_short_of_the_room_kept_free_and_go_on_when_there_is_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Room for a few records above what is kept free.
+        let disk = ShrinkingDisk::with_room(KEEP_FREE + 1_000);
+        let audit = shrinking_writer(dir.path(), &disk);
+        let record = |i: usize| AuditRecord {
+            host: format!("host-{i}.example.test").into(),
+            ..AuditRecord::default()
+        };
+        let mut made = 0;
+        while audit.accepting() {
+            assert!(made < 50, "the log never stopped: {:?}", audit.state());
+            audit.record(record(made));
+            made += 1;
+            assert!(audit.flush(std::time::Duration::from_secs(10)));
+        }
+        assert!(made > 1, "there was room for the first records");
+        assert!(
+            disk.room.load(Ordering::SeqCst) >= KEEP_FREE,
+            "the room kept free was written into"
+        );
+        let state = audit.state();
+        assert!(state.write_failing, "{state:?}");
+        let why = state.write_error.expect("a reason");
+        assert!(
+            why.starts_with(
+                "the audit log's file system is down to the 1 MiB that audit_min_free_mib keeps free for the rest of the host (1.0 MiB available)"
+            ),
+            "{why}"
+        );
+        // Refused requests' records wait meanwhile.
+        audit.record(record(made));
+        made += 1;
+
+        disk.room.fetch_add(10 << 20, Ordering::SeqCst);
+        wait_until("the log to take records again", || audit.accepting());
+        assert!(audit.flush(std::time::Duration::from_secs(10)));
+        let state = audit.state();
+        assert_eq!((state.backlog, state.lost_records), (0, 0), "{state:?}");
+        assert_eq!(state.write_error, None);
+        let text = String::from_utf8(disk.written.lock().unwrap().clone()).expect("utf-8");
+        assert_eq!(
+            hosts_of(&text),
+            (0..made)
+                .map(|i| format!("host-{i}.example.test"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_log_already_short_of_room_refuses_before_the_first_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = ShrinkingDisk::with_room(KEEP_FREE - 1);
+        let audit = shrinking_writer(dir.path(), &disk);
+        wait_until("the log to be found short of room", || {
+            audit.state().write_failing
+        });
+        assert!(!audit.accepting());
+        disk.room.fetch_add(1 << 20, Ordering::SeqCst);
+        wait_until("the room to be found", || audit.accepting());
+    }
+
     #[test]
     fn a_rotated_log_loses_no_record_and_the_path_gets_the_new_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let rotated = dir.path().join("audit.jsonl.1");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         let record = |host: &str| AuditRecord {
             host: host.into(),
             ..AuditRecord::default()
@@ -1249,7 +1434,7 @@ mod tests {
     fn a_log_path_that_takes_no_file_refuses_requests_until_it_does() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         std::fs::remove_file(&path).expect("rm");
         std::fs::create_dir(&path).expect("a folder where the log was");
         audit.record(AuditRecord {
@@ -1272,7 +1457,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let journal = journal_beside(&path);
-        let audit = Audit::start(&path, &journal).expect("start");
+        let audit = Audit::start(&path, &journal, 0).expect("start");
         std::fs::remove_file(&path).expect("rm");
         std::fs::create_dir(&path).expect("a folder where the log was");
         audit.record(AuditRecord {
@@ -1297,7 +1482,7 @@ mod tests {
         });
         drop(file);
         std::fs::remove_dir(&path).expect("rmdir");
-        let audit = Audit::start(&path, &journal).expect("start again");
+        let audit = Audit::start(&path, &journal, 0).expect("start again");
         assert_eq!(audit.state().recovered_at_start, 1);
         assert!(audit.flush(std::time::Duration::from_secs(10)));
         assert_eq!(hosts_in(&path), ["held.example.test"]);
@@ -1309,7 +1494,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, go, reader) = stalled_log(dir.path());
         let limit = 200;
-        let audit = Audit::start_with_limit(&path, &journal_beside(&path), limit).expect("start");
+        let audit =
+            Audit::start_with_limit(&path, &journal_beside(&path), limit, 0).expect("start");
         assert!(audit.accepting());
         // Enough lines to fill the pipe and block the writer, then more.
         let record = || AuditRecord {
@@ -1356,7 +1542,7 @@ mod tests {
     async fn records_land_one_json_object_a_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit/audit.jsonl");
-        let audit = Audit::start(&path, &journal_beside(&path)).expect("start");
+        let audit = Audit::start(&path, &journal_beside(&path), 0).expect("start");
         for i in 0..100u16 {
             audit.record(AuditRecord {
                 agent: Some("pr-bot".into()),
@@ -1433,7 +1619,7 @@ mod tests {
         assert!(opened.appender.append(b"second\n"));
         let mut out = KilledMidBatch { log, writes: 0 };
         let end = opened.drainer.unwritten().1;
-        write_batch(&mut out, &path, &mut opened.drainer, end).expect_err("killed mid-batch");
+        write_batch(&mut out, &path, &mut opened.drainer, end, 0).expect_err("killed mid-batch");
         drop(opened);
 
         let mut opened = journal::open(&journal_path, &path).expect("the next start");
@@ -1443,7 +1629,7 @@ mod tests {
         );
         let mut log = LogFile::open(&path).expect("log");
         let end = opened.drainer.unwritten().1;
-        write_batch(&mut log, &path, &mut opened.drainer, end).expect("write the rest");
+        write_batch(&mut log, &path, &mut opened.drainer, end, 0).expect("write the rest");
         assert_eq!(
             std::fs::read_to_string(&path).expect("log"),
             "made by logrotate\nfirst\nsecond\n"

@@ -52,6 +52,7 @@ const KEYS: &[&str] = &[
     "dns_port",
     "metrics_addr",
     "audit_log",
+    "audit_min_free_mib",
     "admin_socket",
     "dns_upstream",
     "resolve",
@@ -106,6 +107,7 @@ struct RawConfig {
     dns_port: Option<u16>,
     metrics_addr: Option<String>,
     audit_log: Option<PathBuf>,
+    audit_min_free_mib: Option<u64>,
     admin_socket: Option<PathBuf>,
     dns_upstream: Option<Vec<String>>,
     resolve: Option<BTreeMap<String, OneOrMany>>,
@@ -140,6 +142,12 @@ pub struct Config {
     pub dns_port: u16,
     pub metrics_addr: SocketAddr,
     pub audit_log: PathBuf,
+    /// Space the audit log leaves available on its file system (MiB, as
+    /// `df` counts "Avail"). Below it, records wait in the journal and
+    /// requests are refused until there is room: an agent that floods the
+    /// log with refused requests must not fill the disk that the rest of
+    /// the host writes to. 0: the log may fill the disk.
+    pub audit_min_free_mib: u64,
     pub admin_socket: PathBuf,
     /// Empty: the nameservers of /etc/resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
@@ -183,6 +191,7 @@ impl Default for Config {
             dns_port: 15053,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             audit_log: "/var/log/airlock/audit.jsonl".into(),
+            audit_min_free_mib: 256,
             admin_socket: "/run/airlock/admin.sock".into(),
             dns_upstream: Vec::new(),
             resolve: BTreeMap::new(),
@@ -204,6 +213,11 @@ impl Config {
     /// reboot.
     pub fn audit_journal(&self) -> PathBuf {
         self.admin_socket.with_file_name("audit.journal")
+    }
+
+    /// `audit_min_free_mib` in bytes.
+    pub fn audit_min_free(&self) -> u64 {
+        self.audit_min_free_mib.saturating_mul(1 << 20)
     }
 
     /// Load `path`. The default path may be absent (all defaults); a path
@@ -259,6 +273,7 @@ impl Config {
         take!(proxy_port);
         take!(dns_port);
         take!(audit_log);
+        take!(audit_min_free_mib);
         take!(admin_socket);
         take!(upstream_ca);
         take!(bpf_pin_dir);
@@ -362,6 +377,9 @@ mod tests {
         assert_eq!(cfg.dns_port, 15053);
         assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(cfg.admin_socket, PathBuf::from("/run/airlock/admin.sock"));
+        assert_eq!(cfg.audit_min_free(), 256 << 20);
+        let cfg = parse("audit_min_free_mib: 0\n").expect("no floor");
+        assert_eq!(cfg.audit_min_free(), 0);
     }
 
     #[test]
@@ -378,7 +396,7 @@ mod tests {
         let err = parse("zzzz: 1\n").expect_err("unknown");
         assert!(
             err.to_string()
-                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent)"),
+                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, audit_min_free_mib, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent)"),
             "{err}"
         );
         let err = parse("proxy_port: abc\n").expect_err("a string");

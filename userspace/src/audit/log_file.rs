@@ -6,7 +6,8 @@
 //! Before each batch the writer asks whether the path still names the file
 //! it holds (same device and inode) and, if not, opens a new one there. The
 //! same `stat` tells where the file ends, which the journal notes before the
-//! write: one system call per batch, at most about fifty a second. A file
+//! write, and an `fstatvfs` how much room its file system has left: two
+//! system calls per batch, at most about fifty batches a second. A file
 //! truncated in place (`copytruncate`) needs nothing: the log is opened for
 //! appending.
 
@@ -14,7 +15,10 @@ use super::journal::LogEnd;
 use std::{
     fs::{File, Metadata, OpenOptions},
     io::{self, Write},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::unix::{
+        fs::{MetadataExt as _, OpenOptionsExt as _},
+        io::AsRawFd as _,
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -31,6 +35,13 @@ pub trait Sink: Write {
     /// there is nothing to sync.
     fn disk(&self) -> Option<Arc<dyn Disk>> {
         None
+    }
+
+    /// Bytes that unprivileged writers could still put on the
+    /// destination's file system (`df`'s "Avail"; root's reserve is not
+    /// counted). None when the destination is not a file on one.
+    fn room(&self) -> io::Result<Option<u64>> {
+        Ok(None)
     }
 }
 
@@ -74,6 +85,9 @@ pub struct LogFile {
     file: Arc<File>,
     /// Device and inode of `file`.
     id: (u64, u64),
+    /// Whether `file` is a regular file: a FIFO's or a device's file
+    /// system says nothing of where its bytes go.
+    regular: bool,
 }
 
 impl LogFile {
@@ -99,6 +113,7 @@ impl LogFile {
             path: path.to_path_buf(),
             file: Arc::new(file),
             id: (meta.dev(), meta.ino()),
+            regular: meta.is_file(),
         };
         Ok((log, meta))
     }
@@ -117,6 +132,24 @@ fn end_of(meta: &Metadata) -> Option<LogEnd> {
 impl Sink for LogFile {
     fn disk(&self) -> Option<Arc<dyn Disk>> {
         Some(self.file.clone())
+    }
+
+    fn room(&self) -> io::Result<Option<u64>> {
+        if !self.regular {
+            return Ok(None);
+        }
+        // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open for as long as `self.file` lives,
+        // and `st` is a valid out pointer.
+        let rc = unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut st) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::unnecessary_cast)]
+        Ok(Some(
+            (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+        ))
     }
 
     fn follow(&mut self) -> io::Result<Followed> {

@@ -78,6 +78,11 @@ fn human(s: &serde_json::Value) -> String {
         audit["journal"].as_str().unwrap_or("?"),
         audit["lost_records"]
     ));
+    if audit["write_failing"].as_bool() == Some(true)
+        && let Some(why) = audit["write_error"].as_str()
+    {
+        out.push(format!("          why: {why}"));
+    }
     if audit["sync_failing"].as_bool() == Some(true) {
         out.push(
             "          NOT SYNCING TO DISK: records written since the last sync would not outlive a power cut (the daemon's log says why)"
@@ -172,6 +177,27 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("sync"), "{text}");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_says_why() {
+        let failing = AuditState {
+            accepting: false,
+            write_failing: true,
+            write_error: Some("the audit log's file system is down to the 256 MiB that audit_min_free_mib keeps free for the rest of the host (12.0 MiB available)".into()),
+            ..audit_state()
+        };
+        let text = human(&with_audit(failing));
+        assert!(
+            text.contains(
+                "audit:    WRITES FAILING, requests are refused: /var/log/airlock/audit.jsonl"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n          why: the audit log's file system is down to the 256 MiB that audit_min_free_mib keeps free for the rest of the host (12.0 MiB available)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -127,7 +127,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let upstream_tls_h1 =
         upstream_tls::client_config(&config.upstream_ca, &[b"http/1.1".to_vec()])?;
 
-    let audit = Audit::start(&config.audit_log, &config.audit_journal())?;
+    let audit = Audit::start(
+        &config.audit_log,
+        &config.audit_journal(),
+        config.audit_min_free(),
+    )?;
     let audit_at_stop = audit.clone();
     let metrics = Metrics::new()?;
     let agents = Arc::new(AgentIndex::new(tree.clone()));
