@@ -184,6 +184,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         audit: audit.clone(),
         resolver: resolver.clone(),
+        warnings: proxy::AgentLogGates::every(Duration::from_secs(1)),
     });
     let live = Arc::new(LiveConns::new(config.max_connections_per_agent));
     let proxy = Arc::new(Proxy {

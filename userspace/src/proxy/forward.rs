@@ -371,7 +371,9 @@ impl Intercept {
             let refused = |err| match err {
                 SwapError::NotAllowed { secret } => {
                     // What an exfiltration attempt looks like.
-                    warn!(agent = %ctx.agent, host, secret = %secret, "placeholder sent where no rule allows it");
+                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
+                        warn!(agent = %ctx.agent, host, secret = %secret, held_back, "placeholder sent where no rule allows it");
+                    }
                     ProxyError::PlaceholderNotAllowed { secret }
                 }
                 SwapError::InvalidHeader { .. } | SwapError::InvalidUri => ProxyError::Denied {
@@ -379,14 +381,18 @@ impl Intercept {
                     rule: None,
                 },
                 SwapError::AwsSigV4 { secret, problem } => {
-                    warn!(agent = %ctx.agent, host, secret = %secret, %problem, "request not re-signed");
+                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
+                        warn!(agent = %ctx.agent, host, secret = %secret, %problem, held_back, "request not re-signed");
+                    }
                     ProxyError::Denied {
                         reason: problem.reason(),
                         rule: Some(allowed.rule_label.clone()),
                     }
                 }
                 err @ SwapError::Misplaced { .. } => {
-                    warn!(agent = %ctx.agent, host, problem = %err, "placeholder where its kind is not swapped");
+                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
+                        warn!(agent = %ctx.agent, host, problem = %err, held_back, "placeholder where its kind is not swapped");
+                    }
                     ProxyError::PlaceholderMisplaced {
                         detail: err.to_string(),
                     }
@@ -603,7 +609,9 @@ impl Intercept {
             && decode.is_none()
             && let Some(coding) = creds::unreadable_coding(resp.headers())
         {
-            warn!(agent = %ctx.agent, host, coding = %coding, "answer in a coding Airlock cannot decode, from a host that holds secrets");
+            if let Some(held_back) = self.warnings.open(&ctx.agent) {
+                warn!(agent = %ctx.agent, host, coding = %coding, held_back, "answer in a coding Airlock cannot decode, from a host that holds secrets");
+            }
             return Err(ProxyError::Upstream {
                 reason: format!(
                     "the upstream compressed its answer ({coding}) though Airlock asked for none; Airlock decodes gzip, deflate, br and zstd, and a body in any other coding cannot be checked for echoed credentials"
@@ -613,7 +621,9 @@ impl Intercept {
         if guarded && resp.status() == StatusCode::PARTIAL_CONTENT {
             // Airlock sent no Range: a part nobody asked for may be a piece
             // of a kept secret, shorter than the secret.
-            warn!(agent = %ctx.agent, host, "partial answer from a host that holds secrets");
+            if let Some(held_back) = self.warnings.open(&ctx.agent) {
+                warn!(agent = %ctx.agent, host, held_back, "partial answer from a host that holds secrets");
+            }
             return Err(ProxyError::Upstream {
                 reason: "the upstream answered 206 Partial Content though Airlock asked for the whole body; a part of a body cannot be checked for echoed credentials".into(),
             });

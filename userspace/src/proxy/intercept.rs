@@ -54,6 +54,11 @@ pub struct Intercept {
     pub metrics: Arc<Metrics>,
     pub audit: Audit,
     pub resolver: Arc<Resolver>,
+    /// Gates the warnings an agent can cause request after request (a
+    /// placeholder where no rule allows it, an answer that cannot be
+    /// scrubbed): each is in the audit log; the daemon's log gets at most
+    /// one a second for each agent.
+    pub warnings: super::AgentLogGates,
 }
 
 /// The server side's HTTP settings: both protocols, upgrades allowed.
