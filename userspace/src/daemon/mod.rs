@@ -26,7 +26,7 @@ use crate::{
     metrics::{self, Metrics},
     policy::PolicyStore,
     proxy::{self, Proxy, listener},
-    proxy::{Credentials, Intercept, LiveConns, LogGate},
+    proxy::{AgentLogGates, Credentials, Intercept, LiveConns},
     ratelimit::RateLimiter,
     upstream_tls,
     vault::Vault,
@@ -184,13 +184,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         audit: audit.clone(),
         resolver: resolver.clone(),
-        warnings: proxy::AgentLogGates::every(Duration::from_secs(1)),
+        warnings: AgentLogGates::every(Duration::from_secs(1)),
     });
     let live = Arc::new(LiveConns::new(config.max_connections_per_agent));
     let proxy = Arc::new(Proxy {
         intercept,
         live: live.clone(),
-        over_limit: LogGate::every(Duration::from_secs(1)),
+        over_limit: AgentLogGates::every(Duration::from_secs(1)),
         conns,
         agents: agents.clone(),
         policies: policies.clone(),

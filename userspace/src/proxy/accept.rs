@@ -39,7 +39,7 @@ pub struct Proxy {
     pub intercept: Arc<super::Intercept>,
     pub live: Arc<super::LiveConns>,
     /// Gates the warning for connections over an agent's limit.
-    pub over_limit: LogGate,
+    pub over_limit: super::AgentLogGates,
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -267,10 +267,11 @@ impl Proxy {
     }
 
     /// An agent at `max_connections_per_agent`: each connection past it
-    /// is refused and recorded; the warning comes once a second, since an
-    /// agent that loops on connect would otherwise fill the daemon's log.
+    /// is refused and recorded; the warning comes once a second for each
+    /// agent, since an agent that loops on connect would otherwise fill
+    /// the daemon's log.
     fn refuse_over_limit(&self, origin: &Origin, agent: &Arc<str>, client: ClientAddr) {
-        if let Some(held_back) = self.over_limit.open() {
+        if let Some(held_back) = self.over_limit.open(agent) {
             warn!(
                 limit = self.live.limit(),
                 held_back,

@@ -34,5 +34,5 @@ pub use h2_pools::H2Pools;
 pub use headers::map_of as header_map;
 pub use intercept::Intercept;
 pub use live::LiveConns;
-pub use log_gate::{AgentLogGates, LogGate};
+pub use log_gate::AgentLogGates;
 pub use upstream::Connector as UpstreamConnector;
