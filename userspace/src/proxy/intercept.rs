@@ -54,10 +54,11 @@ pub struct Intercept {
     pub metrics: Arc<Metrics>,
     pub audit: Audit,
     pub resolver: Arc<Resolver>,
-    /// Gates the warnings an agent can cause request after request (a
-    /// placeholder where no rule allows it, an answer that cannot be
-    /// scrubbed): each is in the audit log; the daemon's log gets at most
-    /// one a second for each agent.
+    /// Gates the warnings an agent can cause request after request, or
+    /// connection after connection (a placeholder where no rule allows
+    /// it, an answer that cannot be scrubbed, a passed-through name that
+    /// does not resolve): each is in the audit log; the daemon's log gets
+    /// at most one a second for each agent.
     pub warnings: super::AgentLogGates,
 }
 
@@ -108,7 +109,9 @@ impl Intercept {
         let config = match self.ca.server_config(&host, &alpn) {
             Ok(c) => c,
             Err(err) => {
-                tracing::error!(host, error = %err, "cannot mint a certificate");
+                if let Some(held_back) = self.warnings.open(&agent) {
+                    tracing::error!(host, error = %err, held_back, "cannot mint a certificate");
+                }
                 self.refuse(&origin, &agent, &host, "certificate_error");
                 return;
             }
@@ -161,7 +164,7 @@ impl Intercept {
 
     /// TLS tunnelled uninspected: decided on the SNI alone, no credentials.
     /// The upstream is the SNI host as the daemon resolves it.
-    async fn passthrough(&self, stream: TcpStream, origin: &Origin, agent: &str, host: &str) {
+    async fn passthrough(&self, stream: TcpStream, origin: &Origin, agent: &Arc<str>, host: &str) {
         let started = std::time::Instant::now();
         let mut record = self.record(origin, agent, host);
         record.rule = Some(format!("passthrough {host}").into());
@@ -173,7 +176,9 @@ impl Intercept {
             Err(err) => {
                 // A name that DNS points at this host or the local link
                 // lands here too.
-                tracing::warn!(agent, host, error = %err, "passthrough host not resolved");
+                if let Some(held_back) = self.warnings.open(agent) {
+                    tracing::warn!(agent = %agent, host, error = %err, held_back, "passthrough host not resolved");
+                }
                 Vec::new()
             }
         };
@@ -196,7 +201,7 @@ impl Intercept {
                 record.bytes_in = spliced.to_agent;
                 if spliced.stopped {
                     tracing::info!(
-                        agent,
+                        agent = %agent,
                         host,
                         "tunnel closed: the policy no longer passes it through"
                     );
