@@ -579,6 +579,14 @@ fn add_agent_that_gets(d: &Daemon, up: &TlsUpstream, agent: &str, path: &str) {
     wait_for_policy(d, agent);
 }
 
+/// `agent` sends the placeholder as a bearer token to `url`, by curl,
+/// which prints the status code it got.
+fn send_placeholder(d: &Daemon, agent: &str, url: &str) -> std::process::Output {
+    let header = format!("Authorization: Bearer {PLACEHOLDER}");
+    let cmd = [&harness::CURL_STATUS[..], &["-H", &header, url]].concat();
+    d.run_agent_dns(agent, &cmd)
+}
+
 /// The warnings about `agent`'s refused placeholders in the daemon's log,
 /// each with the count it says it held back.
 fn placeholder_warnings(d: &Daemon, agent: &str) -> Vec<u64> {
@@ -627,19 +635,10 @@ print(sorted(codes))
     let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(stdout(&out).trim(), "[403]", "{}", describe(&out));
-    let side = d.run_agent_dns(
+    let side = send_placeholder(
+        &d,
         "side-bot",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {PLACEHOLDER}"),
-            &format!("https://api.example.test:{p}/hello"),
-        ],
+        &format!("https://api.example.test:{p}/hello"),
     );
     assert_eq!(stdout(&side), "403", "{}", describe(&side));
     let took = started.elapsed();
@@ -825,20 +824,7 @@ fn a_secret_sent_under_a_rule_since_taken_away_is_scrubbed_when_read_back() {
     std::fs::write(&path, without).expect("edit");
     // The placeholder is refused once no rule binds the secret any more.
     until_in_force(|| {
-        let out = d.run_agent_dns(
-            "web-bot",
-            &[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                &format!("Authorization: Bearer {PLACEHOLDER}"),
-                &format!("{base}/hello"),
-            ],
-        );
+        let out = send_placeholder(&d, "web-bot", &format!("{base}/hello"));
         (stdout(&out) == "403", redacted(&describe(&out)))
     });
 

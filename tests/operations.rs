@@ -73,22 +73,8 @@ fn agent_get(d: &Daemon, url: &str) -> String {
 
 /// One HTTPS request from an agent; returns the status code curl saw.
 fn agent_request(d: &Daemon, method: &str, url: &str) -> String {
-    let out = d.run_agent_dns(
-        "ops-bot",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-            "-X",
-            method,
-            url,
-        ],
-    );
+    let options = ["--max-time", "20", "-X", method, url];
+    let out = d.run_agent_dns("ops-bot", &[&harness::CURL_STATUS[..], &options].concat());
     stdout(&out)
 }
 

@@ -20,6 +20,10 @@ use std::{
 
 pub const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
 
+/// curl printing only the status code it got (000: no answer); the
+/// options and URL follow.
+pub const CURL_STATUS: [&str; 6] = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"];
+
 /// The tests need root and BPF; without them they fail, loudly.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
