@@ -642,7 +642,7 @@ impl Intercept {
             // A reload that no longer allows the upgrade's request ends the
             // WebSocket too, and the audit log says so under the request's
             // id.
-            let (policies, audit) = (self.policies.clone(), self.audit.clone());
+            let this = self.clone();
             let (host, port, method, path) =
                 (host.to_owned(), ctx.port, method.to_owned(), path.clone());
             let mut closed = record.clone();
@@ -650,21 +650,27 @@ impl Intercept {
                 let Some(agent) = closed.agent.clone() else {
                     return;
                 };
-                let revoked = policies.revoked(&agent, |policy| {
+                let revoked = this.policies.revoked(&agent, |policy| {
                     matches!(
                         policy.decide_http(&host, port, &method, path.as_str()),
                         HttpDecision::Allow(_)
                     )
                 });
                 tokio::select! {
-                    () = websocket::splice(agent_side, upstream_side, scrubber) => {}
+                    unscrubbable = websocket::splice(agent_side, upstream_side, scrubber) => {
+                        if let Some(problem) = unscrubbable
+                            && let Some(held_back) = this.warnings.open(&agent)
+                        {
+                            warn!(%agent, host, %problem, held_back, "WebSocket connection closed: a frame could not be scrubbed");
+                        }
+                    }
                     () = revoked => {
                         tracing::info!(%agent, host, "WebSocket closed: the policy no longer allows it");
                         closed.action = Some(Action::Deny);
                         closed.reason = Some(Cow::Borrowed("policy_revoked"));
                         closed.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
                         closed.duration_ms = started.elapsed().as_millis() as u64;
-                        audit.record(closed);
+                        this.audit.record(closed);
                     }
                 }
             });

@@ -14,7 +14,6 @@
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tracing::warn;
 
 use crate::creds::{ScrubStream, Scrubber};
 
@@ -33,20 +32,21 @@ const CONTROL_MAX: usize = 125;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Splice the two sides of an upgraded connection. With a scrubber, the
-/// upstream's frames are scrubbed on their way to the agent.
+/// upstream's frames are scrubbed on their way to the agent. Returns why,
+/// when the connection was closed on a frame that could not be scrubbed.
 pub async fn splice(
     agent: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     scrubber: Option<Scrubber>,
-) {
+) -> Option<String> {
     let (Ok(agent), Ok(upstream)) = tokio::join!(agent, upstream) else {
-        return;
+        return None;
     };
     let mut agent = TokioIo::new(agent);
     let mut upstream = TokioIo::new(upstream);
     let Some(scrubber) = scrubber else {
         let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
-        return;
+        return None;
     };
     let (mut agent_read, agent_write) = tokio::io::split(agent);
     let (upstream_read, mut upstream_write) = tokio::io::split(upstream);
@@ -58,11 +58,9 @@ pub async fn splice(
     // The first failure ends both directions: dropping the halves closes
     // both connections.
     // (TLS errors are InvalidData too: only the reframer's own are told.)
-    if let Err(err) = tokio::try_join!(outward, inward)
-        && let Some(problem) = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>())
-    {
-        warn!(%problem, "WebSocket connection closed: a frame could not be scrubbed");
-    }
+    let err = tokio::try_join!(outward, inward).err()?;
+    let problem = err.get_ref()?.downcast_ref::<FrameError>()?;
+    Some(problem.to_string())
 }
 
 async fn relay_frames<R, W>(mut from: R, mut to: W, mut reframer: Reframer) -> std::io::Result<()>
