@@ -668,3 +668,95 @@ fn a_disk_short_of_room_for_the_audit_log_refuses_agents_and_loses_no_record() {
     d.stop();
     drop(disk);
 }
+
+/// The mappings of a process that hold resident pages and are not locked,
+/// but for the kernel's own pages mapped into it (the vDSO, BPF maps),
+/// which are never swapped: their header lines, sizes and flags.
+fn unlocked_mappings(pid: u32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut out = Vec::new();
+    let (mut header, mut rss) = (String::new(), String::new());
+    for line in text.lines() {
+        if line.starts_with(|c: char| c.is_ascii_hexdigit()) && line.contains('-') {
+            header = line.to_owned();
+        } else if let Some(value) = line.strip_prefix("Rss:") {
+            rss = value.trim().to_owned();
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let kernels = ["[vdso]", "[vvar]", "[vvar_vclock]", "anon_inode:bpf-map"]
+                .iter()
+                .any(|name| header.ends_with(name));
+            if !kernels && rss != "0 kB" && !flags.split_whitespace().any(|f| f == "lo") {
+                out.push(format!("{header} ({rss}; {})", flags.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// The whole process's memory figures from `/proc/PID/smaps_rollup`, in KiB.
+fn memory_kib(pid: u32) -> std::collections::HashMap<String, u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+    text.lines()
+        .filter_map(|line| {
+            let (key, rest) = line.split_once(':')?;
+            let kib = rest.trim().strip_suffix(" kB")?.trim().parse().ok()?;
+            Some((key.to_owned(), kib))
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemon_s_memory_is_locked_so_secrets_never_reach_swap() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n    credentials:\n      - secret: ops-token\n",
+        "",
+    );
+    d.secret_set("ops-token", "ops-value-that-must-stay-in-ram");
+    // The secret is in the daemon's memory, swapped into a request.
+    let url = format!("https://api.example.test:{}/hello", up.port);
+    let options = [
+        "--max-time",
+        "20",
+        "-H",
+        "Authorization: Bearer airlock-ph-ops-token",
+        &url,
+    ];
+    let out = d.run_agent_dns("ops-bot", &[&harness::CURL_STATUS[..], &options].concat());
+    assert_eq!(stdout(&out), "200", "{}", describe(&out));
+
+    // Every page of its own the daemon has in RAM is locked there.
+    let pid = d.pid().expect("daemon pid");
+    let memory = memory_kib(pid);
+    let unlocked = unlocked_mappings(pid);
+    assert!(
+        memory["Locked"] > 1024 && unlocked.is_empty(),
+        "{memory:?}; resident and not locked: {unlocked:#?}"
+    );
+
+    // Where it cannot lock (no CAP_IPC_LOCK, 8 MiB of locked memory
+    // allowed), neither the daemon nor `airlock secret` starts, and both
+    // say what to do.
+    for command in [&["daemon"][..], &["secret", "list"][..]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--bounding-set=-ipc_lock", "prlimit", "--memlock=8388608"])
+            .arg(harness::AIRLOCK)
+            .args(command)
+            .arg("--config")
+            .arg(&d.config)
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command:?} ran: {}", describe(&out));
+        assert!(
+            err.contains("cannot lock this process's memory into RAM")
+                && err.contains(&format!(
+                    "set `lock_memory: false` in {}",
+                    d.config.display()
+                )),
+            "{command:?}: {}",
+            describe(&out)
+        );
+    }
+    // The running daemon was not disturbed by the one that did not start.
+    assert!(d.status().is_ok_and(|s| s["healthy"] == true));
+}

@@ -64,6 +64,7 @@ const KEYS: &[&str] = &[
     "agent_tls_resumption",
     "private_upstreams_from_dns",
     "max_connections_per_agent",
+    "lock_memory",
 ];
 
 /// serde's message, without the position our prefix gives; an unknown key
@@ -119,6 +120,7 @@ struct RawConfig {
     agent_tls_resumption: Option<bool>,
     private_upstreams_from_dns: Option<bool>,
     max_connections_per_agent: Option<u64>,
+    lock_memory: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +181,11 @@ pub struct Config {
     /// open files; the limit keeps one agent from taking them from the
     /// others.
     pub max_connections_per_agent: u64,
+    /// The daemon and `airlock secret` lock their memory into RAM, so that
+    /// the master key and secrets are never written to swap. `false` is for
+    /// hosts with no swap, or an encrypted one, where the daemon may not
+    /// have `CAP_IPC_LOCK`.
+    pub lock_memory: bool,
 }
 
 impl Default for Config {
@@ -203,6 +210,7 @@ impl Default for Config {
             agent_tls_resumption: true,
             private_upstreams_from_dns: true,
             max_connections_per_agent: 1024,
+            lock_memory: true,
         }
     }
 }
@@ -282,6 +290,7 @@ impl Config {
         take!(agent_tls_resumption);
         take!(private_upstreams_from_dns);
         take!(max_connections_per_agent);
+        take!(lock_memory);
         cfg.approval_webhook = raw.approval_webhook;
         if cfg.max_connections_per_agent == 0 {
             problems.push(
@@ -380,6 +389,8 @@ mod tests {
         assert_eq!(cfg.audit_min_free(), 256 << 20);
         let cfg = parse("audit_min_free_mib: 0\n").expect("no floor");
         assert_eq!(cfg.audit_min_free(), 0);
+        assert!(parse("").expect("defaults").lock_memory);
+        assert!(!parse("lock_memory: false\n").expect("unlocked").lock_memory);
     }
 
     #[test]
@@ -396,7 +407,7 @@ mod tests {
         let err = parse("zzzz: 1\n").expect_err("unknown");
         assert!(
             err.to_string()
-                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, audit_min_free_mib, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent)"),
+                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, audit_min_free_mib, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent, lock_memory)"),
             "{err}"
         );
         let err = parse("proxy_port: abc\n").expect_err("a string");

@@ -20,6 +20,7 @@ mod daemon;
 mod dns;
 mod ebpf;
 mod file_trust;
+mod memory_lock;
 mod metrics;
 mod nearest_key;
 mod policy;

@@ -14,6 +14,9 @@ pub fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
         crate::file_trust::check(file)
             .with_context(|| format!("not starting: {what} {}", file.display()))?;
     }
+    // Before the runtime's threads and the vault: locked from the start,
+    // nothing the daemon holds is ever swapped out.
+    crate::memory_lock::lock_as_configured(config.lock_memory, &path).context("not starting")?;
     let runtime = runtime().context("starting the async runtime")?;
     runtime.block_on(crate::daemon::run(config, path))?;
     Ok(ExitCode::SUCCESS)

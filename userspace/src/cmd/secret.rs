@@ -15,7 +15,10 @@ use crate::{
 };
 
 pub fn run(arg: &ConfigArg, action: SecretAction) -> anyhow::Result<ExitCode> {
-    let (config, _) = super::load_config(arg)?;
+    let (config, path) = super::load_config(arg)?;
+    // The master key, and the value `set` and `rotate` read, are in memory
+    // from here on.
+    crate::memory_lock::lock_as_configured(config.lock_memory, &path)?;
     let vault = Vault::open(&config.state_dir)?;
     match action {
         SecretAction::Set {

@@ -259,6 +259,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         ca = %ca_path.display(),
         runtime = %runtime_shape(),
         open_files = %open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        memory = if config.lock_memory { "locked" } else { "swappable (lock_memory: false)" },
         "airlock daemon ready"
     );
     notify::ready();
