@@ -1496,6 +1496,52 @@ setTimeout(() => {{ console.log('timed out', got.length); process.exit(1); }}, 1
     assert_no_secret("daemon log", &d.log_text());
 }
 
+/// A frame from a host that holds secrets which the scrubber cannot read
+/// (here a message marked compressed, which no extension was agreed for)
+/// never reaches the agent: the WebSocket is closed, the audit log says
+/// why, and the daemon's log warns, naming the agent and the host.
+#[test]
+fn a_websocket_frame_that_cannot_be_scrubbed_closes_the_socket_and_is_audited() {
+    let Setup { d, up } = setup("");
+    // The echo upstream sends the frame back as it came, RSV1 set.
+    let py = format!(
+        r#"
+{open}print(head.split(b'\r\n')[0].decode())
+s.sendall(bytes([0xc1, 0x83, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b'zip', [1, 2, 3])))
+got = b''
+try:
+    while chunk := s.recv(4096):
+        got += chunk
+except (ssl.SSLError, ConnectionError):
+    pass
+print('closed', got)
+"#,
+        open = ws_open_py(up.port)
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["HTTP/1.1 101 Switching Protocols", "closed b''"],
+        "{}",
+        describe(&out)
+    );
+    let record = d.wait_audit("of the WebSocket closed on its frame", |r| {
+        r["reason"] == "frame_not_scrubbable"
+    });
+    assert_eq!(record["agent"], "web-bot", "{record}");
+    assert_eq!(record["action"], "deny", "{record}");
+    assert_eq!(record["path"], "/ws", "{record}");
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l
+            .contains("WebSocket connection closed: a frame could not be scrubbed")
+            && l.contains("agent=web-bot")
+            && l.contains("host=\"api.example.test\"")
+            && l.contains("reserved bits set")),
+        "{log}"
+    );
+}
+
 /// Python lines that wait (bounded) until the test raises `flag`: the
 /// agent holds its connections open meanwhile.
 fn wait_for_flag(flag: &std::path::Path) -> String {

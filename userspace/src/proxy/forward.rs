@@ -658,9 +658,17 @@ impl Intercept {
                 });
                 tokio::select! {
                     unscrubbable = websocket::splice(agent_side, upstream_side, scrubber) => {
-                        if let Some(problem) = unscrubbable
-                            && let Some(held_back) = this.warnings.open(&agent)
-                        {
+                        let Some(problem) = unscrubbable else {
+                            return;
+                        };
+                        // What the upstream sent was withheld: a refusal,
+                        // in the audit log as every other is.
+                        closed.action = Some(Action::Deny);
+                        closed.reason = Some(Cow::Borrowed("frame_not_scrubbable"));
+                        closed.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+                        closed.duration_ms = started.elapsed().as_millis() as u64;
+                        this.audit.record(closed);
+                        if let Some(held_back) = this.warnings.open(&agent) {
                             warn!(%agent, host, %problem, held_back, "WebSocket connection closed: a frame could not be scrubbed");
                         }
                     }
