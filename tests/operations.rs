@@ -760,3 +760,62 @@ fn the_daemon_s_memory_is_locked_so_secrets_never_reach_swap() {
     // The running daemon was not disturbed by the one that did not start.
     assert!(d.status().is_ok_and(|s| s["healthy"] == true));
 }
+
+/// The daemon holds the capabilities its unit grants and no more, however
+/// it was started (here by a test, as root with all of them), less the one
+/// it needs only to make its cgroup at the top of the mount. Every
+/// end-to-end test runs the daemon so: a capability it needs and the unit
+/// lacks would fail them.
+#[test]
+fn the_daemon_keeps_only_the_capabilities_its_unit_grants() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        "",
+    );
+    let unit = include_str!("../systemd/airlock.service");
+    let granted = |key: &str| -> u64 {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in the unit"));
+        line.split_whitespace()
+            .map(|name| match name {
+                "CAP_NET_ADMIN" => 1 << 12,
+                "CAP_IPC_LOCK" => 1 << 14,
+                "CAP_SYS_ADMIN" => 1 << 21,
+                "CAP_SYS_RESOURCE" => 1 << 24,
+                "CAP_PERFMON" => 1 << 38,
+                "CAP_BPF" => 1 << 39,
+                "CAP_DAC_OVERRIDE" => 1 << 1,
+                other => panic!("a capability this test does not know: {other}"),
+            })
+            .fold(0, |mask, bit| mask | bit)
+    };
+    let unit_set = granted("CapabilityBoundingSet=");
+    assert_eq!(unit_set, granted("AmbientCapabilities="));
+    let dac_override = 1 << 1;
+    assert_ne!(
+        unit_set & dac_override,
+        0,
+        "the unit lets the daemon make its cgroup"
+    );
+    let caps = |pid: &str, key: &str| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in {status}"));
+        u64::from_str_radix(hex.trim(), 16).expect("hex")
+    };
+    // What the test was given (a container may hold back some).
+    let expected = unit_set & !dac_override & caps("self", "CapBnd:");
+    let pid = d.pid().expect("daemon pid").to_string();
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let held = caps(&pid, set);
+        assert_eq!(held, expected, "{set} {held:#x}, expected {expected:#x}");
+    }
+    assert_eq!(caps(&pid, "CapInh:"), 0);
+    // With them it serves agents.
+    let code = agent_get(&d, &format!("https://api.example.test:{}/hello", up.port));
+    assert_eq!(code, "200");
+}

@@ -10,6 +10,7 @@ mod approvals;
 mod atomic_file;
 mod audit;
 mod ca;
+mod capabilities;
 mod cgroup;
 mod cli;
 mod cmd;

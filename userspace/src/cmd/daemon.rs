@@ -17,8 +17,14 @@ pub fn run(arg: ConfigArg) -> anyhow::Result<ExitCode> {
     // Before the runtime's threads and the vault: locked from the start,
     // nothing the daemon holds is ever swapped out.
     crate::memory_lock::lock_as_configured(config.lock_memory, &path).context("not starting")?;
+    // Capabilities belong to each thread: dropped here, before the
+    // runtime's threads exist, they are dropped for all of them.
+    let tree = crate::daemon::prepare_cgroup(&config)?;
+    if let Err(err) = crate::capabilities::keep_only_needed() {
+        tracing::warn!(error = %err, "cannot drop the capabilities the daemon does not need; it runs with more than the unit grants");
+    }
     let runtime = runtime().context("starting the async runtime")?;
-    runtime.block_on(crate::daemon::run(config, path))?;
+    runtime.block_on(crate::daemon::run(config, path, tree))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -64,7 +64,17 @@ fn runtime_shape() -> String {
     }
 }
 
-pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+/// The managed cgroup, found and made. The daemon does this before it
+/// drops the capabilities it needs only at start: at the top of the cgroup
+/// v2 mount, which is read-only (0555) to all but `CAP_DAC_OVERRIDE`.
+pub fn prepare_cgroup(config: &Config) -> anyhow::Result<CgroupTree> {
+    let tree = CgroupTree::discover(&config.cgroup_root)?;
+    ensure_outside(&tree)?;
+    tree.ensure_root()?;
+    Ok(tree)
+}
+
+pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyhow::Result<()> {
     let open_files = match open_files::raise() {
         Ok(files) => {
             if files.before < files.now {
@@ -88,9 +98,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             None
         }
     };
-    let tree = CgroupTree::discover(&config.cgroup_root)?;
-    ensure_outside(&tree)?;
-    tree.ensure_root()?;
 
     // Listen before the hooks point agents at us, so that the first
     // redirected connect finds a listener.
