@@ -7,26 +7,21 @@
 
 use std::io;
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_IPC_LOCK: u32 = 14;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 /// Load and attach the hooks and read their maps (`CAP_BPF`,
 /// `CAP_PERFMON`; `CAP_NET_ADMIN` for cgroup programs); mark the proxy's
 /// sockets as the daemon's (`SO_PRIORITY`, `CAP_NET_ADMIN`); mount bpffs
-/// and make the managed cgroup (`CAP_SYS_ADMIN`); raise the limit on open
-/// files (`CAP_SYS_RESOURCE`); keep memory locked as it grows
-/// (`CAP_IPC_LOCK`, checked at each new mapping). The unit lists the same.
-pub const KEPT: [u32; 6] = [
-    CAP_NET_ADMIN,
-    CAP_IPC_LOCK,
-    CAP_SYS_ADMIN,
-    CAP_SYS_RESOURCE,
-    CAP_PERFMON,
-    CAP_BPF,
+/// (`CAP_SYS_ADMIN`); raise the limit on open files (`CAP_SYS_RESOURCE`);
+/// keep memory locked as it grows (`CAP_IPC_LOCK`, checked at each new
+/// mapping). The unit lists the same, and `CAP_DAC_OVERRIDE`, which only
+/// making the managed cgroup needs: the daemon makes it before it drops
+/// the rest. Numbered as in `linux/capability.h`.
+pub const KEPT: [(u32, &str); 6] = [
+    (12, "CAP_NET_ADMIN"),
+    (14, "CAP_IPC_LOCK"),
+    (21, "CAP_SYS_ADMIN"),
+    (24, "CAP_SYS_RESOURCE"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
 ];
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
@@ -49,7 +44,7 @@ struct Sets {
 /// The capabilities of [`KEPT`] as a bit mask, as `/proc/PID/status`
 /// shows them.
 pub fn kept_mask() -> u64 {
-    KEPT.iter().fold(0, |mask, cap| mask | 1 << cap)
+    KEPT.iter().fold(0, |mask, (cap, _)| mask | 1 << cap)
 }
 
 /// Drops every capability but [`KEPT`]: from the bounding set, so that
@@ -62,7 +57,7 @@ pub fn keep_only_needed() -> io::Result<()> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(CAP_BPF + 1)
+        .unwrap_or(40)
         .min(63);
     let mut bounding_error = None;
     for cap in (0..=last).filter(|cap| keep & (1 << cap) == 0) {
