@@ -1706,12 +1706,18 @@ print(tags, echoes)
         port = server.addr.port()
     );
     let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
-    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        out.status.success(),
+        "{}\ndaemon log:\n{}",
+        describe(&out),
+        d.log_text()
+    );
     assert_eq!(
         stdout(&out).trim(),
         format!("{HELD} {HELD}"),
-        "{}",
-        describe(&out)
+        "{}\ndaemon log:\n{}",
+        describe(&out),
+        d.log_text()
     );
     assert_eq!(server.accepted(), HELD as usize);
     assert!(!d.log_text().contains("accept failed"), "{}", d.log_text());

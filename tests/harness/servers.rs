@@ -20,6 +20,7 @@ pub struct TagServer {
 impl TagServer {
     pub fn start(bind: &str, tag: &str) -> TagServer {
         let listener = TcpListener::bind(bind).expect("bind tag server");
+        deepen_backlog(&listener);
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
@@ -47,6 +48,18 @@ impl TagServer {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+/// std listens with a backlog of 128. Tests that hold hundreds of
+/// connections, while others run, outpace this server's accept thread;
+/// past 128 the kernel drops the handshake and the proxy's dial waits for
+/// a retransmission, 1, 3, 7, 15 s later: longer than an agent's timeout.
+/// Calling `listen` again on a listening socket only sets its backlog.
+fn deepen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: listen on a descriptor the listener owns and keeps open.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
 }
 
 /// A UDP server that counts datagrams (to prove none arrived).
