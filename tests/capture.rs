@@ -440,25 +440,25 @@ attempt('tcp', tcp_fast_open)
         hop = ns.ns_ip6,
         marker = std::str::from_utf8(MARKER).expect("ascii")
     );
-    let listen = std::time::Duration::from_secs(2);
+    // Frames are on the wire by the time the sender's `sendto` returns;
+    // half a second covers their way through the pair.
+    let grace = Duration::from_millis(500);
     // Control: outside Airlock the same sends reach the namespace, so the
     // route and the count work.
-    let counting = ns.count_frames_with(MARKER, listen);
-    std::thread::sleep(Duration::from_millis(200));
+    let counting = ns.count_frames_with(MARKER);
     let outside = std::process::Command::new(PY)
         .args(["-c", &routed])
         .output()
         .expect("python");
     assert!(
-        counting.join().expect("count") >= 2,
+        counting.finish(grace) >= 2,
         "the routed sends did not arrive even from outside Airlock, so this would prove nothing:\n{}",
         describe(&outside)
     );
-    let counting = ns.count_frames_with(MARKER, listen);
-    std::thread::sleep(Duration::from_millis(200));
+    let counting = ns.count_frames_with(MARKER);
     let out = d.run_agent("capture-bot", &[PY, "-c", &routed]);
     assert_eq!(
-        counting.join().expect("count"),
+        counting.finish(grace),
         0,
         "an agent's routed packet left the host:\n{}",
         describe(&out)

@@ -7,7 +7,10 @@ use std::{
     os::fd::AsRawFd as _,
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU16, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, Ordering},
+    },
 };
 
 use super::servers::TagServer;
@@ -116,16 +119,17 @@ impl NetNs {
         .expect("work in the namespace")
     }
 
-    /// Starts counting, inside the namespace, the frames that arrive on
-    /// its end of the pair carrying `marker`; the count is read from the
-    /// returned handle after `listen` has passed.
-    pub fn count_frames_with(
-        &self,
-        marker: &'static [u8],
-        listen: std::time::Duration,
-    ) -> std::thread::JoinHandle<usize> {
+    /// Counts, inside the namespace, the frames that arrive on its end of
+    /// the pair carrying `marker`, from when this returns (the sniffer is
+    /// open) until `FrameCount::finish`. Counting until the sender is
+    /// done, not for a fixed time, keeps a slow start from passing for
+    /// "nothing arrived".
+    pub fn count_frames_with(&self, marker: &'static [u8]) -> FrameCount {
         let path = self.path();
-        std::thread::spawn(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, sniffing) = std::sync::mpsc::channel();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open the namespace");
             // SAFETY: as in `inside`.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -141,10 +145,12 @@ impl NetNs {
             sniffer
                 .set_read_timeout(Some(std::time::Duration::from_millis(100)))
                 .expect("timeout");
-            let deadline = std::time::Instant::now() + listen;
+            let _ = ready.send(());
+            // A bound for a test that fails before it calls `finish`.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
             let mut seen = 0;
             let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 65536];
-            while std::time::Instant::now() < deadline {
+            while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                 if let Ok(n) = sniffer.recv(&mut frame) {
                     // SAFETY: recv initialised the first `n` bytes.
                     let bytes: Vec<u8> = frame[..n]
@@ -157,7 +163,11 @@ impl NetNs {
                 }
             }
             seen
-        })
+        });
+        sniffing
+            .recv()
+            .expect("the sniffer in the namespace did not start");
+        FrameCount { stop, thread }
     }
 }
 
@@ -168,5 +178,21 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Frames being counted in a namespace; see `NetNs::count_frames_with`.
+pub struct FrameCount {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl FrameCount {
+    /// Call once the sender has exited: counts on for `grace`, for frames
+    /// still between the sender's socket and the namespace, then stops.
+    pub fn finish(self, grace: std::time::Duration) -> usize {
+        std::thread::sleep(grace);
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("count frames")
     }
 }
