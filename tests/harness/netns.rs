@@ -146,7 +146,7 @@ impl NetNs {
                 .set_read_timeout(Some(std::time::Duration::from_millis(100)))
                 .expect("timeout");
             let _ = ready.send(());
-            // A bound for a test that fails before it calls `finish`.
+            // A bound, should the handle never be finished nor dropped.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
             let mut seen = 0;
             let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 65536];
@@ -167,7 +167,10 @@ impl NetNs {
         sniffing
             .recv()
             .expect("the sniffer in the namespace did not start");
-        FrameCount { stop, thread }
+        FrameCount {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -182,17 +185,28 @@ impl Drop for NetNs {
 }
 
 /// Frames being counted in a namespace; see `NetNs::count_frames_with`.
+/// Dropped unfinished (a test failing early), it stops the count.
 pub struct FrameCount {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<usize>,
+    thread: Option<std::thread::JoinHandle<usize>>,
 }
 
 impl FrameCount {
     /// Call once the sender has exited: counts on for `grace`, for frames
     /// still between the sender's socket and the namespace, then stops.
-    pub fn finish(self, grace: std::time::Duration) -> usize {
+    pub fn finish(mut self, grace: std::time::Duration) -> usize {
         std::thread::sleep(grace);
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("count frames")
+        self.thread
+            .take()
+            .expect("counted once")
+            .join()
+            .expect("count frames")
+    }
+}
+
+impl Drop for FrameCount {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
