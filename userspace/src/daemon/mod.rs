@@ -75,6 +75,7 @@ pub fn prepare_cgroup(config: &Config) -> anyhow::Result<CgroupTree> {
 }
 
 pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyhow::Result<()> {
+    let stop = StopSignals::catch();
     let open_files = match open_files::raise() {
         Ok(files) => {
             if files.before < files.now {
@@ -270,7 +271,7 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
         "airlock daemon ready"
     );
     notify::ready();
-    wait_for_stop().await;
+    stop.wait().await;
     // No attaching again after this: the loader would open the hooks that
     // the close below shuts.
     guard.abort();
@@ -303,18 +304,36 @@ pub struct Listening {
     pub metrics: SocketAddr,
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can still be killed; just run.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM (`systemctl stop`) and SIGINT, caught from the start of
+/// `run`: once `status` answers or systemd hears "ready", a stop takes
+/// the clean way out (hooks closed, audit log flushed), however soon it
+/// comes. Caught any later, a stop sent between "ready" and the wait
+/// would end the process by the signal's default action.
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn catch() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => StopSignals(Some((term, int))),
+            (Err(err), _) | (_, Err(err)) => {
+                warn!(error = %err, "cannot catch SIGTERM and SIGINT; a stop ends the daemon without closing its hooks or flushing the audit log (the next start recovers both)");
+                StopSignals(None)
+            }
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
