@@ -785,7 +785,8 @@ fn airlock_run_refuses_a_user_whose_systemd_manager_runs() {
 
 /// A process placed in an agent's cgroup without `airlock run` (a unit
 /// that `systemd-run --slice` made) has no system call filter, and may
-/// open sockets the hooks never see: `airlock status` names it.
+/// open sockets the hooks never see: `airlock status` names it, and the
+/// metric `airlock_unconfined_processes` counts it.
 #[test]
 fn status_names_agent_processes_placed_without_airlock_run() {
     let d = Daemon::start(DaemonOptions::with_policy(
@@ -808,6 +809,7 @@ fn status_names_agent_processes_placed_without_airlock_run() {
         .arg(&d.config)
         .output()
         .expect("status");
+    let metrics = d.metrics();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir(&unit);
@@ -820,6 +822,13 @@ fn status_names_agent_processes_placed_without_airlock_run() {
         stdout(&human).contains("UNCONFINED: 1 process(es)"),
         "{}",
         describe(&human)
+    );
+    // And a metric, for an alert.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "airlock_unconfined_processes{agent=\"capture-bot\"} 1"),
+        "{metrics}"
     );
     // A process run by `airlock run` has the filter: none of them counts.
     let out = d.run_agent(

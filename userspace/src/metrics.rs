@@ -50,6 +50,9 @@ pub struct Metrics {
     /// an agent near `max_connections_per_agent`. Read at each scrape.
     live_connections: IntGaugeVec,
     connection_limit: IntGauge,
+    /// Processes in each agent's cgroups without a system call filter
+    /// (placed there without `airlock run`). Read at each scrape.
+    unconfined_processes: IntGaugeVec,
     /// One scrape at a time refreshes and renders. Refreshing clears the
     /// per-agent gauges before it sets them again, and tops counters up
     /// from what they read: two scrapes at once could render an agent's
@@ -130,6 +133,21 @@ impl Metrics {
                 source,
             })?,
         )?;
+        let unconfined_processes = register(
+            &registry,
+            "unconfined_processes",
+            IntGaugeVec::new(
+                Opts::new(
+                    "unconfined_processes",
+                    "Processes in each agent's cgroups without a system call filter (placed without `airlock run`): they may open sockets the hooks never see",
+                ),
+                &["agent"],
+            )
+            .map_err(|source| MetricsError::Register {
+                name: "unconfined_processes",
+                source,
+            })?,
+        )?;
         let connection_limit = gauge(
             "connection_limit_per_agent",
             "Connections one agent may hold open at once (max_connections_per_agent); more are refused",
@@ -137,6 +155,7 @@ impl Metrics {
         let m = Metrics {
             live_connections,
             connection_limit,
+            unconfined_processes,
             connections: register(
                 &registry,
                 "connections_total",
@@ -254,6 +273,17 @@ impl Metrics {
         }
         self.connection_limit
             .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Mirrors how many of each agent's processes have no system call
+    /// filter; agents with no process drop out of the export.
+    pub fn set_unconfined_processes(&self, by_agent: &BTreeMap<String, u64>) {
+        self.unconfined_processes.reset();
+        for (agent, n) in by_agent {
+            self.unconfined_processes
+                .with_label_values(&[agent.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// What `GET /metrics` answers: the gauges read from elsewhere

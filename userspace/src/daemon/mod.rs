@@ -2,6 +2,7 @@
 //! the resolver, the admin socket and the metrics until told to stop.
 
 mod admin;
+mod confinement;
 mod dns_view;
 mod notify;
 mod open_files;
@@ -226,6 +227,7 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
     let refresh_metrics = metrics.clone();
     let refresh_audit = audit.clone();
     let refresh_live = live.clone();
+    let refresh_agents = agents.clone();
     tokio::spawn(metrics::serve(
         metrics_listener,
         metrics.clone(),
@@ -233,6 +235,9 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
             refresh_metrics.set_bpf_redirects(refresh_kernel.stats.get(Stat::TcpRedirected));
             refresh_metrics.set_audit(&refresh_audit.state());
             refresh_metrics.set_live_connections(&refresh_live.snapshot(), refresh_live.limit());
+            refresh_metrics.set_unconfined_processes(&confinement::unconfined_by_agent(
+                &refresh_agents.processes(),
+            ));
         }),
     ));
     let status = Arc::new(status::StatusSource {

@@ -52,7 +52,7 @@ impl StatusSource {
                     "connection_limit": self.live.limit(),
                     "unconfined_processes": processes
                         .get(&name)
-                        .map_or(0, |pids| pids.iter().filter(|pid| !has_syscall_filter(**pid)).count()),
+                        .map_or(0, |pids| super::confinement::unconfined(pids)),
                 })
             })
             .collect();
@@ -94,20 +94,6 @@ impl StatusSource {
             "approvals_pending": self.approvals.pending(),
         })
     }
-}
-
-/// Whether process `pid` runs under a seccomp filter: `airlock run` puts
-/// one on every agent, and a unit with `RestrictAddressFamilies=` or
-/// `SystemCallFilter=` has one too. One placed in an agent's cgroup by
-/// other means has none, and may open sockets the cgroup hooks never see.
-/// A process gone meanwhile counts as filtered: it opens nothing.
-fn has_syscall_filter(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .is_some_and(|mode| mode.trim() == "2")
-    })
 }
 
 impl StatusSource {
