@@ -337,9 +337,16 @@ pub async fn serve(
                 let refresh = refresh.clone();
                 async move {
                     let response = if req.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(metrics.scrape(&*refresh))))
+                        // Refreshing reads the cgroup tree and /proc: off
+                        // the threads that carry agents' requests.
+                        match tokio::task::spawn_blocking(move || metrics.scrape(&*refresh)).await {
+                            Ok(text) => Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(text))),
+                            Err(_) => Response::builder()
+                                .status(500)
+                                .body(Full::new(Bytes::from_static(b"scrape failed\n"))),
+                        }
                     } else {
                         Response::builder()
                             .status(404)
