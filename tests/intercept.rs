@@ -33,6 +33,7 @@ fn setup(extra_rules: &str) -> Setup {
             "auth.example.test",
             "svc.example.test",
             "pinned.example.test",
+            "git.example.test",
         ],
     );
     let p = up.port;
@@ -58,7 +59,7 @@ rules:
     let d = Daemon::start(DaemonOptions {
         policies: vec![("web-bot.yaml".into(), policy)],
         extra_config: format!(
-            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\n  pinned.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\n  pinned.example.test: 127.0.0.1\n  git.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
             ca.display()
         ),
     });
@@ -99,6 +100,152 @@ fn redacted(text: &str) -> String {
         }
     }
     text
+}
+
+/// `git` as the test (root) runs it, outside any agent.
+fn git(args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+    stdout(&out)
+}
+
+/// A coding agent's daily work: `git clone` over HTTPS with a token in the
+/// URL, as GitHub takes one. The agent's URL holds only the placeholder;
+/// git sends it inside a Basic value, where Airlock swaps in the token. A
+/// policy that lets the agent fetch any repository but push only to its
+/// own stops a push elsewhere at its POST, before the upstream sees it.
+#[test]
+fn git_clones_with_a_token_it_never_holds_and_pushes_only_where_its_policy_says() {
+    let repos = tempfile::tempdir().expect("repos");
+    let bare = repos.path().join("repo.git");
+    let bare = bare.to_str().expect("utf-8 path");
+    let own = repos.path().join("scratch.git");
+    let own = own.to_str().expect("utf-8 path");
+    git(&["init", "-q", "--bare", "-b", "main", bare]);
+    git(&["init", "-q", "--bare", "-b", "main", own]);
+    let seed = tempfile::tempdir().expect("seed");
+    let seed = seed.path().to_str().expect("utf-8 path");
+    git(&["init", "-q", "-b", "main", seed]);
+    let who = [
+        "-c",
+        "user.name=upstream",
+        "-c",
+        "user.email=up@example.test",
+    ];
+    git(&[
+        &["-C", seed][..],
+        &who,
+        &[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "first commit upstream",
+        ],
+    ]
+    .concat());
+    git(&["-C", seed, "push", "-q", bare, "main"]);
+
+    let Setup { d, up } = setup(
+        r#"  - host: git.example.test:{port}
+    methods: [GET, POST]
+    paths: ["/git/*.git/info/refs", "/git/*.git/git-upload-pack", "/git/scratch.git/git-receive-pack"]
+    credentials:
+      - secret: api-token
+"#,
+    );
+    up.serve_git(repos.path(), SECRET);
+    // The agent runs as nobody: a directory of its own to clone into.
+    let work = tempfile::tempdir().expect("work");
+    harness::set_mode(work.path(), 0o777);
+    let agent = format!(
+        r#"set -e
+cd {work}
+git clone -q "https://x-access-token:$API_TOKEN@git.example.test:{port}/git/repo.git" clone
+git -C clone log --format=%s
+git -C clone -c user.name=bot -c user.email=bot@example.test commit -q --allow-empty -m "pushed by the agent"
+if git -C clone push -q origin main 2>push.err; then echo PUSHED; else echo PUSH REFUSED; cat push.err; fi
+git -C clone push -q "https://x-access-token:$API_TOKEN@git.example.test:{port}/git/scratch.git" main
+echo PUSHED TO SCRATCH
+"#,
+        work = work.path().display(),
+        port = up.port
+    );
+    let out = d.run_agent("web-bot", &["sh", "-c", &agent]);
+    let text = describe(&out);
+    assert_no_secret("the agent's output", &text);
+    assert!(out.status.success(), "{}", redacted(&text));
+    let said = stdout(&out);
+    assert!(
+        said.starts_with("first commit upstream\n"),
+        "{}",
+        redacted(&text)
+    );
+    assert!(said.contains("PUSH REFUSED"), "{}", redacted(&text));
+    assert!(
+        said.contains("403"),
+        "git names the refusal: {}",
+        redacted(&text)
+    );
+    assert!(said.ends_with("PUSHED TO SCRATCH\n"), "{}", redacted(&text));
+
+    // The upstream got the token, inside the Basic value git made of the
+    // placeholder; the agent's copy of the URL still holds the placeholder.
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{SECRET}", harness::git_http::GIT_USER)
+        )
+    );
+    let seen = up.seen();
+    let fetched = seen
+        .iter()
+        .filter(|r| r.path == "/git/repo.git/git-upload-pack")
+        .collect::<Vec<_>>();
+    assert!(!fetched.is_empty(), "no fetch reached the upstream");
+    assert!(
+        fetched
+            .iter()
+            .all(|r| r.header("authorization") == Some(basic.as_str())),
+        "a fetch reached the upstream without the token"
+    );
+    let config = std::fs::read_to_string(work.path().join("clone/.git/config")).expect("config");
+    assert_no_secret("the clone's .git/config", &config);
+    assert!(config.contains("x-access-token:airlock-ph-"), "{config}");
+
+    // The refused push never reached the upstream, and the branch is as it
+    // was; the allowed one landed, with the token.
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.path == "/git/repo.git/git-receive-pack"),
+        "the refused push reached the upstream"
+    );
+    assert_eq!(
+        git(&["--git-dir", bare, "log", "--format=%s", "main"]),
+        "first commit upstream\n"
+    );
+    assert_eq!(
+        git(&["--git-dir", own, "log", "--format=%s", "main"]),
+        "pushed by the agent\nfirst commit upstream\n"
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.path == "/git/scratch.git/git-receive-pack")
+            .all(|r| r.header("authorization") == Some(basic.as_str())),
+        "a push reached the upstream without the token"
+    );
+    let rec = d.wait_audit("for the refused push", |r| {
+        r["path"] == "/git/repo.git/git-receive-pack"
+    });
+    assert_eq!(rec["action"], "deny", "{rec}");
+    assert_eq!(rec["status"], 403, "{rec}");
 }
 
 #[test]

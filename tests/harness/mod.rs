@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bpf;
+pub mod git_http;
 pub mod netns;
 pub mod servers;
 pub mod upstream;

@@ -9,7 +9,8 @@
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
-//! against the key given to [`TlsUpstream::set_app_key`]).
+//! against the key given to [`TlsUpstream::set_app_key`]), and git's smart
+//! HTTP under /git/ once [`TlsUpstream::serve_git`] says what to serve.
 
 use std::{
     convert::Infallible,
@@ -18,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use super::git_http::{self, GitHost};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::{Request, Response, body::Frame, service::service_fn};
@@ -67,6 +69,7 @@ pub struct TlsUpstream {
     pub ca_pem: PathBuf,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub grants: Arc<Grants>,
+    git: Arc<Mutex<Option<GitHost>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -116,6 +119,8 @@ impl TlsUpstream {
         let seen_srv = seen.clone();
         let grants = Arc::new(Grants::default());
         let grants_srv = grants.clone();
+        let git: Arc<Mutex<Option<GitHost>>> = Arc::default();
+        let git_srv = git.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
@@ -124,12 +129,15 @@ impl TlsUpstream {
                 let acceptor = acceptor.clone();
                 let seen = seen_srv.clone();
                 let grants = grants_srv.clone();
+                let git = git_srv.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service =
-                        service_fn(move |req| handle(req, peer, seen.clone(), grants.clone()));
+                    let service = service_fn(move |req| {
+                        let git = git.lock().expect("git").clone();
+                        handle(req, peer, seen.clone(), grants.clone(), git)
+                    });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
@@ -141,8 +149,18 @@ impl TlsUpstream {
             ca_pem,
             seen,
             grants,
+            git,
             _runtime: runtime,
         }
+    }
+
+    /// Serve the bare repositories under `root` at /git/, to requests that
+    /// authenticate as [`git_http::GIT_USER`] with `token`.
+    pub fn serve_git(&self, root: &Path, token: &str) {
+        *self.git.lock().expect("git") = Some(GitHost {
+            root: root.to_path_buf(),
+            token: token.to_owned(),
+        });
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -185,6 +203,7 @@ async fn handle(
     peer: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     grants: Arc<Grants>,
+    git: Option<GitHost>,
 ) -> Result<Response<Body>, Infallible> {
     let record = Seen {
         peer,
@@ -219,6 +238,9 @@ async fn handle(
     }
     let path = req.uri().path().to_string();
     let head = req.method() == hyper::Method::HEAD;
+    if let Some(host) = git.filter(|_| path.starts_with("/git/")) {
+        return Ok(git_http::serve(req, &host).await.map(full));
+    }
     if path == "/oauth/token" {
         return Ok(oauth_token(req, &grants).await);
     }
