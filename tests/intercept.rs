@@ -248,6 +248,79 @@ echo PUSHED TO SCRATCH
     assert_eq!(rec["status"], 403, "{rec}");
 }
 
+/// The JVM reads none of the CA files other runtimes do. `airlock run`
+/// names a trust store (JKS) of the system roots and Airlock's CA in
+/// `JAVA_TOOL_OPTIONS`, after any options the caller had there, and Java's
+/// own HTTP client gets its answer over HTTP/2, with the token swapped in
+/// on the way.
+#[test]
+fn java_trusts_airlock_through_the_trust_store_run_names() {
+    let Setup { d, up } = setup("");
+    let src = tempfile::tempdir().expect("source dir");
+    harness::set_mode(src.path(), 0o755);
+    let fetch = src.path().join("Fetch.java");
+    std::fs::write(
+        &fetch,
+        r#"import java.net.URI;
+import java.net.http.*;
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        var request = HttpRequest.newBuilder(URI.create(args[0]))
+            .header("Authorization", "Bearer " + System.getenv("API_TOKEN"))
+            .build();
+        var response = HttpClient.newHttpClient().send(request, HttpResponse.BodyHandlers.ofString());
+        System.out.println(System.getProperty("caller.option") + " " + response.statusCode() + " " + response.version());
+        System.out.println(response.body());
+    }
+}
+"#,
+    )
+    .expect("Fetch.java");
+    harness::set_mode(&fetch, 0o644);
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    let out = d.run_agent_with(
+        "web-bot",
+        &["--user", "nobody"],
+        &[("JAVA_TOOL_OPTIONS", "-Dcaller.option=kept")],
+        &["java", fetch.to_str().expect("utf-8 path"), &url],
+    );
+    let text = describe(&out);
+    assert_no_secret("the agent's output", &text);
+    assert!(out.status.success(), "{}", redacted(&text));
+    assert!(
+        stdout(&out).starts_with("kept 200 HTTP_2\n"),
+        "{}",
+        redacted(&text)
+    );
+    let echo = up
+        .seen()
+        .into_iter()
+        .rfind(|r| r.path == "/echo")
+        .expect("the request reached the upstream");
+    assert_eq!(echo.version, "HTTP/2.0");
+    assert_eq!(
+        echo.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    // The store holds every root the PEM bundle does, as Java's own tool
+    // reads it.
+    let ca_dir = d.dir.path().join("state/ca");
+    let listed = Command::new("keytool")
+        .args(["-list", "-storepass", "changeit", "-keystore"])
+        .arg(ca_dir.join("bundle.jks"))
+        .output()
+        .expect("keytool");
+    assert!(listed.status.success(), "{}", describe(&listed));
+    let pem = std::fs::read_to_string(ca_dir.join("bundle.pem")).expect("bundle.pem");
+    assert_eq!(
+        stdout(&listed).matches("trustedCertEntry").count(),
+        pem.matches("-----BEGIN CERTIFICATE-----").count(),
+        "{}",
+        stdout(&listed)
+    );
+}
+
 #[test]
 fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
     let Setup { d, up } = setup("");

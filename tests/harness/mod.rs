@@ -377,6 +377,18 @@ impl Daemon {
     }
 
     pub fn run_agent_as(&self, agent: &str, who: &[&str], cmd: &[&str]) -> Output {
+        self.run_agent_with(agent, who, &[], cmd)
+    }
+
+    /// `run_agent_as`, with `env` set in the environment `airlock run`
+    /// starts with (as a caller's shell would have it).
+    pub fn run_agent_with(
+        &self,
+        agent: &str,
+        who: &[&str],
+        env: &[(&str, &str)],
+        cmd: &[&str],
+    ) -> Output {
         Command::new(AIRLOCK)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -388,6 +400,7 @@ impl Daemon {
             .env_remove("HTTPS_PROXY")
             .env_remove("http_proxy")
             .env_remove("https_proxy")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("airlock run")

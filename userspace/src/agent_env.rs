@@ -17,6 +17,25 @@ const BUNDLE_VARS: [&str; 4] = [
     "GIT_SSL_CAINFO",
 ];
 
+/// The JVM reads no CA file from the environment, only options: this one
+/// names its trust store. Options the policy or the caller give are kept
+/// in front, and the JVM takes the last value of a property.
+pub const JAVA_OPTIONS_VAR: &str = "JAVA_TOOL_OPTIONS";
+
+/// The JVM options that make it trust `store` (a JKS file) in place of its
+/// own `cacerts`, after `existing` ones. None when the path holds
+/// whitespace, which splits JVM options and cannot be quoted in all JDKs.
+pub fn java_options(existing: Option<&str>, store: &Path) -> Option<String> {
+    let store = store
+        .to_str()
+        .filter(|s| !s.contains(char::is_whitespace))?;
+    let ours = format!("-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=JKS");
+    Some(match existing.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(existing) => format!("{existing} {ours}"),
+        None => ours,
+    })
+}
+
 pub struct AgentEnv {
     pub vars: BTreeMap<String, String>,
     /// Secrets the policy references that the vault does not hold.
@@ -52,9 +71,42 @@ pub fn build(
     for var in BUNDLE_VARS {
         vars.insert(var.into(), ca_dir.join("bundle.pem").display().to_string());
     }
+    let store = ca_dir.join(crate::ca::JAVA_TRUST_STORE);
+    let policy_java = vars.get(JAVA_OPTIONS_VAR).map(String::as_str);
+    match java_options(policy_java, &store) {
+        Some(options) => {
+            vars.insert(JAVA_OPTIONS_VAR.into(), options);
+        }
+        None => tracing::warn!(
+            store = %store.display(),
+            "the Java trust store's path holds whitespace, which JVM options cannot carry: Java agents will not trust Airlock's CA"
+        ),
+    }
     vars.insert("AIRLOCK_AGENT".into(), policy.agent.clone());
     AgentEnv {
         vars,
         missing_secrets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_trusts_the_store_after_any_options_it_already_had() {
+        let store = Path::new("/var/lib/airlock/ca/bundle.jks");
+        let ours = "-Djavax.net.ssl.trustStore=/var/lib/airlock/ca/bundle.jks -Djavax.net.ssl.trustStoreType=JKS";
+        assert_eq!(java_options(None, store).as_deref(), Some(ours));
+        assert_eq!(java_options(Some("  "), store).as_deref(), Some(ours));
+        // Last wins in the JVM: a trust store the caller named gives way.
+        assert_eq!(
+            java_options(Some("-Xmx512m -Djavax.net.ssl.trustStore=/x"), store),
+            Some(format!("-Xmx512m -Djavax.net.ssl.trustStore=/x {ours}"))
+        );
+        assert_eq!(
+            java_options(None, Path::new("/state dir/ca/bundle.jks")),
+            None
+        );
     }
 }

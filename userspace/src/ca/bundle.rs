@@ -20,13 +20,13 @@ pub(super) const SYSTEM_ROOT_FILES: [&str; 2] = [
 const BUNDLE_MODE: u32 = 0o644;
 
 /// Writes `bundle` from the first readable file among `candidates` followed by
-/// `ca_pem`. A candidate that exists but cannot be read is an error, not a
-/// silent fallback to a bundle without system roots.
+/// `ca_pem`, and returns what it wrote. A candidate that exists but cannot be
+/// read is an error, not a silent fallback to a bundle without system roots.
 pub(super) fn write<'a>(
     bundle: &Path,
     ca_pem: &str,
     candidates: impl IntoIterator<Item = &'a Path>,
-) -> Result<(), CaError> {
+) -> Result<Vec<u8>, CaError> {
     let mut contents = Vec::new();
     let mut found = false;
     for candidate in candidates {
@@ -57,5 +57,6 @@ pub(super) fn write<'a>(
         contents.push(b'\n');
     }
     contents.extend_from_slice(ca_pem.as_bytes());
-    write_atomic(bundle, &contents, BUNDLE_MODE)
+    write_atomic(bundle, &contents, BUNDLE_MODE)?;
+    Ok(contents)
 }

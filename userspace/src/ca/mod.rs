@@ -8,8 +8,10 @@
 //! - `ca.key`     PKCS#8 PEM, ECDSA P-256, 0600, root-only
 //! - `ca.crt`     PEM, 0644
 //! - `bundle.pem` system roots followed by the Airlock CA, 0644
+//! - `bundle.jks` the same, as a Java trust store, 0644
 
 mod bundle;
+mod java_trust;
 mod mint;
 mod store;
 
@@ -116,6 +118,9 @@ pub enum CaError {
     ServerConfig { host: String, source: rustls::Error },
 }
 
+/// The trust bundle as a Java trust store (JKS), in the CA directory.
+pub const JAVA_TRUST_STORE: &str = "bundle.jks";
+
 /// The loaded CA: issues leaf certificates and caches one `ServerConfig` per
 /// (host, ALPN list). Shared across tasks behind an `Arc`.
 pub struct Ca {
@@ -175,13 +180,15 @@ impl Ca {
 
     /// Writes `bundle.pem`: the host's system roots followed by this CA, for
     /// clients that take one CA file replacing (not extending) their roots
-    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`).
+    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`),
+    /// and the same as a Java trust store beside it ([`JAVA_TRUST_STORE`]).
     pub fn write_trust_bundle(&self) -> Result<PathBuf, CaError> {
-        bundle::write(
+        let bundle = bundle::write(
             &self.bundle_path,
             &self.cert_pem,
             bundle::SYSTEM_ROOT_FILES.iter().map(Path::new),
         )?;
+        java_trust::write(&self.bundle_path.with_file_name(JAVA_TRUST_STORE), &bundle)?;
         Ok(self.bundle_path.clone())
     }
 

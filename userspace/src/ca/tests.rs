@@ -445,6 +445,14 @@ fn bundle_uses_the_host_system_roots() {
     assert_eq!(path, ca.bundle_path());
     let written = fs::read(&path).unwrap();
     assert!(written.ends_with(ca.cert_pem().as_bytes()));
+    // And the Java trust store beside it (its content: `java_trust`).
+    let store = path.with_file_name(super::JAVA_TRUST_STORE);
+    assert!(
+        fs::read(&store)
+            .unwrap()
+            .starts_with(&[0xFE, 0xED, 0xFE, 0xED])
+    );
+    assert_eq!(mode(&store), 0o644);
     let system = bundle::SYSTEM_ROOT_FILES
         .iter()
         .find_map(|p| fs::read(p).ok());

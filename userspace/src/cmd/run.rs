@@ -83,7 +83,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tree.root.display()
         ),
     }
-    let env = agent_env(&config, &args.agent)?;
+    let mut env = agent_env(&config, &args.agent)?;
+    // The caller's JVM options stay, with the trust store after them.
+    if let (Some(ours), Ok(theirs)) = (
+        env.get_mut(crate::agent_env::JAVA_OPTIONS_VAR),
+        std::env::var(crate::agent_env::JAVA_OPTIONS_VAR),
+    ) && !theirs.trim().is_empty()
+    {
+        *ours = format!("{} {ours}", theirs.trim());
+    }
     let dir = tree.enter(&args.agent, std::process::id())?;
     // In this very thread, which execs the command: exec keeps the
     // Landlock domain.
