@@ -321,6 +321,97 @@ public class Fetch {
     );
 }
 
+/// What most agents are built on: the Anthropic and OpenAI SDKs for
+/// Python, each reading its key (a placeholder) and its base URL from the
+/// environment the policy gives. OpenAI's key travels as a Bearer token;
+/// Anthropic's in `x-api-key` from older SDKs and as a Bearer token from
+/// newer ones, so it is kept as a `header` secret bound to no one header,
+/// as policies/llm-client.yaml says. Each is swapped only toward its own
+/// API.
+#[test]
+fn the_anthropic_and_openai_sdks_get_answers_with_keys_they_never_hold() {
+    const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789abcdefghij";
+    const OPENAI_KEY: &str = "sk-proj-test-0123456789abcdefghij";
+    let sdks = harness::python_sdks();
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = TlsUpstream::start(dir.path(), &["api.anthropic.test", "api.openai.test"]);
+    let p = up.port;
+    let policy = format!(
+        r#"agent: llm-bot
+env:
+  ANTHROPIC_API_KEY: "{{{{ placeholder: anthropic }}}}"
+  ANTHROPIC_BASE_URL: "https://api.anthropic.test:{p}"
+  OPENAI_API_KEY: "{{{{ placeholder: openai }}}}"
+  OPENAI_BASE_URL: "https://api.openai.test:{p}/v1"
+  PYTHONPATH: "{sdks}"
+rules:
+  - host: api.anthropic.test:{p}
+    methods: [POST]
+    paths: ["/v1/messages"]
+    credentials:
+      - secret: anthropic
+  - host: api.openai.test:{p}
+    methods: [POST]
+    paths: ["/v1/chat/completions"]
+    credentials:
+      - secret: openai
+"#
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("llm-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "resolve:\n  api.anthropic.test: 127.0.0.1\n  api.openai.test: 127.0.0.1\nupstream_ca: [{}]\n",
+            dir.path().join("upstream-ca.pem").display()
+        ),
+    });
+    // `set` notes that such a secret is swapped in any request header.
+    d.secret_with_value_noted(&["set", "anthropic", "--kind", "header"], ANTHROPIC_KEY);
+    d.secret_with_value(&["set", "openai", "--kind", "bearer"], OPENAI_KEY);
+    let agent = r#"
+import anthropic, openai
+m = anthropic.Anthropic().messages.create(
+    model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+print("anthropic:", m.content[0].text)
+c = openai.OpenAI().chat.completions.create(
+    model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+print("openai:", c.choices[0].message.content)
+"#;
+    let out = d.run_agent("llm-bot", &[PY, "-c", agent]);
+    let text = describe(&out);
+    for key in [ANTHROPIC_KEY, OPENAI_KEY] {
+        assert!(!text.contains(key), "the agent saw a key");
+    }
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        stdout(&out),
+        "anthropic: hello from the test upstream\nopenai: hello from the test upstream\n"
+    );
+    let seen = up.seen();
+    let call = |path: &str| {
+        seen.iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no request for {path} reached the upstream"))
+            .clone()
+    };
+    let messages = call("/v1/messages");
+    let bearer = |key: &str| format!("Bearer {key}");
+    let anthropic_got = [
+        messages.header("x-api-key").map(str::to_owned),
+        messages.header("authorization").map(str::to_owned),
+    ];
+    assert!(
+        anthropic_got == [Some(ANTHROPIC_KEY.to_owned()), None]
+            || anthropic_got == [None, Some(bearer(ANTHROPIC_KEY))],
+        "the Anthropic API got neither x-api-key nor a Bearer token with its key"
+    );
+    let completions = call("/v1/chat/completions");
+    assert_eq!(
+        completions.header("authorization"),
+        Some(bearer(OPENAI_KEY).as_str())
+    );
+    assert_eq!(completions.header("x-api-key"), None);
+}
+
 #[test]
 fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
     let Setup { d, up } = setup("");

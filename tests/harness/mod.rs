@@ -35,6 +35,28 @@ pub fn require_root() {
     );
 }
 
+/// The Python SDKs of the LLM APIs (Anthropic's, OpenAI's), installed
+/// where an agent run as nobody can import them. `.ci/run` puts them there.
+pub const PYTHON_SDKS: &str = "/opt/airlock-tests/python";
+/// The pip command that does, given in the failure when they are missing.
+pub const PYTHON_SDKS_INSTALL: &str = "/usr/bin/python3 -m pip install --break-system-packages --only-binary :all: --target /opt/airlock-tests/python anthropic==2.17.0 openai==3.63.0";
+
+/// The directory to put on an agent's PYTHONPATH for the SDKs; a missing
+/// one fails the test, saying how to install it.
+pub fn python_sdks() -> &'static str {
+    let check = Command::new("/usr/bin/python3")
+        .args(["-c", "import anthropic, openai"])
+        .env("PYTHONPATH", PYTHON_SDKS)
+        .output()
+        .expect("python3");
+    assert!(
+        check.status.success(),
+        "the Python SDKs are not installed at {PYTHON_SDKS}: `{PYTHON_SDKS_INSTALL}` ({})",
+        String::from_utf8_lossy(&check.stderr).trim()
+    );
+    PYTHON_SDKS
+}
+
 /// A port nobody else in this test run uses, free on 127.0.0.1 and ::1
 /// for TCP and UDP (a daemon listens on both, with both). It lies below
 /// the kernel's range of ephemeral ports, so that while a test holds it

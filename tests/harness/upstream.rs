@@ -9,7 +9,9 @@
 //! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
-//! against the key given to [`TlsUpstream::set_app_key`]), and git's smart
+//! against the key given to [`TlsUpstream::set_app_key`]), the two LLM
+//! APIs agents call most (/v1/messages as Anthropic's, /v1/chat/completions
+//! as OpenAI's, each with a fixed answer), and git's smart
 //! HTTP under /git/ once [`TlsUpstream::serve_git`] says what to serve.
 
 use std::{
@@ -198,6 +200,13 @@ fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into()).boxed()
 }
 
+fn json_answer(value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(value.to_string()));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("h"));
+    r
+}
+
 async fn handle(
     mut req: Request<hyper::body::Incoming>,
     peer: std::net::SocketAddr,
@@ -249,6 +258,20 @@ async fn handle(
     }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
+        "/v1/messages" => json_answer(serde_json::json!({
+            "id": "msg_test", "type": "message", "role": "assistant", "model": "claude-test",
+            "content": [{"type": "text", "text": "hello from the test upstream"}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 3, "output_tokens": 5},
+        })),
+        "/v1/chat/completions" => json_answer(serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-test",
+            "choices": [{
+                "index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello from the test upstream"},
+            }],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+        })),
         "/reason" => {
             // An HTTP/1.1 status line that quotes the request, as careless
             // servers' error pages do.
