@@ -123,6 +123,39 @@ impl BenchDaemon {
         c
     }
 
+    /// `airlock secret set NAME --placeholder PLACEHOLDER`, the value on
+    /// stdin.
+    pub fn secret_set(&self, name: &str, placeholder: &str, value: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut child = Command::new(&self.airlock)
+            .args([
+                "secret",
+                "set",
+                name,
+                "--placeholder",
+                placeholder,
+                "--config",
+            ])
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("secret set's stdin")?
+            .write_all(value.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "airlock secret set: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The CA certificate agents trust.
     pub fn ca_path(&self) -> anyhow::Result<PathBuf> {
         let out = Command::new(&self.airlock)

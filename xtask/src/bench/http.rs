@@ -22,7 +22,7 @@ use super::{
     daemon::BenchDaemon,
     held,
     meter::{Meter, cpu_busy_usec, status_kib},
-    origin::{BIG_BYTES, BIG_PATH, HOST, Origin, SMALL_PATH},
+    origin::{BIG_BYTES, BIG_PATH, CRED_HOST, HOST, Origin, SMALL_PATH},
     peer::Peer,
 };
 use crate::run as run_cmd;
@@ -71,6 +71,13 @@ enum Kind {
     /// Connections held open at once, one request on each: the proxy's
     /// memory per connection an agent holds (Python's ssl as the client).
     Held,
+    /// Keep-alive at 32 connections and 1 MiB responses, as `ka32` and
+    /// `big`, but as an agent holds an API key: a placeholder in each
+    /// request's Authorization header, swapped for the key, and every
+    /// response scanned for the key (and its encodings) before the agent
+    /// reads it. Direct, oha sends the key itself. The origin is named
+    /// `CRED_HOST` here, so that only these scenarios are scrubbed.
+    Cred,
 }
 
 /// The daemon's resident set, split into heap and mapped files (mostly
@@ -115,12 +122,19 @@ enum Via {
     Relay,
     /// Through the peer, dialled directly (no capture).
     Peer,
+    /// Through Airlock as an agent whose policy binds a secret to the
+    /// origin.
+    Credential,
 }
 
 /// The agent whose policy intercepts the origin, and the one whose policy
 /// passes it through.
 const AGENT: &str = "bench";
 const RELAY_AGENT: &str = "bench-relay";
+const CRED_AGENT: &str = "bench-cred";
+/// The key `Kind::Cred` swaps in: made up, as long as a real API key.
+const CRED_SECRET: &str = "bench-key-7f3a9c2e51d84b06a1e5c9d7f2b40e68";
+const CRED_PLACEHOLDER: &str = "airlock-ph-bench-key";
 
 #[derive(Clone, Copy)]
 struct Run {
@@ -140,6 +154,8 @@ struct Scenario<'a> {
     requests: u32,
     connections: u32,
     keepalive: bool,
+    /// Requests carry an API key (`Kind::Cred`), to `CRED_HOST`.
+    credential: bool,
 }
 
 /// The figures of one scenario: direct, through Airlock (or relayed), and
@@ -227,16 +243,25 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
         origin.port
     );
     let relay_policy = format!("agent: {RELAY_AGENT}\npassthrough:\n  - {HOST}\n");
+    let cred_policy = format!(
+        "agent: {CRED_AGENT}\nrules:\n  - host: {CRED_HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n    credentials:\n      - secret: bench-key\n",
+        origin.port
+    );
     let extra = format!(
-        "resolve:\n  {HOST}: 127.0.0.1\nupstream_ca: [{}]\nagent_tls_resumption: false\n",
+        "resolve:\n  {HOST}: 127.0.0.1\n  {CRED_HOST}: 127.0.0.1\nupstream_ca: [{}]\nagent_tls_resumption: false\n",
         origin.ca.display()
     );
     let daemon = BenchDaemon::start(
         &bins.airlock,
-        &[(AGENT, &policy), (RELAY_AGENT, &relay_policy)],
+        &[
+            (AGENT, &policy),
+            (RELAY_AGENT, &relay_policy),
+            (CRED_AGENT, &cred_policy),
+        ],
         &extra,
         Some(proxy_cpu),
     )?;
+    daemon.secret_set("bench-key", CRED_PLACEHOLDER, CRED_SECRET)?;
     proxy_meter.adopt(daemon.pid())?;
     let airlock_ca = daemon.ca_path()?;
     let peer = if args.no_peer {
@@ -271,9 +296,17 @@ impl Bench {
         let pid = self.daemon.pid();
         let idle = Rss::read(pid)?;
         // Warm both paths: leaf minted, upstream pool filled, caches hot.
-        for via in [Via::Direct, Via::Airlock, Via::Relay, Via::Peer] {
+        for via in [
+            Via::Direct,
+            Via::Airlock,
+            Via::Relay,
+            Via::Peer,
+            Via::Credential,
+        ] {
             if via != Via::Peer || self.peer.is_some() {
-                self.oha(via, &self.scenario("warm-up", SMALL_PATH, 500, 8, true))?;
+                let mut s = self.scenario("warm-up", SMALL_PATH, 500, 8, true);
+                s.credential = via == Via::Credential;
+                self.oha(via, &s)?;
             }
         }
         let wanted = |k: Kind| args.only.is_empty() || args.only.contains(&k);
@@ -329,6 +362,36 @@ impl Bench {
         if wanted(Kind::Big) {
             let s = self.scenario("1 MiB responses", BIG_PATH, args.big, 4, true);
             let r = self.rounds(&s, args.rounds, Via::Airlock)?;
+            let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
+            rows.push(row(&s, "MiB/s", &r, |r| r.rps * mib));
+            rows.push(cpu_row(&s, "proxy CPU per MiB", "ms", &r, |r| {
+                per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
+            }));
+        }
+        if wanted(Kind::Cred) {
+            let mut s = self.scenario(
+                "keep-alive, with an API key",
+                SMALL_PATH,
+                args.requests,
+                32,
+                true,
+            );
+            s.credential = true;
+            let r = self.rounds(&s, args.rounds, Via::Credential)?;
+            rows.push(row(&s, "requests/s", &r, |r| r.rps));
+            rows.push(cpu_row(&s, "proxy CPU per request", "µs", &r, |r| {
+                per_item(r.proxy_cpu_us, r.count)
+            }));
+            rows.extend(latency_rows(&s, &r));
+            let mut s = self.scenario(
+                "1 MiB responses, with an API key",
+                BIG_PATH,
+                args.big,
+                4,
+                true,
+            );
+            s.credential = true;
+            let r = self.rounds(&s, args.rounds, Via::Credential)?;
             let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
             rows.push(row(&s, "MiB/s", &r, |r| r.rps * mib));
             rows.push(cpu_row(&s, "proxy CPU per MiB", "ms", &r, |r| {
@@ -487,6 +550,7 @@ impl Bench {
             requests,
             connections,
             keepalive,
+            credential: false,
         }
     }
 
@@ -536,10 +600,12 @@ impl Bench {
             Via::Direct | Via::Peer => Command::new(&self.taskset),
             Via::Airlock => self.daemon.agent(AGENT, &self.taskset),
             Via::Relay => self.daemon.agent(RELAY_AGENT, &self.taskset),
+            Via::Credential => self.daemon.agent(CRED_AGENT, &self.taskset),
         };
+        let host = if s.credential { CRED_HOST } else { HOST };
         cmd.args(["-c", &self.load_cpu.to_string()])
             .arg(&self.oha)
-            .arg(format!("https://{HOST}:{port}{}", s.path))
+            .arg(format!("https://{host}:{port}{}", s.path))
             .args(["--no-tui", "--output-format", "json", "-o"])
             .arg(&self.out)
             .args([
@@ -548,14 +614,22 @@ impl Bench {
                 "-c",
                 &s.connections.to_string(),
             ])
-            .args(["--connect-to", &format!("{HOST}:{port}:127.0.0.1:{dial}")])
+            .args(["--connect-to", &format!("{host}:{port}:127.0.0.1:{dial}")])
             .arg("--cacert")
             .arg(match via {
                 // Passed through, the agent talks TLS with the origin
                 // itself; the peer serves the origin's certificate.
                 Via::Direct | Via::Relay | Via::Peer => &self.origin.ca,
-                Via::Airlock => &self.airlock_ca,
+                Via::Airlock | Via::Credential => &self.airlock_ca,
             });
+        if s.credential {
+            let key = if via == Via::Credential {
+                CRED_PLACEHOLDER
+            } else {
+                CRED_SECRET
+            };
+            cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
+        }
         if !s.keepalive {
             cmd.arg("--disable-keepalive");
         }
@@ -605,6 +679,7 @@ impl Via {
             Via::Airlock => "through Airlock",
             Via::Relay => "passed through Airlock",
             Via::Peer => "through the peer",
+            Via::Credential => "through Airlock with an API key",
         }
     }
 }

@@ -16,6 +16,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use super::daemon::free_port;
 
 pub const HOST: &str = "bench.test";
+/// The same origin under a second name, which a policy binds a secret to:
+/// its answers are scrubbed, and `HOST`'s are not.
+pub const CRED_HOST: &str = "api.bench.test";
 pub const SMALL_PATH: &str = "/small";
 pub const BIG_PATH: &str = "/1m";
 pub const BIG_BYTES: usize = 1 << 20;
@@ -27,7 +30,8 @@ pub struct Origin {
     nginx: Nginx,
 }
 
-/// CA and leaf for `HOST`, both ECDSA P-256 like Airlock's own leaves.
+/// CA and leaf for `HOST` and `CRED_HOST`, both ECDSA P-256 like
+/// Airlock's own leaves.
 fn write_pki(dir: &Path) -> anyhow::Result<()> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -40,8 +44,8 @@ fn write_pki(dir: &Path) -> anyhow::Result<()> {
     ];
     let ca_cert = ca.self_signed(&ca_key)?;
     let leaf_key = KeyPair::generate()?;
-    let leaf =
-        CertificateParams::new(vec![HOST.to_owned()])?.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+    let leaf = CertificateParams::new(vec![HOST.to_owned(), CRED_HOST.to_owned()])?
+        .signed_by(&leaf_key, &ca_cert, &ca_key)?;
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("chain.pem"), leaf.pem() + &ca_cert.pem())?;
     std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem())?;
@@ -80,7 +84,7 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
     open_file_cache max=16;
     server {{
         listen 127.0.0.1:{port} ssl http2;
-        server_name {HOST};
+        server_name {HOST} {CRED_HOST};
         ssl_certificate {d}/chain.pem;
         ssl_certificate_key {d}/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
