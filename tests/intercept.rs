@@ -330,8 +330,8 @@ public class Fetch {
 /// API.
 #[test]
 fn the_anthropic_and_openai_sdks_get_answers_with_keys_they_never_hold() {
-    const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789abcdefghij";
-    const OPENAI_KEY: &str = "sk-proj-test-0123456789abcdefghij";
+    const ANTHROPIC_KEY: &str = "test-anthropic-key-0123456789abcdef";
+    const OPENAI_KEY: &str = "test-openai-key-0123456789abcdefgh";
     let sdks = harness::python_sdks();
     let dir = tempfile::tempdir().expect("upstream dir");
     let up = TlsUpstream::start(dir.path(), &["api.anthropic.test", "api.openai.test"]);

@@ -68,8 +68,8 @@ struct Table {
 
 /// How many first bytes of each form the candidate search holds. The
 /// automaton is not wiped when dropped, so it holds no more of a secret
-/// than this (key prefixes such as `sk-a` or `ghp_` are public anyway);
-/// a candidate is confirmed against the whole form, which is.
+/// than this (many keys begin with their provider's public prefix
+/// anyway); a candidate is confirmed against the whole form, which is.
 const CANDIDATE_PREFIX: usize = 4;
 
 /// Each pair, followed by a pair for every other form of its secret: as
@@ -509,9 +509,9 @@ mod tests {
         // shorter than the candidate prefix, and two that share a start.
         let scrubber = Scrubber::new(
             [
-                (&b"sk-ant-A/b+c=d\"e\\f<g>"[..], &b"airlock-ph-one"[..]),
+                (&b"key-ant-A/b+c=d\"e\\f<g>"[..], &b"airlock-ph-one"[..]),
                 (b"xy", b"airlock-ph-two"),
-                (b"sk-ant-Zzzz9999", b"airlock-ph-three"),
+                (b"key-ant-Zzzz9999", b"airlock-ph-three"),
             ]
             .into_iter()
             .map(|(s, p)| (Secret::new(s.to_vec()), p.to_vec()))
@@ -549,7 +549,7 @@ mod tests {
                         buf.extend_from_slice(&form[..b]);
                     }
                     _ => {
-                        buf.extend((0..next() % 6).map(|_| b"sk-%x\\yzA/"[(next() % 10) as usize]))
+                        buf.extend((0..next() % 6).map(|_| b"ke-%x\\yzA/"[(next() % 10) as usize]))
                     }
                 }
             }
