@@ -321,6 +321,106 @@ public class Fetch {
     );
 }
 
+/// The case `HTTP_PROXY` cannot cover: a Go client with a transport of
+/// its own, which never asks for a proxy (and a proxy variable set for
+/// it, which it ignores). Its connect is captured all the same, and it
+/// gets its answer over HTTP/2, with the token swapped in, trusting
+/// Airlock's CA through `SSL_CERT_FILE` as Go's crypto/x509 reads it.
+#[test]
+fn a_go_client_with_a_transport_of_its_own_is_captured_all_the_same() {
+    let Setup { d, up } = setup("");
+    let src = tempfile::tempdir().expect("source dir");
+    harness::set_mode(src.path(), 0o755);
+    let main_go = src.path().join("fetch.go");
+    std::fs::write(
+        &main_go,
+        r#"package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+func main() {
+	transport := &http.Transport{
+		Proxy:             nil, // never a proxy, whatever the environment says
+		TLSClientConfig:   &tls.Config{},
+		ForceAttemptHTTP2: true,
+	}
+	request, err := http.NewRequest("GET", os.Args[1], nil)
+	if err != nil {
+		panic(err)
+	}
+	request.Header.Set("Authorization", "Bearer "+os.Getenv("API_TOKEN"))
+	response, err := (&http.Client{Transport: transport}).Do(request)
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(response.Body)
+	fmt.Println(response.StatusCode, response.Proto)
+	fmt.Println(string(body))
+}
+"#,
+    )
+    .expect("fetch.go");
+    let fetch = src.path().join("fetch");
+    let built = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&fetch)
+        .arg(&main_go)
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go build (apt-get install golang-go)");
+    assert!(built.status.success(), "{}", describe(&built));
+    harness::set_mode(&fetch, 0o755);
+
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    let out = d.run_agent_with(
+        "web-bot",
+        &["--user", "nobody"],
+        &[
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("GODEBUG", "netdns=go"),
+        ],
+        &[fetch.to_str().expect("utf-8 path"), &url],
+    );
+    let text = describe(&out);
+    assert_no_secret("the agent's output", &text);
+    assert!(out.status.success(), "{}", redacted(&text));
+    assert!(
+        stdout(&out).starts_with("200 HTTP/2.0\n"),
+        "{}",
+        redacted(&text)
+    );
+    let echo = up
+        .seen()
+        .into_iter()
+        .rfind(|r| r.path == "/echo")
+        .expect("the request reached the upstream");
+    assert_eq!(
+        echo.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    // Captured by the kernel, not sent to a proxy: the record has the
+    // user and process that connected, as the connect hook saw them.
+    let nobody = Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .expect("id");
+    let rec = d.wait_audit("for the Go client's request", |r| {
+        r["path"] == "/echo" && r["agent"] == "web-bot"
+    });
+    assert_eq!(rec["action"], "allow", "{rec}");
+    assert_eq!(rec["uid"].to_string(), stdout(&nobody).trim(), "{rec}");
+    assert!(rec["pid"].as_u64().is_some_and(|pid| pid > 1), "{rec}");
+}
+
 /// What most agents are built on: the Anthropic and OpenAI SDKs for
 /// Python, each reading its key (a placeholder) and its base URL from the
 /// environment the policy gives. OpenAI's key travels as a Bearer token;
