@@ -423,7 +423,8 @@ func main() {
 
 /// What most agents are built on: the Anthropic and OpenAI SDKs for
 /// Python, each reading its key (a placeholder) and its base URL from the
-/// environment the policy gives. OpenAI's key travels as a Bearer token;
+/// environment the policy gives, each asked for an answer whole and then
+/// as a stream. OpenAI's key travels as a Bearer token;
 /// Anthropic's in `x-api-key` from older SDKs and as a Bearer token from
 /// newer ones, so it is kept as a `header` secret bound to no one header,
 /// as policies/llm-client.yaml says. Each is swapped only toward its own
@@ -468,6 +469,7 @@ rules:
     d.secret_with_value_noted(&["set", "anthropic", "--kind", "header"], ANTHROPIC_KEY);
     d.secret_with_value(&["set", "openai", "--kind", "bearer"], OPENAI_KEY);
     let agent = r#"
+import time
 import anthropic, openai
 m = anthropic.Anthropic().messages.create(
     model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
@@ -475,6 +477,23 @@ print("anthropic:", m.content[0].text)
 c = openai.OpenAI().chat.completions.create(
     model="gpt-test", messages=[{"role": "user", "content": "hi"}])
 print("openai:", c.choices[0].message.content)
+
+# Streamed, as agents mostly call them: each piece of text as it comes,
+# and whether the first came well before the last (the upstream sends
+# them a second apart).
+def spread(pieces):
+    return "".join(t for _, t in pieces) + " " + str(pieces[-1][0] - pieces[0][0] >= 0.8)
+with anthropic.Anthropic().messages.stream(
+        model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}]) as s:
+    pieces = [(time.monotonic(), t) for t in s.text_stream]
+print("anthropic streamed:", spread(pieces))
+pieces = [
+    (time.monotonic(), chunk.choices[0].delta.content)
+    for chunk in openai.OpenAI().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
+    if chunk.choices and chunk.choices[0].delta.content
+]
+print("openai streamed:", spread(pieces))
 "#;
     let out = d.run_agent("llm-bot", &[PY, "-c", agent]);
     let text = describe(&out);
@@ -484,32 +503,37 @@ print("openai:", c.choices[0].message.content)
     assert!(out.status.success(), "{text}");
     assert_eq!(
         stdout(&out),
-        "anthropic: hello from the test upstream\nopenai: hello from the test upstream\n"
+        "anthropic: hello from the test upstream\nopenai: hello from the test upstream\n\
+         anthropic streamed: hello from the test upstream True\n\
+         openai streamed: hello from the test upstream True\n"
     );
     let seen = up.seen();
-    let call = |path: &str| {
-        seen.iter()
-            .find(|r| r.path == path)
-            .unwrap_or_else(|| panic!("no request for {path} reached the upstream"))
-            .clone()
+    // Each API was called twice (whole, then streamed), each time with its
+    // own key and only that.
+    let calls = |path: &str| {
+        let calls: Vec<Seen> = seen.iter().filter(|r| r.path == path).cloned().collect();
+        assert_eq!(calls.len(), 2, "requests for {path}");
+        calls
     };
-    let messages = call("/v1/messages");
     let bearer = |key: &str| format!("Bearer {key}");
-    let anthropic_got = [
-        messages.header("x-api-key").map(str::to_owned),
-        messages.header("authorization").map(str::to_owned),
-    ];
-    assert!(
-        anthropic_got == [Some(ANTHROPIC_KEY.to_owned()), None]
-            || anthropic_got == [None, Some(bearer(ANTHROPIC_KEY))],
-        "the Anthropic API got neither x-api-key nor a Bearer token with its key"
-    );
-    let completions = call("/v1/chat/completions");
-    assert_eq!(
-        completions.header("authorization"),
-        Some(bearer(OPENAI_KEY).as_str())
-    );
-    assert_eq!(completions.header("x-api-key"), None);
+    for messages in calls("/v1/messages") {
+        let anthropic_got = [
+            messages.header("x-api-key").map(str::to_owned),
+            messages.header("authorization").map(str::to_owned),
+        ];
+        assert!(
+            anthropic_got == [Some(ANTHROPIC_KEY.to_owned()), None]
+                || anthropic_got == [None, Some(bearer(ANTHROPIC_KEY))],
+            "the Anthropic API got neither x-api-key nor a Bearer token with its key"
+        );
+    }
+    for completions in calls("/v1/chat/completions") {
+        assert_eq!(
+            completions.header("authorization"),
+            Some(bearer(OPENAI_KEY).as_str())
+        );
+        assert_eq!(completions.header("x-api-key"), None);
+    }
 }
 
 #[test]

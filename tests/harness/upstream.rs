@@ -11,7 +11,7 @@
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
 //! against the key given to [`TlsUpstream::set_app_key`]), the two LLM
 //! APIs agents call most (/v1/messages as Anthropic's, /v1/chat/completions
-//! as OpenAI's, each with a fixed answer), and git's smart
+//! as OpenAI's, each with a fixed answer, streamed when asked), and git's smart
 //! HTTP under /git/ once [`TlsUpstream::serve_git`] says what to serve.
 
 use std::{
@@ -200,6 +200,120 @@ fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into()).boxed()
 }
 
+/// The text both model APIs answer, in two pieces when streamed.
+const LLM_TEXT: [&str; 2] = ["hello from", " the test upstream"];
+
+/// /v1/messages (Anthropic's Messages API) and /v1/chat/completions
+/// (OpenAI's): a fixed answer, or, when the request asks for a stream, the
+/// same as the server-sent events each API sends, its text in two deltas
+/// a second apart.
+async fn llm_answer(req: Request<hyper::body::Incoming>, path: &str) -> Response<Body> {
+    let streamed = req
+        .into_body()
+        .collect()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.to_bytes()).ok())
+        .is_some_and(|v| v["stream"] == true);
+    let anthropic = path == "/v1/messages";
+    let text = LLM_TEXT.concat();
+    if !streamed {
+        return json_answer(if anthropic {
+            serde_json::json!({
+                "id": "msg_test", "type": "message", "role": "assistant", "model": "claude-test",
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 3, "output_tokens": 5},
+            })
+        } else {
+            serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-test",
+                "choices": [{
+                    "index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            })
+        });
+    }
+    // Anthropic names each event; OpenAI sends data lines and `[DONE]`.
+    let event = |name: &str, data: serde_json::Value| {
+        if anthropic {
+            format!("event: {name}\ndata: {data}\n\n")
+        } else {
+            format!("data: {data}\n\n")
+        }
+    };
+    let delta = |piece: &str| {
+        if anthropic {
+            event(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}}),
+            )
+        } else {
+            event(
+                "",
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "created": 0, "model": "gpt-test",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+            )
+        }
+    };
+    let (head, tail) = if anthropic {
+        (
+            event(
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {
+                    "id": "msg_test", "type": "message", "role": "assistant", "model": "claude-test",
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+            ) + &event(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+            ),
+            event(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            ) + &event(
+                "message_delta",
+                serde_json::json!({"type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": {"output_tokens": 5}}),
+            ) + &event("message_stop", serde_json::json!({"type": "message_stop"})),
+        )
+    } else {
+        (
+            event(
+                "",
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "created": 0, "model": "gpt-test",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": null}]}),
+            ),
+            event(
+                "",
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "created": 0, "model": "gpt-test",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            ) + "data: [DONE]\n\n",
+        )
+    };
+    let first = head + &delta(LLM_TEXT[0]);
+    let rest = delta(LLM_TEXT[1]) + &tail;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from(first)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let _ = tx.send(Bytes::from(rest)).await;
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("ct"));
+    r
+}
+
 fn json_answer(value: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(value.to_string()));
     r.headers_mut()
@@ -258,20 +372,7 @@ async fn handle(
     }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello from upstream\n")),
-        "/v1/messages" => json_answer(serde_json::json!({
-            "id": "msg_test", "type": "message", "role": "assistant", "model": "claude-test",
-            "content": [{"type": "text", "text": "hello from the test upstream"}],
-            "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": 3, "output_tokens": 5},
-        })),
-        "/v1/chat/completions" => json_answer(serde_json::json!({
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-test",
-            "choices": [{
-                "index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": "hello from the test upstream"},
-            }],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
-        })),
+        "/v1/messages" | "/v1/chat/completions" => llm_answer(req, &path).await,
         "/reason" => {
             // An HTTP/1.1 status line that quotes the request, as careless
             // servers' error pages do.
