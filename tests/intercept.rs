@@ -248,6 +248,36 @@ echo PUSHED TO SCRATCH
     assert_eq!(rec["status"], 403, "{rec}");
 }
 
+/// Runs `client URL` as nobody, with `env` in the environment `airlock
+/// run` starts with: a client that fetches /echo with `Bearer $API_TOKEN`.
+/// Its output must begin with `status_line` and hold no secret; the
+/// upstream must have got the real one. The request it got is returned.
+fn echo_with_token(
+    d: &Daemon,
+    up: &TlsUpstream,
+    env: &[(&str, &str)],
+    client: &[&str],
+    status_line: &str,
+) -> Seen {
+    let url = format!("https://api.example.test:{}/echo", up.port);
+    let cmd: Vec<&str> = client.iter().copied().chain([url.as_str()]).collect();
+    let out = d.run_agent_with("web-bot", &["--user", "nobody"], env, &cmd);
+    let text = describe(&out);
+    assert_no_secret("the agent's output", &text);
+    assert!(out.status.success(), "{}", redacted(&text));
+    assert!(stdout(&out).starts_with(status_line), "{}", redacted(&text));
+    let echo = up
+        .seen()
+        .into_iter()
+        .rfind(|r| r.path == "/echo")
+        .expect("the request reached the upstream");
+    assert_eq!(
+        echo.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    echo
+}
+
 /// The JVM reads none of the CA files other runtimes do. `airlock run`
 /// names a trust store (JKS) of the system roots and Airlock's CA in
 /// `JAVA_TOOL_OPTIONS`, after any options the caller had there, and Java's
@@ -277,31 +307,14 @@ public class Fetch {
     )
     .expect("Fetch.java");
     harness::set_mode(&fetch, 0o644);
-    let url = format!("https://api.example.test:{}/echo", up.port);
-    let out = d.run_agent_with(
-        "web-bot",
-        &["--user", "nobody"],
+    let echo = echo_with_token(
+        &d,
+        &up,
         &[("JAVA_TOOL_OPTIONS", "-Dcaller.option=kept")],
-        &["java", fetch.to_str().expect("utf-8 path"), &url],
+        &["java", fetch.to_str().expect("utf-8 path")],
+        "kept 200 HTTP_2\n",
     );
-    let text = describe(&out);
-    assert_no_secret("the agent's output", &text);
-    assert!(out.status.success(), "{}", redacted(&text));
-    assert!(
-        stdout(&out).starts_with("kept 200 HTTP_2\n"),
-        "{}",
-        redacted(&text)
-    );
-    let echo = up
-        .seen()
-        .into_iter()
-        .rfind(|r| r.path == "/echo")
-        .expect("the request reached the upstream");
     assert_eq!(echo.version, "HTTP/2.0");
-    assert_eq!(
-        echo.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
 
     // The store holds every root the PEM bundle does, as Java's own tool
     // reads it.
@@ -380,32 +393,15 @@ func main() {
     assert!(built.status.success(), "{}", describe(&built));
     harness::set_mode(&fetch, 0o755);
 
-    let url = format!("https://api.example.test:{}/echo", up.port);
-    let out = d.run_agent_with(
-        "web-bot",
-        &["--user", "nobody"],
+    echo_with_token(
+        &d,
+        &up,
         &[
             ("HTTPS_PROXY", "http://127.0.0.1:9"),
             ("GODEBUG", "netdns=go"),
         ],
-        &[fetch.to_str().expect("utf-8 path"), &url],
-    );
-    let text = describe(&out);
-    assert_no_secret("the agent's output", &text);
-    assert!(out.status.success(), "{}", redacted(&text));
-    assert!(
-        stdout(&out).starts_with("200 HTTP/2.0\n"),
-        "{}",
-        redacted(&text)
-    );
-    let echo = up
-        .seen()
-        .into_iter()
-        .rfind(|r| r.path == "/echo")
-        .expect("the request reached the upstream");
-    assert_eq!(
-        echo.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
+        &[fetch.to_str().expect("utf-8 path")],
+        "200 HTTP/2.0\n",
     );
     // Captured by the kernel, not sent to a proxy: the record has the
     // user and process that connected, as the connect hook saw them.

@@ -293,9 +293,21 @@ impl Table {
     /// position where a secret could begin but `buf` ends before it can be
     /// decided; that position is `hold_from`.
     fn scan(&self, buf: &[u8], at_end: bool) -> Scan {
+        self.scan_candidates(buf, at_end, |buf, at| self.next_start(buf, at))
+    }
+
+    /// The scan, given `next`, which finds the first position at or after
+    /// its second argument where a secret could start: it may report
+    /// positions where none does, never skip one where one does.
+    fn scan_candidates(
+        &self,
+        buf: &[u8],
+        at_end: bool,
+        next: impl Fn(&[u8], usize) -> Option<usize>,
+    ) -> Scan {
         let mut hits = Vec::new();
         let mut at = 0;
-        while let Some(pos) = self.next_start(buf, at) {
+        while let Some(pos) = next(buf, at) {
             let rest = &buf[pos..];
             let mut found = None;
             for &i in &self.by_first[usize::from(rest[0])] {
@@ -475,32 +487,10 @@ mod tests {
     /// The scan as it was before the candidate search: every byte tested
     /// against `by_first`. The two must agree everywhere.
     fn byte_by_byte(t: &Table, buf: &[u8], at_end: bool) -> (Vec<(usize, usize)>, usize) {
-        let mut hits = Vec::new();
-        let mut at = 0;
-        while let Some(pos) = (at..buf.len()).find(|&p| !t.by_first[usize::from(buf[p])].is_empty())
-        {
-            let rest = &buf[pos..];
-            let mut found = None;
-            for &i in &t.by_first[usize::from(rest[0])] {
-                let secret = t.pairs[i].secret.expose();
-                if secret.len() > rest.len() {
-                    if !at_end && secret.starts_with(rest) {
-                        return (hits, pos);
-                    }
-                } else if rest.starts_with(secret) {
-                    found = Some((i, secret.len()));
-                    break;
-                }
-            }
-            match found {
-                Some((i, len)) => {
-                    hits.push((pos, i));
-                    at = pos + len;
-                }
-                None => at = pos + 1,
-            }
-        }
-        (hits, buf.len())
+        let scan = t.scan_candidates(buf, at_end, |buf, at| {
+            (at..buf.len()).find(|&p| !t.by_first[usize::from(buf[p])].is_empty())
+        });
+        (scan.hits, scan.hold_from)
     }
 
     #[test]
