@@ -265,6 +265,18 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
     });
     tokio::spawn(admin::serve(admin_listener, status));
 
+    // Start-up code runs once: from here on, what the daemon keeps of its
+    // binary is what serving runs.
+    match crate::memory_lock::release_code() {
+        Ok(released) => tracing::debug!(
+            mappings = released.mappings,
+            bytes = released.bytes,
+            "binary's code and read-only data unlocked and unmapped until used"
+        ),
+        Err(err) => {
+            warn!(error = %err, "cannot release the binary's start-up pages; they stay resident")
+        }
+    }
     info!(
         proxy_port = config.proxy_port,
         dns_port = config.dns_port,
