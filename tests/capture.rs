@@ -861,7 +861,7 @@ fn dns_answers_only_the_names_the_policy_names() {
         extra_config: format!("dns_upstream: [\"{}\"]\n", upstream.addr),
     });
     let src = r#"
-import socket, struct, random
+import socket, struct, random, sys
 def query(name, qtype=1):
     qid = random.randrange(65536)
     q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
@@ -889,7 +889,10 @@ def tcp(name):
     n = struct.unpack('>H', s.recv(2))[0]
     resp = b''
     while len(resp) < n:
-        resp += s.recv(n - len(resp))
+        more = s.recv(n - len(resp))
+        if not more:
+            sys.exit('closed after ' + repr(resp))
+        resp += more
     rcode, ip = parse(qid, resp)
     print('tcp', name, rcode, ip)
 udp('allowed.test')

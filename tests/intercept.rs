@@ -1825,7 +1825,10 @@ s.sendall(frame)
 want = bytes([0x81, 0x05]) + b'hello'
 got = b''
 while len(got) < len(want):
-    got += s.recv(64)
+    more = s.recv(64)
+    if not more:
+        sys.exit('closed after ' + repr(got))
+    got += more
 print('echo', got == want)
 "#,
         open = ws_open_py(p)
@@ -1843,13 +1846,16 @@ print('echo', got == want)
 /// the answer's head into `head`.
 fn ws_open_py(p: u16) -> String {
     format!(
-        r#"import socket, ssl, os
+        r#"import socket, ssl, os, sys
 ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
 s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
 s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
 head = b''
 while b'\r\n\r\n' not in head:
-    head += s.recv(1)
+    more = s.recv(1)
+    if not more:
+        sys.exit('closed before the head ended: ' + repr(head))
+    head += more
 "#
     )
 }

@@ -12,6 +12,14 @@
 //! agent for that host finds it. Agents never share a connection: a
 //! server may tie state to one (NTLM and Negotiate authenticate the
 //! connection, not the request), and one agent must not inherit another's.
+//!
+//! An idle connection is kept as its stream alone. hyper's state for it
+//! (a read buffer of up to 64 KiB, its request channel, its task) is let
+//! go when it goes idle and made again when it is next used, which takes
+//! no round trip; with no task reading it, whether the upstream closed it
+//! meanwhile is checked before it is used. A request that may upgrade the
+//! connection (WebSocket, CONNECT) goes on a new connection of its own,
+//! whose task can hand the stream over to the upgrade.
 
 use std::{
     collections::HashMap,
@@ -24,11 +32,13 @@ use http::{
     uri::{Authority, PathAndQuery},
 };
 use hyper::{body::Incoming, client::conn::http1};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::{
     body::ProxyBody,
-    upstream::{ConnectError, Connector, UPSTREAM_READ_BUFFER_MAX},
+    headers,
+    upstream::{ConnectError, Connector, UPSTREAM_READ_BUFFER_MAX, UpstreamIo},
 };
 
 /// As long as browsers and most servers keep an idle connection.
@@ -87,10 +97,14 @@ impl Key {
 struct Conn {
     key: Key,
     sender: http1::SendRequest<ProxyBody>,
+    /// Where the connection's task hands the stream back once `sender` is
+    /// dropped and no answer is in flight; None on a connection made for a
+    /// request that may upgrade it.
+    stream: Option<oneshot::Receiver<UpstreamIo>>,
 }
 
 struct Idle {
-    conn: Conn,
+    stream: oneshot::Receiver<UpstreamIo>,
     since: Instant,
 }
 
@@ -174,9 +188,10 @@ impl H1Pool {
     ) -> Result<Response<Incoming>, SendError> {
         let key = Key::of(&slot.owner, req.uri())?;
         to_origin_form(&mut req, &key);
-        let (mut conn, reused) = match self.reuse(slot, &key).await {
+        let upgrade = req.method() == Method::CONNECT || headers::is_upgrade(req.headers());
+        let (mut conn, reused) = match self.reuse(slot, &key, upgrade).await {
             Some(conn) => (conn, true),
-            None => (Box::pin(self.connect(key.clone())).await?, false),
+            None => (Box::pin(self.connect(key.clone(), upgrade)).await?, false),
         };
         let resp = match conn.sender.try_send_request(req).await {
             Ok(resp) => resp,
@@ -186,7 +201,7 @@ impl H1Pool {
                 // it is safe to send on a new one, whatever the method.
                 Some(req) if reused => {
                     debug!(host = %key.authority, "kept connection closed; sending on a new one");
-                    conn = Box::pin(self.connect(key)).await?;
+                    conn = Box::pin(self.connect(key, upgrade)).await?;
                     conn.sender
                         .send_request(req)
                         .await
@@ -202,8 +217,12 @@ impl H1Pool {
     }
 
     /// The slot's connection if it goes to `key` and is free, else an idle
-    /// one. A connection that is neither is closed, or pooled.
-    async fn reuse(&self, slot: &Slot, key: &Key) -> Option<Conn> {
+    /// one. A connection that is neither is closed, or pooled. A request
+    /// that may upgrade takes none: it gets a new one.
+    async fn reuse(&self, slot: &Slot, key: &Key, upgrade: bool) -> Option<Conn> {
+        if upgrade {
+            return None;
+        }
         if let Some(mut conn) = slot.take() {
             if conn.key != *key {
                 self.check_in(conn);
@@ -216,37 +235,59 @@ impl H1Pool {
                 return Some(conn);
             }
         }
-        self.check_out(key)
+        self.check_out(key).await
     }
 
-    fn check_out(&self, key: &Key) -> Option<Conn> {
-        let mut idle = self.lock();
-        let conns = idle.get_mut(key)?;
-        let mut found = None;
-        // The most recently used first: its TLS session and buffers are warm.
-        while let Some(entry) = conns.pop() {
-            if entry.conn.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
-                found = Some(entry.conn);
-                break;
+    /// An idle connection to `key` the upstream has not closed, the most
+    /// recently used first (its TLS session and buffers are warm).
+    async fn check_out(&self, key: &Key) -> Option<Conn> {
+        loop {
+            let entry = {
+                let mut idle = self.lock();
+                let conns = idle.get_mut(key)?;
+                let found = conns.pop();
+                if conns.is_empty() {
+                    idle.remove(key);
+                }
+                found?
+            };
+            if entry.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            // The task hands the stream back as soon as it next runs; one
+            // that ended in an error hands back nothing.
+            let Ok(Ok(io)) = tokio::time::timeout(READY_WAIT, entry.stream).await else {
+                continue;
+            };
+            if !io.seems_open() {
+                debug!(host = %key.authority, "idle connection closed by the upstream; not used");
+                continue;
+            }
+            match self.handshake(key.clone(), io, false).await {
+                Ok(conn) => return Some(conn),
+                Err(err) => debug!(error = %err, "idle connection not taken up again"),
             }
         }
-        if conns.is_empty() {
-            idle.remove(key);
-        }
-        found
     }
 
     /// Pools `conn` if it is free for another request. One with an answer
     /// still streaming has a reader that will end it or let it go idle, and
     /// is closed instead of being watched: agents rarely leave one so.
     fn check_in(&self, conn: Conn) {
-        if !conn.sender.is_ready() {
+        let Conn {
+            key,
+            sender,
+            stream,
+        } = conn;
+        let Some(stream) = stream.filter(|_| sender.is_ready()) else {
             return;
-        }
+        };
+        // Its task ends with the last sender, and hands back the stream.
+        drop(sender);
         let mut idle = self.lock();
-        let conns = idle.entry(conn.key.clone()).or_default();
+        let conns = idle.entry(key).or_default();
         conns.push(Idle {
-            conn,
+            stream,
             since: Instant::now(),
         });
         if conns.len() > MAX_IDLE_PER_HOST {
@@ -254,10 +295,18 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self, key: Key) -> Result<Conn, SendError> {
+    async fn connect(&self, key: Key, upgrade: bool) -> Result<Conn, SendError> {
         let host = key.authority.host();
         let port = key.authority.port_u16().unwrap_or(key.default_port());
         let io = self.connector.connect_to(key.https, host, port).await?;
+        self.handshake(key, io, upgrade).await
+    }
+
+    /// HTTP/1.1 on `io`, driven by a task of its own. Without `upgrade`,
+    /// the task gives the stream back once the connection has no sender
+    /// left and no answer in flight.
+    async fn handshake(&self, key: Key, io: UpstreamIo, upgrade: bool) -> Result<Conn, SendError> {
+        let host = key.authority.host();
         let (sender, connection) = http1::Builder::new()
             // hyper grows its read buffer to 400 KiB per connection on
             // large bodies; capped at 64 KiB, 1 MiB bodies move as fast
@@ -270,12 +319,41 @@ impl H1Pool {
                 host: host.to_owned(),
                 source,
             })?;
+        if upgrade {
+            tokio::spawn(async move {
+                if let Err(err) = connection.with_upgrades().await {
+                    debug!(error = %err, "upstream connection ended with an error");
+                }
+            });
+            return Ok(Conn {
+                key,
+                sender,
+                stream: None,
+            });
+        }
+        let (hand_back, stream) = oneshot::channel();
         tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                debug!(error = %err, "upstream connection ended with an error");
+            match connection.without_shutdown().await {
+                Ok(parts) if parts.read_buf.is_empty() => {
+                    if let Err(mut io) = hand_back.send(parts.io) {
+                        // Not pooled: closed as a finished connection is.
+                        let _ = std::future::poll_fn(|cx| {
+                            hyper::rt::Write::poll_shutdown(std::pin::Pin::new(&mut io), cx)
+                        })
+                        .await;
+                    }
+                }
+                // Bytes read and not used (an answer left unread, or sent
+                // unasked): the stream is not at the start of a message.
+                Ok(_) => debug!("upstream connection ended with bytes unread; closed"),
+                Err(err) => debug!(error = %err, "upstream connection ended with an error"),
             }
         });
-        Ok(Conn { key, sender })
+        Ok(Conn {
+            key,
+            sender,
+            stream: Some(stream),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Vec<Idle>>> {
@@ -285,9 +363,7 @@ impl H1Pool {
     fn reap_idle(&self) {
         let mut idle = self.lock();
         idle.retain(|_, conns| {
-            conns.retain(|entry| {
-                !entry.conn.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT
-            });
+            conns.retain(|entry| entry.since.elapsed() < IDLE_TIMEOUT);
             !conns.is_empty()
         });
     }

@@ -299,6 +299,28 @@ pub struct UpstreamIo {
     h2: bool,
 }
 
+impl UpstreamIo {
+    /// Whether the upstream has neither closed this idle connection nor
+    /// sent anything on it, as curl checks before it reuses one: with no
+    /// task reading an idle connection, a close (an idle timeout, which is
+    /// 5 s on Node's servers) is only seen here. Bytes waiting (an alert, a
+    /// `close_notify`) or the end of the stream both mean it is not to be
+    /// used: a request written into a closed connection is lost with it.
+    pub fn seems_open(&self) -> bool {
+        let tcp = match self.inner.inner() {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        };
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        // The socket is non-blocking (tokio's): an open, quiet one has
+        // nothing to peek at.
+        matches!(
+            socket2::SockRef::from(tcp).peek(&mut byte),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+}
+
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         if self.h2 {
@@ -342,5 +364,54 @@ impl hyper::rt::Write for UpstreamIo {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+
+    use super::*;
+
+    fn plain(tcp: TcpStream) -> UpstreamIo {
+        UpstreamIo {
+            inner: TokioIo::new(Stream::Plain(tcp)),
+            h2: false,
+        }
+    }
+
+    async fn pair() -> (UpstreamIo, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dialled = TcpStream::connect(listener.local_addr().expect("addr"));
+        let (ours, accepted) = tokio::join!(dialled, listener.accept());
+        (plain(ours.expect("connect")), accepted.expect("accept").0)
+    }
+
+    /// Waits (bounded) for what the peer did to reach this end.
+    async fn settle(io: &UpstreamIo) -> bool {
+        for _ in 0..100 {
+            if !io.seems_open() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_seems_open_one_closed_or_spoken_on_does_not() {
+        let (io, _peer) = pair().await;
+        assert!(settle(&io).await, "a quiet connection seems closed");
+
+        let (io, peer) = pair().await;
+        drop(peer);
+        assert!(!settle(&io).await, "a closed connection seems open");
+
+        let (io, mut peer) = pair().await;
+        peer.write_all(b"\x15").await.expect("write");
+        assert!(
+            !settle(&io).await,
+            "a connection with bytes waiting seems open"
+        );
     }
 }

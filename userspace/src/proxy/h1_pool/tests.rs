@@ -156,6 +156,67 @@ async fn an_agent_connection_that_ended_leaves_its_connection_to_the_next() {
 }
 
 #[tokio::test]
+async fn an_idle_connection_keeps_its_stream_and_no_task() {
+    let up = upstream("127.0.0.1", "a", Duration::ZERO, 0).await;
+    let pool = pool();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let slot = Slot::new(pool.clone(), agent("a"));
+    assert_eq!(get(&pool, &slot, up.addr).await, "a");
+    let serving = metrics.num_alive_tasks();
+    drop(slot);
+    let mut alive = serving;
+    for _ in 0..100 {
+        alive = metrics.num_alive_tasks();
+        if alive < serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(alive, serving - 1, "the idle connection's task did not end");
+    // The stream is taken up again by the next agent connection.
+    let slot = Slot::new(pool.clone(), agent("a"));
+    assert_eq!(get(&pool, &slot, up.addr).await, "a");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_meanwhile_is_not_taken_up() {
+    // Closes each connection 50 ms after its answer: an idle timeout, as
+    // Node's servers have one of 5 s.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let pool = pool();
+    for _ in 0..3 {
+        let slot = Slot::new(pool.clone(), agent("a"));
+        assert_eq!(get(&pool, &slot, addr).await, "ok");
+        drop(slot);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn two_agent_connections_at_once_get_two_upstream_connections_never_more() {
     let up = upstream("127.0.0.1", "a", Duration::from_millis(20), 0).await;
     let pool = pool();
