@@ -183,6 +183,21 @@ async fn an_idle_connection_keeps_its_stream_and_no_task() {
 async fn an_idle_connection_the_upstream_closed_meanwhile_is_not_taken_up() {
     // Closes each connection 50 ms after its answer: an idle timeout, as
     // Node's servers have one of 5 s.
+    let (addr, accepted) = answer_once_then_close(Duration::from_millis(50)).await;
+    let pool = pool();
+    for _ in 0..3 {
+        let slot = Slot::new(pool.clone(), agent("a"));
+        assert_eq!(get(&pool, &slot, addr).await, "ok");
+        drop(slot);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A server that answers one request on each connection as if it kept the
+/// connection, and closes it `linger` later: what an upstream's idle
+/// timeout looks like from here. It counts the connections it accepts.
+async fn answer_once_then_close(linger: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -202,18 +217,11 @@ async fn an_idle_connection_the_upstream_closed_meanwhile_is_not_taken_up() {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(linger).await;
             });
         }
     });
-    let pool = pool();
-    for _ in 0..3 {
-        let slot = Slot::new(pool.clone(), agent("a"));
-        assert_eq!(get(&pool, &slot, addr).await, "ok");
-        drop(slot);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    (addr, accepted)
 }
 
 #[tokio::test]
@@ -247,28 +255,7 @@ async fn a_plain_http_agent_naming_two_hosts_keeps_their_connections_apart() {
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_not_used_again() {
-    // Answers as if it kept the connection, then closes it: what an
-    // upstream's idle timeout looks like from here.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(byte[0]);
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-        }
-    });
+    let (addr, accepted) = answer_once_then_close(Duration::ZERO).await;
     let pool = pool();
     let slot = Slot::new(pool.clone(), agent("a"));
     for _ in 0..3 {
