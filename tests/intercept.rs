@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{
-    Daemon, DaemonOptions, describe, stdout,
+    Daemon, DaemonOptions, describe,
+    grpc::{Call, GrpcUpstream},
+    stdout,
     upstream::{OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, Seen, TlsUpstream},
 };
 
@@ -530,6 +532,78 @@ print("openai streamed:", spread(pieces))
         );
         assert_eq!(completions.header("x-api-key"), None);
     }
+}
+
+/// gRPC rides on HTTP/2 trailers: the status of every call comes in them,
+/// and servers on gRPC's C core refuse a call without `te: trailers`, the
+/// protocol's test for a proxy that would drop them. The client trusts
+/// Airlock's CA through the variable gRPC reads, with the default
+/// credentials agents use.
+#[test]
+fn a_grpc_client_gets_answers_statuses_and_streams_with_a_key_it_never_holds() {
+    const KEY: &str = "test-grpc-key-0123456789abcdefgh";
+    let sdks = harness::python_sdks();
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = GrpcUpstream::start(dir.path(), "grpc.test", sdks);
+    let p = up.port;
+    let policy = format!(
+        r#"agent: grpc-bot
+env:
+  API_TOKEN: "{{{{ placeholder: grpc-token }}}}"
+  GRPC_TARGET: "grpc.test:{p}"
+  PYTHONPATH: "{sdks}"
+rules:
+  - host: grpc.test:{p}
+    methods: [POST]
+    paths: ["/airlock.test.Echo/*"]
+    credentials:
+      - secret: grpc-token
+"#
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("grpc-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "resolve:\n  grpc.test: 127.0.0.1\nupstream_ca: [{}]\n",
+            up.ca_pem.display()
+        ),
+    });
+    d.secret_with_value(&["set", "grpc-token", "--kind", "bearer"], KEY);
+    let agent = r#"
+import os, grpc
+channel = grpc.secure_channel(os.environ["GRPC_TARGET"], grpc.ssl_channel_credentials())
+key = [("authorization", "Bearer " + os.environ["API_TOKEN"])]
+def call(method, streamed=False, metadata=key):
+    kind = channel.unary_stream if streamed else channel.unary_unary
+    try:
+        answer = kind(method)(b"hi", metadata=metadata, timeout=20)
+        return [m.decode() for m in answer] if streamed else answer.decode()
+    except grpc.RpcError as e:
+        return e.code().name + " " + (e.details() or "")
+print(call("/airlock.test.Echo/Say"))
+print(call("/airlock.test.Echo/Fail"))
+print(call("/airlock.test.Echo/Count", streamed=True))
+print(call("/airlock.test.Admin/Drop", metadata=()).split()[0])
+"#;
+    let out = d.run_agent_dns("grpc-bot", &[PY, "-c", agent]);
+    let text = describe(&out);
+    assert!(!text.contains(KEY), "the agent saw the key");
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        stdout(&out),
+        "echo: hi\nFAILED_PRECONDITION the test server says no\n['0', '1', '2']\nPERMISSION_DENIED\n",
+        "{text}"
+    );
+    // Each call the policy allows reached the server with the key; the
+    // one it does not allow never left the host.
+    let bearer = format!("Bearer {KEY}");
+    let calls = up.calls();
+    assert_eq!(
+        calls,
+        ["Say", "Fail", "Count"].map(|method| Call {
+            method: method.into(),
+            authorization: bearer.clone(),
+        })
+    );
 }
 
 #[test]

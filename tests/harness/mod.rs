@@ -6,6 +6,7 @@
 
 pub mod bpf;
 pub mod git_http;
+pub mod grpc;
 pub mod netns;
 pub mod servers;
 pub mod upstream;
@@ -35,17 +36,18 @@ pub fn require_root() {
     );
 }
 
-/// The Python SDKs of the LLM APIs (Anthropic's, OpenAI's), installed
-/// where an agent run as nobody can import them. `.ci/run` puts them there.
+/// The Python SDKs of the LLM APIs (Anthropic's, OpenAI's) and gRPC's,
+/// installed where an agent run as nobody can import them. `.ci/run` puts
+/// them there.
 pub const PYTHON_SDKS: &str = "/opt/airlock-tests/python";
 /// The pip command that does, given in the failure when they are missing.
-pub const PYTHON_SDKS_INSTALL: &str = "/usr/bin/python3 -m pip install --break-system-packages --only-binary :all: --target /opt/airlock-tests/python anthropic==2.17.0 openai==3.63.0";
+pub const PYTHON_SDKS_INSTALL: &str = "/usr/bin/python3 -m pip install --break-system-packages --only-binary :all: --target /opt/airlock-tests/python anthropic==2.17.0 openai==3.63.0 grpcio==1.85.4";
 
 /// The directory to put on an agent's PYTHONPATH for the SDKs; a missing
 /// one fails the test, saying how to install it.
 pub fn python_sdks() -> &'static str {
     let check = Command::new("/usr/bin/python3")
-        .args(["-c", "import anthropic, openai"])
+        .args(["-c", "import anthropic, openai, grpc"])
         .env("PYTHONPATH", PYTHON_SDKS)
         .output()
         .expect("python3");

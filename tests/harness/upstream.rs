@@ -66,19 +66,18 @@ pub struct Grants {
     app: Mutex<Option<(Vec<u8>, String)>>,
 }
 
-pub struct TlsUpstream {
-    pub port: u16,
+/// A fresh test CA and a leaf for `names` signed by it, as upstreams on
+/// loopback serve; the CA's certificate is written to
+/// `dir/upstream-ca.pem`, for the daemon's `upstream_ca`.
+pub struct TestPki {
     pub ca_pem: PathBuf,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    pub grants: Arc<Grants>,
-    git: Arc<Mutex<Option<GitHost>>>,
-    _runtime: tokio::runtime::Runtime,
+    pub ca: rcgen::Certificate,
+    pub leaf: rcgen::Certificate,
+    pub leaf_key: rcgen::KeyPair,
 }
 
-impl TlsUpstream {
-    /// Serve `names` (all on 127.0.0.1) with a leaf signed by a fresh CA
-    /// whose certificate is written to `dir/upstream-ca.pem`.
-    pub fn start(dir: &Path, names: &[&str]) -> TlsUpstream {
+impl TestPki {
+    pub fn new(dir: &Path, names: &[&str]) -> TestPki {
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -94,7 +93,34 @@ impl TlsUpstream {
                 .expect("leaf cert");
         let ca_pem = dir.join("upstream-ca.pem");
         std::fs::write(&ca_pem, ca.pem()).expect("write ca");
+        TestPki {
+            ca_pem,
+            ca,
+            leaf,
+            leaf_key,
+        }
+    }
+}
 
+pub struct TlsUpstream {
+    pub port: u16,
+    pub ca_pem: PathBuf,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub grants: Arc<Grants>,
+    git: Arc<Mutex<Option<GitHost>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsUpstream {
+    /// Serve `names` (all on 127.0.0.1) with a leaf signed by a fresh CA
+    /// whose certificate is written to `dir/upstream-ca.pem`.
+    pub fn start(dir: &Path, names: &[&str]) -> TlsUpstream {
+        let TestPki {
+            ca_pem,
+            ca,
+            leaf,
+            leaf_key,
+        } = TestPki::new(dir, names);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

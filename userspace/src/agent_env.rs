@@ -9,12 +9,14 @@ use crate::policy::{EnvValue, Policy};
 
 /// Variables that REPLACE the trust store get the bundle (system roots +
 /// Airlock's CA), so passed-through hosts still verify; Node's adds to its
-/// built-in roots and gets the CA alone.
-const BUNDLE_VARS: [&str; 4] = [
+/// built-in roots and gets the CA alone. gRPC's C core (Python's, Ruby's,
+/// C++'s grpc) trusts roots of its own, not the system's, unless told.
+const BUNDLE_VARS: [&str; 5] = [
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "GIT_SSL_CAINFO",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
 ];
 
 /// The JVM reads no CA file from the environment, only options: this one

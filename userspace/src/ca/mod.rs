@@ -180,7 +180,8 @@ impl Ca {
 
     /// Writes `bundle.pem`: the host's system roots followed by this CA, for
     /// clients that take one CA file replacing (not extending) their roots
-    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`),
+    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`,
+    /// `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`),
     /// and the same as a Java trust store beside it ([`JAVA_TRUST_STORE`]).
     pub fn write_trust_bundle(&self) -> Result<PathBuf, CaError> {
         let bundle = bundle::write(

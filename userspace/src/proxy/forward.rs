@@ -498,7 +498,13 @@ impl Intercept {
             }
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
+        // gRPC asks for trailers with `te: trailers`, the one TE value
+        // HTTP/2 allows, and gRPC's C core refuses a call without it.
+        let trailers = agent_h2 && headers::asks_for_trailers(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if trailers {
+            parts.headers.insert(header::TE, headers::TRAILERS.clone());
+        }
         if agent_h2 {
             // Toward an h2 upstream the host travels as :authority, from
             // the URI below; a Host header as well makes servers such as

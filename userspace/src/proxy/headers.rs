@@ -65,6 +65,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `te: trailers`, as gRPC sends it.
+pub static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// Whether the request's TE says no more than that it takes trailers: the
+/// one TE an HTTP/2 request may carry, and so the one passed on over
+/// HTTP/2 (RFC 9113, 8.2.2).
+pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TE).iter();
+    values
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        && values.next().is_none()
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
@@ -106,6 +120,21 @@ pub fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::{map_of as headers, *};
+
+    #[test]
+    fn only_a_te_of_trailers_alone_asks_for_trailers() {
+        for te in ["trailers", "Trailers ", "TRAILERS"] {
+            assert!(asks_for_trailers(&headers(&[("te", te)])), "{te}");
+        }
+        for te in [
+            &[("te", "gzip")][..],
+            &[("te", "trailers, deflate")],
+            &[("te", "trailers"), ("te", "gzip")],
+            &[("accept", "trailers")],
+        ] {
+            assert!(!asks_for_trailers(&headers(te)), "{te:?}");
+        }
+    }
 
     #[test]
     fn connection_close_and_named_headers_are_stripped() {
