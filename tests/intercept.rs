@@ -48,7 +48,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason"]
+    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -714,6 +714,58 @@ fn clients_get_answers_and_only_the_upstream_sees_the_secret() {
     assert_no_secret("the agent's environment", &env);
     assert!(env.contains("NODE_EXTRA_CA_CERTS="), "{env}");
     assert!(env.contains("SSL_CERT_FILE="), "{env}");
+}
+
+/// A large upload streams through whole over HTTP/1.1 and HTTP/2, from a
+/// client that waits for `100 Continue` before it sends the body (curl
+/// does past 1 MiB) and from one that does not (Python requests).
+#[test]
+fn large_uploads_reach_the_upstream_whole() {
+    use sha2::Digest as _;
+    let Setup { d, up } = setup("");
+    // Bytes that never repeat, so that a piece lost, doubled or moved
+    // changes the digest.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let body: Vec<u8> = (0..3 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let file = d.dir.path().join("upload.bin");
+    std::fs::write(&file, &body).expect("write the upload");
+    harness::set_mode(&file, 0o644);
+    let expected = format!("{} {:x}\n", body.len(), sha2::Sha256::digest(&body));
+    let url = format!("https://api.example.test:{}/upload", up.port);
+    let f = file.display();
+    let curl = |version: &str| {
+        format!(
+            "curl -sS -v --fail-with-body {version} -H \"Authorization: Bearer $API_TOKEN\" --data-binary @{f} {url}"
+        )
+    };
+    let requests = format!(
+        "import os, requests; print(requests.post('{url}', data=open('{f}', 'rb'), headers={{'authorization': 'Bearer ' + os.environ['API_TOKEN']}}).text, end='')"
+    );
+    for (client, cmd) in [
+        ("curl --http1.1", curl("--http1.1")),
+        ("curl --http2", curl("--http2")),
+        ("python requests", format!("{PY} -c \"{requests}\"")),
+    ] {
+        let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
+        let text = describe(&out);
+        assert!(out.status.success(), "{client}: {text}");
+        assert_eq!(stdout(&out), expected, "{client}");
+        if client == "curl --http1.1" {
+            assert!(
+                text.contains("Expect: 100-continue") && text.contains("HTTP/1.1 100 Continue"),
+                "curl neither asked for nor got 100 Continue: {text}"
+            );
+        }
+    }
+    let uploads = up.seen().iter().filter(|r| r.path == "/upload").count();
+    assert_eq!(uploads, 3);
 }
 
 #[test]

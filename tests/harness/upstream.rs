@@ -340,6 +340,24 @@ async fn llm_answer(req: Request<hyper::body::Incoming>, path: &str) -> Response
     r
 }
 
+/// /upload: the size and SHA-256 of the request body, read as it streams
+/// in (and once hyper has answered an `Expect: 100-continue`).
+async fn upload_digest(req: Request<hyper::body::Incoming>) -> Response<Body> {
+    use sha2::Digest as _;
+    let mut body = req.into_body();
+    let (mut size, mut digest) = (0, sha2::Sha256::new());
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return status(400, "the upload broke off\n");
+        };
+        if let Ok(data) = frame.into_data() {
+            size += data.len();
+            digest.update(&data);
+        }
+    }
+    Response::new(full(format!("{size} {:x}\n", digest.finalize())))
+}
+
 fn json_answer(value: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(value.to_string()));
     r.headers_mut()
@@ -534,6 +552,7 @@ async fn handle(
             r
         }
         "/big" => Response::new(full(vec![b'x'; 1024 * 1024])),
+        "/upload" => upload_digest(req).await,
         _ => {
             let mut r = Response::new(full("not found\n"));
             *r.status_mut() = hyper::StatusCode::NOT_FOUND;
