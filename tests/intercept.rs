@@ -536,11 +536,12 @@ print("openai streamed:", spread(pieces))
 
 /// gRPC rides on HTTP/2 trailers: the status of every call comes in them,
 /// and servers on gRPC's C core refuse a call without `te: trailers`, the
-/// protocol's test for a proxy that would drop them. The client trusts
+/// protocol's test for a proxy that would drop them. A bidirectional
+/// stream needs both directions to flow at once. The client trusts
 /// Airlock's CA through the variable gRPC reads, with the default
 /// credentials agents use.
 #[test]
-fn a_grpc_client_gets_answers_statuses_and_streams_with_a_key_it_never_holds() {
+fn a_grpc_client_gets_answers_statuses_and_streams_both_ways_with_a_key_it_never_holds() {
     const KEY: &str = "test-grpc-key-0123456789abcdefgh";
     let sdks = harness::python_sdks();
     let dir = tempfile::tempdir().expect("upstream dir");
@@ -569,7 +570,7 @@ rules:
     });
     d.secret_with_value(&["set", "grpc-token", "--kind", "bearer"], KEY);
     let agent = r#"
-import os, grpc
+import os, queue, grpc
 channel = grpc.secure_channel(os.environ["GRPC_TARGET"], grpc.ssl_channel_credentials())
 key = [("authorization", "Bearer " + os.environ["API_TOKEN"])]
 def call(method, streamed=False, metadata=key):
@@ -583,6 +584,19 @@ print(call("/airlock.test.Echo/Say"))
 print(call("/airlock.test.Echo/Fail"))
 print(call("/airlock.test.Echo/Count", streamed=True))
 print(call("/airlock.test.Admin/Drop", metadata=()).split()[0])
+
+# Each message goes only once the answer to the one before has come back:
+# a proxy that held the request stream until its end would stall it.
+replies = queue.Queue()
+def chat():
+    for word in ["one", "two", "three"]:
+        yield word.encode()
+        replies.get(timeout=10)
+answers = []
+for answer in channel.stream_stream("/airlock.test.Echo/Chat")(chat(), metadata=key, timeout=20):
+    answers.append(answer.decode())
+    replies.put(answer)
+print(answers)
 "#;
     let out = d.run_agent_dns("grpc-bot", &[PY, "-c", agent]);
     let text = describe(&out);
@@ -590,7 +604,8 @@ print(call("/airlock.test.Admin/Drop", metadata=()).split()[0])
     assert!(out.status.success(), "{text}");
     assert_eq!(
         stdout(&out),
-        "echo: hi\nFAILED_PRECONDITION the test server says no\n['0', '1', '2']\nPERMISSION_DENIED\n",
+        "echo: hi\nFAILED_PRECONDITION the test server says no\n['0', '1', '2']\nPERMISSION_DENIED\n\
+         ['echo: one', 'echo: two', 'echo: three']\n",
         "{text}"
     );
     // Each call the policy allows reached the server with the key; the
@@ -599,7 +614,7 @@ print(call("/airlock.test.Admin/Drop", metadata=()).split()[0])
     let calls = up.calls();
     assert_eq!(
         calls,
-        ["Say", "Fail", "Count"].map(|method| Call {
+        ["Say", "Fail", "Count", "Chat"].map(|method| Call {
             method: method.into(),
             authorization: bearer.clone(),
         })

@@ -3,7 +3,8 @@
 //! drop trailers), over TLS with a leaf of a fresh test CA. Service
 //! `airlock.test.Echo`, messages as raw bytes: `Say` answers "echo: " and
 //! the request, `Fail` ends with FAILED_PRECONDITION and a message (both
-//! in trailers), `Count` streams three answers. The server writes each
+//! in trailers), `Count` streams three answers, `Chat` answers each message
+//! of a stream as it comes (both ways at once). The server writes each
 //! call's method and `authorization` metadata to a log the test reads.
 
 use std::{
@@ -39,10 +40,16 @@ def count(request, context):
     for i in range(3):
         yield b"%d" % i
 
+def chat(requests, context):
+    record("Chat", context)
+    for request in requests:
+        yield b"echo: " + request
+
 handlers = {
     "Say": grpc.unary_unary_rpc_method_handler(say),
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
     "Count": grpc.unary_stream_rpc_method_handler(count),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat),
 }
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("airlock.test.Echo", handlers),))
