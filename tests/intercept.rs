@@ -534,44 +534,17 @@ print("openai streamed:", spread(pieces))
     }
 }
 
-/// gRPC rides on HTTP/2 trailers: the status of every call comes in them,
-/// and servers on gRPC's C core refuse a call without `te: trailers`, the
-/// protocol's test for a proxy that would drop them. A bidirectional
-/// stream needs both directions to flow at once. The client trusts
-/// Airlock's CA through the variable gRPC reads, with the default
-/// credentials agents use.
-#[test]
-fn a_grpc_client_gets_answers_statuses_and_streams_both_ways_with_a_key_it_never_holds() {
-    const KEY: &str = "test-grpc-key-0123456789abcdefgh";
-    let sdks = harness::python_sdks();
-    let dir = tempfile::tempdir().expect("upstream dir");
-    let up = GrpcUpstream::start(dir.path(), "grpc.test", sdks);
-    let p = up.port;
-    let policy = format!(
-        r#"agent: grpc-bot
-env:
-  API_TOKEN: "{{{{ placeholder: grpc-token }}}}"
-  GRPC_TARGET: "grpc.test:{p}"
-  PYTHONPATH: "{sdks}"
-rules:
-  - host: grpc.test:{p}
-    methods: [POST]
-    paths: ["/airlock.test.Echo/*"]
-    credentials:
-      - secret: grpc-token
-"#
-    );
-    let d = Daemon::start(DaemonOptions {
-        policies: vec![("grpc-bot.yaml".into(), policy)],
-        extra_config: format!(
-            "resolve:\n  grpc.test: 127.0.0.1\nupstream_ca: [{}]\n",
-            up.ca_pem.display()
-        ),
-    });
-    d.secret_with_value(&["set", "grpc-token", "--kind", "bearer"], KEY);
-    let agent = r#"
+/// A gRPC agent: calls of each kind to [`GrpcUpstream`]'s service at
+/// `$GRPC_TARGET`, over TLS when `$GRPC_TLS` is set, each with
+/// `authorization: Bearer $API_TOKEN`, and one to a method its policy
+/// does not allow; it prints what each call got ([`GRPC_ANSWERS`]).
+const GRPC_AGENT: &str = r#"
 import os, queue, grpc
-channel = grpc.secure_channel(os.environ["GRPC_TARGET"], grpc.ssl_channel_credentials())
+target = os.environ["GRPC_TARGET"]
+if os.environ.get("GRPC_TLS"):
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+else:
+    channel = grpc.insecure_channel(target)
 key = [("authorization", "Bearer " + os.environ["API_TOKEN"])]
 def call(method, streamed=False, metadata=key):
     kind = channel.unary_stream if streamed else channel.unary_unary
@@ -598,16 +571,54 @@ for answer in channel.stream_stream("/airlock.test.Echo/Chat")(chat(), metadata=
     replies.put(answer)
 print(answers)
 "#;
-    let out = d.run_agent_dns("grpc-bot", &[PY, "-c", agent]);
+
+/// What [`GRPC_AGENT`] prints when every call got its answer: the status
+/// a call ended with (in trailers), and PERMISSION_DENIED (Airlock's 403)
+/// for the method the policy does not allow.
+const GRPC_ANSWERS: &str = "echo: hi\nFAILED_PRECONDITION the test server says no\n['0', '1', '2']\n\
+                            PERMISSION_DENIED\n['echo: one', 'echo: two', 'echo: three']\n";
+
+/// gRPC rides on HTTP/2 trailers: the status of every call comes in them,
+/// and servers on gRPC's C core refuse a call without `te: trailers`, the
+/// protocol's test for a proxy that would drop them. A bidirectional
+/// stream needs both directions to flow at once. The client trusts
+/// Airlock's CA through the variable gRPC reads, with the default
+/// credentials agents use.
+#[test]
+fn a_grpc_client_gets_answers_statuses_and_streams_both_ways_with_a_key_it_never_holds() {
+    const KEY: &str = "test-grpc-key-0123456789abcdefgh";
+    let sdks = harness::python_sdks();
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = GrpcUpstream::start(dir.path(), sdks, Some("grpc.test"));
+    let p = up.port;
+    let policy = format!(
+        r#"agent: grpc-bot
+env:
+  API_TOKEN: "{{{{ placeholder: grpc-token }}}}"
+  GRPC_TARGET: "grpc.test:{p}"
+  GRPC_TLS: "1"
+  PYTHONPATH: "{sdks}"
+rules:
+  - host: grpc.test:{p}
+    methods: [POST]
+    paths: ["/airlock.test.Echo/*"]
+    credentials:
+      - secret: grpc-token
+"#
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("grpc-bot.yaml".into(), policy)],
+        extra_config: format!(
+            "resolve:\n  grpc.test: 127.0.0.1\nupstream_ca: [{}]\n",
+            up.ca_pem.as_ref().expect("the test CA").display()
+        ),
+    });
+    d.secret_with_value(&["set", "grpc-token", "--kind", "bearer"], KEY);
+    let out = d.run_agent_dns("grpc-bot", &[PY, "-c", GRPC_AGENT]);
     let text = describe(&out);
     assert!(!text.contains(KEY), "the agent saw the key");
     assert!(out.status.success(), "{text}");
-    assert_eq!(
-        stdout(&out),
-        "echo: hi\nFAILED_PRECONDITION the test server says no\n['0', '1', '2']\nPERMISSION_DENIED\n\
-         ['echo: one', 'echo: two', 'echo: three']\n",
-        "{text}"
-    );
+    assert_eq!(stdout(&out), GRPC_ANSWERS, "{text}");
     // Each call the policy allows reached the server with the key; the
     // one it does not allow never left the host.
     let bearer = format!("Bearer {KEY}");
@@ -619,6 +630,39 @@ print(answers)
             authorization: bearer.clone(),
         })
     );
+}
+
+/// gRPC in plain text, as services on internal networks often speak it:
+/// HTTP/2 from the first byte (prior knowledge), with no TLS to offer it
+/// by. The upstream leg must start it the same way.
+#[test]
+fn a_grpc_client_without_tls_gets_answers_statuses_and_streams() {
+    let sdks = harness::python_sdks();
+    let dir = tempfile::tempdir().expect("upstream dir");
+    let up = GrpcUpstream::start(dir.path(), sdks, None);
+    let p = up.port;
+    let policy = format!(
+        r#"agent: grpc-plain
+env:
+  API_TOKEN: "not-a-secret"
+  GRPC_TARGET: "grpc.test:{p}"
+  PYTHONPATH: "{sdks}"
+rules:
+  - host: grpc.test:{p}
+    methods: [POST]
+    paths: ["/airlock.test.Echo/*"]
+"#
+    );
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("grpc-plain.yaml".into(), policy)],
+        extra_config: "resolve:\n  grpc.test: 127.0.0.1\n".into(),
+    });
+    let out = d.run_agent_dns("grpc-plain", &[PY, "-c", GRPC_AGENT]);
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(stdout(&out), GRPC_ANSWERS, "{text}");
+    let methods: Vec<String> = up.calls().into_iter().map(|c| c.method).collect();
+    assert_eq!(methods, ["Say", "Fail", "Count", "Chat"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A gRPC server on loopback: Python's grpcio, whose C core refuses a call
 //! that lacks `te: trailers` (the gRPC protocol's test for proxies that
-//! drop trailers), over TLS with a leaf of a fresh test CA. Service
+//! drop trailers), over TLS with a leaf of a fresh test CA, or in plain
+//! text (HTTP/2 from the first byte, as internal services speak it). Service
 //! `airlock.test.Echo`, messages as raw bytes: `Say` answers "echo: " and
 //! the request, `Fail` ends with FAILED_PRECONDITION and a message (both
 //! in trailers), `Count` streams three answers, `Chat` answers each message
@@ -53,9 +54,12 @@ handlers = {
 }
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("airlock.test.Echo", handlers),))
-with open(key, "rb") as k, open(chain, "rb") as c:
-    credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
-server.add_secure_port("127.0.0.1:" + port, credentials)
+if chain == "-":
+    server.add_insecure_port("127.0.0.1:" + port)
+else:
+    with open(key, "rb") as k, open(chain, "rb") as c:
+        credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+    server.add_secure_port("127.0.0.1:" + port, credentials)
 server.start()
 print("listening", flush=True)
 server.wait_for_termination()
@@ -63,7 +67,8 @@ server.wait_for_termination()
 
 pub struct GrpcUpstream {
     pub port: u16,
-    pub ca_pem: PathBuf,
+    /// The test CA, when the server speaks TLS.
+    pub ca_pem: Option<PathBuf>,
     log: PathBuf,
     child: Child,
 }
@@ -76,13 +81,20 @@ pub struct Call {
 }
 
 impl GrpcUpstream {
-    /// Serve `name` on 127.0.0.1, with grpcio from `sdks`.
-    pub fn start(dir: &Path, name: &str, sdks: &str) -> GrpcUpstream {
-        let pki = TestPki::new(dir, &[name]);
-        let chain = dir.join("grpc-chain.pem");
-        let key = dir.join("grpc-key.pem");
-        std::fs::write(&chain, pki.leaf.pem() + &pki.ca.pem()).expect("write chain");
-        std::fs::write(&key, pki.leaf_key.serialize_pem()).expect("write key");
+    /// Serve on 127.0.0.1 with grpcio from `sdks`: over TLS for
+    /// `tls_name`, or in plain text.
+    pub fn start(dir: &Path, sdks: &str, tls_name: Option<&str>) -> GrpcUpstream {
+        let (chain, key, ca_pem) = match tls_name {
+            Some(name) => {
+                let pki = TestPki::new(dir, &[name]);
+                let chain = dir.join("grpc-chain.pem");
+                let key = dir.join("grpc-key.pem");
+                std::fs::write(&chain, pki.leaf.pem() + &pki.ca.pem()).expect("write chain");
+                std::fs::write(&key, pki.leaf_key.serialize_pem()).expect("write key");
+                (chain, key, Some(pki.ca_pem))
+            }
+            None => ("-".into(), "-".into(), None),
+        };
         let script = dir.join("grpc-server.py");
         std::fs::write(&script, SERVER).expect("write server");
         let log = dir.join("grpc-calls.jsonl");
@@ -101,7 +113,7 @@ impl GrpcUpstream {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let server = GrpcUpstream {
             port,
-            ca_pem: pki.ca_pem,
+            ca_pem,
             log,
             child,
         };

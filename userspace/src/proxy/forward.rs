@@ -25,6 +25,7 @@ use super::{
     Intercept,
     body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
     h1_pool::Slot,
+    h2_pools::Start,
     headers,
     last_decision::LastDecision,
     orig_dst::Origin,
@@ -570,7 +571,9 @@ impl Intercept {
         let sent = if agent_h2 && !upgrade {
             tokio::time::timeout(
                 RESPONSE_HEAD_TIMEOUT,
-                self.pools_h2.of(&ctx.agent).request(upstream_req),
+                self.pools_h2
+                    .of(&ctx.agent, Start::over(ctx.tls()))
+                    .request(upstream_req),
             )
             .await
             .map(|resp| resp.map_err(|err| error_chain(&err)))

@@ -24,7 +24,28 @@ pub struct H2Pools {
     /// One entry per agent that has sent an HTTP/2 request: agents are the
     /// policies' names, a handful, and a pool holds no connection longer
     /// than its upstream keeps it open.
-    by_agent: Mutex<HashMap<Arc<str>, UpstreamClient>>,
+    by_agent: Mutex<HashMap<(Arc<str>, Start), UpstreamClient>>,
+}
+
+/// How a client's connections start HTTP/2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Start {
+    /// Offered by ALPN over TLS (HTTP/1.1 if the upstream declines it).
+    Alpn,
+    /// From the first byte, in plain text.
+    PriorKnowledge,
+}
+
+impl Start {
+    /// As an agent's HTTP/2 started: by ALPN on a TLS connection, by prior
+    /// knowledge on a plain one.
+    pub fn over(tls: bool) -> Start {
+        if tls {
+            Start::Alpn
+        } else {
+            Start::PriorKnowledge
+        }
+    }
 }
 
 impl H2Pools {
@@ -37,14 +58,21 @@ impl H2Pools {
         }
     }
 
-    /// The agent's own client, made on its first request.
-    pub fn of(&self, agent: &Arc<str>) -> UpstreamClient {
+    /// The agent's own client for connections that start as `start`
+    /// says, made on its first request.
+    pub fn of(&self, agent: &Arc<str>, start: Start) -> UpstreamClient {
         // The lock only guards the map: one poisoned by a panic elsewhere
         // still maps each agent to its own client.
         let mut by_agent = self.by_agent.lock().unwrap_or_else(PoisonError::into_inner);
         by_agent
-            .entry(agent.clone())
-            .or_insert_with(|| upstream::client(self.resolver.clone(), self.tls.clone()))
+            .entry((agent.clone(), start))
+            .or_insert_with(|| {
+                upstream::client(
+                    self.resolver.clone(),
+                    self.tls.clone(),
+                    start == Start::PriorKnowledge,
+                )
+            })
             .clone()
     }
 }

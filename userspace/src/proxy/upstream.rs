@@ -54,8 +54,15 @@ const TOKEN_ANSWER_MAX: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<Connector, super::body::ProxyBody>;
 
-pub fn client(resolver: Arc<Resolver>, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
+/// A pooling client; `http2_only` for plain-text upstreams spoken to in
+/// HTTP/2 from the first byte.
+pub fn client(
+    resolver: Arc<Resolver>,
+    tls: Arc<rustls::ClientConfig>,
+    http2_only: bool,
+) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
+        .http2_only(http2_only)
         .pool_idle_timeout(Duration::from_secs(90))
         // Without a timer the idle timeout is only applied when the pool
         // is next asked for a connection: an agent that stopped would keep
