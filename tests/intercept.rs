@@ -619,13 +619,30 @@ rules:
     assert!(!text.contains(KEY), "the agent saw the key");
     assert!(out.status.success(), "{text}");
     assert_eq!(stdout(&out), GRPC_ANSWERS, "{text}");
+    // A server that answers with the key it was sent. The answer is a
+    // length-prefixed message, and the placeholder is shorter than the
+    // key: scrubbed as a plain byte stream, its length would be wrong.
+    let whoami = r#"
+import os, grpc
+channel = grpc.secure_channel(os.environ["GRPC_TARGET"], grpc.ssl_channel_credentials())
+sent = "Bearer " + os.environ["API_TOKEN"]
+try:
+    answer = channel.unary_unary("/airlock.test.Echo/Whoami")(b"", metadata=[("authorization", sent)], timeout=20)
+    print("the placeholder" if answer == sent.encode() else answer)
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#;
+    let out = d.run_agent_dns("grpc-bot", &[PY, "-c", whoami]);
+    let text = describe(&out);
+    assert!(!text.contains(KEY), "the agent saw the key");
+    assert_eq!(stdout(&out), "the placeholder\n", "{text}");
     // Each call the policy allows reached the server with the key; the
     // one it does not allow never left the host.
     let bearer = format!("Bearer {KEY}");
     let calls = up.calls();
     assert_eq!(
         calls,
-        ["Say", "Fail", "Count", "Chat"].map(|method| Call {
+        ["Say", "Fail", "Count", "Chat", "Whoami"].map(|method| Call {
             method: method.into(),
             authorization: bearer.clone(),
         })

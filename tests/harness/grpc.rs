@@ -5,7 +5,8 @@
 //! `airlock.test.Echo`, messages as raw bytes: `Say` answers "echo: " and
 //! the request, `Fail` ends with FAILED_PRECONDITION and a message (both
 //! in trailers), `Count` streams three answers, `Chat` answers each message
-//! of a stream as it comes (both ways at once). The server writes each
+//! of a stream as it comes (both ways at once), `Whoami` answers with the
+//! call's `authorization` metadata (an echo). The server writes each
 //! call's method and `authorization` metadata to a log the test reads.
 
 use std::{
@@ -41,6 +42,10 @@ def count(request, context):
     for i in range(3):
         yield b"%d" % i
 
+def whoami(request, context):
+    record("Whoami", context)
+    return dict(context.invocation_metadata()).get("authorization", "").encode()
+
 def chat(requests, context):
     record("Chat", context)
     for request in requests:
@@ -51,6 +56,7 @@ handlers = {
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
     "Count": grpc.unary_stream_rpc_method_handler(count),
     "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    "Whoami": grpc.unary_unary_rpc_method_handler(whoami),
 }
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("airlock.test.Echo", handlers),))

@@ -10,6 +10,7 @@ mod base64_forms;
 mod decoded;
 mod echo_forms;
 mod grant;
+mod grpc_scrub;
 mod readable;
 mod scrub;
 mod sigv4;
@@ -21,6 +22,9 @@ mod tests;
 
 pub use decoded::{Decoded, decodable_coding, mark_decoded};
 pub use grant::{Grant, GrantProblem, TokenError};
+#[cfg(test)]
+use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError};
+pub use grpc_scrub::{GrpcScrubBody, ask_for_uncompressed_messages, is_grpc};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
 pub use scrub::{ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};

@@ -789,6 +789,153 @@ fn trailers_are_scrubbed_and_come_after_held_bytes() {
     assert_eq!(trailers.get("grpc-status").unwrap(), "0");
 }
 
+// ---- gRPC answers, message by message ----
+
+fn grpc_frame(flags: u8, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![flags];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The messages of a gRPC body, each checked against its prefix.
+fn grpc_messages(mut body: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        assert!(
+            body.len() >= 5 + len,
+            "a message's prefix says more than follows"
+        );
+        messages.push(body[5..5 + len].to_vec());
+        body = &body[5 + len..];
+    }
+    messages
+}
+
+/// Polls a gRPC scrubbing body to its end or its first error.
+fn drain_grpc(
+    body: impl Body<Data = Bytes, Error = Infallible> + Unpin,
+) -> Result<(Vec<u8>, Option<HeaderMap>), GrpcScrubError> {
+    let mut body = GrpcScrubBody::new(body, &scrubber(&[(SECRET20, PH20)]));
+    let mut cx = Context::from_waker(Waker::noop());
+    let (mut data, mut trailers) = (Vec::new(), None);
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = Some(f.into_trailers().unwrap()),
+            },
+            Poll::Ready(Some(Err(e))) => return Err(e),
+            Poll::Ready(None) => break,
+            Poll::Pending => panic!("body waited with nothing to wait for"),
+        }
+    }
+    assert!(body.is_end_stream());
+    Ok((data, trailers))
+}
+
+#[test]
+fn grpc_messages_are_scrubbed_whole_and_sent_with_their_new_lengths() {
+    let with_secret = [b"token=".as_slice(), SECRET20, b";"].concat();
+    let body = [
+        grpc_frame(0, b"first"),
+        grpc_frame(0, &with_secret),
+        grpc_frame(0, b""),
+    ]
+    .concat();
+    // Cut anywhere: in a prefix, in a message, in the secret.
+    for cut in 0..=body.len() {
+        for second_cut in cut..=body.len() {
+            let (data, _) = drain_grpc(chunks(&[
+                &body[..cut],
+                &body[cut..second_cut],
+                &body[second_cut..],
+            ]))
+            .expect("scrubbed");
+            assert_eq!(
+                grpc_messages(&data),
+                [
+                    b"first".to_vec(),
+                    [b"token=".as_slice(), PH20, b";"].concat(),
+                    Vec::new()
+                ],
+                "cut at {cut} and {second_cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_grpc_s_binary_framing_is_read_as_messages() {
+    for (content_type, framed) in [
+        ("application/grpc", true),
+        ("application/grpc+proto", true),
+        ("Application/GRPC-Web+proto", true),
+        ("application/grpc-web-text", false),
+        ("application/json", false),
+    ] {
+        let headers = crate::proxy::header_map(&[("content-type", content_type)]);
+        assert_eq!(is_grpc(&headers), framed, "{content_type}");
+    }
+    assert!(!is_grpc(&HeaderMap::new()));
+}
+
+#[test]
+fn grpc_trailers_are_scrubbed_and_a_bodiless_answer_ends_at_once() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "grpc-message",
+        HeaderValue::from_bytes(&[b"bad key ".as_slice(), SECRET20].concat()).unwrap(),
+    );
+    let body = Frames(
+        [
+            Frame::data(Bytes::from(grpc_frame(0, b"ok"))),
+            Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let (data, trailers) = drain_grpc(body).expect("scrubbed");
+    assert_eq!(grpc_messages(&data), [b"ok".to_vec()]);
+    assert_eq!(
+        trailers
+            .expect("trailers")
+            .get("grpc-message")
+            .unwrap()
+            .as_bytes(),
+        [b"bad key ".as_slice(), PH20].concat()
+    );
+    // A status in the head alone ("trailers-only"): the head must end the
+    // stream, so the body says at once that it has nothing.
+    let empty = GrpcScrubBody::new(http_body_util::Empty::<Bytes>::new(), &scrubber(&[]));
+    assert!(empty.is_end_stream());
+}
+
+#[test]
+fn a_grpc_message_that_cannot_be_read_whole_ends_the_answer_with_an_error() {
+    let compressed = grpc_frame(COMPRESSED_FLAG, SECRET20);
+    assert!(matches!(
+        drain_grpc(chunks(&[&compressed])),
+        Err(GrpcScrubError::Compressed)
+    ));
+    let mut too_long = vec![0];
+    too_long.extend_from_slice(&(GRPC_MESSAGE_MAX as u32 + 1).to_be_bytes());
+    assert!(matches!(
+        drain_grpc(chunks(&[&too_long])),
+        Err(GrpcScrubError::TooLarge { .. })
+    ));
+    let whole = grpc_frame(0, &[b"a".as_slice(), SECRET20].concat());
+    for cut in 1..whole.len() {
+        assert!(
+            matches!(
+                drain_grpc(chunks(&[&whole[..cut]])),
+                Err(GrpcScrubError::CutShort)
+            ),
+            "cut at {cut}"
+        );
+    }
+}
+
 #[test]
 fn header_values_are_scrubbed() {
     let s = scrubber(&[(SECRET20, PH20)]);

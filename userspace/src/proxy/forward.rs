@@ -443,6 +443,9 @@ impl Intercept {
         if guarded {
             creds::ask_for_identity(&mut parts.headers);
             creds::ask_for_whole(&mut parts.headers);
+            if creds::is_grpc(&parts.headers) {
+                creds::ask_for_uncompressed_messages(&mut parts.headers);
+            }
         }
         let bodiless_answer = parts.method == Method::HEAD;
         let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
@@ -718,7 +721,15 @@ impl Intercept {
                 }
                 None => Either::Left(rbody),
             };
-            Either::Right(scrubber.wrap(readable))
+            // gRPC's messages carry their lengths, which a placeholder of
+            // another length than its secret would make wrong.
+            if creds::is_grpc(&rparts.headers) {
+                Either::Right(Either::Right(creds::GrpcScrubBody::new(
+                    readable, &scrubber,
+                )))
+            } else {
+                Either::Right(Either::Left(scrubber.wrap(readable)))
+            }
         };
         rparts
             .headers
