@@ -9,7 +9,8 @@
 //! whole, scrubbed, and sent on with its new length. A compressed message
 //! cannot be read: Airlock asks for none (`grpc-accept-encoding:
 //! identity`), and one that comes all the same ends the call with an
-//! error, as does a message longer than gRPC's own default limit, or a
+//! error, as does a message longer than gRPC's own default limit, a large
+//! message when the daemon's budget for bodies held whole is spent, or a
 //! body that ends inside a message.
 
 use std::{
@@ -20,6 +21,7 @@ use std::{
 use bytes::{BufMut as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::SemaphorePermit;
 use zeroize::Zeroizing;
 
 use super::Scrubber;
@@ -27,6 +29,14 @@ use super::Scrubber;
 /// The largest message read whole: gRPC's default limit on a message a
 /// client receives.
 pub const GRPC_MESSAGE_MAX: usize = 4 * 1024 * 1024;
+
+/// Messages up to this size are held without asking the budget: a call
+/// holds at most one message at a time.
+const HELD_FREELY: usize = 64 * 1024;
+
+/// A share of the daemon's budget for bytes held whole, or `None` when it
+/// is spent.
+pub type Hold = fn(usize) -> Option<SemaphorePermit<'static>>;
 
 const PREFIX: usize = 5;
 /// The flag bit of a compressed message.
@@ -62,6 +72,10 @@ pub enum GrpcScrubError {
     TooLarge { len: usize },
     #[error("the upstream's answer ended inside a gRPC message")]
     CutShort,
+    #[error(
+        "the daemon already holds as many bodies and messages read whole as its budget allows; a gRPC message of {len} bytes was not read"
+    )]
+    BudgetSpent { len: usize },
     #[error("reading the upstream's answer")]
     Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -75,6 +89,9 @@ pin_project_lite::pin_project! {
         scrubber: Scrubber,
         // The message being read (prefix included); wiped when dropped.
         partial: Zeroizing<Vec<u8>>,
+        hold: Hold,
+        // The budget's share for a large message being read.
+        held: Option<SemaphorePermit<'static>>,
         // Trailers waiting until the messages before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
@@ -82,11 +99,15 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> GrpcScrubBody<B> {
-    pub fn new(inner: B, scrubber: &Scrubber) -> Self {
+    /// `hold` gives a share of the budget for a large message while it is
+    /// read.
+    pub fn new(inner: B, scrubber: &Scrubber, hold: Hold) -> Self {
         GrpcScrubBody {
             inner,
             scrubber: scrubber.clone(),
             partial: Zeroizing::new(Vec::new()),
+            hold,
+            held: None,
             trailers: None,
             ended: false,
         }
@@ -98,6 +119,8 @@ impl<B> GrpcScrubBody<B> {
 fn next_message(
     scrubber: &Scrubber,
     partial: &mut Zeroizing<Vec<u8>>,
+    hold: Hold,
+    held: &mut Option<SemaphorePermit<'static>>,
 ) -> Result<Option<Bytes>, GrpcScrubError> {
     let Some(prefix) = partial.first_chunk::<PREFIX>() else {
         return Ok(None);
@@ -111,6 +134,9 @@ fn next_message(
         return Err(GrpcScrubError::TooLarge { len });
     }
     let Some(message) = partial.get(PREFIX..PREFIX + len) else {
+        if len > HELD_FREELY && held.is_none() {
+            *held = Some(hold(len).ok_or(GrpcScrubError::BudgetSpent { len })?);
+        }
         return Ok(None);
     };
     let scrubbed = scrubber.scrub_bytes(message);
@@ -121,6 +147,7 @@ fn next_message(
     out.put_u32(body.len() as u32);
     out.put_slice(body);
     partial.drain(..PREFIX + len);
+    *held = None;
     Ok(Some(out.freeze()))
 }
 
@@ -138,7 +165,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, GrpcScrubError>>> {
         let mut this = self.project();
         loop {
-            if let Some(message) = next_message(this.scrubber, this.partial)? {
+            if let Some(message) = next_message(this.scrubber, this.partial, *this.hold, this.held)?
+            {
                 return Poll::Ready(Some(Ok(Frame::data(message))));
             }
             if *this.ended {

@@ -23,7 +23,7 @@ mod tests;
 pub use decoded::{Decoded, decodable_coding, mark_decoded};
 pub use grant::{Grant, GrantProblem, TokenError};
 #[cfg(test)]
-use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError};
+use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError, Hold};
 pub use grpc_scrub::{GrpcScrubBody, ask_for_uncompressed_messages, is_grpc};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
 pub use scrub::{ScrubStream, Scrubber};

@@ -813,11 +813,24 @@ fn grpc_messages(mut body: &[u8]) -> Vec<Vec<u8>> {
     messages
 }
 
+static GRPC_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+fn budget_to_spare(_: usize) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    GRPC_BUDGET.try_acquire().ok()
+}
+
 /// Polls a gRPC scrubbing body to its end or its first error.
 fn drain_grpc(
     body: impl Body<Data = Bytes, Error = Infallible> + Unpin,
 ) -> Result<(Vec<u8>, Option<HeaderMap>), GrpcScrubError> {
-    let mut body = GrpcScrubBody::new(body, &scrubber(&[(SECRET20, PH20)]));
+    drain_grpc_within(body, budget_to_spare)
+}
+
+fn drain_grpc_within(
+    body: impl Body<Data = Bytes, Error = Infallible> + Unpin,
+    hold: Hold,
+) -> Result<(Vec<u8>, Option<HeaderMap>), GrpcScrubError> {
+    let mut body = GrpcScrubBody::new(body, &scrubber(&[(SECRET20, PH20)]), hold);
     let mut cx = Context::from_waker(Waker::noop());
     let (mut data, mut trailers) = (Vec::new(), None);
     loop {
@@ -907,7 +920,11 @@ fn grpc_trailers_are_scrubbed_and_a_bodiless_answer_ends_at_once() {
     );
     // A status in the head alone ("trailers-only"): the head must end the
     // stream, so the body says at once that it has nothing.
-    let empty = GrpcScrubBody::new(http_body_util::Empty::<Bytes>::new(), &scrubber(&[]));
+    let empty = GrpcScrubBody::new(
+        http_body_util::Empty::<Bytes>::new(),
+        &scrubber(&[]),
+        budget_to_spare,
+    );
     assert!(empty.is_end_stream());
 }
 
@@ -924,6 +941,20 @@ fn a_grpc_message_that_cannot_be_read_whole_ends_the_answer_with_an_error() {
         drain_grpc(chunks(&[&too_long])),
         Err(GrpcScrubError::TooLarge { .. })
     ));
+    // A large message is waited for only within the daemon's budget.
+    let large = grpc_frame(0, &vec![b'x'; 100 * 1024]);
+    let (head, rest) = large.split_at(1000);
+    let spent: Hold = |_| None;
+    assert!(matches!(
+        drain_grpc_within(chunks(&[head, rest]), spent),
+        Err(GrpcScrubError::BudgetSpent { .. })
+    ));
+    let (data, _) = drain_grpc(chunks(&[head, rest, head, rest])).expect("within the budget");
+    assert_eq!(
+        grpc_messages(&data).len(),
+        2,
+        "the budget's share is given back"
+    );
     let whole = grpc_frame(0, &[b"a".as_slice(), SECRET20].concat());
     for cut in 1..whole.len() {
         assert!(

@@ -725,7 +725,9 @@ impl Intercept {
             // another length than its secret would make wrong.
             if creds::is_grpc(&rparts.headers) {
                 Either::Right(Either::Right(creds::GrpcScrubBody::new(
-                    readable, &scrubber,
+                    readable,
+                    &scrubber,
+                    whole_body::try_hold,
                 )))
             } else {
                 Either::Right(Either::Left(scrubber.wrap(readable)))

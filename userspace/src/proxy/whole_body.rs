@@ -21,6 +21,13 @@ const UNIT: usize = 1024;
 /// Shared by every connection of the daemon.
 pub static BUDGET: Semaphore = Semaphore::const_new(BUDGET_BYTES / UNIT);
 
+/// A share of the budget for `bytes` held at once, or `None` when it is
+/// spent: for answers read whole a message at a time (gRPC's, scrubbed).
+pub fn try_hold(bytes: usize) -> Option<SemaphorePermit<'static>> {
+    let units = u32::try_from(bytes.div_ceil(UNIT)).ok()?;
+    BUDGET.try_acquire_many(units).ok()
+}
+
 /// Limits for reading a request body whole, and the reasons given when they
 /// are passed.
 pub struct WholeBody {
