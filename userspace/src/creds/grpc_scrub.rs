@@ -6,7 +6,9 @@
 //! replaces, so bytes scrubbed as they stream would leave a length wrong,
 //! and the client would read a message cut short or run into the next one
 //! (grpcio then returns no message and status OK). So each message is read
-//! whole, scrubbed, and sent on with its new length. A compressed message
+//! whole, scrubbed, and sent on with its new length. A secret split
+//! across two messages cannot be replaced in either, so it ends the call
+//! with an error. A compressed message
 //! cannot be read: Airlock asks for none (`grpc-accept-encoding:
 //! identity`), and one that comes all the same ends the call with an
 //! error, as does a message longer than gRPC's own default limit, a large
@@ -73,6 +75,10 @@ pub enum GrpcScrubError {
     #[error("the upstream's answer ended inside a gRPC message")]
     CutShort,
     #[error(
+        "the upstream sent a credential split across two gRPC messages, which cannot be replaced in either"
+    )]
+    Split,
+    #[error(
         "the daemon already holds as many bodies and messages read whole as its budget allows; a gRPC message of {len} bytes was not read"
     )]
     BudgetSpent { len: usize },
@@ -92,6 +98,10 @@ pin_project_lite::pin_project! {
         hold: Hold,
         // The budget's share for a large message being read.
         held: Option<SemaphorePermit<'static>>,
+        // The last bytes of the messages before, as the upstream sent them,
+        // for a secret that begins in one and ends in another; wiped when
+        // dropped.
+        before: Zeroizing<Vec<u8>>,
         // Trailers waiting until the messages before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
@@ -108,6 +118,7 @@ impl<B> GrpcScrubBody<B> {
             partial: Zeroizing::new(Vec::new()),
             hold,
             held: None,
+            before: Zeroizing::new(Vec::new()),
             trailers: None,
             ended: false,
         }
@@ -121,6 +132,7 @@ fn next_message(
     partial: &mut Zeroizing<Vec<u8>>,
     hold: Hold,
     held: &mut Option<SemaphorePermit<'static>>,
+    before: &mut Zeroizing<Vec<u8>>,
 ) -> Result<Option<Bytes>, GrpcScrubError> {
     let Some(prefix) = partial.first_chunk::<PREFIX>() else {
         return Ok(None);
@@ -139,6 +151,14 @@ fn next_message(
         }
         return Ok(None);
     };
+    if scrubber.straddles(before, message) {
+        return Err(GrpcScrubError::Split);
+    }
+    // What the next message's check needs: the last bytes of all so far,
+    // however short each message.
+    before.extend_from_slice(message);
+    let keep = before.len().saturating_sub(scrubber.carry());
+    before.drain(..keep);
     let scrubbed = scrubber.scrub_bytes(message);
     let body = scrubbed.as_deref().unwrap_or(message);
     let mut out = BytesMut::with_capacity(PREFIX + body.len());
@@ -165,8 +185,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, GrpcScrubError>>> {
         let mut this = self.project();
         loop {
-            if let Some(message) = next_message(this.scrubber, this.partial, *this.hold, this.held)?
-            {
+            if let Some(message) = next_message(
+                this.scrubber,
+                this.partial,
+                *this.hold,
+                this.held,
+                this.before,
+            )? {
                 return Poll::Ready(Some(Ok(Frame::data(message))));
             }
             if *this.ended {

@@ -188,6 +188,27 @@ impl Scrubber {
         Some(self.table.render(bytes, &scan.hits, bytes.len()))
     }
 
+    /// How many last bytes of what came before [`Scrubber::straddles`]
+    /// needs: one less than the longest form of a secret.
+    pub fn carry(&self) -> usize {
+        self.table.max_len.saturating_sub(1)
+    }
+
+    /// Whether a secret begins in `before` and ends in `after`: one that
+    /// pieces scrubbed each on its own (gRPC's messages) would let
+    /// through. `before` may be cut to its last [`Scrubber::carry`] bytes.
+    pub fn straddles(&self, before: &[u8], after: &[u8]) -> bool {
+        let table = &*self.table;
+        let before = &before[before.len().saturating_sub(self.carry())..];
+        (0..before.len()).any(|at| {
+            table.by_first[usize::from(before[at])].iter().any(|&i| {
+                let secret = table.pairs[i].secret.expose();
+                let (inside, rest) = secret.split_at(secret.len().min(before.len() - at));
+                !rest.is_empty() && before[at..] == *inside && after.starts_with(rest)
+            })
+        })
+    }
+
     /// A byte stream to scrub piece by piece, for framings other than
     /// HTTP bodies (a WebSocket message split over frames).
     pub fn stream(&self) -> ScrubStream {

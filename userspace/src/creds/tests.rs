@@ -941,6 +941,36 @@ fn a_grpc_message_that_cannot_be_read_whole_ends_the_answer_with_an_error() {
         drain_grpc(chunks(&[&too_long])),
         Err(GrpcScrubError::TooLarge { .. })
     ));
+    // A secret cut between messages cannot be replaced in either, even
+    // when a message between them holds only a piece of it.
+    let (head, tail) = SECRET20.split_at(7);
+    let (middle, tail) = tail.split_at(3);
+    for messages in [
+        vec![
+            grpc_frame(0, &[b"a".as_slice(), head].concat()),
+            grpc_frame(0, &[middle, tail].concat()),
+        ],
+        vec![
+            grpc_frame(0, head),
+            grpc_frame(0, middle),
+            grpc_frame(0, &[tail, b"z"].concat()),
+        ],
+    ] {
+        let pieces: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        assert!(matches!(
+            drain_grpc(chunks(&pieces)),
+            Err(GrpcScrubError::Split)
+        ));
+    }
+    // Its pieces apart from each other, in messages of their own, are not
+    // the secret.
+    let (data, _) = drain_grpc(chunks(&[
+        &grpc_frame(0, head),
+        &grpc_frame(0, b"-"),
+        &grpc_frame(0, tail),
+    ]))
+    .expect("no secret whole");
+    assert_eq!(grpc_messages(&data).len(), 3);
     // A large message is waited for only within the daemon's budget.
     let large = grpc_frame(0, &vec![b'x'; 100 * 1024]);
     let (head, rest) = large.split_at(1000);
