@@ -844,6 +844,51 @@ fn large_uploads_reach_the_upstream_whole() {
     assert_eq!(uploads, 3);
 }
 
+/// A client still sending when its refusal comes must get to read it:
+/// Python's http.client reads nothing before its body is sent, and curl
+/// 7.88 over HTTP/2 takes a stream reset after the answer as a failure.
+#[test]
+fn a_refused_upload_gets_its_403_while_the_agent_is_still_sending() {
+    let Setup { d, up } = setup("");
+    let file = d.dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'x'; 3 * 1024 * 1024]).expect("write the upload");
+    harness::set_mode(&file, 0o644);
+    let url = format!("https://api.example.test:{}/admin/upload", up.port);
+    let f = file.display();
+    let curl =
+        |args: &str| format!("curl -sS {args} -w ' %{{http_code}}' --data-binary @{f} {url}");
+    let requests = format!(
+        "import requests; r = requests.post('{url}', data=open('{f}', 'rb')); print(r.json()['reason'], r.status_code, end='')"
+    );
+    let node = format!(
+        "fetch('{url}', {{method: 'POST', body: require('fs').readFileSync('{f}')}}).then(async r => console.log((await r.json()).reason, r.status))"
+    );
+    for (client, cmd) in [
+        ("curl --http2", curl("--http2")),
+        ("curl --http1.1", curl("--http1.1 -H 'Expect:'")),
+        (
+            "curl --http1.1, waiting for 100 Continue",
+            curl("--http1.1 -H 'Expect: 100-continue'"),
+        ),
+        ("python requests", format!("{PY} -c \"{requests}\"")),
+        ("node fetch", format!("node -e \"{node}\"")),
+    ] {
+        let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
+        let text = describe(&out);
+        assert!(out.status.success(), "{client}: {text}");
+        let said = stdout(&out);
+        let said = said.trim_end();
+        assert!(
+            said.contains("deny_rule") && said.ends_with(" 403"),
+            "{client}: {text}"
+        );
+    }
+    assert!(
+        !up.seen().iter().any(|r| r.path == "/admin/upload"),
+        "a refused upload reached the upstream"
+    );
+}
+
 #[test]
 fn denials_get_the_403_json_and_placeholders_never_reach_other_hosts() {
     let Setup { d, up } = setup("");

@@ -24,6 +24,7 @@ use tracing::warn;
 use super::{
     Intercept,
     body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
+    discard,
     h1_pool::Slot,
     h2_pools::Start,
     headers,
@@ -168,6 +169,7 @@ impl Intercept {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
+        let mut outgoing = Outgoing::Streamed(body);
         let method = method_name(&parts.method);
         let path = parts
             .uri
@@ -227,7 +229,7 @@ impl Intercept {
                     &method,
                     &path,
                     &mut parts,
-                    body,
+                    &mut outgoing,
                     &mut record,
                     started,
                 )
@@ -255,6 +257,9 @@ impl Intercept {
                 record.status = Some(resp.status().as_u16());
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 self.audit.record(record);
+                if let Outgoing::Streamed(body) = outgoing {
+                    discard::after_refusal(body, &parts.headers);
+                }
                 resp
             }
         }
@@ -272,7 +277,7 @@ impl Intercept {
         method: &str,
         path: &PathAndQuery,
         parts: &mut http::request::Parts,
-        body: Incoming,
+        outgoing: &mut Outgoing,
         record: &mut AuditRecord,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -326,14 +331,14 @@ impl Intercept {
         // The budget taken by a body read whole, given back when this
         // function returns: the request has gone upstream by then.
         let mut held_budget = Vec::new();
-        let outgoing = if allowed.approval {
+        if allowed.approval
+            && let Outgoing::Streamed(body) = std::mem::replace(outgoing, Outgoing::Sent)
+        {
             let held = Box::pin(read(body, &allowed.rule_label, FOR_APPROVAL)).await?;
             held_budget.push(held.budget);
-            Outgoing::Held(held.bytes)
-        } else {
-            Outgoing::Streamed(body)
-        };
-        if let Outgoing::Held(held) = &outgoing {
+            *outgoing = Outgoing::Held(held.bytes);
+        }
+        if let Outgoing::Held(held) = &*outgoing {
             let body_digest = Some(PendingRequest::digest_body(held));
             let pending = PendingRequest {
                 id: Approvals::new_id(),
@@ -452,7 +457,6 @@ impl Intercept {
             reason: problem.reason(),
             rule: Some(allowed.rule_label.clone()),
         };
-        let mut outgoing = outgoing;
         // The key and the payload hash it signs travel together, so a
         // request to re-sign cannot go out signed by the agent alone.
         let signing = match resign {
@@ -461,7 +465,7 @@ impl Intercept {
                 match creds::declared_payload_hash(&parts.headers).map_err(sigv4_refused)? {
                     Some(declared) => Some((resign, declared)),
                     None => {
-                        let bytes = match outgoing {
+                        let bytes = match std::mem::replace(outgoing, Outgoing::Sent) {
                             Outgoing::Held(bytes) => bytes,
                             Outgoing::Streamed(body) => {
                                 let held =
@@ -469,9 +473,11 @@ impl Intercept {
                                 held_budget.push(held.budget);
                                 held.bytes
                             }
+                            // The body goes upstream only below.
+                            Outgoing::Sent => Bytes::new(),
                         };
                         let hash = creds::hex_sha256(&bytes);
-                        outgoing = Outgoing::Held(bytes);
+                        *outgoing = Outgoing::Held(bytes);
                         Some((resign, hash))
                     }
                 }
@@ -549,16 +555,17 @@ impl Intercept {
             creds::resign(parts, &resign.key, &resign.placeholder, hash).map_err(sigv4_refused)?;
         }
         // Most requests (GET) have no body: nothing to count or box.
-        let bytes_out = match &outgoing {
+        let bytes_out = match &*outgoing {
             Outgoing::Streamed(body) if body.is_end_stream() => None,
+            Outgoing::Sent => None,
             _ => Some(Arc::new(AtomicU64::new(0))),
         };
-        let upstream_body = match (outgoing, &bytes_out) {
-            (_, None) => empty(),
+        let upstream_body = match (std::mem::replace(outgoing, Outgoing::Sent), &bytes_out) {
             (Outgoing::Held(bytes), Some(tally)) => {
                 boxed(Counted::new(Full::new(bytes), tally.clone()))
             }
             (Outgoing::Streamed(body), Some(tally)) => boxed(Counted::new(body, tally.clone())),
+            _ => empty(),
         };
         let upstream_req = Request::from_parts(
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -758,10 +765,13 @@ fn scrubbed_text(scrubber: &creds::Scrubber, text: String) -> String {
 }
 
 /// What goes upstream: the agent's body as it streams, or a body read
-/// whole before a human approved it.
+/// whole before a human approved it. Sent once it is on its way (or
+/// lost to a failed read); a refusal finds the body still Streamed when
+/// nothing has read it, and reads it away after the answer.
 enum Outgoing {
     Streamed(Incoming),
     Held(Bytes),
+    Sent,
 }
 
 fn read(
