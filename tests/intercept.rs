@@ -48,7 +48,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload"]
+    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload", "/early"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -844,48 +844,60 @@ fn large_uploads_reach_the_upstream_whole() {
     assert_eq!(uploads, 3);
 }
 
-/// A client still sending when its refusal comes must get to read it:
+/// A client still sending when its answer comes must get to read it:
 /// Python's http.client reads nothing before its body is sent, and curl
 /// 7.88 over HTTP/2 takes a stream reset after the answer as a failure.
 #[test]
-fn a_refused_upload_gets_its_403_while_the_agent_is_still_sending() {
+fn an_upload_answered_before_it_is_all_sent_gets_its_answer() {
     let Setup { d, up } = setup("");
     let file = d.dir.path().join("upload.bin");
     std::fs::write(&file, vec![b'x'; 3 * 1024 * 1024]).expect("write the upload");
     harness::set_mode(&file, 0o644);
-    let url = format!("https://api.example.test:{}/admin/upload", up.port);
     let f = file.display();
-    let curl =
-        |args: &str| format!("curl -sS {args} -w ' %{{http_code}}' --data-binary @{f} {url}");
+    let refused = format!("https://api.example.test:{}/admin/upload", up.port);
+    let curl = |args: &str, url: &str| {
+        format!("curl -sS {args} -w ' %{{http_code}}' --data-binary @{f} {url}")
+    };
     let requests = format!(
-        "import requests; r = requests.post('{url}', data=open('{f}', 'rb')); print(r.json()['reason'], r.status_code, end='')"
+        "import requests; r = requests.post('{refused}', data=open('{f}', 'rb')); print(r.json()['reason'], r.status_code, end='')"
     );
     let node = format!(
-        "fetch('{url}', {{method: 'POST', body: require('fs').readFileSync('{f}')}}).then(async r => console.log((await r.json()).reason, r.status))"
+        "fetch('{refused}', {{method: 'POST', body: require('fs').readFileSync('{f}')}}).then(async r => console.log((await r.json()).reason, r.status))"
     );
     for (client, cmd) in [
-        ("curl --http2", curl("--http2")),
-        ("curl --http1.1", curl("--http1.1 -H 'Expect:'")),
+        ("curl --http2", curl("--http2", &refused)),
+        ("curl --http1.1", curl("--http1.1 -H 'Expect:'", &refused)),
         (
             "curl --http1.1, waiting for 100 Continue",
-            curl("--http1.1 -H 'Expect: 100-continue'"),
+            curl("--http1.1 -H 'Expect: 100-continue'", &refused),
         ),
         ("python requests", format!("{PY} -c \"{requests}\"")),
         ("node fetch", format!("node -e \"{node}\"")),
     ] {
         let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
         let text = describe(&out);
-        assert!(out.status.success(), "{client}: {text}");
+        assert!(out.status.success(), "refused, {client}: {text}");
         let said = stdout(&out);
         let said = said.trim_end();
         assert!(
             said.contains("deny_rule") && said.ends_with(" 403"),
-            "{client}: {text}"
+            "refused, {client}: {text}"
         );
     }
     assert!(
         !up.seen().iter().any(|r| r.path == "/admin/upload"),
         "a refused upload reached the upstream"
+    );
+    // An upstream that answers before it reads (and so resets the rest of
+    // the stream): the agent gets that answer, not the reset.
+    let early = format!("https://api.example.test:{}/early", up.port);
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &early)]);
+    let text = describe(&out);
+    assert!(out.status.success(), "answered early: {text}");
+    assert_eq!(
+        stdout(&out),
+        "too large, said before reading\n 413",
+        "{text}"
     );
 }
 

@@ -553,6 +553,9 @@ async fn handle(
         }
         "/big" => Response::new(full(vec![b'x'; 1024 * 1024])),
         "/upload" => upload_digest(req).await,
+        // As servers that check a length first answer: before reading
+        // the body, which hyper then resets (HTTP/2) or cuts off.
+        "/early" => status(413, "too large, said before reading\n"),
         _ => {
             let mut r = Response::new(full("not found\n"));
             *r.status_mut() = hyper::StatusCode::NOT_FOUND;

@@ -23,8 +23,8 @@ use tracing::warn;
 
 use super::{
     Intercept,
+    agent_body::AgentBody,
     body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
-    discard,
     h1_pool::Slot,
     h2_pools::Start,
     headers,
@@ -169,7 +169,7 @@ impl Intercept {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let mut outgoing = Outgoing::Streamed(body);
+        let mut outgoing = Outgoing::Streamed(AgentBody::new(body, &parts.headers));
         let method = method_name(&parts.method);
         let path = parts
             .uri
@@ -257,9 +257,6 @@ impl Intercept {
                 record.status = Some(resp.status().as_u16());
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 self.audit.record(record);
-                if let Outgoing::Streamed(body) = outgoing {
-                    discard::after_refusal(body, &parts.headers);
-                }
                 resp
             }
         }
@@ -765,17 +762,15 @@ fn scrubbed_text(scrubber: &creds::Scrubber, text: String) -> String {
 }
 
 /// What goes upstream: the agent's body as it streams, or a body read
-/// whole before a human approved it. Sent once it is on its way (or
-/// lost to a failed read); a refusal finds the body still Streamed when
-/// nothing has read it, and reads it away after the answer.
+/// whole before a human approved it; Sent once it is on its way.
 enum Outgoing {
-    Streamed(Incoming),
+    Streamed(AgentBody),
     Held(Bytes),
     Sent,
 }
 
 fn read(
-    body: Incoming,
+    body: AgentBody,
     rule: &str,
     limits: WholeBody,
 ) -> impl Future<Output = Result<Held, ProxyError>> {

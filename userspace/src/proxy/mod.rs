@@ -3,13 +3,13 @@
 //! raw TCP relay (`tcp:` rules), DNS over TCP, or, for HTTP and TLS,
 //! `intercept` (terminate, decide per request in `forward`, swap
 //! credentials, forward via `h1_pool` or, for HTTP/2, `h2_pools`). `rescue` turns failures into
-//! answers, and `discard` reads away the body of a refused upload.
+//! answers, and `agent_body` reads away the rest of an upload nothing wanted.
 
 mod accept;
+mod agent_body;
 mod body;
 mod credentials;
 mod dial;
-mod discard;
 mod forward;
 mod h1_pool;
 mod h2_pools;

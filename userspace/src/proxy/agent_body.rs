@@ -1,20 +1,28 @@
-//! The body of a request Airlock refused before reading it, read and thrown
-//! away after the refusal is sent.
+//! The agent's request body, read to its end even when nothing upstream
+//! wants the rest: a request Airlock refused before reading its body, or
+//! one whose upstream answered (or failed) before it had read it all.
 //!
-//! A client still uploading when its 403 arrives must be let finish, or it
-//! never reads the 403:
+//! A client still uploading when its answer arrives must be let finish, or
+//! it never reads the answer:
 //! - Python's `requests` (http.client) sends the whole body before it reads
 //!   a byte of the answer. A connection closed under it is an `SSLError`.
 //! - Over HTTP/2, a body dropped unread makes the server reset the stream
 //!   (RST_STREAM NO_ERROR, as RFC 9113 §8.1 allows), and curl before 8.1
 //!   (Debian 12's 7.88) reports that as error 92 in place of the answer.
 //!
-//! Reading is bounded as nginx bounds its lingering close, so that a
-//! refused client cannot hold the daemon's attention for long.
+//! What is left is read and thrown away in a task of its own, bounded as
+//! nginx bounds its lingering close, so that a client cannot hold the
+//! daemon's attention for long.
 
-use std::time::Duration;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
 use http::{HeaderMap, header};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
@@ -24,18 +32,76 @@ const IDLE: Duration = Duration::from_secs(5);
 /// Longest time spent reading it in all (nginx's lingering_time).
 const LINGER: Duration = Duration::from_secs(30);
 /// Most bytes read: a larger upload is cut off (a reset over HTTP/2, a
-/// closed connection over HTTP/1.1), as it was before its first byte.
+/// closed connection over HTTP/1.1), as it would be unread.
 const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Reads and drops what is left of `body` in a task of its own, once the
-/// refusal is on its way. A client that asked to be told before it sends
-/// (`Expect: 100-continue`) is not waited for: the refusal tells it not to.
-pub fn after_refusal(body: Incoming, headers: &HeaderMap) {
-    use http_body::Body as _;
-    if body.is_end_stream() || expects_continue(headers) {
-        return;
+pub struct AgentBody {
+    inner: Option<Incoming>,
+    /// Read to its end, or broken: nothing left to read away.
+    done: bool,
+    /// The client waits for `100 Continue`, which hyper sends when the body
+    /// is first read: until then, no byte of it is coming, and an answer
+    /// without that tells the client to send none.
+    waits_for_continue: bool,
+}
+
+impl AgentBody {
+    pub fn new(body: Incoming, headers: &HeaderMap) -> AgentBody {
+        // Most requests (GET) have no body: no header to look up.
+        let done = body.is_end_stream();
+        AgentBody {
+            inner: Some(body),
+            done,
+            waits_for_continue: !done && expects_continue(headers),
+        }
     }
-    tokio::spawn(drain(body, IDLE, LINGER, MAX_BYTES));
+}
+
+impl Body for AgentBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        this.waits_for_continue = false;
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for AgentBody {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if self.done || self.waits_for_continue || body.is_end_stream() {
+            return;
+        }
+        // Dropped on the runtime's threads (in a request's task, or in
+        // hyper's connection task); nowhere else to spawn from.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body, IDLE, LINGER, MAX_BYTES));
+        }
+    }
 }
 
 fn expects_continue(headers: &HeaderMap) -> bool {
@@ -56,7 +122,7 @@ enum Drained {
 
 async fn drain<B>(mut body: B, idle: Duration, linger: Duration, max: u64) -> Drained
 where
-    B: http_body::Body + Unpin,
+    B: Body + Unpin,
 {
     let end = Instant::now() + linger;
     let mut read: u64 = 0;
@@ -85,8 +151,6 @@ mod tests {
         task::{Context, Poll},
     };
 
-    use bytes::Bytes;
-    use http_body::Frame;
     use tokio::sync::mpsc;
 
     use super::*;
