@@ -888,15 +888,32 @@ fn an_upload_answered_before_it_is_all_sent_gets_its_answer() {
         !up.seen().iter().any(|r| r.path == "/admin/upload"),
         "a refused upload reached the upstream"
     );
-    // An upstream that answers before it reads (and so resets the rest of
-    // the stream): the agent gets that answer, not the reset.
+    // An upstream that answers before it reads, and so resets the rest of
+    // the stream (HTTP/2) or the connection (HTTP/1.1, while Airlock is
+    // still sending): the agent gets that answer, not the reset or a 502.
     let early = format!("https://api.example.test:{}/early", up.port);
     let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &early)]);
     let text = describe(&out);
-    assert!(out.status.success(), "answered early: {text}");
+    assert!(out.status.success(), "answered early, over HTTP/2: {text}");
     assert_eq!(
         stdout(&out),
         "too large, said before reading\n 413",
+        "{text}"
+    );
+    // The reset races Airlock's writes: five uploads, so that one that
+    // lost the race would show.
+    let requests = format!(
+        "import requests\nfor _ in range(5):\n    r = requests.post('{early}', data=open('{f}', 'rb')); print(r.status_code, r.text, end='')"
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &requests]);
+    let text = describe(&out);
+    assert!(
+        out.status.success(),
+        "answered early, over HTTP/1.1: {text}"
+    );
+    assert_eq!(
+        stdout(&out),
+        "413 too large, said before reading\n".repeat(5),
         "{text}"
     );
 }

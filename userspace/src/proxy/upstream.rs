@@ -223,7 +223,7 @@ impl Connector {
         let _ = tcp.set_nodelay(true);
         if !https {
             return Ok(UpstreamIo {
-                inner: TokioIo::new(Stream::Plain(tcp)),
+                inner: TokioIo::new(Stream::new(Conn::Plain(tcp))),
                 h2: false,
             });
         }
@@ -235,15 +235,87 @@ impl Connector {
             .map_err(|source| ConnectError::Tls { host, source })?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok(UpstreamIo {
-            inner: TokioIo::new(Stream::Tls(Box::new(tls))),
+            inner: TokioIo::new(Stream::new(Conn::Tls(Box::new(tls)))),
             h2,
         })
     }
 }
 
-pub enum Stream {
+/// The connection to an upstream, plain or TLS, and what its writes and
+/// reads have shown of it.
+pub struct Stream {
+    conn: Conn,
+    /// A write failed because the upstream is gone: see [`gone`].
+    gone: bool,
+    /// Reading has come to the end of the stream, or failed.
+    read_ended: bool,
+}
+
+enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Whether a write's error says that the upstream is gone (it reset the
+/// connection). It may have answered first: a server that refuses an
+/// upload before reading it (a 413, a 401) answers and closes, and the
+/// close, with the upload unread, resets the connection under the upload.
+/// hyper would report the failed write in place of the answer waiting to
+/// be read ("error writing a body to connection: Broken pipe"). So such a
+/// write is taken as sent, and so is every one after it while reading goes
+/// on: the answer, if there is one, is read; if there is none, the read
+/// fails on the reset as the write did. Once reading has ended, writes fail
+/// again, so that a tunnel (a WebSocket) whose upstream is gone still ends.
+fn gone(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+impl Stream {
+    fn new(conn: Conn) -> Stream {
+        Stream {
+            conn,
+            gone: false,
+            read_ended: false,
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.conn {
+            Conn::Plain(tcp) => tcp,
+            Conn::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// `written` as it went, unless the upstream is (or has just turned
+    /// out to be) gone while its answer may still be read: then `sent`,
+    /// as if it had been.
+    fn unless_gone<T>(
+        &mut self,
+        sent: T,
+        written: impl FnOnce(Pin<&mut (dyn AsyncWrite + Unpin)>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.gone {
+            return Poll::Ready(if self.read_ended {
+                Err(io::ErrorKind::BrokenPipe.into())
+            } else {
+                Ok(sent)
+            });
+        }
+        let conn: &mut (dyn AsyncWrite + Unpin) = match &mut self.conn {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.as_mut(),
+        };
+        match written(Pin::new(conn)) {
+            Poll::Ready(Err(err)) if gone(&err) && !self.read_ended => {
+                self.gone = true;
+                Poll::Ready(Ok(sent))
+            }
+            other => other,
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -252,10 +324,20 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        let (room, before) = (buf.remaining(), buf.filled().len());
+        let read = match &mut this.conn {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        match &read {
+            Poll::Ready(Ok(())) if room > 0 && buf.filled().len() == before => {
+                this.read_ended = true
+            }
+            Poll::Ready(Err(_)) => this.read_ended = true,
+            _ => {}
         }
+        read
     }
 }
 
@@ -265,38 +347,30 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        self.get_mut()
+            .unless_gone(buf.len(), |conn| conn.poll_write(cx, buf))
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.get_mut()
+            .unless_gone(len, |conn| conn.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+        match &self.conn {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        self.get_mut().unless_gone((), |conn| conn.poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        self.get_mut()
+            .unless_gone((), |conn| conn.poll_shutdown(cx))
     }
 }
 
@@ -314,10 +388,7 @@ impl UpstreamIo {
     /// `close_notify`) or the end of the stream both mean it is not to be
     /// used: a request written into a closed connection is lost with it.
     pub fn seems_open(&self) -> bool {
-        let tcp = match self.inner.inner() {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-        };
+        let tcp = self.inner.inner().tcp();
         let mut byte = [std::mem::MaybeUninit::uninit()];
         // The socket is non-blocking (tokio's): an open, quiet one has
         // nothing to peek at.
@@ -382,7 +453,7 @@ mod tests {
 
     fn plain(tcp: TcpStream) -> UpstreamIo {
         UpstreamIo {
-            inner: TokioIo::new(Stream::Plain(tcp)),
+            inner: TokioIo::new(Stream::new(Conn::Plain(tcp))),
             h2: false,
         }
     }
@@ -420,5 +491,69 @@ mod tests {
             !settle(&io).await,
             "a connection with bytes waiting seems open"
         );
+    }
+
+    async fn write(io: &mut UpstreamIo, bytes: &[u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| hyper::rt::Write::poll_write(Pin::new(&mut *io), cx, bytes)).await
+    }
+
+    async fn read(io: &mut UpstreamIo) -> io::Result<Vec<u8>> {
+        let mut space = [std::mem::MaybeUninit::uninit(); 64];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut space);
+        std::future::poll_fn(|cx| {
+            hyper::rt::Read::poll_read(Pin::new(&mut *io), cx, buf.unfilled())
+        })
+        .await?;
+        Ok(buf.filled().to_vec())
+    }
+
+    /// The peer answers, then resets the connection, as a server that
+    /// closes with an upload unread does.
+    async fn answered_then_reset(answer: &[u8]) -> UpstreamIo {
+        let (mut io, mut peer) = pair().await;
+        write(&mut io, b"POST /upload").await.expect("first write");
+        peer.write_all(answer).await.expect("answer");
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger 0");
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        io
+    }
+
+    #[tokio::test]
+    async fn writes_to_an_upstream_that_answered_and_reset_are_taken_as_sent() {
+        let mut io = answered_then_reset(b"HTTP/1.1 413 Too Large").await;
+        for _ in 0..3 {
+            assert_eq!(
+                write(&mut io, b"more of the body").await.expect("write"),
+                16
+            );
+        }
+        assert_eq!(
+            read(&mut io).await.expect("read"),
+            b"HTTP/1.1 413 Too Large"
+        );
+        assert_ended(&mut io).await;
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reset_without_an_answer_fails_the_read() {
+        let mut io = answered_then_reset(b"").await;
+        assert_eq!(write(&mut io, b"more").await.expect("write"), 4);
+        assert_ended(&mut io).await;
+    }
+
+    /// Nothing more to read: the read fails as the write did, or finds the
+    /// end; and with reading over, writes fail again, so that a tunnel to
+    /// the upstream ends.
+    async fn assert_ended(io: &mut UpstreamIo) {
+        let after = read(io).await;
+        assert!(
+            matches!(&after, Ok(rest) if rest.is_empty()) || after.as_ref().is_err_and(gone),
+            "{after:?}"
+        );
+        let write = write(io, b"into a tunnel").await;
+        assert!(write.as_ref().is_err_and(gone), "{write:?}");
     }
 }
