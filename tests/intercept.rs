@@ -918,6 +918,30 @@ fn an_upload_answered_before_it_is_all_sent_gets_its_answer() {
     );
 }
 
+/// Once switched to h2c, a connection would carry HTTP/2 requests of any
+/// method and path to the upstream, none of them seen by the policy: the
+/// upgrade is dropped, and the request answered over HTTP/1.1.
+#[test]
+fn an_upgrade_to_h2c_is_dropped_and_the_request_goes_on_as_http1() {
+    let Setup { d, up } = setup("");
+    let cmd = format!(
+        "curl -sS --http1.1 -H 'Connection: Upgrade, HTTP2-Settings' -H 'Upgrade: h2c' -H 'HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA' -w '%{{http_version}} %{{http_code}}' https://other.example.test:{}/hello",
+        up.port
+    );
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(stdout(&out), "hello from upstream\n1.1 200", "{text}");
+    let seen = up.seen();
+    let asked = seen
+        .iter()
+        .rfind(|r| r.path == "/hello")
+        .expect("the request reached the upstream");
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert_eq!(asked.header(name), None, "{name} passed on: {asked:?}");
+    }
+}
+
 #[test]
 fn denials_get_the_403_json_and_placeholders_never_reach_other_hosts() {
     let Setup { d, up } = setup("");
@@ -2196,7 +2220,7 @@ setTimeout(() => {{ console.log('timed out', got.length); process.exit(1); }}, 1
     let out = web_bot_sh(
         &d,
         &format!(
-            "curl -sS --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: h2c' -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
+            "curl -sS --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: SPDY/3.1' -H \"Authorization: Bearer $API_TOKEN\" https://api.example.test:{}/hello",
             up.port
         ),
     );

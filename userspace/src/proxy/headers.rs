@@ -83,9 +83,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
-/// An HTTP/1.1 upgrade request (WebSocket).
+/// An HTTP/1.1 upgrade request (a WebSocket) that may be passed on once
+/// the policy allows it. One to a protocol that carries further HTTP
+/// requests is not: it is dropped, and the request goes on as HTTP/1.1.
+/// Once switched, the connection would carry requests of any method and
+/// path straight to the upstream, decided by no policy: HTTP/2 in clear
+/// text (h2c; Airlock decides each request when the agent speaks HTTP/2
+/// from its first byte instead), or TLS (RFC 2817), which would hide them
+/// from Airlock too.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
+        && !headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(names_a_carrier_of_requests)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -94,6 +105,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
+}
+
+fn names_a_carrier_of_requests(upgrade: &HeaderValue) -> bool {
+    upgrade.as_bytes().split(|b| *b == b',').any(|token| {
+        // A protocol, with its version after a slash: "TLS/1.2".
+        let name = token.trim_ascii().split(|b| *b == b'/').next();
+        name.is_some_and(|n| n.eq_ignore_ascii_case(b"h2c") || n.eq_ignore_ascii_case(b"tls"))
+    })
 }
 
 /// An upgrade to the WebSocket protocol, the one upgrade whose stream
@@ -214,6 +233,35 @@ mod tests {
             Some(&b"upgrade"[..])
         );
         assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_or_tls_is_not_passed_on_and_its_headers_go() {
+        for upgrade in [
+            "h2c",
+            "H2C",
+            "websocket, h2c",
+            "TLS/1.0",
+            "tls/1.2, HTTP/1.1",
+        ] {
+            let mut h = headers(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("host", "svc.example.test"),
+            ]);
+            assert!(!is_upgrade(&h), "{upgrade}");
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(
+                h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ["host"],
+                "{upgrade}"
+            );
+        }
+        for upgrade in ["websocket", "SPDY/3.1", "tcp", "h2", "tlsfoo"] {
+            let h = headers(&[("connection", "Upgrade"), ("upgrade", upgrade)]);
+            assert!(is_upgrade(&h), "{upgrade}");
+        }
     }
 
     #[test]
