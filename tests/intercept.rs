@@ -888,6 +888,26 @@ fn an_upload_answered_before_it_is_all_sent_gets_its_answer() {
         !up.seen().iter().any(|r| r.path == "/admin/upload"),
         "a refused upload reached the upstream"
     );
+    // The connection outlives the refusal: the next request goes on it.
+    let p = up.port;
+    let keep_alive = format!(
+        r#"
+import http.client, ssl, os
+conn = http.client.HTTPSConnection('api.example.test', {p}, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']), timeout=10)
+conn.request('POST', '/admin/upload', body=open('{f}', 'rb').read())
+r = conn.getresponse(); r.read(); print(r.status)
+sock = conn.sock
+conn.request('GET', '/hello')
+r = conn.getresponse(); print(r.status, r.read().decode().strip(), 'same connection:', conn.sock is sock)
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &keep_alive]);
+    assert_eq!(
+        stdout(&out),
+        "403\n200 hello from upstream same connection: True\n",
+        "{}",
+        describe(&out)
+    );
     // An upstream that answers before it reads, and so resets the rest of
     // the stream (HTTP/2) or the connection (HTTP/1.1, while Airlock is
     // still sending): the agent gets that answer, not the reset or a 502.
