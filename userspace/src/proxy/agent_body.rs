@@ -7,8 +7,8 @@
 //! - Python's `requests` (http.client) sends the whole body before it reads
 //!   a byte of the answer. A connection closed under it is an `SSLError`.
 //! - Over HTTP/2, a body dropped unread makes the server reset the stream
-//!   (RST_STREAM NO_ERROR, as RFC 9113 §8.1 allows), and curl before 8.1
-//!   (Debian 12's 7.88) reports that as error 92 in place of the answer.
+//!   (RST_STREAM NO_ERROR, as RFC 9113 §8.1 allows), and curl 7.88
+//!   (Debian 12's) reports that as error 92 in place of the answer.
 //!
 //! What is left is read and thrown away in a task of its own, bounded as
 //! nginx bounds its lingering close, so that a client cannot hold the
