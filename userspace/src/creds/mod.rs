@@ -20,7 +20,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
-pub use decoded::{Decoded, decodable_coding, mark_decoded};
+pub use decoded::{Coding, Decoded, decodable_coding, mark_decoded};
 pub use grant::{Grant, GrantProblem, TokenError};
 #[cfg(test)]
 use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError, Hold};
@@ -30,5 +30,5 @@ pub use scrub::{ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;
-pub use swap::{Credential, CredentialSet, SwapError, Swapped};
+pub use swap::{Credential, CredentialSet, Resign, SwapError, Swapped};
 pub use tokens::{TokenCache, Transport};

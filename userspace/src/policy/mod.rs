@@ -23,9 +23,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use error::{PolicyError, PolicyErrors};
+pub use matcher::{Allowed, HttpDecision, TcpMatch};
 #[cfg(test)]
-use matcher::{Allowed, Denied, DenyReason};
-pub use matcher::{HttpDecision, TcpMatch};
+use matcher::{Denied, DenyReason};
 pub use model::{EnvValue, Policy};
 #[cfg(test)]
 use model::{RateLimit, RuleId};

@@ -1,6 +1,16 @@
-//! One request from an agent: check the host, ask the policy, apply the
-//! brakes (rate limit, human approval), swap placeholders for secrets,
-//! forward, scrub the answer, and audit it when it is done.
+//! One request from an agent, stage by stage: `handle` checks the host;
+//! `admit` asks the policy and applies its rate limit; `approval` waits
+//! for a human where the rule asks for one; `swap` puts secrets in place
+//! of placeholders; `outbound` makes the upstream request and sends it;
+//! `answer` vets and scrubs what comes back (`upgrade` for a WebSocket);
+//! and the audit record is written when the answer's body is done.
+
+mod admit;
+mod answer;
+mod approval;
+mod outbound;
+mod swap;
+mod upgrade;
 
 use std::{
     borrow::Cow,
@@ -8,38 +18,32 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http::{
-    HeaderName, Method, Request, Response, StatusCode, Uri, Version, header,
-    uri::{Authority, PathAndQuery, Scheme},
+    HeaderName, Method, Request, Response, StatusCode, Version, header,
+    uri::{Authority, PathAndQuery},
 };
-use http_body::Body as _;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use tracing::warn;
 
+use self::{outbound::Outbound, swap::Swap};
 use super::{
     Intercept,
     agent_body::AgentBody,
-    body::{Counted, OnDone, ProxyBody, Report, boxed, empty},
+    body::{Counted, OnDone, ProxyBody, Report, boxed},
     h1_pool::Slot,
-    h2_pools::Start,
     headers,
     last_decision::LastDecision,
     orig_dst::Origin,
     rescue::{Asked, ProxyError},
-    upstream::{self, TokenTransport, error_chain},
-    websocket,
-    whole_body::{self, FOR_APPROVAL, FOR_SIGV4, Held, WholeBody},
+    whole_body::{self, Held, WholeBody},
 };
 use crate::{
-    approvals::{Approvals, PendingRequest, Verdict},
     audit::{Action, AuditRecord},
-    creds::{self, SwapError, Swapped},
-    policy::HttpDecision,
+    creds,
 };
 
 /// Streaming APIs (LLMs) may think for a while before the first byte.
@@ -262,7 +266,8 @@ impl Intercept {
         }
     }
 
-    /// The awaits off the common path (a body read whole, a human's
+    /// The request's stages, in order; each is in the submodule of its
+    /// name. The awaits off the common path (a body read whole, a human's
     /// answer, a token fetch) are boxed: their futures would otherwise sit
     /// inside every request's future, which was 5 KB and is copied as it
     /// is built; boxed, it is 2.8 KB.
@@ -278,464 +283,107 @@ impl Intercept {
         record: &mut AuditRecord,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // The policy in force now, not the version the connection opened
-        // under: a rule a reload took away must stop the next request on a
-        // keep-alive connection too, and a policy removed stops them all.
-        let Some((policy, decision)) =
-            ctx.decided
-                .decide(&self.policies, &ctx.agent, host, ctx.port, method, path)
-        else {
-            return Err(ProxyError::Denied {
-                reason: "no_policy",
-                rule: None,
-            });
-        };
-        let allowed = match decision {
-            HttpDecision::Allow(a) => a,
-            HttpDecision::Deny(d) => {
-                return Err(ProxyError::Denied {
-                    reason: d.reason.as_str(),
-                    rule: d.rule_label,
-                });
-            }
-        };
-        // Frameworks (Rails, Google's APIs) take the method from these
-        // headers: a POST that says DELETE is a DELETE to them, and must
-        // pass the policy as one too.
-        for name in &headers::METHOD_OVERRIDES {
-            for value in parts.headers.get_all(name) {
-                let overridden = value.to_str().unwrap_or("(not text)").trim();
-                if let HttpDecision::Deny(d) =
-                    policy.decide_http(host, ctx.port, overridden, path.as_str())
-                {
-                    return Err(ProxyError::Denied {
-                        reason: d.reason.as_str(),
-                        rule: d.rule_label,
-                    });
-                }
-            }
-        }
+        let allowed = self.admit(ctx, host, method, path, &parts.headers)?;
         record.rule = Some(allowed.rule_label.clone());
-        if let Some(limit) = &allowed.rate_limit {
-            self.limiter
-                .check(&ctx.agent, allowed.rule.0, limit.count, limit.per)
-                .map_err(|retry| ProxyError::RateLimited {
-                    rule: allowed.rule_label.clone(),
-                    retry_after: retry.0,
-                })?;
-        }
-        let mut action = Action::Allow;
         // The budget taken by a body read whole, given back when this
         // function returns: the request has gone upstream by then.
         let mut held_budget = Vec::new();
-        if allowed.approval
-            && let Outgoing::Streamed(body) = std::mem::replace(outgoing, Outgoing::Sent)
-        {
-            let held = Box::pin(read(body, &allowed.rule_label, FOR_APPROVAL)).await?;
-            held_budget.push(held.budget);
-            *outgoing = Outgoing::Held(held.bytes);
-        }
-        if let Outgoing::Held(held) = &*outgoing {
-            let body_digest = Some(PendingRequest::digest_body(held));
-            let pending = PendingRequest {
-                id: Approvals::new_id(),
-                agent: ctx.agent.to_string(),
-                method: method.to_owned(),
-                host: host.to_owned(),
-                path: path.as_str().to_owned(),
-                body_digest,
-                created_unix: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                rule: allowed.rule_label.to_string(),
-            };
-            self.metrics.approvals_pending.inc();
-            let verdict = Box::pin(self.approvals.request(pending)).await;
-            self.metrics.approvals_pending.dec();
-            match verdict {
-                Verdict::Approved => action = Action::Approve,
-                Verdict::Denied => return Err(ProxyError::ApprovalDenied),
-                Verdict::TimedOut => return Err(ProxyError::ApprovalTimeout),
-            }
-        }
-
-        let (creds, mut scrubber) = self.credentials.current(started);
-        let Swapped {
-            injected,
-            resign,
-            encoded,
-        } = if creds.placeholders_in(parts).is_empty() {
-            Swapped::default()
+        let action = if allowed.approval {
+            Box::pin(self.approval(
+                ctx,
+                host,
+                method,
+                path,
+                &allowed,
+                outgoing,
+                &mut held_budget,
+            ))
+            .await?
         } else {
-            if !ctx.tls() {
-                return Err(ProxyError::CredentialOverPlainHttp);
-            }
-            let refused = |err| match err {
-                SwapError::NotAllowed { secret } => {
-                    // What an exfiltration attempt looks like.
-                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
-                        warn!(agent = %ctx.agent, host, secret = %secret, held_back, "placeholder sent where no rule allows it");
-                    }
-                    ProxyError::PlaceholderNotAllowed { secret }
-                }
-                SwapError::InvalidHeader { .. } | SwapError::InvalidUri => ProxyError::Denied {
-                    reason: "invalid_request_after_swap",
-                    rule: None,
-                },
-                SwapError::AwsSigV4 { secret, problem } => {
-                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
-                        warn!(agent = %ctx.agent, host, secret = %secret, %problem, held_back, "request not re-signed");
-                    }
-                    ProxyError::Denied {
-                        reason: problem.reason(),
-                        rule: Some(allowed.rule_label.clone()),
-                    }
-                }
-                err @ SwapError::Misplaced { .. } => {
-                    if let Some(held_back) = self.warnings.open(&ctx.agent) {
-                        warn!(agent = %ctx.agent, host, problem = %err, held_back, "placeholder where its kind is not swapped");
-                    }
-                    ProxyError::PlaceholderMisplaced {
-                        detail: err.to_string(),
-                    }
-                }
-                SwapError::NoToken { secret } => ProxyError::TokenUnavailable {
-                    secret,
-                    problem: "no token was fetched".into(),
-                },
-            };
-            let needed = creds
-                .to_fetch(parts, &allowed.credentials)
-                .map_err(refused)?;
-            let tokens = if needed.is_empty() {
-                Vec::new()
-            } else {
-                let (tokens, knows_them) = Box::pin(self.credentials.tokens(
-                    &needed,
-                    &TokenTransport(&self.pool_h1),
-                    Instant::now(),
-                ))
-                .await
-                .map_err(|(secret, err)| ProxyError::TokenUnavailable {
-                    secret,
-                    problem: err.to_string(),
-                })?;
-                scrubber = knows_them;
-                tokens
-            };
-            creds
-                .swap(parts, &allowed.credentials, &tokens)
-                .map_err(refused)?
+            Action::Allow
         };
-        if !encoded.is_empty() {
-            scrubber = scrubber.with(encoded);
-        }
-        // A host a rule binds secrets to knows them, and may give them back
-        // to this request or, having kept them, to a later one without any,
-        // from this agent or another: its answers are scrubbed, and asked
-        // for whole and uncompressed so that the scrubber can read them.
-        // With no secrets at all, there is nothing to give back. Cheapest
-        // first: the store's index of every host a policy has bound secrets
-        // to is looked up only when the request's own rule leaves it open.
-        let guarded = !scrubber.is_empty()
-            && (!injected.is_empty()
-                || allowed.binds_secrets_to_host
-                || self.policies.holds_secrets(host, ctx.port));
-        if guarded {
-            creds::ask_for_identity(&mut parts.headers);
-            creds::ask_for_whole(&mut parts.headers);
-            if creds::is_grpc(&parts.headers) {
-                creds::ask_for_uncompressed_messages(&mut parts.headers);
-            }
-        }
-        let bodiless_answer = parts.method == Method::HEAD;
-        let sigv4_refused = |problem: creds::SigV4Error| ProxyError::Denied {
-            reason: problem.reason(),
-            rule: Some(allowed.rule_label.clone()),
-        };
-        // The key and the payload hash it signs travel together, so a
-        // request to re-sign cannot go out signed by the agent alone.
-        let signing = match resign {
-            None => None,
-            Some(resign) => {
-                match creds::declared_payload_hash(&parts.headers).map_err(sigv4_refused)? {
-                    Some(declared) => Some((resign, declared)),
-                    None => {
-                        let bytes = match std::mem::replace(outgoing, Outgoing::Sent) {
-                            Outgoing::Held(bytes) => bytes,
-                            Outgoing::Streamed(body) => {
-                                let held =
-                                    Box::pin(read(body, &allowed.rule_label, FOR_SIGV4)).await?;
-                                held_budget.push(held.budget);
-                                held.bytes
-                            }
-                            // The body goes upstream only below.
-                            Outgoing::Sent => Bytes::new(),
-                        };
-                        let hash = creds::hex_sha256(&bytes);
-                        *outgoing = Outgoing::Held(bytes);
-                        Some((resign, hash))
-                    }
-                }
-            }
-        };
-        for name in &injected {
+        let swapped = self
+            .swap(
+                ctx,
+                host,
+                parts,
+                outgoing,
+                &allowed,
+                started,
+                &mut held_budget,
+            )
+            .await?;
+        for name in &swapped.injected {
             self.metrics
                 .credential_injections
                 .with_label_values(&[name])
                 .inc();
         }
-        record.credentials = injected.clone();
+        let Swap {
+            injected,
+            signing,
+            scrubber,
+            guarded,
+        } = swapped;
+        record.credentials = injected;
 
         let agent_h2 = parts.version == Version::HTTP_2;
+        let bodiless_answer = parts.method == Method::HEAD;
         let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
         let agent_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
         };
-        if upgrade && guarded {
-            // The scrubber reads WebSocket frames only, and uncompressed.
-            if !headers::is_websocket(&parts.headers) {
-                return Err(ProxyError::Denied {
-                    reason: "upgrade_not_scrubbable",
-                    rule: Some(allowed.rule_label.clone()),
-                });
-            }
-            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-        }
-        // gRPC asks for trailers with `te: trailers`, the one TE value
-        // HTTP/2 allows, and gRPC's C core refuses a call without it.
-        let trailers = agent_h2 && headers::asks_for_trailers(&parts.headers);
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if trailers {
-            parts.headers.insert(header::TE, headers::TRAILERS.clone());
-        }
-        if agent_h2 {
-            // Toward an h2 upstream the host travels as :authority, from
-            // the URI below; a Host header as well makes servers such as
-            // nginx answer 400. If the upstream turns out to speak only
-            // HTTP/1.1, hyper writes Host from the URI.
-            parts.headers.remove(header::HOST);
-        }
-        let authority = match &ctx.tls_authority {
-            Some(a) => a.clone(),
-            None => authority(host, ctx.port).map_err(|_| ProxyError::Denied {
-                reason: "invalid_uri",
-                rule: None,
-            })?,
-        };
-        // The path as the swap left it (a query credential is in it now);
-        // `path`, which the audit record and the policy saw, keeps the
-        // placeholder.
-        let outgoing_path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| path.clone());
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if ctx.tls() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        });
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(outgoing_path);
-        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::Denied {
-            reason: "invalid_uri",
-            rule: None,
-        })?;
-        parts.version = Version::HTTP_11;
-        // Last, so that the signature covers the request exactly as sent.
-        if let Some((resign, hash)) = &signing {
-            creds::resign(parts, &resign.key, &resign.placeholder, hash).map_err(sigv4_refused)?;
-        }
-        // Most requests (GET) have no body: nothing to count or box.
-        let bytes_out = match &*outgoing {
-            Outgoing::Streamed(body) if body.is_end_stream() => None,
-            Outgoing::Sent => None,
-            _ => Some(Arc::new(AtomicU64::new(0))),
-        };
-        let upstream_body = match (std::mem::replace(outgoing, Outgoing::Sent), &bytes_out) {
-            (Outgoing::Held(bytes), Some(tally)) => {
-                boxed(Counted::new(Full::new(bytes), tally.clone()))
-            }
-            (Outgoing::Streamed(body), Some(tally)) => boxed(Counted::new(body, tally.clone())),
-            _ => empty(),
-        };
-        let upstream_req = Request::from_parts(
-            std::mem::replace(parts, Request::new(()).into_parts().0),
-            upstream_body,
-        );
-
-        // The upstream leg speaks the agent's protocol. An HTTP/1.1 agent has
-        // one request in flight per connection, so its own pooled
-        // connection costs less per request than a stream on a shared h2
-        // connection (no hop through the h2 connection's task, no flow
-        // control windows on large bodies), and it is what the agent would
-        // have used without Airlock.
-        let sent = if agent_h2 && !upgrade {
-            tokio::time::timeout(
-                RESPONSE_HEAD_TIMEOUT,
-                self.pools_h2
-                    .of(&ctx.agent, Start::over(ctx.tls()))
-                    .request(upstream_req),
+        let Outbound { request, bytes_out } = outbound::build(
+            ctx,
+            host,
+            parts,
+            outgoing,
+            &allowed.rule_label,
+            signing,
+            guarded,
+            agent_h2,
+            upgrade,
+        )?;
+        let resp = self
+            .send(
+                ctx,
+                request,
+                agent_h2 && !upgrade,
+                guarded.then_some(&scrubber),
             )
-            .await
-            .map(|resp| resp.map_err(|err| error_chain(&err)))
-        } else {
-            tokio::time::timeout(
-                RESPONSE_HEAD_TIMEOUT,
-                self.pool_h1.send(&ctx.upstream, upstream_req),
-            )
-            .await
-            .map(|resp| resp.map_err(|err| error_chain(&err)))
-        };
-        let resp = sent
-            .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(|reason| ProxyError::Upstream {
-                // An HTTP/2 GOAWAY's debug data is the upstream's text, and
-                // hyper's error quotes it.
-                reason: if guarded {
-                    scrubbed_text(&scrubber, reason)
-                } else {
-                    reason
-                },
-            })?;
-        if upstream::head_size(resp.headers()) > upstream::RESPONSE_HEAD_MAX {
-            return Err(ProxyError::Upstream {
-                reason: format!(
-                    "the response head is larger than {} KiB",
-                    upstream::RESPONSE_HEAD_MAX / 1024
-                ),
-            });
-        }
-        let answer_has_body =
-            !(bodiless_answer || matches!(resp.status().as_u16(), 101 | 204 | 304));
-        // An upstream that compressed all the same, in a coding Airlock
-        // decodes: the scrubber reads the decoded bytes.
-        let decode = if guarded && answer_has_body {
-            creds::decodable_coding(resp.headers())
-        } else {
-            None
-        };
-        if guarded
-            && answer_has_body
-            && decode.is_none()
-            && let Some(coding) = creds::unreadable_coding(resp.headers())
-        {
-            if let Some(held_back) = self.warnings.open(&ctx.agent) {
-                warn!(agent = %ctx.agent, host, coding = %coding, held_back, "answer in a coding Airlock cannot decode, from a host that holds secrets");
-            }
-            return Err(ProxyError::Upstream {
-                reason: format!(
-                    "the upstream compressed its answer ({coding}) though Airlock asked for none; Airlock decodes gzip, deflate, br and zstd, and a body in any other coding cannot be checked for echoed credentials"
-                ),
-            });
-        }
-        if guarded && resp.status() == StatusCode::PARTIAL_CONTENT {
-            // Airlock sent no Range: a part nobody asked for may be a piece
-            // of a kept secret, shorter than the secret.
-            if let Some(held_back) = self.warnings.open(&ctx.agent) {
-                warn!(agent = %ctx.agent, host, held_back, "partial answer from a host that holds secrets");
-            }
-            return Err(ProxyError::Upstream {
-                reason: "the upstream answered 206 Partial Content though Airlock asked for the whole body; a part of a body cannot be checked for echoed credentials".into(),
-            });
-        }
+            .await?;
+        let decode = self.vet(ctx, host, &resp, bodiless_answer, guarded)?;
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
         ctx.count_allowed(&self.metrics.requests, host);
 
         let (mut rparts, rbody) = resp.into_parts();
-        let switching = rparts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(agent_side)) = (switching, agent_upgrade)
             && let Some(upstream_side) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         {
-            let scrubber = guarded.then(|| scrubber.clone());
-            // A reload that no longer allows the upgrade's request ends the
-            // WebSocket too, and the audit log says so under the request's
-            // id.
-            let this = self.clone();
-            let (host, port, method, path) =
-                (host.to_owned(), ctx.port, method.to_owned(), path.clone());
-            let mut closed = record.clone();
-            tokio::spawn(async move {
-                let Some(agent) = closed.agent.clone() else {
-                    return;
-                };
-                let revoked = this.policies.revoked(&agent, |policy| {
-                    matches!(
-                        policy.decide_http(&host, port, &method, path.as_str()),
-                        HttpDecision::Allow(_)
-                    )
-                });
-                tokio::select! {
-                    unscrubbable = websocket::splice(agent_side, upstream_side, scrubber) => {
-                        let Some(problem) = unscrubbable else {
-                            return;
-                        };
-                        // What the upstream sent was withheld: a refusal,
-                        // in the audit log as every other is.
-                        closed.action = Some(Action::Deny);
-                        closed.reason = Some(Cow::Borrowed("frame_not_scrubbable"));
-                        closed.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
-                        closed.duration_ms = started.elapsed().as_millis() as u64;
-                        this.audit.record(closed);
-                        if let Some(held_back) = this.warnings.open(&agent) {
-                            warn!(%agent, host, %problem, held_back, "WebSocket connection closed: a frame could not be scrubbed");
-                        }
-                    }
-                    () = revoked => {
-                        tracing::info!(%agent, host, "WebSocket closed: the policy no longer allows it");
-                        closed.action = Some(Action::Deny);
-                        closed.reason = Some(Cow::Borrowed("policy_revoked"));
-                        closed.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
-                        closed.duration_ms = started.elapsed().as_millis() as u64;
-                        this.audit.record(closed);
-                    }
-                }
-            });
+            self.clone().splice_upgrade(
+                agent_side,
+                upstream_side,
+                guarded.then(|| scrubber.clone()),
+                record.clone(),
+                started,
+            );
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
-        let body = if !guarded {
-            Either::Left(rbody)
+        let body = if guarded {
+            Either::Right(answer::scrubbed(
+                &mut rparts,
+                rbody,
+                &scrubber,
+                decode,
+                bodiless_answer,
+            ))
         } else {
-            // An HTTP/1.1 reason phrase is the upstream's own text, which
-            // hyper would hand on as it came; the status code says it all.
-            rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
-            for value in rparts.headers.values_mut() {
-                if let Some(clean) = scrubber.scrub_header_value(value) {
-                    *value = clean;
-                }
-            }
-            // No body should follow a HEAD, 204 or 304, and the length is
-            // the resource's, kept. Whatever an upstream sends all the same
-            // is scrubbed like any body.
-            if !(bodiless_answer || matches!(rparts.status.as_u16(), 204 | 304)) {
-                // Scrubbing can change the length.
-                rparts.headers.remove(header::CONTENT_LENGTH);
-            }
-            let readable = match decode {
-                Some(coding) => {
-                    creds::mark_decoded(&mut rparts.headers);
-                    Either::Right(creds::Decoded::new(rbody, coding))
-                }
-                None => Either::Left(rbody),
-            };
-            // gRPC's messages carry their lengths, which a placeholder of
-            // another length than its secret would make wrong.
-            if creds::is_grpc(&rparts.headers) {
-                Either::Right(Either::Right(creds::GrpcScrubBody::new(
-                    readable,
-                    &scrubber,
-                    whole_body::try_hold,
-                )))
-            } else {
-                Either::Right(Either::Left(scrubber.wrap(readable)))
-            }
+            Either::Left(rbody)
         };
         rparts
             .headers
