@@ -138,9 +138,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     /// Vault, master key and CA.
     pub state_dir: PathBuf,
-    /// The proxy listens on 127.0.0.1 and [::1] at this port.
+    /// The proxy listens on `127.0.0.1` and `[::1]` at this port.
     pub proxy_port: u16,
-    /// The resolver agents' DNS lands on (UDP, 127.0.0.1 and [::1]).
+    /// The resolver agents' DNS lands on (UDP, `127.0.0.1` and `[::1]`).
     pub dns_port: u16,
     pub metrics_addr: SocketAddr,
     pub audit_log: PathBuf,

@@ -115,7 +115,7 @@ impl ConnCtx {
     }
 }
 
-/// Where requests for `host` go: "host:port", "[v6]:port".
+/// Where requests for `host` go: `host:port`, `[v6]:port`.
 fn authority(host: &str, port: u16) -> Result<Authority, http::uri::InvalidUri> {
     if host.contains(':') {
         Authority::try_from(format!("[{host}]:{port}"))

@@ -43,7 +43,7 @@ fn mark(socket: socket2::SockRef<'_>, addr: SocketAddr) -> Result<(), ListenErro
         .map_err(|source| ListenError::Mark { addr, source })
 }
 
-/// Listen on 127.0.0.1:port and [::1]:port.
+/// Listen on `127.0.0.1:port` and `[::1]:port`.
 pub fn tcp_pair(port: u16) -> Result<[TcpListener; 2], ListenError> {
     Ok([
         tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?,
@@ -80,7 +80,7 @@ fn unpaced(socket: &TcpSocket) {
     tracing::debug!("no unpaced congestion control available for the agent leg");
 }
 
-/// UDP on 127.0.0.1:port and [::1]:port.
+/// UDP on `127.0.0.1:port` and `[::1]:port`.
 pub async fn udp_pair(port: u16) -> Result<[UdpSocket; 2], ListenError> {
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
