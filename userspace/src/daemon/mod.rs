@@ -75,9 +75,10 @@ pub fn prepare_cgroup(config: &Config) -> anyhow::Result<CgroupTree> {
     Ok(tree)
 }
 
-pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyhow::Result<()> {
-    let stop = StopSignals::catch();
-    let open_files = match open_files::raise() {
+/// The soft limit on open files raised to the hard one: each agent
+/// connection holds two. The limit now, if it could be read.
+fn raise_open_files() -> Option<u64> {
+    match open_files::raise() {
         Ok(files) => {
             if files.before < files.now {
                 info!(
@@ -99,7 +100,64 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
             warn!(error = %err, "cannot raise the limit on open files; the proxy holds as many agent connections as the limit it was started with allows");
             None
         }
+    }
+}
+
+/// The resolver the daemon and agents' DNS share: upstream servers from
+/// the config, or else from /etc/resolv.conf.
+fn resolver(config: &Config, view: dns_view::DnsView) -> Arc<Resolver> {
+    let upstreams = if config.dns_upstream.is_empty() {
+        upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf")).unwrap_or_else(|err| {
+            warn!(error = %err, "no DNS upstreams; agents' allowed names will fail to resolve (set dns_upstream)");
+            Vec::new()
+        })
+    } else {
+        config.dns_upstream.clone()
     };
+    let reach = if config.private_upstreams_from_dns {
+        DnsReach::WithPrivate
+    } else {
+        DnsReach::PublicOnly
+    };
+    Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT, reach)
+}
+
+/// What a stop does before the process ends: the hooks closed, so that
+/// agents are refused rather than sent to a port nothing listens on, and
+/// the audit log written out.
+fn stop_serving(
+    kernel: &Kernel,
+    guard: tokio::task::JoinHandle<()>,
+    audit: &Audit,
+    config: &Config,
+) {
+    // No attaching again after this: the loader would open the hooks that
+    // the close below shuts.
+    guard.abort();
+    match kernel.close() {
+        Ok(()) => info!(
+            "stopping; agents' connections are refused until the daemon is back (the pinned programs stay attached)"
+        ),
+        Err(err) => error!(
+            error = %err,
+            "stopping; cannot close the hooks, so agents' connections go on to the proxy's ports, where nothing listens"
+        ),
+    }
+    if !audit.flush(AUDIT_FLUSH_AT_STOP) {
+        error!(
+            path = %config.audit_log.display(),
+            journal = %config.audit_journal().display(),
+            "audit log not fully written at stop: the records still queued wait in the journal, and the next start writes them first"
+        );
+    }
+}
+
+/// The service, until a stop signal: limits raised, listeners bound
+/// before the hooks send agents to them, the state the proxy needs loaded,
+/// then the proxy, DNS, metrics and admin socket served.
+pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyhow::Result<()> {
+    let stop = StopSignals::catch();
+    let open_files = raise_open_files();
 
     // Listen before the hooks point agents at us, so that the first
     // redirected connect finds a listener.
@@ -151,28 +209,17 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
     );
     policies.clone().watch();
 
-    let upstreams = if config.dns_upstream.is_empty() {
-        upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf")).unwrap_or_else(|err| {
-            warn!(error = %err, "no DNS upstreams; agents' allowed names will fail to resolve (set dns_upstream)");
-            Vec::new()
-        })
-    } else {
-        config.dns_upstream.clone()
-    };
-    let view = dns_view::DnsView {
-        conns: conns.clone(),
-        agents: agents.clone(),
-        policies: policies.clone(),
-        resolve: config.resolve.clone(),
-        audit: audit.clone(),
-        metrics: metrics.clone(),
-    };
-    let reach = if config.private_upstreams_from_dns {
-        DnsReach::WithPrivate
-    } else {
-        DnsReach::PublicOnly
-    };
-    let resolver = Resolver::new(Arc::new(view), upstreams, DNS_TIMEOUT, reach);
+    let resolver = resolver(
+        &config,
+        dns_view::DnsView {
+            conns: conns.clone(),
+            agents: agents.clone(),
+            policies: policies.clone(),
+            resolve: config.resolve.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+        },
+    );
 
     let approvals = Approvals::new(
         Duration::from_secs(config.approval_timeout_secs),
@@ -289,25 +336,7 @@ pub async fn run(config: Config, config_path: PathBuf, tree: CgroupTree) -> anyh
     );
     notify::ready();
     stop.wait().await;
-    // No attaching again after this: the loader would open the hooks that
-    // the close below shuts.
-    guard.abort();
-    match kernel.close() {
-        Ok(()) => info!(
-            "stopping; agents' connections are refused until the daemon is back (the pinned programs stay attached)"
-        ),
-        Err(err) => error!(
-            error = %err,
-            "stopping; cannot close the hooks, so agents' connections go on to the proxy's ports, where nothing listens"
-        ),
-    }
-    if !audit_at_stop.flush(AUDIT_FLUSH_AT_STOP) {
-        error!(
-            path = %config.audit_log.display(),
-            journal = %config.audit_journal().display(),
-            "audit log not fully written at stop: the records still queued wait in the journal, and the next start writes them first"
-        );
-    }
+    stop_serving(&kernel, guard, &audit_at_stop, &config);
     Ok(())
 }
 
