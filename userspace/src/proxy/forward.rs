@@ -409,8 +409,9 @@ fn scrubbed_text(scrubber: &creds::Scrubber, text: String) -> String {
     }
 }
 
-/// What goes upstream: the agent's body as it streams, or a body read
-/// whole before a human approved it; Sent once it is on its way.
+/// What goes upstream: the agent's body as it streams, or the body read
+/// whole (for a human to approve, or for a SigV4 payload hash); Sent once
+/// it is on its way.
 enum Outgoing {
     Streamed(AgentBody),
     Held(Bytes),

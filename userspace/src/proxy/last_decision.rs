@@ -22,7 +22,10 @@ struct Kept {
     host: Box<str>,
     port: u16,
     method: Box<str>,
-    path: PathAndQuery,
+    /// A copy: the request's own path shares the buffer its head was read
+    /// into, and keeping it would keep that buffer allocated for as long
+    /// as the connection asks the same thing.
+    path: Box<str>,
     decision: HttpDecision,
 }
 
@@ -32,7 +35,7 @@ impl Kept {
             && self.port == port
             && *self.host == *host
             && *self.method == *method
-            && self.path.as_str() == path
+            && *self.path == *path
     }
 }
 
@@ -64,7 +67,7 @@ impl LastDecision {
             host: host.into(),
             port,
             method: method.into(),
-            path: path.clone(),
+            path: path.as_str().into(),
             decision: decision.clone(),
         });
         Some((policy, decision))

@@ -87,3 +87,30 @@ fn any_other_request_is_asked_of_the_policy() {
     }
     assert!(allowed(ask("api.example.com", 443, "GET", "/v1/x")));
 }
+
+/// hyper hands a request over with its path a slice of the buffer the head
+/// was read into. The kept answer copies the path: holding the slice would
+/// hold that buffer for as long as the connection stays open.
+#[test]
+fn the_kept_answer_holds_no_part_of_the_buffer_the_request_was_read_into() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), AGENT);
+    let store = PolicyStore::load(dir.path(), Metrics::new().expect("metrics"));
+    let last = LastDecision::default();
+    let read_buffer = bytes::Bytes::from(b"GET /v1/x HTTP/1.1\r\n\r\n".to_vec());
+    let path = PathAndQuery::from_maybe_shared(read_buffer.slice(4..9)).expect("a path");
+    assert_eq!(path.as_str(), "/v1/x");
+    assert!(allowed(last.decide(
+        &store,
+        "reader",
+        "api.example.com",
+        443,
+        "GET",
+        &path
+    )));
+    drop(path);
+    assert!(
+        read_buffer.is_unique(),
+        "the buffer is its reader's alone once the request is done"
+    );
+}
