@@ -986,8 +986,14 @@ show('clean', requests.get('https://other.example.test:{p}/hello', timeout=10))
 # `;` parameter on a dot segment.
 show('encoded-dots', requests.get('https://api.example.test:{p}/hello/..%2Fadmin/users', timeout=10))
 show('param-dots', requests.get('https://api.example.test:{p}/hello/..;/admin/users', timeout=10))
+# Paths some servers read as /admin/users without any dots: they decode
+# an encoded separator, or drop a segment's parameters.
+show('encoded-sep', requests.get('https://api.example.test:{p}/admin%2Fusers', timeout=10))
+show('param-seg', requests.get('https://api.example.test:{p}/admin;x/users', timeout=10))
 # A POST that frameworks read as the DELETE the policy refuses.
 show('override', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'DELETE', 'Authorization': 'Bearer ' + tok}}, timeout=10))
+# The same in a query parameter, as Laravel and Symfony read it.
+show('override-query', requests.post('https://api.example.test:{p}/hello?_method=DELETE', timeout=10))
 import http.client, ssl
 conn = http.client.HTTPSConnection('api.example.test', {p}, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']), timeout=10)
 conn.putrequest('GET', '/hello', skip_host=True)
@@ -1019,7 +1025,10 @@ print('detail', r.json().get('detail'))
             "clean 200 None None None None None",
             "encoded-dots 403 denied deny_rule GET /hello/..%2Fadmin/users web-bot",
             "param-dots 403 denied deny_rule GET /hello/..;/admin/users web-bot",
+            "encoded-sep 403 denied deny_rule GET /admin%2Fusers web-bot",
+            "param-seg 403 denied deny_rule GET /admin;x/users web-bot",
             "override 403 denied method_not_allowed POST /hello web-bot",
+            "override-query 403 denied method_not_allowed POST /hello?_method=DELETE web-bot",
             "two-hosts 403 host_mismatch",
             // The right host, but a bearer token planted in a query
             // parameter (a message text the API would keep).

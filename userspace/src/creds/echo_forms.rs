@@ -9,7 +9,8 @@
 //!
 //! Encoders are applied whole, one at a time, rather than every mix of
 //! them: a mix (part of a secret encoded one way, part another) does not
-//! come out of one serializer.
+//! come out of one serializer. The one mix kept is Airlock's own query
+//! encoding applied twice, which a URL inside another URL gets.
 
 use zeroize::Zeroizing;
 
@@ -34,11 +35,13 @@ impl Case {
 #[derive(Clone, Copy)]
 enum Encoder {
     /// `%XX` for every byte but the unreserved ones and `keep`; a space as
-    /// `+` when `plus` (form encoding).
+    /// `+` when `plus` (form encoding); `~` too when `tilde`, as encoders
+    /// older than RFC 3986 do.
     Percent {
         keep: &'static [u8],
         case: Case,
         plus: bool,
+        tilde: bool,
     },
     /// A JSON string's contents: `"` and `\` escaped, control characters
     /// as `\n` or `\u00XX`, `/` as `\/` when `slash`, the bytes of
@@ -53,47 +56,69 @@ enum Encoder {
 }
 
 /// The encoders of the common stacks, each once.
-const ENCODERS: [Encoder; 12] = [
+const ENCODERS: [Encoder; 14] = [
     // Airlock's own query encoding; Python quote(safe=''), Go
     // PathEscape, curl --data-urlencode.
     Encoder::Percent {
         keep: b"",
         case: Case::Upper,
         plus: false,
+        tilde: false,
     },
     Encoder::Percent {
         keep: b"",
         case: Case::Lower,
         plus: false,
+        tilde: false,
     },
     // Python quote() with its default safe='/'.
     Encoder::Percent {
         keep: b"/",
         case: Case::Upper,
         plus: false,
+        tilde: false,
     },
     // JavaScript encodeURIComponent.
     Encoder::Percent {
         keep: b"!'()*",
         case: Case::Upper,
         plus: false,
+        tilde: false,
     },
     // JavaScript encodeURI, which leaves a URL's delimiters alone.
     Encoder::Percent {
         keep: b"!#$&'()*+,/:;=?@",
         case: Case::Upper,
         plus: false,
+        tilde: false,
     },
-    // Form encoding: Python quote_plus, Go QueryEscape, Java URLEncoder.
+    // Form encoding: Python quote_plus, Go QueryEscape.
     Encoder::Percent {
         keep: b"",
         case: Case::Upper,
         plus: true,
+        tilde: false,
     },
+    // Java URLEncoder.
     Encoder::Percent {
         keep: b"*",
         case: Case::Upper,
         plus: true,
+        tilde: true,
+    },
+    // PHP urlencode and http_build_query.
+    Encoder::Percent {
+        keep: b"",
+        case: Case::Upper,
+        plus: true,
+        tilde: true,
+    },
+    // .NET HttpUtility.UrlEncode.
+    Encoder::Percent {
+        keep: b"!()*",
+        case: Case::Lower,
+        plus: true,
+        tilde: true,
     },
     // JavaScript JSON.stringify, serde_json, Jackson.
     Encoder::Json {
@@ -136,13 +161,24 @@ const ENCODERS: [Encoder; 12] = [
 /// secret itself, each once.
 pub fn echo_forms(secret: &[u8]) -> Vec<Secret> {
     let mut forms: Vec<Secret> = Vec::new();
-    for encoder in ENCODERS {
-        let Some(mut form) = encoder.encode(secret) else {
-            continue;
-        };
+    let mut add = |mut form: Zeroizing<Vec<u8>>| {
         if form.as_slice() != secret && !forms.iter().any(|f| f.expose() == form.as_slice()) {
             forms.push(Secret::new(std::mem::take(&mut *form)));
         }
+    };
+    for encoder in ENCODERS {
+        if let Some(form) = encoder.encode(secret) {
+            add(form);
+        }
+    }
+    // The one mix: a URL that carried the secret as Airlock sends it in a
+    // query, itself encoded into another URL (a login page's return
+    // address, a redirect's `next`), comes back encoded twice.
+    if let Some(twice) = ENCODERS[0]
+        .encode(secret)
+        .and_then(|once| ENCODERS[0].encode(&once))
+    {
+        add(twice);
     }
     forms
 }
@@ -193,8 +229,17 @@ impl Encoder {
         }
         for &b in secret {
             match self {
-                Encoder::Percent { keep, case, plus } => {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+                Encoder::Percent {
+                    keep,
+                    case,
+                    plus,
+                    tilde,
+                } => {
+                    if b.is_ascii_alphanumeric()
+                        || b"-._".contains(&b)
+                        || (b == b'~' && !tilde)
+                        || keep.contains(&b)
+                    {
                         out.push(b);
                     } else if plus && b == b' ' {
                         out.push(b'+');
@@ -256,7 +301,35 @@ mod tests {
 
     #[test]
     fn a_secret_no_encoder_changes_has_no_other_form() {
-        assert!(forms("tok_0123456789abcdefABCDEF-x.y~z").is_empty());
+        assert!(forms("tok_0123456789abcdefABCDEF-x.y_z").is_empty());
+    }
+
+    /// RFC 3986 leaves `~` alone; Java's URLEncoder, PHP's urlencode and
+    /// .NET's HttpUtility.UrlEncode, older, encode it (Azure's client
+    /// secrets hold one).
+    #[test]
+    fn a_query_secret_inside_an_encoded_url_is_a_form() {
+        assert!(
+            forms("ab+c/d=").contains(&"ab%252Bc%252Fd%253D".to_owned()),
+            "{:?}",
+            forms("ab+c/d=")
+        );
+    }
+
+    #[test]
+    fn a_tilde_is_encoded_as_the_older_encoders_do() {
+        let all = forms("Ab1~x.y z");
+        for expected in [
+            "Ab1%7Ex.y+z", // URLEncoder, urlencode
+            "Ab1%7ex.y+z", // HttpUtility.UrlEncode
+            "Ab1~x.y+z",   // quote_plus, QueryEscape
+            "Ab1~x.y%20z", // Airlock's query encoding
+        ] {
+            assert!(
+                all.contains(&expected.to_owned()),
+                "{expected} not in {all:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSetBuilder};
 use ipnet::{IpNet, Ipv4Net};
 use serde::de::IgnoredAny;
 
@@ -19,6 +19,7 @@ use super::error::{PolicyError, PolicyErrors, Problem, is_method_token};
 use super::host::{HostPattern, check_dns_name, parse_ip_literal, parse_port, split_host_port};
 use super::locate::{KeyProblemKind, NodePath, key_problems, locate};
 use super::model::{AllowRule, DenyRule, EnvValue, Policy, RateLimit, TcpEntry, TcpTarget};
+use super::path_patterns::{PathPatterns, as_servers_may_read};
 use super::schema::{DenySpec, PolicyFile, RuleSpec};
 
 const DEFAULT_PORT: u16 = 443;
@@ -381,7 +382,7 @@ impl Compiler {
         at: &NodePath,
         paths: Option<Vec<String>>,
         ignore_case: bool,
-    ) -> Option<Option<GlobSet>> {
+    ) -> Option<Option<PathPatterns>> {
         let Some(paths) = paths else {
             return Some(None);
         };
@@ -390,7 +391,8 @@ impl Compiler {
             return None;
         }
         let mut ok = true;
-        let mut set = GlobSetBuilder::new();
+        let mut as_written = GlobSetBuilder::new();
+        let mut as_read = GlobSetBuilder::new();
         for (i, pattern) in paths.iter().enumerate() {
             let here = at.key("paths").index(i);
             if !pattern.starts_with('/') {
@@ -405,13 +407,19 @@ impl Compiler {
             }
             // `*` must stop at '/', or "/repos/org/*" would reach every
             // sub-resource of every repo of the org.
-            match GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .case_insensitive(ignore_case)
-                .build()
+            let glob = |pattern: &str| {
+                GlobBuilder::new(pattern)
+                    .literal_separator(true)
+                    .case_insensitive(ignore_case)
+                    .build()
+            };
+            let read = as_servers_may_read(pattern);
+            match glob(pattern)
+                .and_then(|written| Ok((written, read.as_deref().map(glob).transpose()?)))
             {
-                Ok(glob) => {
-                    set.add(glob);
+                Ok((written, read)) => {
+                    as_read.add(read.unwrap_or_else(|| written.clone()));
+                    as_written.add(written);
                 }
                 Err(error) => {
                     ok = false;
@@ -428,8 +436,11 @@ impl Compiler {
         if !ok {
             return None;
         }
-        match set.build() {
-            Ok(set) => Some(Some(set)),
+        match as_written
+            .build()
+            .and_then(|written| Ok((written, as_read.build()?)))
+        {
+            Ok((written, read)) => Some(Some(PathPatterns::new(written, read))),
             Err(error) => {
                 self.report(
                     at.key("paths"),

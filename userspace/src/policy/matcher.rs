@@ -4,6 +4,7 @@ use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use super::host::Host;
 use super::model::{AllowRule, DenyRule, Policy, RateLimit, RuleId, TcpTarget};
+use super::path_patterns::{Readings, as_servers_may_read};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpDecision {
@@ -75,12 +76,12 @@ impl Policy {
             return deny(None, DenyReason::NoRuleForHost);
         };
         let raw_path = path.split_once('?').map_or(path, |(before, _)| before);
-        let path = canonical_path(raw_path);
+        let path = read_path(raw_path);
 
         if let Some(rule) = self
             .deny
             .iter()
-            .find(|rule| deny_matches(rule, &host, port, method, path.as_deref()))
+            .find(|rule| deny_matches(rule, &host, port, method, path.as_ref()))
         {
             return deny(Some(rule.label.clone()), DenyReason::DenyRule);
         }
@@ -97,10 +98,10 @@ impl Policy {
             reason = reason.max(DenyReason::PathNotAllowed);
             // A path that is not canonical can match no path rule: what the
             // upstream would make of "/a/../b" is not ours to guess.
-            let Some(path) = path.as_deref() else {
+            let Some(path) = &path else {
                 continue;
             };
-            if rule.paths.as_ref().is_none_or(|paths| paths.is_match(path)) {
+            if rule.paths.as_ref().is_none_or(|paths| paths.allow(path)) {
                 return HttpDecision::Allow(Allowed {
                     rule: RuleId(index),
                     rule_label: rule.label.clone(),
@@ -120,7 +121,8 @@ impl Policy {
     }
 
     /// CIDR entries match `dst` directly; name entries match when `dst` is
-    /// among `resolved(name)`.
+    /// among `resolved(name)`, unless a deny rule refuses the name
+    /// outright: deny rules come first.
     pub fn tcp_match(
         &self,
         dst: IpAddr,
@@ -134,9 +136,12 @@ impl Policy {
             .filter(|entry| entry.port == port)
             .find(|entry| match &entry.target {
                 TcpTarget::Net(net) => net.contains(&dst),
-                TcpTarget::Name(name) => resolved(name)
-                    .into_iter()
-                    .any(|ip| ip.to_canonical() == dst),
+                TcpTarget::Name(name) => {
+                    Host::parse(name).is_some_and(|host| self.whole_host_deny(&host).is_none())
+                        && resolved(name)
+                            .into_iter()
+                            .any(|ip| ip.to_canonical() == dst)
+                }
             })
             .map(|entry| TcpMatch {
                 label: entry.label.clone(),
@@ -153,22 +158,24 @@ impl Policy {
             .any(|entry| entry.port == matched.port && entry.target == matched.target)
     }
 
-    /// Whether a TLS connection with this SNI is tunnelled uninspected.
+    /// Whether a TLS connection with this SNI is tunnelled uninspected: a
+    /// passthrough pattern matches it, and no deny rule refuses it
+    /// outright.
     pub fn passthrough_allows(&self, sni: &str) -> bool {
         let Some(host) = Host::parse(sni) else {
             return false;
         };
         matches!(host, Host::Name(_))
+            && self.whole_host_deny(&host).is_none()
             && self
                 .passthrough
                 .iter()
                 .any(|pattern| pattern.matches(&host))
     }
 
-    /// Whether the agent may resolve `name`: an allow rule names it (and no
-    /// deny rule denies the whole host), a `tcp:` entry names it, or a
-    /// passthrough pattern matches it. Deny rules alone never make a name
-    /// resolvable.
+    /// Whether the agent may resolve `name`: no deny rule refuses the
+    /// whole host, and an allow rule, a `tcp:` entry or a passthrough
+    /// pattern names it. Deny rules alone never make a name resolvable.
     pub fn names_host(&self, name: &str) -> bool {
         let Some(host) = Host::parse(name) else {
             return false;
@@ -177,9 +184,10 @@ impl Policy {
             // Addresses are not looked up.
             return false;
         };
-        let by_rule = self.whole_host_deny(&host).is_none()
-            && self.rules.iter().any(|rule| rule.host.matches(&host));
-        by_rule
+        if self.whole_host_deny(&host).is_some() {
+            return false;
+        }
+        self.rules.iter().any(|rule| rule.host.matches(&host))
             || self
                 .tcp
                 .iter()
@@ -233,7 +241,13 @@ fn allow_method(rule: &AllowRule, method: &str) -> bool {
 /// Deny rules compare methods ignoring case and treat a non-canonical path
 /// as matching their path patterns: some servers fold `delete` to DELETE or
 /// resolve `..`, and a deny rule must not be sidestepped that way.
-fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Option<&str>) -> bool {
+fn deny_matches(
+    rule: &DenyRule,
+    host: &Host,
+    port: u16,
+    method: &str,
+    path: Option<&Readings<'_>>,
+) -> bool {
     rule.port.is_none_or(|p| p == port)
         && rule.host.matches(host)
         && rule
@@ -241,7 +255,7 @@ fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Opt
             .as_ref()
             .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
         && rule.paths.as_ref().is_none_or(|paths| match path {
-            Some(path) => paths.is_match(path),
+            Some(path) => paths.deny(path),
             None => true,
         })
 }
@@ -255,34 +269,35 @@ fn deny_matches(rule: &DenyRule, host: &Host, port: u16, method: &str, path: Opt
 /// `%2F` and `%5C` are read as separators (nginx decodes them before it
 /// resolves `..`) or `;parameters` are dropped from a segment (Tomcat and
 /// Jetty read `..;` as `..`).
+#[cfg(test)]
 pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
+    read_path(path).map(|readings| readings.written)
+}
+
+/// The path as [`canonical_path`] gives it, and as servers that read
+/// `%2F` and `;` otherwise read it (see `path_patterns`).
+fn read_path(path: &str) -> Option<Readings<'_>> {
     if !path.starts_with('/') {
         return None;
     }
     // Most paths have nothing to decode: check them where they lie.
-    let out = if path.contains(['%', '\\']) {
+    let written = if path.contains(['%', '\\']) {
         Cow::Owned(decode_unreserved(path)?)
     } else {
         Cow::Borrowed(path)
     };
-    if has_dot_or_empty_inner_segment(out[1..].split('/')) {
+    if has_dot_or_empty_inner_segment(written[1..].split('/')) {
         return None;
     }
-    if out.contains([';', '%']) {
-        let as_servers_may_read: String = out[1..]
-            .split('/')
-            .map(|segment| segment.split(';').next().unwrap_or(segment))
-            .collect::<Vec<_>>()
-            .join("/")
-            .replace("%2F", "/")
-            .replace("%2f", "/")
-            .replace("%5C", "/")
-            .replace("%5c", "/");
-        if has_dot_or_empty_inner_segment(as_servers_may_read.split('/')) {
-            return None;
-        }
+    let read = as_servers_may_read(&written);
+    if let Some(read) = &read
+        && read
+            .strip_prefix('/')
+            .is_none_or(|rest| has_dot_or_empty_inner_segment(rest.split('/')))
+    {
+        return None;
     }
-    Some(out)
+    Some(Readings { written, read })
 }
 
 fn has_dot_or_empty_inner_segment<'a>(segments: impl Iterator<Item = &'a str>) -> bool {

@@ -11,6 +11,7 @@ mod host;
 mod locate;
 mod matcher;
 mod model;
+mod path_patterns;
 mod schema;
 mod secret_hosts;
 mod store;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::GlobSet;
 use ipnet::IpNet;
 
 use super::host::HostPattern;
+use super::path_patterns::PathPatterns;
 
 /// One agent's compiled policy.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub(super) struct AllowRule {
     pub host: HostPattern,
     pub port: u16,
     pub methods: Option<Vec<String>>,
-    pub paths: Option<GlobSet>,
+    pub paths: Option<PathPatterns>,
     pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
@@ -66,7 +66,7 @@ pub(super) struct DenyRule {
     /// `None`: every port.
     pub port: Option<u16>,
     pub methods: Option<Vec<String>>,
-    pub paths: Option<GlobSet>,
+    pub paths: Option<PathPatterns>,
 }
 
 impl DenyRule {

@@ -487,6 +487,53 @@ fn ambiguous_paths_cannot_satisfy_a_path_rule() {
     allowed(p.decide_http("a.example", 443, "GET", "/public/ünï"));
 }
 
+/// Servers that decode `%2F` before routing, or drop a segment's
+/// `;parameters`, read these paths as /admin/users: a deny rule refuses
+/// them, and an allow rule's `*` does not stretch over them.
+#[test]
+fn encoded_separators_and_parameters_are_matched_as_servers_may_read_them() {
+    let p = policy(&doc(&[
+        "agent: a",
+        "rules:",
+        "  - host: \"*.example.com\"",
+        "  - host: api.example.org",
+        "    paths: [\"/repos/org/*\", \"/@types%2f*\", \"/files/**\"]",
+        "deny:",
+        "  - host: \"*.example.com\"",
+        "    paths: [\"/admin/**\", \"/users/root\"]",
+    ]));
+    for path in [
+        "/admin%2Fusers",
+        "/admin%2fusers",
+        "/admin%5Cusers",
+        "/admin;x/users",
+        "/admin;/users",
+        "/users/root;jsessionid=1",
+        "/users%2Froot",
+    ] {
+        assert_eq!(
+            reason(p.decide_http("x.example.com", 443, "GET", path)),
+            DenyReason::DenyRule,
+            "{path}"
+        );
+    }
+    allowed(p.decide_http("x.example.com", 443, "GET", "/public%2Fadmin"));
+    allowed(p.decide_http("x.example.com", 443, "GET", "/users/root2"));
+
+    for path in ["/repos/org/r%2Fsettings", "/repos/org/r%5Csettings"] {
+        assert_eq!(
+            reason(p.decide_http("api.example.org", 443, "GET", path)),
+            DenyReason::PathNotAllowed,
+            "{path}"
+        );
+    }
+    // A rule written with the encoded separator allows what it names, and
+    // `**` spans separators however they are written.
+    allowed(p.decide_http("api.example.org", 443, "GET", "/@types%2fnode"));
+    allowed(p.decide_http("api.example.org", 443, "GET", "/repos/org/r"));
+    allowed(p.decide_http("api.example.org", 443, "GET", "/files/a%2Fb;v=1"));
+}
+
 #[test]
 fn canonical_path_decodes_only_unreserved_escapes() {
     use super::matcher::canonical_path;
@@ -1046,6 +1093,35 @@ fn bad_tcp_entries_are_reported() {
         );
         assert_eq!((error.line, error.column), (3, 5), "{entry}");
     }
+}
+
+/// Deny rules come first: a host one refuses outright is not tunnelled
+/// by a passthrough pattern that also matches it, not relayed by a `tcp:`
+/// entry that names it, and not resolved for the agent.
+#[test]
+fn a_host_denied_outright_is_neither_passed_through_nor_relayed() {
+    let p = policy(&doc(&[
+        "agent: a",
+        "tcp:",
+        "  - \"internal.example.com:22\"",
+        "  - \"git.example.com:22\"",
+        "passthrough:",
+        "  - \"*.example.com\"",
+        "deny:",
+        "  - host: internal.example.com",
+    ]));
+    assert!(!p.passthrough_allows("internal.example.com"));
+    assert!(!p.passthrough_allows("Internal.Example.com."));
+    assert!(!p.names_host("internal.example.com"));
+    assert!(p.passthrough_allows("other.example.com"));
+    assert!(p.names_host("other.example.com"));
+    let resolve = |name: &str| match name {
+        "internal.example.com" => vec![v4(10, 0, 0, 7)],
+        "git.example.com" => vec![v4(10, 0, 0, 8)],
+        _ => Vec::new(),
+    };
+    assert!(p.tcp_match(v4(10, 0, 0, 7), 22, &resolve).is_none());
+    assert!(p.tcp_match(v4(10, 0, 0, 8), 22, &resolve).is_some());
 }
 
 #[test]

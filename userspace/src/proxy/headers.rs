@@ -15,14 +15,6 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Headers that web frameworks read as the request's method in place of
-/// the one on the request line (Rails, Google's APIs, ASP.NET).
-pub static METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
-
 /// Remove hop-by-hop headers, including those the Connection header names.
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
 /// WebSocket handshake that policy allowed.

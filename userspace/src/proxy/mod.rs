@@ -19,6 +19,7 @@ mod last_decision;
 pub mod listener;
 mod live;
 mod log_gate;
+mod method_claims;
 pub mod orig_dst;
 mod peek;
 mod relay;

@@ -1,12 +1,13 @@
 //! Whether the policy lets a request through: the rule it falls under,
-//! the methods its override headers claim, and the rule's rate limit.
+//! the methods it claims besides its own (`method_claims`), and the
+//! rule's rate limit.
 
 use http::{HeaderMap, uri::PathAndQuery};
 
 use super::ConnCtx;
 use crate::{
     policy::{Allowed, HttpDecision},
-    proxy::{Intercept, headers, rescue::ProxyError},
+    proxy::{Intercept, method_claims, rescue::ProxyError},
 };
 
 impl Intercept {
@@ -40,20 +41,14 @@ impl Intercept {
                 });
             }
         };
-        // Frameworks (Rails, Google's APIs) take the method from these
-        // headers: a POST that says DELETE is a DELETE to them, and must
-        // pass the policy as one too.
-        for name in &headers::METHOD_OVERRIDES {
-            for value in headers.get_all(name) {
-                let overridden = value.to_str().unwrap_or("(not text)").trim();
-                if let HttpDecision::Deny(d) =
-                    policy.decide_http(host, ctx.port, overridden, path.as_str())
-                {
-                    return Err(ProxyError::Denied {
-                        reason: d.reason.as_str(),
-                        rule: d.rule_label,
-                    });
-                }
+        for claimed in method_claims::claimed(headers, path.query()) {
+            if let HttpDecision::Deny(d) =
+                policy.decide_http(host, ctx.port, &claimed, path.as_str())
+            {
+                return Err(ProxyError::Denied {
+                    reason: d.reason.as_str(),
+                    rule: d.rule_label,
+                });
             }
         }
         if let Some(limit) = &allowed.rate_limit {

@@ -1,0 +1,74 @@
+//! A rule's path globs, and the readings of a request's path they are
+//! matched against. Servers differ in how they read a path before they
+//! route it: some decode `%2F` and `%5C` to `/` (Flask, Django, Go's mux
+//! before 1.22), some drop a segment's `;parameters` (Tomcat, Jetty,
+//! Spring). So `/admin%2Fusers` and `/admin;x/users` may be
+//! `/admin/users` to the upstream. A path is matched as written and as
+//! such a server reads it: an allow rule must allow both readings, and a
+//! deny rule refuses on either.
+
+use std::borrow::Cow;
+
+use globset::GlobSet;
+
+#[derive(Debug, Clone)]
+pub(super) struct PathPatterns {
+    as_written: GlobSet,
+    /// The same globs read as such a server reads a path, so that a rule
+    /// written with `%2F` (npm's scoped packages: `/@types%2f*`) still
+    /// allows the path it names.
+    as_read: GlobSet,
+}
+
+/// A request's path: as written (canonical), and as a server that reads
+/// `%2F`, `%5C` and `;` so would read it, where that differs.
+pub(super) struct Readings<'a> {
+    pub written: Cow<'a, str>,
+    pub read: Option<String>,
+}
+
+impl PathPatterns {
+    pub(super) fn new(as_written: GlobSet, as_read: GlobSet) -> PathPatterns {
+        PathPatterns {
+            as_written,
+            as_read,
+        }
+    }
+
+    /// Both readings match: what an allow rule asks.
+    pub(super) fn allow(&self, path: &Readings<'_>) -> bool {
+        self.as_written.is_match(path.written.as_ref())
+            && path
+                .read
+                .as_deref()
+                .is_none_or(|read| self.as_read.is_match(read))
+    }
+
+    /// Either reading matches: what a deny rule asks.
+    pub(super) fn deny(&self, path: &Readings<'_>) -> bool {
+        self.as_written.is_match(path.written.as_ref())
+            || path
+                .read
+                .as_deref()
+                .is_some_and(|read| self.as_read.is_match(read))
+    }
+}
+
+/// `path` (a request's, or a glob) as a server that decodes `%2F` and
+/// `%5C` to `/` and drops each segment's `;parameters` reads it; `None`
+/// when that changes nothing.
+pub(super) fn as_servers_may_read(path: &str) -> Option<String> {
+    if !path.contains([';', '%']) {
+        return None;
+    }
+    let read = path
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(segment))
+        .collect::<Vec<_>>()
+        .join("/")
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace("%5C", "/")
+        .replace("%5c", "/");
+    (read != path).then_some(read)
+}

@@ -1,0 +1,79 @@
+//! The methods a request claims besides the one on its request line. Web
+//! frameworks take the method from override headers (Rails, Google's
+//! APIs, ASP.NET, Express's method-override) or from a `_method` query
+//! parameter (Laravel, Symfony): a POST that says DELETE is a DELETE to
+//! them, and must pass the policy as one too.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName};
+
+// A static, not a const: a const array is built anew at every use.
+static OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Each method the request claims: every item of every override header
+/// (a list is split at its commas: Express takes its first item, other
+/// frameworks may take another), and every `_method` query parameter,
+/// decoded. A header value that is not text claims a method no rule
+/// names.
+pub fn claimed<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<Cow<'a, str>> {
+    let mut claimed = Vec::new();
+    for name in &OVERRIDE_HEADERS {
+        for value in headers.get_all(name) {
+            match value.to_str() {
+                Ok(text) => claimed.extend(
+                    text.split(',')
+                        .map(str::trim)
+                        .filter(|method| !method.is_empty())
+                        .map(Cow::Borrowed),
+                ),
+                Err(_) => claimed.push(Cow::Borrowed("(not text)")),
+            }
+        }
+    }
+    if let Some(query) = query {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if name == "_method" {
+                claimed.push(Cow::Owned(value.trim().to_owned()));
+            }
+        }
+    }
+    claimed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claimed;
+    use crate::proxy::headers::map_of;
+
+    #[test]
+    fn a_request_that_claims_nothing_claims_nothing() {
+        let headers = map_of(&[("accept", "*/*")]);
+        assert!(claimed(&headers, None).is_empty());
+        assert!(claimed(&headers, Some("q=delete&method=DELETE")).is_empty());
+    }
+
+    #[test]
+    fn every_item_of_every_override_header_is_claimed() {
+        let headers = map_of(&[
+            ("x-http-method-override", "DELETE, GET"),
+            ("x-http-method", "PUT"),
+            ("x-method-override", " patch ,"),
+        ]);
+        assert_eq!(claimed(&headers, None), ["DELETE", "GET", "PUT", "patch"]);
+    }
+
+    #[test]
+    fn a_method_query_parameter_is_claimed_decoded() {
+        let none = map_of(&[]);
+        assert_eq!(claimed(&none, Some("_method=DELETE")), ["DELETE"]);
+        assert_eq!(
+            claimed(&none, Some("a=1&%5Fmethod=DEL%45TE&_method=+put+")),
+            ["DELETE", "put"]
+        );
+    }
+}
