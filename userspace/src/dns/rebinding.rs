@@ -3,8 +3,8 @@
 //! The daemon connects upstream as root, from outside the agents' cgroups,
 //! to whatever the daemon's own lookup of an allowed name gives. Whoever
 //! controls that name's DNS (a wildcard rule's subdomain, a user-content
-//! host) can point it at this host's loopback services or at the cloud
-//! metadata service, whose answers hold the host's own credentials: the
+//! host) can point it at this host's services, on loopback or on any of
+//! its own addresses, or at the cloud metadata service, whose answers hold the host's own credentials: the
 //! agent would reach, through Airlock, what its policy never named. So
 //! an address of this kind that comes from DNS is dropped from the answer,
 //! and a name that has no other address is refused. An operator who means
@@ -16,7 +16,7 @@
 //! refuses them the same way, for hosts whose agents must reach only the
 //! internet.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use super::DnsError;
 
@@ -71,6 +71,34 @@ pub fn off_limits(ip: IpAddr, reach: DnsReach) -> bool {
     }
 }
 
+/// [`off_limits`], or one of this host's own addresses: what a name from
+/// DNS never leads the daemon to.
+pub fn off_limits_here(ip: IpAddr, reach: DnsReach) -> bool {
+    off_limits(ip, reach) || is_this_host(ip)
+}
+
+/// Whether `ip` is an address of this host (in the daemon's network
+/// namespace), such as its address on the LAN or a container bridge:
+/// services that listen on every address answer there as on loopback.
+/// The kernel says so: a datagram to a local address is routed from that
+/// address. Asked at each lookup rather than read from the interfaces
+/// once, so that an address added later (DHCP, a VPN) counts. No packet
+/// is sent; a UDP connect only picks the route. A socket that cannot be
+/// made counts as local: the address is refused rather than let through
+/// unchecked.
+pub fn is_this_host(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let any = match ip {
+        IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let Ok(probe) = UdpSocket::bind(any) else {
+        return true;
+    };
+    // No route: not an address of this host.
+    probe.connect((ip, 9)).is_ok() && probe.local_addr().is_ok_and(|local| local.ip() == ip)
+}
+
 fn v4_off_limits(v4: Ipv4Addr, private_too: bool) -> bool {
     let [a, b, ..] = v4.octets();
     // 0.0.0.0/8 is "this network": connecting to 0.x reaches this host.
@@ -96,11 +124,11 @@ pub(super) fn keep_reachable(
     addrs: Vec<IpAddr>,
     reach: DnsReach,
 ) -> Result<Vec<IpAddr>, DnsError> {
-    if !addrs.iter().any(|ip| off_limits(*ip, reach)) {
+    let refused = |ip: &IpAddr| off_limits_here(*ip, reach);
+    if !addrs.iter().any(refused) {
         return Ok(addrs);
     }
-    let (refused, kept): (Vec<IpAddr>, Vec<IpAddr>) =
-        addrs.into_iter().partition(|ip| off_limits(*ip, reach));
+    let (refused, kept): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(refused);
     if kept.is_empty() {
         return Err(DnsError::OffLimits {
             name: name.to_owned(),
@@ -118,7 +146,7 @@ pub(super) fn keep_reachable(
 mod tests {
     use std::net::IpAddr;
 
-    use super::{DnsReach, keep_reachable, off_limits};
+    use super::{DnsReach, is_this_host, keep_reachable, off_limits};
     use crate::dns::DnsError;
 
     fn ip(text: &str) -> IpAddr {
@@ -254,5 +282,39 @@ mod tests {
             }
             other => panic!("expected OffLimits, got {other:?}"),
         }
+    }
+
+    /// This host's address toward the network, as the kernel picks it for
+    /// a datagram off the host (a UDP connect: nothing is sent).
+    fn own_address() -> IpAddr {
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        probe
+            .connect("203.0.113.1:9")
+            .expect("this test needs a route off loopback, to learn this host's own address");
+        probe.local_addr().expect("its local address").ip()
+    }
+
+    #[test]
+    fn an_address_of_this_hosts_own_is_off_limits_from_dns() {
+        let own = own_address();
+        assert!(!own.is_loopback(), "{own}");
+        assert!(is_this_host(own), "{own}");
+        assert!(is_this_host(ip("::ffff:127.0.0.1")));
+        // TEST-NET-2 and -3: documentation addresses, no host's own.
+        assert!(!is_this_host(ip("198.51.100.1")));
+        assert!(!is_this_host(ip("203.0.113.9")));
+        assert!(matches!(
+            keep_reachable("x.example.test", vec![own], DnsReach::WithPrivate),
+            Err(DnsError::OffLimits { .. })
+        ));
+        assert_eq!(
+            keep_reachable(
+                "x.example.test",
+                vec![own, ip("203.0.113.9")],
+                DnsReach::WithPrivate
+            )
+            .expect("one address left"),
+            vec![ip("203.0.113.9")]
+        );
     }
 }

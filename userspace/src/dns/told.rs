@@ -56,7 +56,7 @@ impl Told {
         let fresh: Vec<IpAddr> = addrs
             .iter()
             .copied()
-            .filter(|ip| !rebinding::off_limits(*ip, reach))
+            .filter(|ip| !rebinding::off_limits_here(*ip, reach))
             .collect();
         if fresh.is_empty() {
             return;
@@ -126,14 +126,14 @@ mod tests {
         told.remember(
             "a",
             "git.test",
-            &[ip("192.0.2.1"), ip("2001:db8::1")],
+            &[ip("198.51.100.1"), ip("2001:db8::1")],
             120,
             ANY,
             t0,
         );
         assert_eq!(
             told.addresses("a", "git.test", t0 + Duration::from_secs(119)),
-            vec![ip("192.0.2.1"), ip("2001:db8::1")]
+            vec![ip("198.51.100.1"), ip("2001:db8::1")]
         );
         assert!(
             told.addresses("a", "git.test", t0 + Duration::from_secs(120))
@@ -148,31 +148,31 @@ mod tests {
     fn answers_that_rotate_accumulate_and_a_short_ttl_still_serves_the_connect() {
         let told = Told::default();
         let t0 = Instant::now();
-        told.remember("a", "lb.test", &[ip("192.0.2.1")], 0, ANY, t0);
+        told.remember("a", "lb.test", &[ip("198.51.100.1")], 0, ANY, t0);
         told.remember(
             "a",
             "lb.test",
-            &[ip("192.0.2.2")],
+            &[ip("198.51.100.2")],
             0,
             ANY,
             t0 + Duration::from_secs(5),
         );
         assert_eq!(
             told.addresses("a", "lb.test", t0 + Duration::from_secs(6)),
-            vec![ip("192.0.2.1"), ip("192.0.2.2")]
+            vec![ip("198.51.100.1"), ip("198.51.100.2")]
         );
         // Told again: the address counts from the newer answer.
         told.remember(
             "a",
             "lb.test",
-            &[ip("192.0.2.1")],
+            &[ip("198.51.100.1")],
             0,
             ANY,
             t0 + Duration::from_secs(20),
         );
         assert_eq!(
             told.addresses("a", "lb.test", t0 + MIN_KEEP + Duration::from_secs(10)),
-            vec![ip("192.0.2.1")]
+            vec![ip("198.51.100.1")]
         );
     }
 
@@ -196,21 +196,27 @@ mod tests {
         told.remember(
             "a",
             "mixed.test",
-            &[ip("127.0.0.1"), ip("192.0.2.9")],
+            &[ip("127.0.0.1"), ip("198.51.100.9")],
             300,
             ANY,
             t0,
         );
-        assert_eq!(told.addresses("a", "mixed.test", t0), vec![ip("192.0.2.9")]);
+        assert_eq!(
+            told.addresses("a", "mixed.test", t0),
+            vec![ip("198.51.100.9")]
+        );
     }
 
     #[test]
     fn public_only_keeps_private_networks_out_too() {
         let told = Told::default();
         let t0 = Instant::now();
-        let answer = [ip("10.1.2.3"), ip("192.0.2.9")];
+        let answer = [ip("10.1.2.3"), ip("198.51.100.9")];
         told.remember("a", "corp.test", &answer, 300, DnsReach::PublicOnly, t0);
-        assert_eq!(told.addresses("a", "corp.test", t0), vec![ip("192.0.2.9")]);
+        assert_eq!(
+            told.addresses("a", "corp.test", t0),
+            vec![ip("198.51.100.9")]
+        );
         told.remember("a", "corp2.test", &answer, 300, ANY, t0);
         assert_eq!(told.addresses("a", "corp2.test", t0), answer.to_vec());
     }
@@ -220,14 +226,23 @@ mod tests {
         let told = Told::default();
         let t0 = Instant::now();
         for i in 0..MAX_NAMES + 10 {
-            told.remember("a", &format!("n{i}.test"), &[ip("192.0.2.1")], 60, ANY, t0);
+            told.remember(
+                "a",
+                &format!("n{i}.test"),
+                &[ip("198.51.100.1")],
+                60,
+                ANY,
+                t0,
+            );
         }
         let names = told.entries.lock().expect("lock").len();
         assert_eq!(names, MAX_NAMES);
-        let many: Vec<IpAddr> = (0..=255u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+        let many: Vec<IpAddr> = (0..=255u8)
+            .map(|i| IpAddr::from([198, 51, 100, i]))
+            .collect();
         told.remember("a", "big.test", &many, 60, ANY, t0);
         let kept = told.addresses("a", "big.test", t0);
         assert_eq!(kept.len(), MAX_ADDRS_PER_NAME);
-        assert_eq!(kept.last(), Some(&ip("192.0.2.255")), "the newest stay");
+        assert_eq!(kept.last(), Some(&ip("198.51.100.255")), "the newest stay");
     }
 }
