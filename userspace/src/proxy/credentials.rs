@@ -7,7 +7,7 @@
 
 use std::{
     sync::{
-        Arc, RwLock,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -101,17 +101,16 @@ impl Credentials {
                 self.reload();
             }
         }
-        match self.state.read() {
-            Ok(s) => (s.set.clone(), s.scrubber.clone()),
-            Err(_) => (
-                Arc::new(CredentialSet::new(Vec::new())),
-                Scrubber::new(Vec::new()),
-            ),
-        }
+        // Every write leaves the state whole: one poisoned by a panic
+        // elsewhere still holds the secrets to scrub.
+        let s = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        (s.set.clone(), s.scrubber.clone())
     }
 
     /// A vault that cannot be read leaves no secrets to swap: placeholders
-    /// then go upstream as they are, which reveals nothing.
+    /// then go upstream as they are, which reveals nothing. What it held
+    /// before is still scrubbed from answers, since an upstream may give
+    /// back a value it was sent.
     pub fn reload(&self) {
         let stamp = self.stamp();
         let loaded = match self.vault.load() {
@@ -158,15 +157,18 @@ impl Credentials {
                 None
             }
         };
-        let (set, pairs) = loaded.unwrap_or_else(|| (CredentialSet::new(Vec::new()), Vec::new()));
-        if let Ok(mut s) = self.state.write() {
-            s.set = Arc::new(set);
-            s.scrub_pairs = pairs;
-            s.stamp = stamp;
-            // Tokens handed out before stay scrubbed, whatever the vault
-            // holds now.
-            self.rebuild_scrubber(&mut s);
+        let mut s = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match loaded {
+            Some((set, pairs)) => {
+                s.set = Arc::new(set);
+                s.scrub_pairs = pairs;
+            }
+            None => s.set = Arc::new(CredentialSet::new(Vec::new())),
         }
+        s.stamp = stamp;
+        // Tokens handed out before stay scrubbed, whatever the vault
+        // holds now.
+        self.rebuild_scrubber(&mut s);
     }
 
     fn rebuild_scrubber(&self, s: &mut Loaded) {
@@ -256,6 +258,36 @@ mod tests {
             "no look at the file before the interval has passed"
         );
         assert!(!creds.current(start + RECHECK * 2).1.is_empty());
+    }
+
+    #[test]
+    fn a_vault_that_cannot_be_read_swaps_nothing_and_still_scrubs_what_it_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = Vault::open(dir.path()).expect("open");
+        store(&vault);
+        let creds = Credentials::new(vault.clone());
+        let now = Instant::now();
+        let (request, ()) = http::Request::get("https://api.example.test/")
+            .header("authorization", "Bearer airlock-ph-token")
+            .body(())
+            .expect("request")
+            .into_parts();
+        assert_eq!(creds.current(now).0.placeholders_in(&request), ["token"]);
+        std::fs::write(vault.path(), b"not a vault").expect("damage the vault");
+        creds.reload();
+        let (set, scrubber) = creds.current(now);
+        assert!(
+            set.placeholders_in(&request).is_empty(),
+            "nothing left to swap"
+        );
+        assert!(
+            scrubber
+                .scrub_bytes(b"echo: test-value-for-the-recheck")
+                .is_some_and(|clean| !clean
+                    .windows(b"test-value".len())
+                    .any(|w| w == b"test-value")),
+            "the value held before is still scrubbed"
+        );
     }
 
     #[test]
