@@ -8,7 +8,9 @@
 //! (grpcio then returns no message and status OK). So each message is read
 //! whole, scrubbed, and sent on with its new length. A secret split
 //! across two messages cannot be replaced in either, so it ends the call
-//! with an error. A compressed message
+//! with an error. A message that ends in the first few bytes of a secret
+//! waits for the next, so that the piece is not sent before the split is
+//! found. A compressed message
 //! cannot be read: Airlock asks for none (`grpc-accept-encoding:
 //! identity`), and one that comes all the same ends the call with an
 //! error, as does a message longer than gRPC's own default limit, a large
@@ -41,6 +43,14 @@ const HELD_FREELY: usize = 64 * 1024;
 pub type Hold = fn(usize) -> Option<SemaphorePermit<'static>>;
 
 const PREFIX: usize = 5;
+/// A message that ends in this many bytes of a secret's start, or more,
+/// waits for the next message (or the body's end) before it is sent. A
+/// shorter piece goes on: one byte would hold back about one message in a
+/// hundred of a stream, and three are little of a secret.
+const HOLD_PIECE: usize = 4;
+/// Messages held back at once, at most: each of them ended in a secret's
+/// start, which only messages of a byte or none keep doing.
+const HELD_MESSAGES_MAX: usize = 64;
 /// The flag bit of a compressed message.
 pub const COMPRESSED_FLAG: u8 = 1;
 
@@ -102,6 +112,11 @@ pin_project_lite::pin_project! {
         // for a secret that begins in one and ends in another; wiped when
         // dropped.
         before: Zeroizing<Vec<u8>>,
+        // Messages scrubbed and held back: the last ends in a secret's
+        // start, and the next message says whether the rest follows.
+        waiting: Vec<Bytes>,
+        // Messages to send, in order.
+        ready: std::collections::VecDeque<Bytes>,
         // Trailers waiting until the messages before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
@@ -119,6 +134,8 @@ impl<B> GrpcScrubBody<B> {
             hold,
             held: None,
             before: Zeroizing::new(Vec::new()),
+            waiting: Vec::new(),
+            ready: std::collections::VecDeque::new(),
             trailers: None,
             ended: false,
         }
@@ -126,14 +143,15 @@ impl<B> GrpcScrubBody<B> {
 }
 
 /// The first whole message in `partial`, scrubbed and prefixed with its
-/// new length, taken out of it; `None` until one is whole.
+/// new length, taken out of it, and whether the bytes so far end in a
+/// secret's start; `None` until one is whole.
 fn next_message(
     scrubber: &Scrubber,
     partial: &mut Zeroizing<Vec<u8>>,
     hold: Hold,
     held: &mut Option<SemaphorePermit<'static>>,
     before: &mut Zeroizing<Vec<u8>>,
-) -> Result<Option<Bytes>, GrpcScrubError> {
+) -> Result<Option<(Bytes, bool)>, GrpcScrubError> {
     let Some(prefix) = partial.first_chunk::<PREFIX>() else {
         return Ok(None);
     };
@@ -168,7 +186,10 @@ fn next_message(
     out.put_slice(body);
     partial.drain(..PREFIX + len);
     *held = None;
-    Ok(Some(out.freeze()))
+    Ok(Some((
+        out.freeze(),
+        scrubber.ends_in_a_start(before, HOLD_PIECE),
+    )))
 }
 
 impl<B> Body for GrpcScrubBody<B>
@@ -185,19 +206,35 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, GrpcScrubError>>> {
         let mut this = self.project();
         loop {
-            if let Some(message) = next_message(
+            if let Some(message) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(message))));
+            }
+            if let Some((message, in_a_start)) = next_message(
                 this.scrubber,
                 this.partial,
                 *this.hold,
                 this.held,
                 this.before,
             )? {
-                return Poll::Ready(Some(Ok(Frame::data(message))));
+                this.waiting.push(message);
+                if !in_a_start {
+                    this.ready.extend(this.waiting.drain(..));
+                } else if this.waiting.len() > HELD_MESSAGES_MAX {
+                    this.waiting.clear();
+                    return Poll::Ready(Some(Err(GrpcScrubError::Split)));
+                }
+                continue;
             }
             if *this.ended {
                 if !this.partial.is_empty() {
                     this.partial.clear();
+                    this.waiting.clear();
                     return Poll::Ready(Some(Err(GrpcScrubError::CutShort)));
+                }
+                // Nothing more can follow a piece the last message ends in.
+                if !this.waiting.is_empty() {
+                    this.ready.extend(this.waiting.drain(..));
+                    continue;
                 }
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
@@ -231,6 +268,8 @@ where
         // without the trailers it then expects.
         self.trailers.is_none()
             && self.partial.is_empty()
+            && self.waiting.is_empty()
+            && self.ready.is_empty()
             && (self.ended || self.inner.is_end_stream())
     }
 

@@ -209,6 +209,21 @@ impl Scrubber {
         })
     }
 
+    /// Whether `bytes` ends in the first `min` or more bytes of a secret
+    /// (in any of its forms), but not the whole of it: a piece whose rest
+    /// may come next.
+    pub fn ends_in_a_start(&self, bytes: &[u8], min: usize) -> bool {
+        let table = &*self.table;
+        let tail = &bytes[bytes.len().saturating_sub(self.carry())..];
+        let last = tail.len().saturating_sub(min.max(1) - 1);
+        (0..last).any(|at| {
+            table.by_first[usize::from(tail[at])].iter().any(|&i| {
+                let secret = table.pairs[i].secret.expose();
+                tail.len() - at < secret.len() && secret.starts_with(&tail[at..])
+            })
+        })
+    }
+
     /// A byte stream to scrub piece by piece, for framings other than
     /// HTTP bodies (a WebSocket message split over frames).
     pub fn stream(&self) -> ScrubStream {

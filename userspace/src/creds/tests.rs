@@ -1057,6 +1057,102 @@ fn poll_data<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Poll<Option<Bytes>>
     }
 }
 
+/// Polls a gRPC scrubbing body to its end or its first error, keeping
+/// what it sent before the error.
+fn sent_before_any_error(body: Frames) -> (Vec<u8>, Option<GrpcScrubError>) {
+    let mut body = GrpcScrubBody::new(body, &scrubber(&[(SECRET20, PH20)]), budget_to_spare);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sent = Vec::new();
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    sent.extend_from_slice(&data);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => return (sent, Some(e)),
+            Poll::Ready(None) => return (sent, None),
+            Poll::Pending => panic!("body waited with nothing to wait for"),
+        }
+    }
+}
+
+#[test]
+fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_it() {
+    let (head, tail) = SECRET20.split_at(SECRET20.len() - 1);
+    let (first, rest) = head.split_at(5);
+    let (second, third) = rest.split_at(1);
+    for messages in [
+        // All of the secret but its last byte, then the rest.
+        vec![
+            grpc_frame(0, b"ok"),
+            grpc_frame(0, &[b"a".as_slice(), head].concat()),
+            grpc_frame(0, &[tail, b"z"].concat()),
+        ],
+        // Over several messages, one of them a single byte.
+        vec![
+            grpc_frame(0, b"ok"),
+            grpc_frame(0, first),
+            grpc_frame(0, second),
+            grpc_frame(0, b""),
+            grpc_frame(0, third),
+            grpc_frame(0, tail),
+        ],
+    ] {
+        let pieces: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let (sent, error) = sent_before_any_error(chunks(&pieces));
+        assert!(matches!(error, Some(GrpcScrubError::Split)), "{error:?}");
+        assert_eq!(
+            grpc_messages(&sent),
+            [b"ok".to_vec()],
+            "only what came before the secret"
+        );
+    }
+
+    // A message that ends in a secret's start waits for the next one; one
+    // that does not is sent at once.
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = GrpcScrubBody::new(ChannelBody(rx), &s, budget_to_spare);
+    tx.send(Frame::data(Bytes::from(grpc_frame(0, b"plain"))))
+        .unwrap();
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from(grpc_frame(0, b"plain"))))
+    );
+    let ends_in_start = [b"a".as_slice(), &SECRET20[..6]].concat();
+    tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
+        .unwrap();
+    assert_eq!(poll_data(&mut body), Poll::Pending, "held back");
+    // The next message does not carry the rest: both go, in order.
+    tx.send(Frame::data(Bytes::from(grpc_frame(0, b"#"))))
+        .unwrap();
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from(grpc_frame(0, &ends_in_start))))
+    );
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from(grpc_frame(0, b"#"))))
+    );
+    // At the body's end, a held message goes before the trailers.
+    tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
+        .unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    tx.send(Frame::trailers(trailers)).unwrap();
+    drop(tx);
+    assert_eq!(
+        poll_data(&mut body),
+        Poll::Ready(Some(Bytes::from(grpc_frame(0, &ends_in_start))))
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(
+        Pin::new(&mut body).poll_frame(&mut cx),
+        Poll::Ready(Some(Ok(frame))) if frame.is_trailers()
+    ));
+}
+
 #[test]
 fn chunks_stream_without_waiting_for_the_next() {
     let s = scrubber(&[(SECRET20, PH20)]);
