@@ -260,6 +260,12 @@ fn deny_matches(
         })
 }
 
+/// The path as written, canonical: [`read_path`]'s first reading.
+#[cfg(test)]
+pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
+    read_path(path).map(|readings| readings.written)
+}
+
 /// The path as an upstream server would interpret it, or `None` when that
 /// is ambiguous. Percent-encoded unreserved characters (RFC 3986 2.3) are
 /// decoded, since `/%61dmin` *is* `/admin` to the server; other escapes such
@@ -268,14 +274,8 @@ fn deny_matches(
 /// differ on whether they collapse them. So do the ones that appear once
 /// `%2F` and `%5C` are read as separators (nginx decodes them before it
 /// resolves `..`) or `;parameters` are dropped from a segment (Tomcat and
-/// Jetty read `..;` as `..`).
-#[cfg(test)]
-pub(super) fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
-    read_path(path).map(|readings| readings.written)
-}
-
-/// The path as [`canonical_path`] gives it, and as servers that read
-/// `%2F` and `;` otherwise read it (see `path_patterns`).
+/// Jetty read `..;` as `..`). The second reading is the path as those
+/// servers read it, when that differs (see `path_patterns`).
 fn read_path(path: &str) -> Option<Readings<'_>> {
     if !path.starts_with('/') {
         return None;
