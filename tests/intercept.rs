@@ -1059,6 +1059,77 @@ print('detail', r.json().get('detail'))
     assert_eq!(rec["host"], "api.example.test");
 }
 
+/// A POST whose body says `_method=DELETE` is a DELETE to Rails, Laravel
+/// and Symfony. The policy allows POST and not DELETE: each body form is
+/// refused with the 403 of a DELETE, over HTTP/1.1 and HTTP/2, however
+/// large the body, and the upstream never gets the whole of it. A body
+/// that claims an allowed method, or none, goes through whole.
+#[test]
+fn a_method_claimed_in_a_post_body_is_decided_as_that_method() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let url = format!("https://api.example.test:{p}/upload");
+    let py = format!(
+        r#"
+import requests
+def show(name, r):
+    try:
+        reason = r.json().get('reason')
+    except Exception:
+        reason = r.text.strip()
+    print(name, r.status_code, reason)
+url = '{url}'
+show('form', requests.post(url, data={{'title': 'x', '_method': 'DELETE'}}, timeout=10))
+show('form-php', requests.post(url, data='title=x&+.method=DEL%45TE', headers={{'Content-Type': 'application/x-www-form-urlencoded'}}, timeout=10))
+show('no-type', requests.post(url, data=b'_method=DELETE', headers={{'Content-Type': ''}}, timeout=10))
+show('json', requests.post(url, json={{'title': 'x', '_method': 'DELETE'}}, timeout=10))
+show('multipart', requests.post(url, files={{'_method': (None, 'DELETE'), 'f': ('a.txt', b'data')}}, timeout=10))
+show('big-json', requests.post(url, data=b'{{"pad": "' + b'x' * (3 << 20) + b'", "_method": "DELETE"}}', headers={{'Content-Type': 'application/json'}}, timeout=30))
+show('allowed', requests.post(url, data={{'title': 'x', '_method': 'POST'}}, timeout=10))
+show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30))
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        &lines[..6],
+        [
+            "form 403 method_not_allowed",
+            "form-php 403 method_not_allowed",
+            "no-type 403 method_not_allowed",
+            "json 403 method_not_allowed",
+            "multipart 403 method_not_allowed",
+            "big-json 403 method_not_allowed",
+        ],
+        "{text}"
+    );
+    // `/upload` answers with the size and digest of what it read.
+    assert!(lines[6].starts_with("allowed 200 20 "), "{text}");
+    assert!(lines[7].starts_with("big-clean 200 3145739 "), "{text}");
+    // Over HTTP/2, the upstream leg an HTTP/2 agent's requests take.
+    let h2 = format!("curl -sS --http2 -w ' %{{http_code}}' -d '_method=DELETE' {url}");
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &h2]);
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(stdout(&out).ends_with(" 403"), "{text}");
+    assert!(stdout(&out).contains("method_not_allowed"), "{text}");
+    // Only the two bodies that passed reached the upstream whole.
+    let whole: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|r| r.path == "/upload" && r.body_whole.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(whole.len(), 2, "{whole:?}");
+    let rec = d.wait_audit("for the body's claim", |r| {
+        r["reason"] == "method_not_allowed" && r["path"] == "/upload"
+    });
+    assert_eq!(rec["action"], "deny");
+    assert_eq!(rec["method"], "POST");
+}
+
 #[test]
 fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     let Setup { d, up } = setup("");

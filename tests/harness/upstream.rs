@@ -42,6 +42,9 @@ pub struct Seen {
     /// The far end of the TCP connection the request came on: which of
     /// the proxy's upstream connections carried it.
     pub peer: std::net::SocketAddr,
+    /// Set once the request's body has been read to its end (`/upload`
+    /// reads it): a server acts on a body only then.
+    pub body_whole: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Seen {
@@ -342,7 +345,10 @@ async fn llm_answer(req: Request<hyper::body::Incoming>, path: &str) -> Response
 
 /// /upload: the size and SHA-256 of the request body, read as it streams
 /// in (and once hyper has answered an `Expect: 100-continue`).
-async fn upload_digest(req: Request<hyper::body::Incoming>) -> Response<Body> {
+async fn upload_digest(
+    req: Request<hyper::body::Incoming>,
+    whole: Arc<std::sync::atomic::AtomicBool>,
+) -> Response<Body> {
     use sha2::Digest as _;
     let mut body = req.into_body();
     let (mut size, mut digest) = (0, sha2::Sha256::new());
@@ -355,6 +361,7 @@ async fn upload_digest(req: Request<hyper::body::Incoming>) -> Response<Body> {
             digest.update(&data);
         }
     }
+    whole.store(true, std::sync::atomic::Ordering::SeqCst);
     Response::new(full(format!("{size} {:x}\n", digest.finalize())))
 }
 
@@ -382,6 +389,7 @@ async fn handle(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         version: format!("{:?}", req.version()),
+        body_whole: Arc::default(),
         headers: req
             .headers()
             .iter()
@@ -552,7 +560,7 @@ async fn handle(
             r
         }
         "/big" => Response::new(full(vec![b'x'; 1024 * 1024])),
-        "/upload" => upload_digest(req).await,
+        "/upload" => upload_digest(req, record.body_whole.clone()).await,
         // As servers that check a length first answer: before reading
         // the body, which hyper then resets (HTTP/2) or cuts off.
         "/early" => status(413, "too large, said before reading\n"),

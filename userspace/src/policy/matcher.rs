@@ -120,6 +120,23 @@ impl Policy {
         deny(None, reason)
     }
 
+    /// Whether the method can change what this policy decides for `host`:
+    /// a deny rule or an allow rule for it names methods. Where none does,
+    /// a method claimed besides the request's own changes nothing.
+    pub fn decides_by_method(&self, host: &str, port: u16) -> bool {
+        let Some(host) = Host::parse(host) else {
+            return false;
+        };
+        self.deny.iter().any(|rule| {
+            rule.methods.is_some()
+                && rule.port.is_none_or(|p| p == port)
+                && rule.host.matches(&host)
+        }) || self
+            .rules
+            .iter()
+            .any(|rule| rule.methods.is_some() && rule.port == port && rule.host.matches(&host))
+    }
+
     /// CIDR entries match `dst` directly; name entries match when `dst` is
     /// among `resolved(name)`, unless a deny rule refuses the name
     /// outright: deny rules come first.

@@ -275,7 +275,7 @@ impl Intercept {
     async fn pipeline(
         self: Arc<Self>,
         ctx: &ConnCtx,
-        host: &str,
+        host: &Arc<str>,
         method: &str,
         path: &PathAndQuery,
         parts: &mut http::request::Parts,
@@ -283,7 +283,10 @@ impl Intercept {
         record: &mut AuditRecord,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let allowed = self.admit(ctx, host, method, path, &parts.headers)?;
+        let admit::Admitted {
+            allowed,
+            body_check,
+        } = self.admit(ctx, host, method, path, parts)?;
         record.rule = Some(allowed.rule_label.clone());
         // The budget taken by a body read whole, given back when this
         // function returns: the request has gone upstream by then.
@@ -335,7 +338,11 @@ impl Intercept {
         } else {
             None
         };
-        let Outbound { request, bytes_out } = outbound::build(
+        let Outbound {
+            request,
+            bytes_out,
+            refused,
+        } = outbound::build(
             ctx,
             host,
             parts,
@@ -345,6 +352,7 @@ impl Intercept {
             guarded,
             agent_h2,
             upgrade,
+            body_check,
         )?;
         let resp = self
             .send(
@@ -353,7 +361,15 @@ impl Intercept {
                 agent_h2 && !upgrade,
                 guarded.then_some(&scrubber),
             )
-            .await?;
+            .await
+            .map_err(|err| {
+                // The upstream request failed because its body claimed a
+                // method the policy refuses: that is the answer.
+                match refused.as_ref().and_then(|slot| slot.get()) {
+                    Some(refusal) => refusal.clone().into(),
+                    None => err,
+                }
+            })?;
         let decode = self.vet(ctx, host, &resp, bodiless_answer, guarded)?;
         self.metrics
             .request_duration

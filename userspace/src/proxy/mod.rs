@@ -8,6 +8,7 @@
 mod accept;
 mod agent_body;
 mod body;
+mod body_claims;
 mod credentials;
 mod dial;
 mod forward;

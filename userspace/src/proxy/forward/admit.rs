@@ -1,25 +1,40 @@
 //! Whether the policy lets a request through: the rule it falls under,
-//! the methods it claims besides its own (`method_claims`), and the
-//! rule's rate limit.
+//! the methods it claims besides its own (`method_claims`; its body's,
+//! `body_claims`, are checked as it streams), and the rule's rate limit.
 
-use http::{HeaderMap, uri::PathAndQuery};
+use std::sync::Arc;
+
+use http::{Method, request::Parts, uri::PathAndQuery};
 
 use super::ConnCtx;
 use crate::{
     policy::{Allowed, HttpDecision},
-    proxy::{Intercept, method_claims, rescue::ProxyError},
+    proxy::{
+        Intercept,
+        body_claims::{BodyKind, Check},
+        method_claims,
+        rescue::ProxyError,
+    },
 };
+
+/// A request the policy lets through, and the check its body's claims
+/// must pass on the way, where they could change the decision.
+pub(super) struct Admitted {
+    pub allowed: Allowed,
+    pub body_check: Option<Check>,
+}
 
 impl Intercept {
     /// The allow rule the request falls under, or why it is refused.
     pub(super) fn admit(
         &self,
         ctx: &ConnCtx,
-        host: &str,
+        host: &Arc<str>,
         method: &str,
         path: &PathAndQuery,
-        headers: &HeaderMap,
-    ) -> Result<Allowed, ProxyError> {
+        parts: &Parts,
+    ) -> Result<Admitted, ProxyError> {
+        let headers = &parts.headers;
         // The policy in force now, not the version the connection opened
         // under: a rule a reload took away must stop the next request on a
         // keep-alive connection too, and a policy removed stops them all.
@@ -59,6 +74,18 @@ impl Intercept {
                     retry_after: retry.0,
                 })?;
         }
-        Ok(allowed)
+        // Most requests are not a POST, and most hosts' rules name no
+        // methods: no body to read for claims.
+        let body_check = if parts.method == Method::GET {
+            None
+        } else {
+            BodyKind::of(&parts.method, headers)
+                .filter(|_| policy.decides_by_method(host, ctx.port))
+                .map(|kind| Check::new(kind, policy.clone(), host.clone(), ctx.port, path.clone()))
+        };
+        Ok(Admitted {
+            allowed,
+            body_check,
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! policy decided on, re-signed last; then sent on the agent's own
 //! upstream connection, in the agent's protocol.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::{Arc, OnceLock, atomic::AtomicU64};
 
 use http::{
     Request, Response, Uri, Version, header,
@@ -21,6 +21,7 @@ use crate::{
     proxy::{
         Intercept,
         body::{Counted, ProxyBody, boxed, empty},
+        body_claims::{Check, Refusal},
         h2_pools::Start,
         headers,
         rescue::ProxyError,
@@ -33,6 +34,8 @@ pub(super) struct Outbound {
     /// What of the agent's body went upstream, counted as it goes; None
     /// when there is no body.
     pub bytes_out: Option<Arc<AtomicU64>>,
+    /// Where a streamed body's refused claim is left, when it is checked.
+    pub refused: Option<Arc<OnceLock<Refusal>>>,
 }
 
 /// The upstream request made of the agent's (`parts` is left empty).
@@ -47,6 +50,7 @@ pub(super) fn build(
     guarded: bool,
     agent_h2: bool,
     upgrade: bool,
+    body_check: Option<Check>,
 ) -> Result<Outbound, ProxyError> {
     if upgrade && guarded {
         // The scrubber reads WebSocket frames only, and uncompressed.
@@ -104,18 +108,33 @@ pub(super) fn build(
         Outgoing::Sent => None,
         _ => Some(Arc::new(AtomicU64::new(0))),
     };
+    let mut refused = None;
     let body = match (std::mem::replace(outgoing, Outgoing::Sent), &bytes_out) {
         (Outgoing::Held(bytes), Some(tally)) => {
+            if let Some(check) = &body_check {
+                check.held(&bytes)?;
+            }
             boxed(Counted::new(Full::new(bytes), tally.clone()))
         }
-        (Outgoing::Streamed(body), Some(tally)) => boxed(Counted::new(body, tally.clone())),
+        (Outgoing::Streamed(body), Some(tally)) => match body_check {
+            Some(check) => {
+                let (checked, slot) = check.streamed(body);
+                refused = Some(slot);
+                boxed(Counted::new(checked, tally.clone()))
+            }
+            None => boxed(Counted::new(body, tally.clone())),
+        },
         _ => empty(),
     };
     let request = Request::from_parts(
         std::mem::replace(parts, Request::new(()).into_parts().0),
         body,
     );
-    Ok(Outbound { request, bytes_out })
+    Ok(Outbound {
+        request,
+        bytes_out,
+        refused,
+    })
 }
 
 fn invalid_uri() -> ProxyError {

@@ -1,0 +1,153 @@
+//! The methods a POST's body claims. Rails (Rack's MethodOverride) reads
+//! a `_method` field from a form body, Laravel and Symfony from a form or
+//! multipart body, and Laravel from a JSON body's top level too: to them a
+//! POST that says DELETE there is a DELETE. Where the policy decides by
+//! method, each such claim must pass it as the request's own method does.
+//!
+//! The body is read as it streams (`checked`): nothing is held but its
+//! last piece, which goes upstream only once the whole body has been read
+//! and found to claim nothing the policy refuses. A server that routes on
+//! the claim reads the body whole first, so it never acts on the rest.
+//!
+//! The readers err toward finding a claim: field names are read as PHP
+//! reads them (leading spaces dropped, ` ` and `.` as `_`), and a value
+//! they cannot read (too long, not a string) is claimed as
+//! [`UNREADABLE`], which no rule names.
+
+mod checked;
+mod form;
+mod json;
+mod multipart;
+
+use http::{HeaderMap, Method, header};
+
+pub use checked::{Check, Refusal};
+
+/// What a value that cannot be read as a method is claimed as.
+pub const UNREADABLE: &str = "(unreadable)";
+/// Longest value read as a method; no method a rule names is longer.
+const MAX_VALUE: usize = 64;
+
+/// How the body is read for claims, from its Content-Type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/x-www-form-urlencoded`, or no Content-Type at all:
+    /// Rack reads such a POST as a form.
+    Form,
+    /// `multipart/*`, with its boundary.
+    Multipart(Vec<u8>),
+    /// A type naming JSON (`/json`, `+json`), as Laravel tells one.
+    Json,
+}
+
+impl BodyKind {
+    /// How a request's body may claim a method, or `None` when no
+    /// framework reads one from it: only a POST is overridden.
+    pub fn of(method: &Method, headers: &HeaderMap) -> Option<BodyKind> {
+        if !method.as_str().eq_ignore_ascii_case("POST") {
+            return None;
+        }
+        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+            return Some(BodyKind::Form);
+        };
+        // A type that is not text is read as a form: the reading that
+        // finds the most.
+        let Ok(text) = value.to_str() else {
+            return Some(BodyKind::Form);
+        };
+        let lower = text.to_ascii_lowercase();
+        let essence = lower.split(';').next().unwrap_or("").trim();
+        if essence.starts_with("multipart/") {
+            return multipart::boundary(text).map(BodyKind::Multipart);
+        }
+        if lower.contains("/json") || lower.contains("+json") {
+            return Some(BodyKind::Json);
+        }
+        (essence.is_empty() || essence == "application/x-www-form-urlencoded")
+            .then_some(BodyKind::Form)
+    }
+}
+
+/// Reads a body piece by piece for the methods it claims.
+pub enum Scanner {
+    Form(form::Form),
+    Json(json::Json),
+    Multipart(multipart::Multipart),
+}
+
+impl Scanner {
+    pub fn new(kind: BodyKind) -> Scanner {
+        match kind {
+            BodyKind::Form => Scanner::Form(form::Form::default()),
+            BodyKind::Json => Scanner::Json(json::Json::default()),
+            BodyKind::Multipart(boundary) => {
+                Scanner::Multipart(multipart::Multipart::new(&boundary))
+            }
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        match self {
+            Scanner::Form(form) => form.feed(bytes),
+            Scanner::Json(json) => json.feed(bytes),
+            Scanner::Multipart(multipart) => multipart.feed(bytes),
+        }
+    }
+
+    /// Every method claimed, once the whole body has been fed.
+    pub fn finish(self) -> Vec<String> {
+        match self {
+            Scanner::Form(form) => form.finish(),
+            Scanner::Json(json) => json.finish(),
+            Scanner::Multipart(multipart) => multipart.finish(),
+        }
+    }
+}
+
+/// Whether a field name is `_method` as PHP registers it: leading spaces
+/// dropped, the name cut at a NUL, ` ` and `.` read as `_`. A name that
+/// goes on with `[` makes an array, claimed as unreadable.
+fn names_method(name: &[u8]) -> Option<NameIs> {
+    let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
+    let name = &name[start..];
+    let name = name.split(|&b| b == 0).next().unwrap_or(name);
+    let (base, array) = match name.iter().position(|&b| b == b'[') {
+        Some(at) => (&name[..at], true),
+        None => (name, false),
+    };
+    let php = |b: &u8| match b {
+        b' ' | b'.' => b'_',
+        other => *other,
+    };
+    let is_method =
+        base.len() == b"_method".len() && base.iter().map(php).eq(b"_method".iter().copied());
+    match (is_method, array) {
+        (false, _) => None,
+        (true, false) => Some(NameIs::Method),
+        (true, true) => Some(NameIs::MethodArray),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum NameIs {
+    Method,
+    MethodArray,
+}
+
+/// A value read as a method: trimmed text, or [`UNREADABLE`].
+fn claim(value: &[u8], whole: bool) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if whole && text.len() <= MAX_VALUE => text.trim().to_owned(),
+        _ => UNREADABLE.to_owned(),
+    }
+}
+
+/// The value of an ASCII hex digit.
+fn hex(digit: u8) -> Option<u8> {
+    (digit as char)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+#[cfg(test)]
+mod tests;

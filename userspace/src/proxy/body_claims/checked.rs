@@ -1,0 +1,185 @@
+//! A request body read for the methods it claims as it goes upstream. Its
+//! last piece is held back until the body has ended and every claim has
+//! passed the policy; a claim the policy refuses ends the body with an
+//! error instead, so the upstream never receives it whole, and the
+//! refusal is left for the request's stage to answer with.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http_body::{Body, Frame, SizeHint};
+
+use super::{BodyKind, Scanner};
+use crate::{
+    policy::{HttpDecision, Policy},
+    proxy::{body::BoxError, rescue::ProxyError},
+};
+
+/// Why a claim was refused, as the policy gave it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub rule: Option<Arc<str>>,
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> ProxyError {
+        ProxyError::Denied {
+            reason: refusal.reason,
+            rule: refusal.rule,
+        }
+    }
+}
+
+/// The request a body's claims are decided for.
+pub struct Check {
+    kind: BodyKind,
+    policy: Arc<Policy>,
+    host: Arc<str>,
+    port: u16,
+    path: PathAndQuery,
+}
+
+impl Check {
+    pub fn new(
+        kind: BodyKind,
+        policy: Arc<Policy>,
+        host: Arc<str>,
+        port: u16,
+        path: PathAndQuery,
+    ) -> Check {
+        Check {
+            kind,
+            policy,
+            host,
+            port,
+            path,
+        }
+    }
+
+    /// The first claim the policy refuses, if any.
+    fn refusal(&self, claims: Vec<String>) -> Option<Refusal> {
+        claims
+            .iter()
+            .filter(|claim| !claim.is_empty())
+            .find_map(|claim| {
+                match self
+                    .policy
+                    .decide_http(&self.host, self.port, claim, self.path.as_str())
+                {
+                    HttpDecision::Deny(d) => Some(Refusal {
+                        reason: d.reason.as_str(),
+                        rule: d.rule_label,
+                    }),
+                    HttpDecision::Allow(_) => None,
+                }
+            })
+    }
+
+    /// A body read whole already (for approval, or a SigV4 hash).
+    pub fn held(&self, bytes: &[u8]) -> Result<(), Refusal> {
+        let mut scanner = Scanner::new(self.kind.clone());
+        scanner.feed(bytes);
+        match self.refusal(scanner.finish()) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
+    }
+
+    /// `body`, checked as it streams; a refusal lands in the slot.
+    pub fn streamed<B>(self, body: B) -> (Checked<B>, Arc<OnceLock<Refusal>>) {
+        let refused = Arc::new(OnceLock::new());
+        let checked = Checked {
+            inner: body,
+            scanner: Some(Scanner::new(self.kind.clone())),
+            check: self,
+            held: None,
+            refused: refused.clone(),
+        };
+        (checked, refused)
+    }
+}
+
+pub struct Checked<B> {
+    inner: B,
+    /// None once the body has ended and been judged.
+    scanner: Option<Scanner>,
+    check: Check,
+    /// The last frame read, sent when the next comes or the body has
+    /// passed.
+    held: Option<Frame<Bytes>>,
+    refused: Arc<OnceLock<Refusal>>,
+}
+
+/// The error the upstream request ends with when a claim is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body claims a method the policy refuses")]
+pub struct ClaimRefused;
+
+impl<B> Body for Checked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(scanner) = this.scanner.as_mut() else {
+                return Poll::Ready(this.held.take().map(Ok));
+            };
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        scanner.feed(data);
+                    }
+                    if let Some(earlier) = this.held.replace(frame) {
+                        return Poll::Ready(Some(Ok(earlier)));
+                    }
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+                None => {
+                    let claims = this.scanner.take().map(Scanner::finish).unwrap_or_default();
+                    if let Some(refusal) = this.check.refusal(claims) {
+                        this.held = None;
+                        let _ = this.refused.set(refusal);
+                        return Poll::Ready(Some(Err(Box::new(ClaimRefused))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.scanner.is_none() && self.held.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self
+            .held
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.len() as u64);
+        let inner = if self.scanner.is_some() {
+            self.inner.size_hint()
+        } else {
+            SizeHint::with_exact(0)
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}

@@ -1,0 +1,313 @@
+use std::{
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, header, uri::PathAndQuery};
+use http_body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use super::{BodyKind, Check, Scanner, UNREADABLE};
+use crate::policy::parse_policy;
+
+fn headers(content_type: Option<&str>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Some(value) = content_type {
+        map.insert(header::CONTENT_TYPE, value.parse().expect("header value"));
+    }
+    map
+}
+
+/// The claims `body` makes, fed whole, and fed a byte at a time: a
+/// claim must not depend on where the body's pieces break.
+fn claims(kind: BodyKind, body: &[u8]) -> Vec<String> {
+    let mut whole = Scanner::new(kind.clone());
+    whole.feed(body);
+    let whole = whole.finish();
+    let mut bytewise = Scanner::new(kind);
+    for byte in body {
+        bytewise.feed(std::slice::from_ref(byte));
+    }
+    assert_eq!(
+        whole,
+        bytewise.finish(),
+        "{}",
+        String::from_utf8_lossy(body)
+    );
+    whole
+}
+
+fn form(body: &str) -> Vec<String> {
+    claims(BodyKind::Form, body.as_bytes())
+}
+
+fn json(body: &str) -> Vec<String> {
+    claims(BodyKind::Json, body.as_bytes())
+}
+
+fn multipart(body: &str) -> Vec<String> {
+    claims(BodyKind::Multipart(b"XyZ".to_vec()), body.as_bytes())
+}
+
+#[test]
+fn only_a_post_with_a_body_frameworks_parse_is_read() {
+    let kind = |method: Method, content_type| BodyKind::of(&method, &headers(content_type));
+    assert_eq!(kind(Method::POST, None), Some(BodyKind::Form));
+    assert_eq!(
+        kind(
+            Method::POST,
+            Some("Application/X-WWW-Form-URLencoded; charset=utf-8")
+        ),
+        Some(BodyKind::Form)
+    );
+    assert_eq!(
+        kind(Method::POST, Some("multipart/form-data; boundary=\"XyZ\"")),
+        Some(BodyKind::Multipart(b"XyZ".to_vec()))
+    );
+    assert_eq!(
+        kind(Method::POST, Some("multipart/mixed;Boundary=a-b")),
+        Some(BodyKind::Multipart(b"a-b".to_vec()))
+    );
+    assert_eq!(kind(Method::POST, Some("multipart/form-data")), None);
+    assert_eq!(
+        kind(Method::POST, Some("application/json")),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(
+        kind(Method::POST, Some("application/vnd.api+json")),
+        Some(BodyKind::Json)
+    );
+    assert_eq!(kind(Method::POST, Some("application/grpc")), None);
+    assert_eq!(kind(Method::POST, Some("application/octet-stream")), None);
+    assert_eq!(kind(Method::PUT, None), None);
+    assert_eq!(kind(Method::GET, Some("application/json")), None);
+}
+
+#[test]
+fn a_form_claims_its_method_fields_as_php_and_rack_read_them() {
+    assert_eq!(form("a=1&_method=DELETE&b=2"), ["DELETE"]);
+    assert_eq!(form("%5Fmethod=DEL%45TE"), ["DELETE"]);
+    assert_eq!(form("_method=+put+"), ["put"]);
+    // PHP drops leading spaces and reads ` ` and `.` as `_`; a NUL ends
+    // the name.
+    assert_eq!(form("+++_method=DELETE"), ["DELETE"]);
+    assert_eq!(form(".method=DELETE"), ["DELETE"]);
+    assert_eq!(form("%20.method=DELETE"), ["DELETE"]);
+    assert_eq!(form("_method%00junk=DELETE"), ["DELETE"]);
+    // Rack once split pairs at `;` too.
+    assert_eq!(form("a=1;_method=PATCH"), ["PATCH"]);
+    assert_eq!(form("_method=GET&_method=DELETE"), ["GET", "DELETE"]);
+    // An escape that is not one stands as written.
+    assert_eq!(form("_method=DEL%zzETE"), ["DEL%zzETE"]);
+    // An array, or a value no method is as long as: unreadable.
+    assert_eq!(form("_method[]=DELETE"), [UNREADABLE]);
+    assert_eq!(form(&format!("_method={}", "A".repeat(65))), [UNREADABLE]);
+    assert_eq!(
+        form(&format!("_method={}", "A".repeat(64))),
+        ["A".repeat(64)]
+    );
+}
+
+#[test]
+fn a_form_that_names_no_method_field_claims_nothing() {
+    assert!(form("").is_empty());
+    assert!(form("method=DELETE&x_method=DELETE&_methods=DELETE&+method=DELETE").is_empty());
+    assert!(form("q=_method%3DDELETE&note=_method=DELETE").is_empty());
+    assert!(form(&format!("{}=1&_method", "x".repeat(100))).is_empty());
+}
+
+#[test]
+fn a_json_body_claims_its_top_level_method_keys() {
+    assert_eq!(
+        json(r#"{"a": [1, {"b": 2}], "_method": "DELETE"}"#),
+        ["DELETE"]
+    );
+    assert_eq!(
+        json("{ \"\\u005fmethod\"\n :\t\"DEL\\u0045TE\" }"),
+        ["DELETE"]
+    );
+    assert_eq!(json(r#"{"_method": 1}"#), [UNREADABLE]);
+    assert_eq!(json(r#"{"_method": {"x": "DELETE"}}"#), [UNREADABLE]);
+    assert_eq!(
+        json(&format!(r#"{{"_method": "{}"}}"#, "A".repeat(65))),
+        [UNREADABLE]
+    );
+    // Cut off after the key: unreadable, not nothing.
+    assert_eq!(json(r#"{"_method": "#), [UNREADABLE]);
+}
+
+#[test]
+fn a_json_body_with_the_name_elsewhere_claims_nothing() {
+    assert!(json(r#"{"a": {"_method": "DELETE"}}"#).is_empty());
+    assert!(json(r#"[{"_method": "DELETE"}]"#).is_empty());
+    assert!(json(r#"{"text": "\"_method\": \"DELETE\""}"#).is_empty());
+    assert!(json(r#"{"note": "_method", "x": "DELETE"}"#).is_empty());
+    assert!(json(r#"{"_method_": "DELETE", "_Method": "DELETE"}"#).is_empty());
+}
+
+#[test]
+fn a_multipart_body_claims_its_parts_named_method() {
+    let body = "preamble\r\n--XyZ\r\n\
+        Content-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\
+        Content-Type: text/plain\r\n\r\n\
+        name=\"_method\" in a file is data\r\n--XyZ\r\n\
+        content-disposition: form-data; name=\"_method\"\r\n\r\n\
+        DELETE\r\n--XyZ--\r\n";
+    assert_eq!(multipart(body), ["DELETE"]);
+    // Unquoted, RFC 5987, PHP's reading of a name, and LF line ends.
+    assert_eq!(
+        multipart("--XyZ\nContent-Disposition: form-data; name=_method\n\nPUT\n--XyZ--"),
+        ["PUT"]
+    );
+    assert_eq!(
+        multipart(
+            "--XyZ\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nPATCH\r\n--XyZ--"
+        ),
+        ["PATCH"]
+    );
+    assert_eq!(
+        multipart(
+            "--XyZ\r\nContent-Disposition: form-data; name=\" .method\"\r\n\r\nDELETE\r\n--XyZ--"
+        ),
+        ["DELETE"]
+    );
+    // A value with no closing delimiter is read as it stands.
+    assert_eq!(
+        multipart("--XyZ\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE"),
+        ["DELETE"]
+    );
+    assert_eq!(
+        multipart(&format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=_method\r\n\r\n{}\r\n--XyZ--",
+            "A".repeat(200)
+        )),
+        [UNREADABLE]
+    );
+}
+
+#[test]
+fn a_multipart_body_without_such_a_part_claims_nothing() {
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n\
+        Content-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n";
+    assert!(multipart(body).is_empty());
+    let big_file = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n{}\r\n--XyZ--\r\n",
+        "_method DELETE ".repeat(10_000)
+    );
+    assert!(multipart(&big_file).is_empty());
+}
+
+/// A policy like the pr-bot example's: reads, and POSTs to one path, and
+/// DELETE denied outright.
+fn pr_bot() -> Arc<crate::policy::Policy> {
+    let text = "version: 1\nagent: t\n\
+        rules:\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [GET]\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [POST]\n\
+        \x20   paths: [\"/repos/*/pulls\"]\n\
+        deny:\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [DELETE]\n";
+    Arc::new(parse_policy(Path::new("t.yaml"), text).expect("policy parses"))
+}
+
+fn check(kind: BodyKind, host: &str, path: &'static str) -> Check {
+    Check::new(
+        kind,
+        pr_bot(),
+        Arc::from(host),
+        443,
+        PathAndQuery::from_static(path),
+    )
+}
+
+#[test]
+fn a_claim_is_decided_as_the_requests_own_method_would_be() {
+    let policy = pr_bot();
+    assert!(policy.decides_by_method("api.example.test", 443));
+    assert!(!policy.decides_by_method("other.example.test", 443));
+    let check = check(BodyKind::Form, "api.example.test", "/repos/r/pulls");
+    assert!(check.held(b"title=x&_method=POST").is_ok());
+    assert!(check.held(b"title=x").is_ok());
+    let refused = check
+        .held(b"title=x&_method=delete")
+        .expect_err("DELETE is denied");
+    assert_eq!(refused.reason, "deny_rule");
+    let refused = check.held(b"_method=PUT").expect_err("PUT is not allowed");
+    assert_eq!(refused.reason, "method_not_allowed");
+    assert!(check.held(b"_method=").is_ok(), "an empty claim is none");
+}
+
+/// A body whose frames a test sends; it ends when the sender is dropped.
+struct Fed(mpsc::UnboundedReceiver<Bytes>);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|p| Ok(Frame::data(p))))
+    }
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, crate::proxy::body::BoxError>>>;
+
+fn poll<B: Body<Data = Bytes, Error = crate::proxy::body::BoxError> + Unpin>(
+    body: &mut B,
+) -> Polled {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(body).poll_frame(&mut cx)
+}
+
+fn data(polled: Polled) -> Bytes {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().expect("a data frame"),
+        Poll::Ready(Some(Err(err))) => panic!("an error: {err}"),
+        Poll::Ready(None) => panic!("the end"),
+        Poll::Pending => panic!("pending"),
+    }
+}
+
+#[test]
+fn a_checked_body_holds_its_last_piece_until_it_has_passed() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let check = check(BodyKind::Form, "api.example.test", "/repos/r/pulls");
+    let (mut body, refused) = check.streamed(Fed(rx));
+    tx.send(Bytes::from_static(b"title=x&_me")).expect("send");
+    tx.send(Bytes::from_static(b"thod=POST")).expect("send");
+    assert_eq!(data(poll(&mut body)), "title=x&_me");
+    // The second piece may be the last: it waits for the end.
+    assert!(poll(&mut body).is_pending());
+    drop(tx);
+    assert_eq!(data(poll(&mut body)), "thod=POST");
+    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+    assert!(refused.get().is_none());
+}
+
+#[test]
+fn a_checked_body_that_claims_a_refused_method_never_sends_its_last_piece() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let check = check(BodyKind::Json, "api.example.test", "/repos/r/pulls");
+    let (mut body, refused) = check.streamed(Fed(rx));
+    tx.send(Bytes::from_static(br#"{"title": "x", "_method": "#))
+        .expect("send");
+    tx.send(Bytes::from_static(br#""DELETE"}"#)).expect("send");
+    drop(tx);
+    assert_eq!(data(poll(&mut body)), r#"{"title": "x", "_method": "#);
+    assert!(
+        matches!(poll(&mut body), Poll::Ready(Some(Err(_)))),
+        "the body ends in an error, without its last piece"
+    );
+    let refusal = refused.get().expect("the refusal is left for the answer");
+    assert_eq!(refusal.reason, "deny_rule");
+    assert!(matches!(poll(&mut body), Poll::Ready(None)));
+}
