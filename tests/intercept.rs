@@ -48,7 +48,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload", "/early"]
+    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload", "/early", "/tail"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -2181,6 +2181,66 @@ fn a_rotated_secret_goes_upstream_from_the_next_request() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(sent(&up), Some(format!("Bearer {ROTATED}")));
     assert!(!stdout(&out).contains(ROTATED), "{}", describe(&out));
+}
+
+/// A stream opened before a secret changed still scrubs the new value:
+/// an agent that opens a live request log first, then has the rotated
+/// key sent, must not read the key back from the log.
+#[test]
+fn a_secret_rotated_while_a_stream_is_open_is_scrubbed_from_it() {
+    const ROTATED: &str = "r0tated-While-Streaming-24680";
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let py = format!(
+        r#"
+import os, threading, time, requests
+tok = os.environ['API_TOKEN']
+tail = requests.get('https://api.example.test:{p}/tail', stream=True, timeout=20)
+lines = tail.iter_lines(decode_unicode=True)
+print(next(lines), flush=True)
+events = []
+def read():
+    for line in lines:
+        if line.startswith('data:'):
+            events.append(line)
+threading.Thread(target=read, daemon=True).start()
+for _ in range(40):
+    requests.get('https://api.example.test:{p}/hello', headers={{'Authorization': 'Bearer ' + tok}}, timeout=10)
+    time.sleep(0.1)
+time.sleep(0.5)
+print('\n'.join(events))
+"#
+    );
+    let out = std::thread::scope(|scope| {
+        let agent = scope.spawn(|| d.run_agent_dns("web-bot", &[PY, "-c", &py]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !up.seen().iter().any(|r| r.path == "/tail") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stream never opened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        d.secret_rotate("api-token", ROTATED);
+        agent.join().expect("the agent's thread")
+    });
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    let printed = stdout(&out);
+    // The upstream got the rotated value on some of the requests the
+    // stream then showed...
+    let rotated = up
+        .seen()
+        .iter()
+        .filter(|r| r.header("authorization") == Some(&format!("Bearer {ROTATED}")))
+        .count();
+    assert!(rotated >= 5, "the rotation came too late to tell: {text}");
+    // ...and the agent read every one of them with the placeholder.
+    assert!(!printed.contains(ROTATED), "{text}");
+    assert!(!printed.contains(SECRET), "{text}");
+    let shown = printed.matches(&format!("Bearer {PLACEHOLDER}")).count();
+    assert!(shown >= 30, "the stream showed the requests: {text}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A real HTTPS server on loopback with its own test CA (made at test
 //! time): HTTP/1.1 and HTTP/2, and endpoints that exercise the proxy:
-//! /hello, /log (every request seen so far; honours a `Range` of one
+//! /hello, /tail (each request seen after it, as a live event stream),
+//! /log (every request seen so far; honours a `Range` of one
 //! part, and `?part=FIRST-LAST` has it answer 206 with those bytes
 //! unasked), /bighead (an 80 KiB response header), /echo (reflects the request,
 //! secrets included, gzipped when asked), /echo-coded?as=CODING (compressed
@@ -515,6 +516,32 @@ async fn handle(
             if let Some(auth) = req.headers().get("authorization") {
                 r.headers_mut().insert("x-echo-authorization", auth.clone());
             }
+            r
+        }
+        "/tail" => {
+            // A live request log, as request bins and debug consoles
+            // offer: each request seen after this one, as an event, for
+            // ten seconds.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            let mut next = seen.lock().expect("seen").len();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b": tailing\n\n")).await;
+                let until = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let new: Vec<Seen> = seen.lock().expect("seen")[next..].to_vec();
+                    next += new.len();
+                    for request in new {
+                        let event = format!("data: {}\n\n", log_text(&[request]));
+                        if tx.send(Bytes::from(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut r = Response::new(ChannelBody(rx).boxed());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("ct"));
             r
         }
         "/sse" => {

@@ -28,7 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::SemaphorePermit;
 use zeroize::Zeroizing;
 
-use super::Scrubber;
+use super::{Follow, Scrubber};
 
 /// The largest message read whole: gRPC's default limit on a message a
 /// client receives.
@@ -120,10 +120,19 @@ pin_project_lite::pin_project! {
         // Trailers waiting until the messages before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
+        // Secrets that came after the body began.
+        follow: Option<Follow>,
     }
 }
 
 impl<B> GrpcScrubBody<B> {
+    /// The body scrubbed, from each piece on, for the secrets `follow`'s
+    /// source has come to know as well.
+    pub fn following(mut self, follow: Option<Follow>) -> Self {
+        self.follow = follow;
+        self
+    }
+
     /// `hold` gives a share of the budget for a large message while it is
     /// read.
     pub fn new(inner: B, scrubber: &Scrubber, hold: Hold) -> Self {
@@ -138,6 +147,7 @@ impl<B> GrpcScrubBody<B> {
             ready: std::collections::VecDeque::new(),
             trailers: None,
             ended: false,
+            follow: None,
         }
     }
 }
@@ -248,6 +258,9 @@ where
                     continue;
                 }
             };
+            if let Some(follow) = this.follow {
+                follow.catch_up(this.scrubber);
+            }
             match frame.into_data() {
                 Ok(chunk) => this.partial.extend_from_slice(&chunk),
                 Err(frame) => {

@@ -11,6 +11,7 @@ mod decoded;
 mod echo_forms;
 mod grant;
 mod grpc_scrub;
+mod newer_secrets;
 mod readable;
 mod scrub;
 mod sigv4;
@@ -25,6 +26,7 @@ pub use grant::{Grant, GrantProblem, TokenError};
 #[cfg(test)]
 use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError, Hold};
 pub use grpc_scrub::{GrpcScrubBody, ask_for_uncompressed_messages, is_grpc};
+pub use newer_secrets::{Follow, SecretsSource};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
 pub use scrub::{ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};

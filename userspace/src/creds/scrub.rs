@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 use super::base64_forms::base64_forms;
 use super::echo_forms::echo_forms;
+use super::newer_secrets::Follow;
 use crate::secret::Secret;
 
 /// Replaces secrets with placeholders. Cloning is cheap: the table is shared.
@@ -160,6 +161,20 @@ impl Scrubber {
         Scrubber::build(pairs)
     }
 
+    /// Every secret this scrubber knows and every one `older` knew (their
+    /// forms included): for an answer that began under `older` and must go
+    /// on scrubbing what it was sent then.
+    pub fn joined(&self, older: &Scrubber) -> Scrubber {
+        let pairs = self
+            .table
+            .pairs
+            .iter()
+            .chain(&older.table.pairs)
+            .map(|p| (p.secret.clone(), p.placeholder.clone()))
+            .collect();
+        Scrubber::build(pairs)
+    }
+
     /// True when there is nothing to scrub.
     pub fn is_empty(&self) -> bool {
         self.table.pairs.is_empty()
@@ -266,6 +281,7 @@ impl Scrubber {
             held: Zeroizing::new(Vec::new()),
             trailers: None,
             ended: false,
+            follow: None,
         }
     }
 
@@ -410,6 +426,12 @@ impl ScrubStream {
     pub fn finish(&mut self) -> Bytes {
         self.scrubber.flush(&mut self.held)
     }
+
+    /// Scrubs from now on with `scrubber`; what is held is read again
+    /// with it, with the next piece.
+    pub fn rescrub_with(&mut self, scrubber: Scrubber) {
+        self.scrubber = scrubber;
+    }
 }
 
 impl fmt::Debug for ScrubStream {
@@ -432,6 +454,17 @@ pin_project_lite::pin_project! {
         // Trailers waiting until the held bytes before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
+        // Secrets that came after the body began.
+        follow: Option<Follow>,
+    }
+}
+
+impl<B> ScrubBody<B> {
+    /// The body scrubbed, from each piece on, for the secrets `follow`'s
+    /// source has come to know as well.
+    pub fn following(mut self, follow: Option<Follow>) -> Self {
+        self.follow = follow;
+        self
     }
 }
 
@@ -468,6 +501,9 @@ where
                 Some(Err(err)) => return Poll::Ready(Some(Err(err))),
                 None => {
                     *this.ended = true;
+                    if let Some(follow) = this.follow {
+                        follow.catch_up(this.scrubber);
+                    }
                     let rest = this.scrubber.flush(this.held);
                     if rest.is_empty() {
                         return Poll::Ready(None);
@@ -475,6 +511,9 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(rest))));
                 }
             };
+            if let Some(follow) = this.follow {
+                follow.catch_up(this.scrubber);
+            }
             let frame = match frame.into_data() {
                 Ok(chunk) => {
                     let out = this.scrubber.scrub_chunk(chunk, this.held);

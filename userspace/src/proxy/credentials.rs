@@ -16,7 +16,9 @@ use std::{
 use tracing::{error, info};
 
 use crate::{
-    creds::{Credential, CredentialSet, Scrubber, TokenCache, TokenError, Transport},
+    creds::{
+        Credential, CredentialSet, Scrubber, SecretsSource, TokenCache, TokenError, Transport,
+    },
     secret::Secret,
     vault::Vault,
 };
@@ -32,6 +34,9 @@ pub struct Credentials {
     /// Milliseconds after `epoch` of the last look at the file.
     checked_ms: AtomicU64,
     epoch: Instant,
+    /// Moves each time the scrubber is rebuilt: streamed answers that
+    /// began before catch up with it (`creds::newer_secrets`).
+    scrub_generation: AtomicU64,
 }
 
 struct Loaded {
@@ -65,6 +70,7 @@ impl Credentials {
             tokens: TokenCache::default(),
             checked_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            scrub_generation: AtomicU64::new(0),
         };
         this.reload();
         this
@@ -177,6 +183,10 @@ impl Credentials {
         all.extend(self.tokens.scrub_pairs());
         s.scrubber = Scrubber::new(all);
         s.tokens_seen = generation;
+        // After the new scrubber is in place, and under the write lock: a
+        // stream that reads the new count then asks for the scrubber gets
+        // this one or a later one.
+        self.scrub_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The tokens of the fetched-token secrets in `needed`, by name, and a
@@ -221,6 +231,17 @@ impl Credentials {
     }
 }
 
+impl SecretsSource for Credentials {
+    fn generation(&self) -> u64 {
+        self.scrub_generation.load(Ordering::Acquire)
+    }
+
+    fn scrubber(&self) -> Scrubber {
+        let s = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        s.scrubber.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -258,6 +279,28 @@ mod tests {
             "no look at the file before the interval has passed"
         );
         assert!(!creds.current(start + RECHECK * 2).1.is_empty());
+    }
+
+    #[test]
+    fn a_reload_moves_the_scrub_generation_to_a_scrubber_that_knows_the_new_value() {
+        use crate::creds::SecretsSource as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = Vault::open(dir.path()).expect("open");
+        store(&vault);
+        let creds = Credentials::new(vault.clone());
+        let before = creds.generation();
+        let value = Secret::new(b"rotated-in-while-a-stream-runs".to_vec());
+        vault
+            .set("other", SecretKind::Bearer, None, value)
+            .expect("set");
+        creds.reload();
+        assert_ne!(creds.generation(), before);
+        assert!(
+            creds
+                .scrubber()
+                .scrub_bytes(b"echo: rotated-in-while-a-stream-runs")
+                .is_some()
+        );
     }
 
     #[test]

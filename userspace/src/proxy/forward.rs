@@ -326,6 +326,7 @@ impl Intercept {
             injected,
             signing,
             scrubber,
+            scrub_seen,
             guarded,
         } = swapped;
         record.credentials = injected;
@@ -384,7 +385,7 @@ impl Intercept {
             self.clone().splice_upgrade(
                 agent_side,
                 upstream_side,
-                guarded.then(|| scrubber.clone()),
+                guarded.then(|| (scrubber.clone(), self.follow_secrets(scrub_seen))),
                 record.clone(),
                 started,
             );
@@ -395,6 +396,7 @@ impl Intercept {
                 &mut rparts,
                 rbody,
                 &scrubber,
+                self.follow_secrets(scrub_seen),
                 decode,
                 bodiless_answer,
             ))
@@ -414,6 +416,14 @@ impl Intercept {
         };
         let body = boxed(Counted::new(body, Report::new(done)));
         Ok(Response::from_parts(rparts, body))
+    }
+}
+
+impl Intercept {
+    /// A streamed answer's link to the credentials, from the generation
+    /// its request's scrubber was taken at.
+    fn follow_secrets(&self, seen: u64) -> creds::Follow {
+        creds::Follow::new(self.credentials.clone(), seen)
     }
 }
 

@@ -15,7 +15,7 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::creds::{ScrubStream, Scrubber};
+use crate::creds::{Follow, ScrubStream, Scrubber};
 
 const FIN: u8 = 0x80;
 const RSV: u8 = 0x70;
@@ -32,19 +32,20 @@ const CONTROL_MAX: usize = 125;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Splice the two sides of an upgraded connection. With a scrubber, the
-/// upstream's frames are scrubbed on their way to the agent. Returns why,
+/// upstream's frames are scrubbed on their way to the agent, for the
+/// secrets known when it opened and those `Follow` learns of later. Returns why,
 /// when the connection was closed on a frame that could not be scrubbed.
 pub async fn splice(
     agent: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    scrubber: Option<Scrubber>,
+    scrubbing: Option<(Scrubber, Follow)>,
 ) -> Option<String> {
     let (Ok(agent), Ok(upstream)) = tokio::join!(agent, upstream) else {
         return None;
     };
     let mut agent = TokioIo::new(agent);
     let mut upstream = TokioIo::new(upstream);
-    let Some(scrubber) = scrubber else {
+    let Some((scrubber, follow)) = scrubbing else {
         let _ = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await;
         return None;
     };
@@ -54,7 +55,8 @@ pub async fn splice(
         tokio::io::copy(&mut agent_read, &mut upstream_write).await?;
         upstream_write.shutdown().await
     };
-    let inward = relay_frames(upstream_read, agent_write, Reframer::new(&scrubber));
+    let reframer = Reframer::new(&scrubber).following(Some(follow));
+    let inward = relay_frames(upstream_read, agent_write, reframer);
     // The first failure ends both directions: dropping the halves closes
     // both connections.
     // (TLS errors are InvalidData too: only the reframer's own are told.)
@@ -124,6 +126,8 @@ pub struct Reframer {
     /// The message being relayed: its opcode, and whether a fragment of
     /// it has gone to the agent (later ones are continuations).
     message: Option<(u8, bool)>,
+    /// Secrets that came after the connection began.
+    follow: Option<Follow>,
 }
 
 impl Reframer {
@@ -134,11 +138,24 @@ impl Reframer {
             partial: BytesMut::new(),
             payload: None,
             message: None,
+            follow: None,
         }
+    }
+
+    /// Frames scrubbed, from each read on, for the secrets `follow`'s
+    /// source has come to know as well.
+    pub fn following(mut self, follow: Option<Follow>) -> Self {
+        self.follow = follow;
+        self
     }
 
     /// Consume `input`, appending to `out` the frames that can go on.
     pub fn feed(&mut self, mut input: Bytes, out: &mut BytesMut) -> Result<(), FrameError> {
+        if let Some(follow) = &mut self.follow
+            && follow.catch_up(&mut self.scrubber)
+        {
+            self.stream.rescrub_with(self.scrubber.clone());
+        }
         loop {
             if self.payload.is_none() {
                 if !self.partial.is_empty() {
@@ -543,6 +560,58 @@ mod tests {
         assert_eq!(
             reframer().feed(Bytes::from(oversized), &mut BytesMut::new()),
             Err(FrameError::BadControl)
+        );
+    }
+
+    /// Secrets that gain a token while the connection is open.
+    struct Later {
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    const TOKEN: &str = "token-fetched-after-the-upgrade-42";
+
+    impl crate::creds::SecretsSource for Later {
+        fn generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn scrubber(&self) -> Scrubber {
+            Scrubber::new(vec![(
+                Secret::new(TOKEN.as_bytes().to_vec()),
+                b"airlock-ph-token".to_vec(),
+            )])
+        }
+    }
+
+    #[test]
+    fn a_secret_that_came_after_the_upgrade_is_scrubbed_from_later_frames() {
+        let later = std::sync::Arc::new(Later {
+            generation: 0.into(),
+        });
+        let follow = crate::creds::Follow::new(later.clone(), 0);
+        let mut r = reframer().following(Some(follow));
+        let message = format!("{TOKEN} {SECRET}");
+        let mut out = BytesMut::new();
+        r.feed(Bytes::from(frame(FIN | TEXT, message.as_bytes())), &mut out)
+            .expect("read");
+        assert_eq!(
+            frames(&out)[0].2,
+            format!("{TOKEN} {PLACEHOLDER}").as_bytes(),
+            "not yet known"
+        );
+        later
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut out = BytesMut::new();
+        // Split across two frames of one message.
+        let (a, b) = message.as_bytes().split_at(10);
+        r.feed(Bytes::from(frame(TEXT, a)), &mut out).expect("read");
+        r.feed(Bytes::from(frame(FIN | CONTINUATION, b)), &mut out)
+            .expect("read");
+        let payload: Vec<u8> = frames(&out).into_iter().flat_map(|f| f.2).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            format!("airlock-ph-token {PLACEHOLDER}"),
+            "the new token and the secret known before"
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, request::Parts, uri::PathAndQuery};
+use http::{request::Parts, uri::PathAndQuery};
 
 use super::ConnCtx;
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
 /// must pass on the way, where they could change the decision.
 pub(super) struct Admitted {
     pub allowed: Allowed,
-    pub body_check: Option<Check>,
+    pub body_check: Option<Box<Check>>,
 }
 
 impl Intercept {
@@ -74,15 +74,20 @@ impl Intercept {
                     retry_after: retry.0,
                 })?;
         }
-        // Most requests are not a POST, and most hosts' rules name no
-        // methods: no body to read for claims.
-        let body_check = if parts.method == Method::GET {
-            None
-        } else {
-            BodyKind::of(&parts.method, headers)
-                .filter(|_| policy.decides_by_method(host, ctx.port))
-                .map(|kind| Check::new(kind, policy.clone(), host.clone(), ctx.port, path.clone()))
-        };
+        // Only a POST's body is read for claims, and only where the host's
+        // rules name methods could one change the decision. Boxed: it is
+        // rare, and the request's future carries it across every await.
+        let body_check = BodyKind::of(&parts.method, headers)
+            .filter(|_| policy.decides_by_method(host, ctx.port))
+            .map(|kind| {
+                Box::new(Check::new(
+                    kind,
+                    policy.clone(),
+                    host.clone(),
+                    ctx.port,
+                    path.clone(),
+                ))
+            });
         Ok(Admitted {
             allowed,
             body_check,

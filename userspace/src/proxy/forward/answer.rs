@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::ConnCtx;
 use crate::{
-    creds::{self, Coding, Scrubber},
+    creds::{self, Coding, Follow, Scrubber},
     proxy::{Intercept, body::BoxError, rescue::ProxyError, upstream, whole_body},
 };
 
@@ -79,6 +79,7 @@ pub(super) fn scrubbed(
     rparts: &mut response::Parts,
     rbody: Incoming,
     scrubber: &Scrubber,
+    follow: Follow,
     decode: Option<Coding>,
     bodiless_answer: bool,
 ) -> impl Body<Data = Bytes, Error = BoxError> + Send + 'static {
@@ -107,12 +108,11 @@ pub(super) fn scrubbed(
     // gRPC's messages carry their lengths, which a placeholder of
     // another length than its secret would make wrong.
     if creds::is_grpc(&rparts.headers) {
-        Either::Right(creds::GrpcScrubBody::new(
-            readable,
-            scrubber,
-            whole_body::try_hold,
-        ))
+        Either::Right(
+            creds::GrpcScrubBody::new(readable, scrubber, whole_body::try_hold)
+                .following(Some(follow)),
+        )
     } else {
-        Either::Left(scrubber.wrap(readable))
+        Either::Left(scrubber.wrap(readable).following(Some(follow)))
     }
 }

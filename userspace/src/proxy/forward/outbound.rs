@@ -50,7 +50,7 @@ pub(super) fn build(
     guarded: bool,
     agent_h2: bool,
     upgrade: bool,
-    body_check: Option<Check>,
+    body_check: Option<Box<Check>>,
 ) -> Result<Outbound, ProxyError> {
     if upgrade && guarded {
         // The scrubber reads WebSocket frames only, and uncompressed.
@@ -118,7 +118,7 @@ pub(super) fn build(
         }
         (Outgoing::Streamed(body), Some(tally)) => match body_check {
             Some(check) => {
-                let (checked, slot) = check.streamed(body);
+                let (checked, slot) = (*check).streamed(body);
                 refused = Some(slot);
                 boxed(Counted::new(checked, tally.clone()))
             }

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::{ConnCtx, Outgoing, read};
 use crate::{
-    creds::{self, Resign, Scrubber, SigV4Error, SwapError, Swapped},
+    creds::{self, Resign, Scrubber, SecretsSource as _, SigV4Error, SwapError, Swapped},
     policy::Allowed,
     proxy::{Intercept, rescue::ProxyError, upstream::TokenTransport, whole_body::FOR_SIGV4},
 };
@@ -24,6 +24,9 @@ pub(super) struct Swap {
     pub signing: Option<(Resign, String)>,
     /// Every secret an answer could give back, with what replaces it.
     pub scrubber: Scrubber,
+    /// The credentials' scrubber generation read before `scrubber` was
+    /// taken: a streamed answer catches up with what came after.
+    pub scrub_seen: u64,
     /// The answer comes from a host that may know secrets: it is asked
     /// for whole and uncompressed, and scrubbed.
     pub guarded: bool,
@@ -49,6 +52,7 @@ impl Intercept {
         started: Instant,
         held_budget: &mut Vec<Option<SemaphorePermit<'static>>>,
     ) -> Result<Swap, ProxyError> {
+        let scrub_seen = self.credentials.generation();
         let (creds, mut scrubber) = self.credentials.current(started);
         let Swapped {
             injected,
@@ -134,6 +138,7 @@ impl Intercept {
             injected,
             signing,
             scrubber,
+            scrub_seen,
             guarded,
         })
     }

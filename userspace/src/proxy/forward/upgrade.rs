@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::{
     audit::{Action, AuditRecord},
-    creds::Scrubber,
+    creds::{Follow, Scrubber},
     policy::HttpDecision,
     proxy::{Intercept, websocket},
 };
@@ -24,7 +24,7 @@ impl Intercept {
         self: Arc<Self>,
         agent_side: OnUpgrade,
         upstream_side: OnUpgrade,
-        scrubber: Option<Scrubber>,
+        scrubbing: Option<(Scrubber, Follow)>,
         opened: AuditRecord,
         started: Instant,
     ) {
@@ -45,7 +45,7 @@ impl Intercept {
             });
             let mut closed = opened;
             tokio::select! {
-                unscrubbable = websocket::splice(agent_side, upstream_side, scrubber) => {
+                unscrubbable = websocket::splice(agent_side, upstream_side, scrubbing) => {
                     let Some(problem) = unscrubbable else {
                         return;
                     };
