@@ -1085,6 +1085,7 @@ show('no-type', requests.post(url, data=b'_method=DELETE', headers={{'Content-Ty
 show('json', requests.post(url, json={{'title': 'x', '_method': 'DELETE'}}, timeout=10))
 show('multipart', requests.post(url, files={{'_method': (None, 'DELETE'), 'f': ('a.txt', b'data')}}, timeout=10))
 show('big-json', requests.post(url, data=b'{{"pad": "' + b'x' * (3 << 20) + b'", "_method": "DELETE"}}', headers={{'Content-Type': 'application/json'}}, timeout=30))
+show('chunked', requests.post(url, data=iter([b'title=x&_met', b'hod=DELETE']), headers={{'Content-Type': 'application/x-www-form-urlencoded'}}, timeout=10))
 show('allowed', requests.post(url, data={{'title': 'x', '_method': 'POST'}}, timeout=10))
 show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30))
 "#
@@ -1095,7 +1096,7 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
     let printed = stdout(&out);
     let lines: Vec<&str> = printed.lines().collect();
     assert_eq!(
-        &lines[..6],
+        &lines[..7],
         [
             "form 403 method_not_allowed",
             "form-php 403 method_not_allowed",
@@ -1103,12 +1104,13 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
             "json 403 method_not_allowed",
             "multipart 403 method_not_allowed",
             "big-json 403 method_not_allowed",
+            "chunked 403 method_not_allowed",
         ],
         "{text}"
     );
     // `/upload` answers with the size and digest of what it read.
-    assert!(lines[6].starts_with("allowed 200 20 "), "{text}");
-    assert!(lines[7].starts_with("big-clean 200 3145739 "), "{text}");
+    assert!(lines[7].starts_with("allowed 200 20 "), "{text}");
+    assert!(lines[8].starts_with("big-clean 200 3145739 "), "{text}");
     // Over HTTP/2, the upstream leg an HTTP/2 agent's requests take.
     let h2 = format!("curl -sS --http2 -w ' %{{http_code}}' -d '_method=DELETE' {url}");
     let out = d.run_agent_dns("web-bot", &["sh", "-c", &h2]);

@@ -5,9 +5,10 @@
 //! method, each such claim must pass it as the request's own method does.
 //!
 //! The body is read as it streams (`checked`): nothing is held but its
-//! last piece, which goes upstream only once the whole body has been read
-//! and found to claim nothing the policy refuses. A server that routes on
-//! the claim reads the body whole first, so it never acts on the rest.
+//! last piece, and the upstream gets the body's end only once the whole
+//! body has been read and found to claim nothing the policy refuses. A
+//! server that routes on the claim reads the body whole first, so it never
+//! acts on the rest.
 //!
 //! The readers err toward finding a claim: field names are read as PHP
 //! reads them (leading spaces dropped, ` ` and `.` as `_`), and a value

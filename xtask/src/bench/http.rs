@@ -22,7 +22,7 @@ use super::{
     daemon::BenchDaemon,
     held,
     meter::{Meter, cpu_busy_usec, status_kib},
-    origin::{BIG_BYTES, BIG_PATH, CRED_HOST, HOST, Origin, SMALL_PATH},
+    origin::{BIG_BYTES, BIG_PATH, CRED_HOST, HOST, Origin, SMALL_PATH, UPLOAD_PATH},
     peer::Peer,
 };
 use crate::run as run_cmd;
@@ -78,6 +78,11 @@ enum Kind {
     /// reads it. Direct, oha sends the key itself. The origin is named
     /// `CRED_HOST` here, so that only these scenarios are scrubbed.
     Cred,
+    /// 1 MiB request bodies POSTed (a long prompt), as JSON, which the
+    /// agent's policy makes Airlock read for a `_method` claim (its rules
+    /// name methods), and as `application/octet-stream`, which no
+    /// framework reads one from: what that reading costs.
+    Upload,
 }
 
 /// The daemon's resident set, split into heap and mapped files (mostly
@@ -156,6 +161,8 @@ struct Scenario<'a> {
     keepalive: bool,
     /// Requests carry an API key (`Kind::Cred`), to `CRED_HOST`.
     credential: bool,
+    /// Requests are POSTs of this file, with this Content-Type.
+    upload: Option<(&'a Path, &'a str)>,
 }
 
 /// The figures of one scenario: direct, through Airlock (or relayed), and
@@ -209,6 +216,8 @@ struct Bench {
     load_cpu: u32,
     proxy_cpu: u32,
     out: PathBuf,
+    /// The body `Kind::Upload` sends.
+    upload: PathBuf,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -239,8 +248,8 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
     origin_meter.adopt(origin.pid())?;
 
     let policy = format!(
-        "agent: {AGENT}\nrules:\n  - host: {HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n",
-        origin.port
+        "agent: {AGENT}\nrules:\n  - host: {HOST}:{port}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n  - host: {HOST}:{port}\n    methods: [POST]\n    paths: [\"{UPLOAD_PATH}\"]\n",
+        port = origin.port
     );
     let relay_policy = format!("agent: {RELAY_AGENT}\npassthrough:\n  - {HOST}\n");
     let cred_policy = format!(
@@ -284,6 +293,7 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
         load_cpu,
         proxy_cpu,
         out: dir.join("oha.json"),
+        upload: dir.join("upload.json"),
     };
     let result = bench.all(&args);
     drop(bench);
@@ -397,6 +407,25 @@ impl Bench {
             rows.push(cpu_row(&s, "proxy CPU per MiB", "ms", &r, |r| {
                 per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
             }));
+        }
+        if wanted(Kind::Upload) {
+            std::fs::write(&self.upload, prompt_json(BIG_BYTES))?;
+            let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
+            for (name, content_type) in [
+                (
+                    "1 MiB JSON uploads, read for a method claim",
+                    "application/json",
+                ),
+                ("1 MiB uploads, not read", "application/octet-stream"),
+            ] {
+                let mut s = self.scenario(name, UPLOAD_PATH, args.big, 4, true);
+                s.upload = Some((&self.upload, content_type));
+                let r = self.rounds(&s, args.rounds, Via::Airlock)?;
+                rows.push(row(&s, "MiB/s", &r, |r| r.rps * mib));
+                rows.push(cpu_row(&s, "proxy CPU per MiB", "ms", &r, |r| {
+                    per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
+                }));
+            }
         }
         // The peak of the scenarios that intercept, before the relay's
         // buffers (16 KiB each way per tunnel) add theirs.
@@ -551,6 +580,7 @@ impl Bench {
             connections,
             keepalive,
             credential: false,
+            upload: None,
         }
     }
 
@@ -632,6 +662,9 @@ impl Bench {
         }
         if !s.keepalive {
             cmd.arg("--disable-keepalive");
+        }
+        if let Some((body, content_type)) = s.upload {
+            cmd.args(["-m", "POST", "-T", content_type, "-D"]).arg(body);
         }
         let proxy_meter = match (via, &self.peer) {
             (Via::Peer, Some((_, meter))) => meter,
@@ -829,6 +862,22 @@ fn latency_rows(s: &Scenario, r: &Sides) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A chat request of about `size` bytes, as an agent sends a long
+/// prompt: mostly one string, with the escapes text has (quotes, new
+/// lines).
+fn prompt_json(size: usize) -> Vec<u8> {
+    let line = r#"The \"agent\" reads the file, then writes a summary of it.\n"#;
+    let head =
+        r#"{"model": "bench", "max_tokens": 1024, "messages": [{"role": "user", "content": ""#;
+    let tail = r#""}]}"#;
+    let mut body = head.as_bytes().to_vec();
+    while body.len() + line.len() + tail.len() <= size {
+        body.extend_from_slice(line.as_bytes());
+    }
+    body.extend_from_slice(tail.as_bytes());
+    body
 }
 
 fn oha_version(oha: &Path) -> String {

@@ -22,6 +22,8 @@ pub const CRED_HOST: &str = "api.bench.test";
 pub const SMALL_PATH: &str = "/small";
 pub const BIG_PATH: &str = "/1m";
 pub const BIG_BYTES: usize = 1 << 20;
+/// Where request bodies are sent; the origin answers once it has them.
+pub const UPLOAD_PATH: &str = "/upload";
 
 pub struct Origin {
     pub port: u16,
@@ -76,7 +78,9 @@ http {{
     )
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+/// `inner` is a plain-HTTP port on which the origin answers uploads once
+/// it has read them.
+fn nginx_conf(dir: &Path, port: u16, inner: u16) -> String {
     let d = dir.display();
     let preamble = nginx_preamble(dir, "origin");
     format!(
@@ -94,8 +98,26 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
             default_type text/plain;
             return 200 "hello from the benchmark origin\n";
         }}
+        # A `return` would answer before the body is read, so that a
+        # client's next upload could race the rest of this one. Proxied,
+        # with request buffering on, nginx reads the whole body (in memory)
+        # first; the body itself is not passed on.
+        location = {UPLOAD_PATH} {{
+            client_max_body_size 4m;
+            client_body_buffer_size 2m;
+            proxy_pass http://127.0.0.1:{inner};
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }}
         location / {{
             root {d}/www;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{inner};
+        location / {{
+            default_type text/plain;
+            return 200 "received\n";
         }}
     }}
 }}
@@ -115,7 +137,8 @@ impl Origin {
         let body: Vec<u8> = (0..BIG_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
         std::fs::write(dir.join("www").join(&BIG_PATH[1..]), body)?;
         let port = free_port()?;
-        let nginx = Nginx::start(dir, "origin", &nginx_conf(dir, port), port, cpu)?;
+        let inner = free_port()?;
+        let nginx = Nginx::start(dir, "origin", &nginx_conf(dir, port, inner), port, cpu)?;
         Ok(Origin {
             port,
             ca: dir.join("ca.pem"),

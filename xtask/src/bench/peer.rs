@@ -55,8 +55,10 @@ fn conf(dir: &Path, port: u16, origin_port: u16) -> String {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache off;
         ssl_session_tickets off;
+        client_max_body_size 4m;
         location / {{
             proxy_pass https://origin;
+            proxy_request_buffering off;
             proxy_http_version 1.1;
             proxy_set_header Host {HOST};
             proxy_set_header Connection "";

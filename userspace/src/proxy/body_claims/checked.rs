@@ -1,8 +1,11 @@
-//! A request body read for the methods it claims as it goes upstream. Its
-//! last piece is held back until the body has ended and every claim has
-//! passed the policy; a claim the policy refuses ends the body with an
-//! error instead, so the upstream never receives it whole, and the
-//! refusal is left for the request's stage to answer with.
+//! A request body read for the methods it claims as it goes upstream,
+//! piece by piece. Until every claim has passed the policy, the upstream
+//! does not get the body's end: the last piece, where the body's length
+//! says which it is, is held back; otherwise what marks the end (HTTP/2's
+//! END_STREAM, the last chunk of a chunked body) is only written once the
+//! body ends here. A claim the policy refuses ends the body with an error
+//! instead, so the upstream never has it whole, and the refusal is left
+//! for the request's stage to answer with.
 
 use std::{
     pin::Pin,
@@ -110,8 +113,7 @@ pub struct Checked<B> {
     /// None once the body has ended and been judged.
     scanner: Option<Scanner>,
     check: Check,
-    /// The last frame read, sent when the next comes or the body has
-    /// passed.
+    /// The body's last frame, sent once the body has passed.
     held: Option<Frame<Bytes>>,
     refused: Arc<OnceLock<Refusal>>,
 }
@@ -134,30 +136,31 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            let Some(scanner) = this.scanner.as_mut() else {
-                return Poll::Ready(this.held.take().map(Ok));
-            };
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        scanner.feed(data);
-                    }
-                    if let Some(earlier) = this.held.replace(frame) {
-                        return Poll::Ready(Some(Ok(earlier)));
-                    }
+        let Some(scanner) = this.scanner.as_mut() else {
+            return Poll::Ready(this.held.take().map(Ok));
+        };
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    scanner.feed(data);
                 }
-                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-                None => {
-                    let claims = this.scanner.take().map(Scanner::finish).unwrap_or_default();
-                    if let Some(refusal) = this.check.refusal(claims) {
-                        this.held = None;
-                        let _ = this.refused.set(refusal);
-                        return Poll::Ready(Some(Err(Box::new(ClaimRefused))));
-                    }
+                if !this.inner.is_end_stream() {
+                    return Poll::Ready(Some(Ok(frame)));
                 }
+                // The body's last piece: it waits for the verdict.
+                this.held = Some(frame);
             }
+            Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+            None => {}
         }
+        // The body has ended: judged once, then what was held goes on.
+        let claims = this.scanner.take().map(Scanner::finish).unwrap_or_default();
+        if let Some(refusal) = this.check.refusal(claims) {
+            this.held = None;
+            let _ = this.refused.set(refusal);
+            return Poll::Ready(Some(Err(Box::new(ClaimRefused))));
+        }
+        Poll::Ready(this.held.take().map(Ok))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -244,7 +244,11 @@ fn a_claim_is_decided_as_the_requests_own_method_would_be() {
 }
 
 /// A body whose frames a test sends; it ends when the sender is dropped.
-struct Fed(mpsc::UnboundedReceiver<Bytes>);
+/// With a length (a Content-Length), it knows which frame is its last.
+struct Fed {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    left: Option<usize>,
+}
 
 impl Body for Fed {
     type Data = Bytes;
@@ -253,10 +257,21 @@ impl Body for Fed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|piece| piece.map(|p| Ok(Frame::data(p))))
+        let polled = self.rx.poll_recv(cx);
+        if let (Poll::Ready(Some(piece)), Some(left)) = (&polled, &mut self.left) {
+            *left -= piece.len();
+        }
+        polled.map(|piece| piece.map(|p| Ok(Frame::data(p))))
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == Some(0)
+    }
+}
+
+fn fed(length: Option<usize>) -> (Fed, mpsc::UnboundedSender<Bytes>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Fed { rx, left: length }, tx)
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, crate::proxy::body::BoxError>>>;
@@ -277,32 +292,31 @@ fn data(polled: Polled) -> Bytes {
     }
 }
 
+const FIRST: &[u8] = br#"{"title": "x", "_method": "#;
+
 #[test]
-fn a_checked_body_holds_its_last_piece_until_it_has_passed() {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let check = check(BodyKind::Form, "api.example.test", "/repos/r/pulls");
-    let (mut body, refused) = check.streamed(Fed(rx));
-    tx.send(Bytes::from_static(b"title=x&_me")).expect("send");
-    tx.send(Bytes::from_static(b"thod=POST")).expect("send");
-    assert_eq!(data(poll(&mut body)), "title=x&_me");
-    // The second piece may be the last: it waits for the end.
-    assert!(poll(&mut body).is_pending());
-    drop(tx);
-    assert_eq!(data(poll(&mut body)), "thod=POST");
+fn a_checked_body_streams_and_sends_its_last_piece_once_it_has_passed() {
+    let last: &[u8] = br#""POST"}"#;
+    let (body, tx) = fed(Some(FIRST.len() + last.len()));
+    let check = check(BodyKind::Json, "api.example.test", "/repos/r/pulls");
+    let (mut body, refused) = check.streamed(body);
+    tx.send(Bytes::from_static(FIRST)).expect("send");
+    assert_eq!(data(poll(&mut body)), FIRST, "a piece goes on as it comes");
+    tx.send(Bytes::from_static(last)).expect("send");
+    assert_eq!(data(poll(&mut body)), r#""POST"}"#);
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
     assert!(refused.get().is_none());
 }
 
 #[test]
 fn a_checked_body_that_claims_a_refused_method_never_sends_its_last_piece() {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let last: &[u8] = br#""DELETE"}"#;
+    let (body, tx) = fed(Some(FIRST.len() + last.len()));
     let check = check(BodyKind::Json, "api.example.test", "/repos/r/pulls");
-    let (mut body, refused) = check.streamed(Fed(rx));
-    tx.send(Bytes::from_static(br#"{"title": "x", "_method": "#))
-        .expect("send");
-    tx.send(Bytes::from_static(br#""DELETE"}"#)).expect("send");
-    drop(tx);
-    assert_eq!(data(poll(&mut body)), r#"{"title": "x", "_method": "#);
+    let (mut body, refused) = check.streamed(body);
+    tx.send(Bytes::from_static(FIRST)).expect("send");
+    tx.send(Bytes::from_static(last)).expect("send");
+    assert_eq!(data(poll(&mut body)), FIRST);
     assert!(
         matches!(poll(&mut body), Poll::Ready(Some(Err(_)))),
         "the body ends in an error, without its last piece"
@@ -310,4 +324,20 @@ fn a_checked_body_that_claims_a_refused_method_never_sends_its_last_piece() {
     let refusal = refused.get().expect("the refusal is left for the answer");
     assert_eq!(refusal.reason, "deny_rule");
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
+}
+
+#[test]
+fn a_body_of_unknown_length_that_claims_a_refused_method_never_ends() {
+    // Chunked, or HTTP/2 without a length: every piece goes on, but the
+    // body's end (the last chunk, END_STREAM) does not.
+    let (body, tx) = fed(None);
+    let check = check(BodyKind::Form, "api.example.test", "/repos/r/pulls");
+    let (mut body, refused) = check.streamed(body);
+    tx.send(Bytes::from_static(b"title=x&_method=DELETE"))
+        .expect("send");
+    assert_eq!(data(poll(&mut body)), "title=x&_method=DELETE");
+    assert!(poll(&mut body).is_pending(), "the end is not known yet");
+    drop(tx);
+    assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+    assert!(refused.get().is_some());
 }
