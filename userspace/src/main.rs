@@ -28,6 +28,8 @@ mod policy;
 mod proxy;
 mod ratelimit;
 mod secret;
+#[cfg(test)]
+mod test_bodies;
 mod upstream_tls;
 mod vault;
 

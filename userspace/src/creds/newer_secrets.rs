@@ -59,11 +59,10 @@ mod tests {
     };
 
     use bytes::Bytes;
-    use http_body::{Body, Frame};
-    use tokio::sync::mpsc;
+    use http_body::Body;
 
     use super::{Follow, SecretsSource};
-    use crate::{creds::Scrubber, secret::Secret};
+    use crate::{creds::Scrubber, secret::Secret, test_bodies::fed};
 
     /// Secrets a test changes while an answer streams.
     #[derive(Default)]
@@ -100,22 +99,6 @@ mod tests {
         )
     }
 
-    /// A body whose pieces a test sends as it goes.
-    struct Fed(mpsc::UnboundedReceiver<Bytes>);
-
-    impl Body for Fed {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|piece| piece.map(|p| Ok(Frame::data(p))))
-        }
-    }
-
     /// Every data byte the body gives before it would wait.
     fn ready<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> String
     where
@@ -139,10 +122,10 @@ mod tests {
         let source = Arc::new(Source::default());
         source.add(OLD, "airlock-ph-old");
         let seen = source.generation();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (body, tx) = fed(None);
         let mut body = source
             .scrubber()
-            .wrap(Fed(rx))
+            .wrap(body)
             .following(Some(Follow::new(source.clone(), seen)));
         tx.send(Bytes::from_static(b"event: 1\n\n")).expect("send");
         assert_eq!(ready(&mut body), "event: 1\n\n");
@@ -185,8 +168,8 @@ mod tests {
     fn a_grpc_stream_scrubs_a_secret_that_came_after_it_began() {
         let source = Arc::new(Source::default());
         source.add(OLD, "airlock-ph-old");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut body = crate::creds::GrpcScrubBody::new(Fed(rx), &source.scrubber(), |_| None)
+        let (body, tx) = fed(None);
+        let mut body = crate::creds::GrpcScrubBody::new(body, &source.scrubber(), |_| None)
             .following(Some(Follow::new(source.clone(), source.generation())));
         let message = |text: &str| {
             let mut framed = vec![0];

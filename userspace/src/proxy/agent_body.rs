@@ -146,38 +146,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        pin::Pin,
-        task::{Context, Poll},
-    };
-
-    use tokio::sync::mpsc;
-
     use super::*;
-
-    /// A body whose pieces a test sends; it ends when the sender is dropped.
-    struct Fed(mpsc::Receiver<Bytes>);
-
-    impl http_body::Body for Fed {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.0
-                .poll_recv(cx)
-                .map(|piece| piece.map(|p| Ok(Frame::data(p))))
-        }
-    }
-
-    fn fed(pieces: &[&'static [u8]]) -> (Fed, mpsc::Sender<Bytes>) {
-        let (tx, rx) = mpsc::channel(16);
-        for p in pieces {
-            tx.try_send(Bytes::from_static(p)).expect("room");
-        }
-        (Fed(rx), tx)
-    }
+    use crate::test_bodies::fed_with as fed;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -209,7 +179,7 @@ mod tests {
     async fn a_trickle_is_cut_off_at_the_linger_time() {
         let (body, tx) = fed(&[]);
         tokio::spawn(async move {
-            while tx.send(Bytes::from_static(b"x")).await.is_ok() {
+            while tx.send(Bytes::from_static(b"x")).is_ok() {
                 tokio::time::sleep(S / 2).await;
             }
         });

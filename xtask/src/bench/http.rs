@@ -408,6 +408,11 @@ impl Bench {
                 per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
             }));
         }
+        // The peak of the scenarios that intercept, before the uploads'
+        // bodies in flight and the relay's buffers (16 KiB each way per
+        // tunnel) add theirs: the loads the RSS aim is for.
+        let intercept_peak = status_kib(pid, "VmHWM")?;
+        let mut upload_peak = None;
         if wanted(Kind::Upload) {
             std::fs::write(&self.upload, prompt_json(BIG_BYTES))?;
             let mib = BIG_BYTES as f64 / (1024.0 * 1024.0);
@@ -426,10 +431,8 @@ impl Bench {
                     per_item(r.proxy_cpu_us, r.count) / 1000.0 / mib
                 }));
             }
+            upload_peak = Some(status_kib(pid, "VmHWM")?);
         }
-        // The peak of the scenarios that intercept, before the relay's
-        // buffers (16 KiB each way per tunnel) add theirs.
-        let intercept_peak = status_kib(pid, "VmHWM")?;
         if wanted(Kind::Relay) {
             let s = self.scenario(
                 "keep-alive, TLS passed through",
@@ -485,6 +488,12 @@ impl Bench {
             mib(intercept_peak),
             peer_rss("VmHWM")?
         ));
+        if let Some(kib) = upload_peak {
+            rows.push(format!(
+                "| proxy | peak RSS (VmHWM) with the uploads too | | {:.1} MiB | | | |",
+                mib(kib)
+            ));
+        }
         if wanted(Kind::Relay) {
             rows.push(format!(
                 "| proxy | peak RSS (VmHWM) with the relay's tunnels too | | {:.1} MiB | | | |",

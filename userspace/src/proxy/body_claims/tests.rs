@@ -8,10 +8,10 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, Method, header, uri::PathAndQuery};
 use http_body::{Body, Frame};
-use tokio::sync::mpsc;
 
 use super::{BodyKind, Check, Scanner, UNREADABLE};
 use crate::policy::parse_policy;
+use crate::test_bodies::fed;
 
 fn headers(content_type: Option<&str>) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -241,37 +241,6 @@ fn a_claim_is_decided_as_the_requests_own_method_would_be() {
     let refused = check.held(b"_method=PUT").expect_err("PUT is not allowed");
     assert_eq!(refused.reason, "method_not_allowed");
     assert!(check.held(b"_method=").is_ok(), "an empty claim is none");
-}
-
-/// A body whose frames a test sends; it ends when the sender is dropped.
-/// With a length (a Content-Length), it knows which frame is its last.
-struct Fed {
-    rx: mpsc::UnboundedReceiver<Bytes>,
-    left: Option<usize>,
-}
-
-impl Body for Fed {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = self.rx.poll_recv(cx);
-        if let (Poll::Ready(Some(piece)), Some(left)) = (&polled, &mut self.left) {
-            *left -= piece.len();
-        }
-        polled.map(|piece| piece.map(|p| Ok(Frame::data(p))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == Some(0)
-    }
-}
-
-fn fed(length: Option<usize>) -> (Fed, mpsc::UnboundedSender<Bytes>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Fed { rx, left: length }, tx)
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, crate::proxy::body::BoxError>>>;
