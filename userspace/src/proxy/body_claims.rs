@@ -20,7 +20,7 @@ mod form;
 mod json;
 mod multipart;
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 
 pub use checked::{Check, Refusal};
 
@@ -39,6 +39,9 @@ pub enum BodyKind {
     Multipart(Vec<u8>),
     /// A type naming JSON (`/json`, `+json`), as Laravel tells one.
     Json,
+    /// Each reading of a body sent with several Content-Type headers:
+    /// servers differ on which one counts.
+    Several(Vec<BodyKind>),
 }
 
 impl BodyKind {
@@ -48,9 +51,26 @@ impl BodyKind {
         if !method.as_str().eq_ignore_ascii_case("POST") {
             return None;
         }
-        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+        let Some(first) = types.next() else {
             return Some(BodyKind::Form);
         };
+        let mut kinds: Vec<BodyKind> = Vec::new();
+        for value in std::iter::once(first).chain(types) {
+            if let Some(kind) = BodyKind::of_type(value)
+                && !kinds.contains(&kind)
+            {
+                kinds.push(kind);
+            }
+        }
+        match kinds.len() {
+            0 => None,
+            1 => kinds.pop(),
+            _ => Some(BodyKind::Several(kinds)),
+        }
+    }
+
+    fn of_type(value: &HeaderValue) -> Option<BodyKind> {
         // A type that is not text is read as a form: the reading that
         // finds the most.
         let Ok(text) = value.to_str() else {
@@ -74,6 +94,7 @@ pub enum Scanner {
     Form(form::Form),
     Json(json::Json),
     Multipart(multipart::Multipart),
+    Several(Vec<Scanner>),
 }
 
 impl Scanner {
@@ -84,6 +105,9 @@ impl Scanner {
             BodyKind::Multipart(boundary) => {
                 Scanner::Multipart(multipart::Multipart::new(&boundary))
             }
+            BodyKind::Several(kinds) => {
+                Scanner::Several(kinds.into_iter().map(Scanner::new).collect())
+            }
         }
     }
 
@@ -92,6 +116,11 @@ impl Scanner {
             Scanner::Form(form) => form.feed(bytes),
             Scanner::Json(json) => json.feed(bytes),
             Scanner::Multipart(multipart) => multipart.feed(bytes),
+            Scanner::Several(scanners) => {
+                for scanner in scanners {
+                    scanner.feed(bytes);
+                }
+            }
         }
     }
 
@@ -101,6 +130,7 @@ impl Scanner {
             Scanner::Form(form) => form.finish(),
             Scanner::Json(json) => json.finish(),
             Scanner::Multipart(multipart) => multipart.finish(),
+            Scanner::Several(scanners) => scanners.into_iter().flat_map(Scanner::finish).collect(),
         }
     }
 }

@@ -83,6 +83,26 @@ fn only_a_post_with_a_body_frameworks_parse_is_read() {
     assert_eq!(kind(Method::POST, Some("application/grpc")), None);
     assert_eq!(kind(Method::POST, Some("application/octet-stream")), None);
     assert_eq!(kind(Method::PUT, None), None);
+    // Two Content-Types: read both ways, since servers differ on which
+    // counts.
+    let mut two = headers(Some("application/octet-stream"));
+    two.append(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("value"),
+    );
+    two.append(
+        header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded".parse().expect("value"),
+    );
+    let both = BodyKind::of(&Method::POST, &two).expect("read");
+    assert_eq!(
+        both,
+        BodyKind::Several(vec![BodyKind::Json, BodyKind::Form])
+    );
+    assert_eq!(
+        claims(both, br#"{"_method": "PUT"}&_method=DELETE"#),
+        ["PUT", "DELETE"]
+    );
     assert_eq!(kind(Method::GET, Some("application/json")), None);
 }
 
