@@ -1132,6 +1132,33 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
     assert_eq!(rec["method"], "POST");
 }
 
+/// An agent's request head may be up to 128 KiB (hyper's read buffer
+/// for an agent connection is capped there); a larger one gets a 431, and
+/// nothing of it reaches the upstream.
+#[test]
+fn a_request_head_past_128_kib_is_refused() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let py = format!(
+        r#"
+import requests
+for size in (100, 200):
+    r = requests.get('https://api.example.test:{p}/hello', headers={{'X-Big': 'x' * (size << 10)}}, timeout=10)
+    print(size, r.status_code)
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    let text = describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(stdout(&out), "100 200\n200 431\n", "{text}");
+    let big = up
+        .seen()
+        .iter()
+        .filter_map(|r| r.header("x-big").map(str::len))
+        .collect::<Vec<_>>();
+    assert_eq!(big, [100 << 10], "{text}");
+}
+
 #[test]
 fn an_echoed_secret_is_scrubbed_from_headers_and_body() {
     let Setup { d, up } = setup("");
