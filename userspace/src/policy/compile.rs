@@ -19,7 +19,7 @@ use super::error::{PolicyError, PolicyErrors, Problem, is_method_token};
 use super::host::{HostPattern, check_dns_name, parse_ip_literal, parse_port, split_host_port};
 use super::locate::{KeyProblemKind, NodePath, key_problems, locate};
 use super::model::{AllowRule, DenyRule, EnvValue, Policy, RateLimit, TcpEntry, TcpTarget};
-use super::path_patterns::{PathPatterns, as_servers_may_read};
+use super::path_patterns::{PathPatterns, as_servers_may_read, upper_escapes};
 use super::schema::{DenySpec, PolicyFile, RuleSpec};
 
 const DEFAULT_PORT: u16 = 443;
@@ -413,8 +413,9 @@ impl Compiler {
                     .case_insensitive(ignore_case)
                     .build()
             };
-            let read = as_servers_may_read(pattern);
-            match glob(pattern)
+            let normalized = upper_escapes(pattern);
+            let read = as_servers_may_read(&normalized);
+            match glob(&normalized)
                 .and_then(|written| Ok((written, read.as_deref().map(glob).transpose()?)))
             {
                 Ok((written, read)) => {

@@ -342,8 +342,9 @@ fn decode_unreserved(path: &str) -> Option<String> {
                 if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
                     out.push(char::from(value));
                 } else {
+                    // In upper case, as rules' globs are compiled.
                     out.push('%');
-                    out.push_str(hex);
+                    out.push_str(&hex.to_ascii_uppercase());
                 }
                 i += 3;
             }

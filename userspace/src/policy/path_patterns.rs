@@ -72,3 +72,36 @@ pub(super) fn as_servers_may_read(path: &str) -> Option<String> {
         .replace("%5c", "/");
     (read != path).then_some(read)
 }
+
+/// `path` (a request's, or a glob) with each escape's hex digits in upper
+/// case: `%2f` and `%2F` are the same byte to every server (RFC 3986
+/// 6.2.2.1), so a rule written with one matches a path written with the
+/// other.
+pub(super) fn upper_escapes(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let lower_at = |i: usize| {
+        bytes[i] == b'%'
+            && bytes.get(i + 1..i + 3).is_some_and(|hex| {
+                hex.iter().all(u8::is_ascii_hexdigit) && hex.iter().any(u8::is_ascii_lowercase)
+            })
+    };
+    if !(0..bytes.len()).any(lower_at) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if lower_at(i) {
+            out.push('%');
+            out.push_str(&path[i + 1..i + 3].to_ascii_uppercase());
+            i += 3;
+        } else {
+            let next = (i + 1..bytes.len())
+                .find(|&j| bytes[j] == b'%')
+                .unwrap_or(bytes.len());
+            out.push_str(&path[i..next]);
+            i = next;
+        }
+    }
+    Cow::Owned(out)
+}

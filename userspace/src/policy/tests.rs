@@ -530,6 +530,8 @@ fn encoded_separators_and_parameters_are_matched_as_servers_may_read_them() {
     // A rule written with the encoded separator allows what it names, and
     // `**` spans separators however they are written.
     allowed(p.decide_http("api.example.org", 443, "GET", "/@types%2fnode"));
+    // Whatever the case of an escape's hex digits, in the rule or the path.
+    allowed(p.decide_http("api.example.org", 443, "GET", "/@types%2Fnode"));
     allowed(p.decide_http("api.example.org", 443, "GET", "/repos/org/r"));
     allowed(p.decide_http("api.example.org", 443, "GET", "/files/a%2Fb;v=1"));
 }
@@ -555,10 +557,11 @@ fn canonical_path_decodes_only_unreserved_escapes() {
     ] {
         assert_eq!(canonical_path(ambiguous), None, "{ambiguous}");
     }
-    // Encoded separators and parameters as such are left alone.
+    // Encoded separators and parameters as such are left alone, an
+    // escape's hex digits in upper case.
     assert_eq!(
         canonical_path("/@types%2fnode").as_deref(),
-        Some("/@types%2fnode")
+        Some("/@types%2Fnode")
     );
     assert_eq!(canonical_path("/a;b=c/x").as_deref(), Some("/a;b=c/x"));
     assert_eq!(canonical_path("/%41%7e%2F").as_deref(), Some("/A~%2F"));
