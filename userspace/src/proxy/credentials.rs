@@ -259,6 +259,15 @@ mod tests {
             .expect("set");
     }
 
+    /// Credentials over a vault that holds the token.
+    fn holding_the_token() -> (tempfile::TempDir, Vault, Credentials) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = Vault::open(dir.path()).expect("open");
+        store(&vault);
+        let creds = Credentials::new(vault.clone());
+        (dir, vault, creds)
+    }
+
     /// Credentials over an empty vault, looked at once (at `start +
     /// RECHECK`), then a secret stored behind their back.
     fn changed_after_a_look() -> (tempfile::TempDir, Credentials, Instant) {
@@ -284,10 +293,7 @@ mod tests {
     #[test]
     fn a_reload_moves_the_scrub_generation_to_a_scrubber_that_knows_the_new_value() {
         use crate::creds::SecretsSource as _;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let vault = Vault::open(dir.path()).expect("open");
-        store(&vault);
-        let creds = Credentials::new(vault.clone());
+        let (_dir, vault, creds) = holding_the_token();
         let before = creds.generation();
         let value = Secret::new(b"rotated-in-while-a-stream-runs".to_vec());
         vault
@@ -305,10 +311,7 @@ mod tests {
 
     #[test]
     fn a_vault_that_cannot_be_read_swaps_nothing_and_still_scrubs_what_it_held() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let vault = Vault::open(dir.path()).expect("open");
-        store(&vault);
-        let creds = Credentials::new(vault.clone());
+        let (_dir, vault, creds) = holding_the_token();
         let now = Instant::now();
         let (request, ()) = http::Request::get("https://api.example.test/")
             .header("authorization", "Bearer airlock-ph-token")
