@@ -9,6 +9,11 @@ use super::{MAX_VALUE, NameIs, UNREADABLE, claim, hex, names_method};
 /// Longest run of part headers read; a longer one is claimed as
 /// unreadable.
 const MAX_HEADERS: usize = 16 * 1024;
+/// Longest boundary read (RFC 2046 allows 70 characters). Each piece is
+/// searched for the delimiter along with the delimiter's length of bytes
+/// before it, so a longer one, sent a byte at a time, would cost the
+/// daemon its length in work per byte; its body is claimed as unreadable.
+const MAX_BOUNDARY: usize = 256;
 
 pub struct Multipart {
     /// `--` and the boundary.
@@ -16,6 +21,9 @@ pub struct Multipart {
     /// Bytes not yet placed: at most a delimiter's length while seeking.
     window: Vec<u8>,
     at: Place,
+    /// How much of the window the search for the headers' end has
+    /// covered, so that headers sent a byte at a time are searched once.
+    searched: usize,
     claims: Vec<String>,
 }
 
@@ -50,15 +58,24 @@ impl Multipart {
     pub fn new(boundary: &[u8]) -> Multipart {
         let mut delimiter = b"--".to_vec();
         delimiter.extend_from_slice(boundary);
+        let unreadable = boundary.len() > MAX_BOUNDARY;
         Multipart {
             delimiter,
             window: Vec::new(),
             at: Place::Seeking,
-            claims: Vec::new(),
+            searched: 0,
+            claims: if unreadable {
+                vec![UNREADABLE.to_owned()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.delimiter.len() > MAX_BOUNDARY + 2 {
+            return;
+        }
         self.window.extend_from_slice(bytes);
         self.advance();
     }
@@ -85,9 +102,14 @@ impl Multipart {
                     };
                     self.window.drain(..at + self.delimiter.len());
                     self.at = Place::Headers;
+                    self.searched = 0;
                 }
                 Place::Headers => {
-                    let Some(end) = headers_end(&self.window) else {
+                    // The end is three bytes long: search again from just
+                    // before where the last search stopped.
+                    let from = self.searched.saturating_sub(2);
+                    let Some(end) = headers_end(&self.window[from..]).map(|end| from + end) else {
+                        self.searched = self.window.len();
                         if self.window.len() > MAX_HEADERS {
                             self.claims.push(UNREADABLE.to_owned());
                             self.at = Place::Seeking;
@@ -119,6 +141,7 @@ impl Multipart {
                     self.claims.push(claim(value, value.len() <= MAX_VALUE));
                     self.window.drain(..at + self.delimiter.len());
                     self.at = Place::Headers;
+                    self.searched = 0;
                 }
             }
         }

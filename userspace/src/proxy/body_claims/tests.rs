@@ -209,6 +209,21 @@ fn a_multipart_body_claims_its_parts_named_method() {
 }
 
 #[test]
+fn a_multipart_body_past_what_is_read_cheaply_is_unreadable() {
+    // A boundary longer than any client makes.
+    let long = "b".repeat(300);
+    let mut scanner = Scanner::new(BodyKind::Multipart(long.clone().into_bytes()));
+    scanner.feed(format!("--{long}\r\nContent-Disposition: form-data; name=x\r\n\r\n1").as_bytes());
+    assert_eq!(scanner.finish(), [UNREADABLE]);
+    // Part headers that never end.
+    let endless = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=x\r\nX-Pad: {}",
+        "p".repeat(20_000)
+    );
+    assert_eq!(multipart(&endless), [UNREADABLE]);
+}
+
+#[test]
 fn a_multipart_body_without_such_a_part_claims_nothing() {
     let body = "--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n\
         Content-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n";
