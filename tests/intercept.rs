@@ -48,7 +48,7 @@ env:
 rules:
   - host: api.example.test:{p}
     methods: [GET, POST, HEAD]
-    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload", "/early", "/tail"]
+    paths: ["/hello", "/log", "/echo", "/echo-coded", "/sse", "/ws", "/big", "/bighead", "/reason", "/upload", "/early", "/early-slow", "/tail"]
     credentials:
       - secret: api-token
   - host: other.example.test:{p}
@@ -915,6 +915,23 @@ r = conn.getresponse(); print(r.status, r.read().decode().strip(), 'same connect
     let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &early)]);
     let text = describe(&out);
     assert!(out.status.success(), "answered early, over HTTP/2: {text}");
+    assert_eq!(
+        stdout(&out),
+        "too large, said before reading\n 413",
+        "{text}"
+    );
+    // curl stops sending once it has an error's head, and ends its HTTP/2
+    // stream short of the length it declared, which the agent side's h2
+    // resets as a protocol error, dropping what of the answer it had not
+    // written: the answer's body, when it came from the upstream after
+    // the head. Such an answer is sent whole.
+    let slow = format!("https://api.example.test:{}/early-slow", up.port);
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &slow)]);
+    let text = describe(&out);
+    assert!(
+        out.status.success(),
+        "answered early, the body after the head: {text}"
+    );
     assert_eq!(
         stdout(&out),
         "too large, said before reading\n 413",

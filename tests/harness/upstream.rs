@@ -7,7 +7,8 @@
 //! secrets included, gzipped when asked), /echo-coded?as=CODING (compressed
 //! in gzip, deflate, br or zstd whatever was asked; any other CODING is only
 //! named, over the plain body), /sse (two
-//! events 1.5 s apart), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
+//! events 1.5 s apart), /early and /early-slow (a 413 before the body is
+//! read; the second writes its body 300 ms after its head), /ws (WebSocket echo; quotes the Authorization header first), /big (1 MiB), and two token
 //! endpoints: /oauth/token (OAuth2 client credentials, `?ttl=SECS`) and
 //! /app/installations/ID/access_tokens (GitHub App, RS256 JWT checked
 //! against the key given to [`TlsUpstream::set_app_key`]), the two LLM
@@ -591,6 +592,19 @@ async fn handle(
         // As servers that check a length first answer: before reading
         // the body, which hyper then resets (HTTP/2) or cuts off.
         "/early" => status(413, "too large, said before reading\n"),
+        // The same, its head written first and its body 300 ms later.
+        "/early-slow" => {
+            const SAID: &[u8] = b"too large, said before reading\n";
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tx.send(Bytes::from_static(SAID)).await;
+            });
+            let mut r = Response::new(ChannelBody(rx).boxed());
+            *r.status_mut() = hyper::StatusCode::PAYLOAD_TOO_LARGE;
+            r.headers_mut().insert("content-length", SAID.len().into());
+            r
+        }
         _ => {
             let mut r = Response::new(full("not found\n"));
             *r.status_mut() = hyper::StatusCode::NOT_FOUND;

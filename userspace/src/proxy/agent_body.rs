@@ -28,9 +28,9 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 
 /// Longest wait for the next piece of the body (nginx's lingering_timeout).
-const IDLE: Duration = Duration::from_secs(5);
+pub(super) const IDLE: Duration = Duration::from_secs(5);
 /// Longest time spent reading it in all (nginx's lingering_time).
-const LINGER: Duration = Duration::from_secs(30);
+pub(super) const LINGER: Duration = Duration::from_secs(30);
 /// Most bytes read: a larger upload is cut off (a reset over HTTP/2, a
 /// closed connection over HTTP/1.1), as it would be unread.
 const MAX_BYTES: u64 = 64 * 1024 * 1024;

@@ -1,13 +1,14 @@
 //! The body type the proxy serves and forwards, and the wrappers that count
-//! the bytes that pass: into a shared tally (request bodies), or up to the
-//! end of the body, where the request's audit record is written (answers).
-//! Every request makes one of each; the counting itself allocates nothing.
+//! the bytes that pass: into a shared tally (request bodies, which also
+//! says whether the body was sent to its end), or up to the end of the
+//! body, where the request's audit record is written (answers). Every
+//! request makes one of each; the counting itself allocates nothing.
 
 use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
 };
@@ -41,13 +42,37 @@ where
 /// Where a [`Counted`] body puts the byte count of each data frame.
 pub trait Count {
     fn add(&mut self, bytes: u64);
+    /// The body has given its last frame.
+    fn end(&mut self) {}
 }
 
-/// A tally that someone else reads while the body may still be streaming
-/// (request bodies: the answer's audit record reads it).
-impl Count for Arc<AtomicU64> {
+/// A request body's tally, which someone else reads while the body may
+/// still be streaming: the answer's audit record reads the bytes, and the
+/// answer whether the agent is still uploading.
+#[derive(Default)]
+pub struct Upload {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Upload {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The body went upstream to its end: the agent sent all of it.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+}
+
+impl Count for Arc<Upload> {
     fn add(&mut self, bytes: u64) {
-        self.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn end(&mut self) {
+        self.ended.store(true, Ordering::Relaxed);
     }
 }
 
@@ -113,12 +138,19 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.count.add(data.len() as u64);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count.add(data.len() as u64);
+                }
+                if this.inner.is_end_stream() {
+                    this.count.end();
+                }
+            }
+            Poll::Ready(None) => this.count.end(),
+            _ => {}
         }
         polled
     }
@@ -196,12 +228,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_tally_is_readable_while_the_body_streams() {
-        let tally = Arc::new(AtomicU64::new(0));
+        let tally = Arc::new(Upload::default());
         let mut body = Box::pin(Counted::new(chunks(&["abc", "defg"]), tally.clone()));
         body.frame().await.expect("a frame").expect("data");
-        assert_eq!(tally.load(Ordering::Relaxed), 3);
+        assert_eq!(tally.bytes(), 3);
         body.frame().await.expect("a frame").expect("data");
-        assert_eq!(tally.load(Ordering::Relaxed), 7);
+        assert_eq!(tally.bytes(), 7);
+        assert!(
+            !tally.ended(),
+            "a body is not known to end before it says so"
+        );
+        assert!(body.frame().await.is_none());
+        assert!(tally.ended());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_knows_its_last_frame_ends_with_it() {
+        let tally = Arc::new(Upload::default());
+        let mut body = Box::pin(Counted::new(Full::new(Bytes::from("abc")), tally.clone()));
+        body.frame().await.expect("a frame").expect("data");
+        assert!(tally.ended());
     }
 
     #[test]

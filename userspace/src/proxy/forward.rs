@@ -2,7 +2,8 @@
 //! `admit` asks the policy and applies its rate limit; `approval` waits
 //! for a human where the rule asks for one; `swap` puts secrets in place
 //! of placeholders; `outbound` makes the upstream request and sends it;
-//! `answer` vets and scrubs what comes back (`upgrade` for a WebSocket);
+//! `answer` vets and scrubs what comes back (`upgrade` for a WebSocket;
+//! `early_answer` for one that comes while an HTTP/2 agent still uploads);
 //! and the audit record is written when the answer's body is done.
 
 mod admit;
@@ -14,10 +15,7 @@ mod upgrade;
 
 use std::{
     borrow::Cow,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -26,6 +24,7 @@ use http::{
     HeaderName, Method, Request, Response, StatusCode, Version, header,
     uri::{Authority, PathAndQuery},
 };
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -33,7 +32,8 @@ use self::{outbound::Outbound, swap::Swap};
 use super::{
     Intercept,
     agent_body::AgentBody,
-    body::{Counted, OnDone, ProxyBody, Report, boxed},
+    body::{Counted, OnDone, ProxyBody, Report, Upload, boxed},
+    early_answer,
     h1_pool::Slot,
     headers,
     last_decision::LastDecision,
@@ -341,7 +341,7 @@ impl Intercept {
         };
         let Outbound {
             request,
-            bytes_out,
+            upload,
             refused,
         } = outbound::build(
             ctx,
@@ -391,6 +391,9 @@ impl Intercept {
             );
         }
         headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+        let gather = agent_h2
+            && upload.as_ref().is_some_and(|u| !u.ended())
+            && early_answer::worth_gathering(&rbody.size_hint());
         let body = if guarded {
             Either::Right(answer::scrubbed(
                 &mut rparts,
@@ -403,6 +406,17 @@ impl Intercept {
         } else {
             Either::Left(rbody)
         };
+        let body = if gather {
+            Either::Right(
+                Box::pin(early_answer::gather(
+                    Box::pin(body),
+                    early_answer::GATHER_TIME,
+                ))
+                .await,
+            )
+        } else {
+            Either::Left(body)
+        };
         rparts
             .headers
             .insert(REQUEST_ID_HEADER, record.request_id.header_value());
@@ -411,7 +425,7 @@ impl Intercept {
         let done = AuditWhenDone {
             intercept: self.clone(),
             record: std::mem::take(record),
-            bytes_out,
+            upload,
             started,
         };
         let body = boxed(Counted::new(body, Report::new(done)));
@@ -460,7 +474,7 @@ struct AuditWhenDone {
     intercept: Arc<Intercept>,
     record: AuditRecord,
     /// None when the request had no body.
-    bytes_out: Option<Arc<AtomicU64>>,
+    upload: Option<Arc<Upload>>,
     started: Instant,
 }
 
@@ -468,9 +482,7 @@ impl OnDone for AuditWhenDone {
     fn done(self, bytes_in: u64) {
         let mut record = self.record;
         record.bytes_in = bytes_in;
-        record.bytes_out = self
-            .bytes_out
-            .map_or(0, |tally| tally.load(Ordering::Relaxed));
+        record.bytes_out = self.upload.map_or(0, |tally| tally.bytes());
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         self.intercept.audit.record(record);
     }

@@ -17,6 +17,7 @@ use super::{
     forward::ConnCtx,
     h1_pool::{H1Pool, Slot},
     h2_pools::H2Pools,
+    linger::Lingering,
     orig_dst::Origin,
     peek::ClientHello,
     relay,
@@ -142,7 +143,8 @@ impl Intercept {
         self.metrics.connection(&agent, "intercept");
         let slot = Slot::new(self.pool_h1.clone(), Some(agent.clone()));
         let ctx = Arc::new(ConnCtx::new(agent, origin, Some(host), slot));
-        self.serve_http_conn(TokioIo::new(tls), ctx).await;
+        self.serve_http_conn(TokioIo::new(Lingering::new(tls)), ctx)
+            .await;
     }
 
     /// Plain HTTP: each request's Host names the host, and each is judged
@@ -151,7 +153,8 @@ impl Intercept {
         self.metrics.connection(&agent, "intercept");
         let slot = Slot::new(self.pool_h1.clone(), Some(agent.clone()));
         let ctx = Arc::new(ConnCtx::new(agent, origin, None, slot));
-        self.serve_http_conn(TokioIo::new(stream), ctx).await;
+        self.serve_http_conn(TokioIo::new(Lingering::new(stream)), ctx)
+            .await;
     }
 
     async fn serve_http_conn<I>(self: Arc<Self>, io: I, ctx: Arc<ConnCtx>)

@@ -3,7 +3,8 @@
 //! raw TCP relay (`tcp:` rules), DNS over TCP, or, for HTTP and TLS,
 //! `intercept` (terminate, decide per request in `forward`, swap
 //! credentials, forward via `h1_pool` or, for HTTP/2, `h2_pools`). `rescue` turns failures into
-//! answers, and `agent_body` reads away the rest of an upload nothing wanted.
+//! answers, `agent_body` reads away the rest of an upload nothing wanted,
+//! and `linger` what an agent still sends to a connection closed on it.
 
 mod accept;
 mod agent_body;
@@ -11,12 +12,14 @@ mod body;
 mod body_claims;
 mod credentials;
 mod dial;
+mod early_answer;
 mod forward;
 mod h1_pool;
 mod h2_pools;
 mod headers;
 mod intercept;
 mod last_decision;
+mod linger;
 pub mod listener;
 mod live;
 mod log_gate;

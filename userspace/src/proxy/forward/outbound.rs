@@ -3,7 +3,7 @@
 //! policy decided on, re-signed last; then sent on the agent's own
 //! upstream connection, in the agent's protocol.
 
-use std::sync::{Arc, OnceLock, atomic::AtomicU64};
+use std::sync::{Arc, OnceLock};
 
 use http::{
     Request, Response, Uri, Version, header,
@@ -20,7 +20,7 @@ use crate::{
     creds::{self, Resign, Scrubber},
     proxy::{
         Intercept,
-        body::{Counted, ProxyBody, boxed, empty},
+        body::{Counted, ProxyBody, Upload, boxed, empty},
         body_claims::{Check, Refusal},
         h2_pools::Start,
         headers,
@@ -33,7 +33,7 @@ pub(super) struct Outbound {
     pub request: Request<ProxyBody>,
     /// What of the agent's body went upstream, counted as it goes; None
     /// when there is no body.
-    pub bytes_out: Option<Arc<AtomicU64>>,
+    pub upload: Option<Arc<Upload>>,
     /// Where a streamed body's refused claim is left, when it is checked.
     pub refused: Option<Arc<OnceLock<Refusal>>>,
 }
@@ -103,13 +103,13 @@ pub(super) fn build(
             .map_err(|p| sigv4_refused(p, rule))?;
     }
     // Most requests (GET) have no body: nothing to count or box.
-    let bytes_out = match &*outgoing {
+    let upload = match &*outgoing {
         Outgoing::Streamed(body) if body.is_end_stream() => None,
         Outgoing::Sent => None,
-        _ => Some(Arc::new(AtomicU64::new(0))),
+        _ => Some(Arc::new(Upload::default())),
     };
     let mut refused = None;
-    let body = match (std::mem::replace(outgoing, Outgoing::Sent), &bytes_out) {
+    let body = match (std::mem::replace(outgoing, Outgoing::Sent), &upload) {
         (Outgoing::Held(bytes), Some(tally)) => {
             if let Some(check) = &body_check {
                 check.held(&bytes)?;
@@ -132,7 +132,7 @@ pub(super) fn build(
     );
     Ok(Outbound {
         request,
-        bytes_out,
+        upload,
         refused,
     })
 }
