@@ -911,32 +911,23 @@ r = conn.getresponse(); print(r.status, r.read().decode().strip(), 'same connect
     // An upstream that answers before it reads, and so resets the rest of
     // the stream (HTTP/2) or the connection (HTTP/1.1, while Airlock is
     // still sending): the agent gets that answer, not the reset or a 502.
+    // `/early-slow` writes its body after its head. curl stops sending once
+    // it has an error's head, and ends its HTTP/2 stream short of the
+    // length it declared, which the agent side's h2 resets as a protocol
+    // error, dropping what of the answer it had not written: the body, had
+    // Airlock sent the head alone. Such an answer is sent whole.
     let early = format!("https://api.example.test:{}/early", up.port);
-    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &early)]);
-    let text = describe(&out);
-    assert!(out.status.success(), "answered early, over HTTP/2: {text}");
-    assert_eq!(
-        stdout(&out),
-        "too large, said before reading\n 413",
-        "{text}"
-    );
-    // curl stops sending once it has an error's head, and ends its HTTP/2
-    // stream short of the length it declared, which the agent side's h2
-    // resets as a protocol error, dropping what of the answer it had not
-    // written: the answer's body, when it came from the upstream after
-    // the head. Such an answer is sent whole.
-    let slow = format!("https://api.example.test:{}/early-slow", up.port);
-    let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &slow)]);
-    let text = describe(&out);
-    assert!(
-        out.status.success(),
-        "answered early, the body after the head: {text}"
-    );
-    assert_eq!(
-        stdout(&out),
-        "too large, said before reading\n 413",
-        "{text}"
-    );
+    for path in ["/early", "/early-slow"] {
+        let url = format!("https://api.example.test:{}{path}", up.port);
+        let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &url)]);
+        let text = describe(&out);
+        assert!(out.status.success(), "{path}, over HTTP/2: {text}");
+        assert_eq!(
+            stdout(&out),
+            "too large, said before reading\n 413",
+            "{path}: {text}"
+        );
+    }
     // The reset races Airlock's writes: five uploads, so that one that
     // lost the race would show.
     let requests = format!(
