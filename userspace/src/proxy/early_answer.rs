@@ -35,21 +35,29 @@ pub fn worth_gathering(size: &SizeHint) -> bool {
     size.exact().is_some_and(|n| n <= GATHER_MAX)
 }
 
-/// `body` as far as it came within `limit`: every frame up to its end, or
-/// those that came in time, and the rest of it after them.
+/// `body` as far as it came within `limit` and [`GATHER_MAX`] bytes: every
+/// frame up to its end, or those that came in time, and the rest of it
+/// after them. The byte bound holds for what the body yields, which may be
+/// more than the upstream declared: a compressed answer is decoded for the
+/// scrubber before it is gathered.
 pub async fn gather<B>(mut body: B, limit: Duration) -> Gathered<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut frames = VecDeque::new();
     let read_all = async {
-        loop {
+        let mut held = 0u64;
+        while held <= GATHER_MAX {
             match body.frame().await {
-                Some(Ok(frame)) => frames.push_back(frame),
+                Some(Ok(frame)) => {
+                    held += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    frames.push_back(frame);
+                }
                 Some(Err(e)) => return Some(Err(e)),
                 None => return Some(Ok(())),
             }
         }
+        None
     };
     let end = tokio::time::timeout(limit, read_all).await.ok().flatten();
     Gathered {
@@ -161,6 +169,25 @@ mod tests {
         drop(tx);
         let all = gathered.collect().await.expect("body").to_bytes();
         assert_eq!(all, "first second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathering_stops_past_its_byte_bound_and_the_rest_streams() {
+        // An answer that grows past what it declared (decoded, say).
+        let piece: &'static [u8] = &[b'x'; 16 * 1024];
+        let (body, tx) = fed(&[piece; 8]);
+        drop(tx);
+        let gathered = gather(body, S).await;
+        assert!(gathered.end.is_none(), "gathered past the bound");
+        let held: usize = gathered
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len())
+            .sum();
+        assert!(held as u64 <= GATHER_MAX + piece.len() as u64, "{held}");
+        let all = gathered.collect().await.expect("body").to_bytes();
+        assert_eq!(all.len(), 8 * piece.len());
     }
 
     #[test]

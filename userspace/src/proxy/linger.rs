@@ -168,6 +168,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_dropped_while_the_agent_still_sends_lingers() {
+        let (ours, mut agent) = tokio::io::duplex(64);
+        drop(Lingering::new(ours));
+        // Closed at once, the agent's write would fail (a reset, on a
+        // socket); lingering, it is read, and the agent then sees the end.
+        agent
+            .write_all(b"the rest of a head")
+            .await
+            .expect("the agent's write is taken");
+        let mut got = Vec::new();
+        agent.read_to_end(&mut got).await.expect("read");
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_connection_the_agent_ended_is_not_lingered_on() {
         let (ours, agent) = tokio::io::duplex(64);
         let mut ours = Lingering::new(ours);
