@@ -232,6 +232,117 @@ fn pending_id(d: &Daemon, seen: &mut Vec<String>) -> String {
     }
 }
 
+/// A request that claims another method (an override header, a
+/// `_method` in its query or body) is that method to a server that honours
+/// the claim, so it gets no more than the claimed method's rule gives: a
+/// human's approval where that rule wants one, that rule's rate limit, and
+/// only the secrets that rule binds. Before, a POST claiming DELETE went
+/// through on the POST rule's terms.
+#[test]
+fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [GET, POST]\n    credentials: [{secret: tok}]\n  - host: api.example.test:{PORT}\n    methods: [DELETE]\n    approval: true\n    credentials: [{secret: tok}]\n  - host: api.example.test:{PORT}\n    methods: [PATCH]\n    rate_limit: 2/minute\nenv:\n  TOK: \"{{ placeholder: tok }}\"\n",
+        "approval_timeout_secs: 10\n",
+    );
+    d.secret_set("tok", "claimed-method-secret-4b1d");
+    // `/upload` reads the body to its end, and says when it has.
+    let url = format!("https://api.example.test:{}/upload", up.port);
+    let curl = |args: &str| {
+        let cmd = format!("curl -sS --max-time 30 -w ' %{{http_code}}' -X POST {args} {url}");
+        let out = d.run_agent_dns("ops-bot", &["sh", "-c", &cmd]);
+        assert!(out.status.success(), "{}", describe(&out));
+        stdout(&out)
+    };
+
+    // Claiming DELETE: held for a human, who is told of the claim.
+    std::thread::scope(|s| {
+        let held = s.spawn(|| curl("-H 'X-HTTP-Method-Override: DELETE' -d x=1"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let pending = loop {
+            let out = std::process::Command::new(harness::AIRLOCK)
+                .args(["approvals", "list", "--json", "--config"])
+                .arg(&d.config)
+                .output()
+                .expect("approvals list");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(p) = v["pending"].as_array().and_then(|all| all.first()) {
+                break p.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a POST claiming DELETE was not held for approval: {}",
+                held.join().expect("request")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(pending["method"], "POST", "{pending}");
+        assert_eq!(
+            pending["claimed_methods"],
+            serde_json::json!(["DELETE"]),
+            "{pending}"
+        );
+        let human = std::process::Command::new(harness::AIRLOCK)
+            .args(["approvals", "list", "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("approvals list");
+        assert!(
+            stdout(&human).contains("POST CLAIMING DELETE https://api.example.test"),
+            "{}",
+            describe(&human)
+        );
+        let id = pending["id"].as_str().expect("id");
+        let no = std::process::Command::new(harness::AIRLOCK)
+            .args(["approvals", "deny", id, "--config"])
+            .arg(&d.config)
+            .output()
+            .expect("deny");
+        assert!(no.status.success(), "{}", describe(&no));
+        let answer = held.join().expect("request");
+        assert!(
+            answer.contains("approval_denied") && answer.ends_with(" 403"),
+            "{answer}"
+        );
+    });
+    // In its body, where it is read only as the body streams: refused, as
+    // no human was asked.
+    let answer = curl("-d _method=DELETE");
+    assert!(
+        answer.contains("claim_needs_approval") && answer.ends_with(" 403"),
+        "{answer}"
+    );
+
+    // Claiming PATCH, whose rule binds no secret and allows two a minute.
+    let answer = curl("-H \"Authorization: Bearer $TOK\" -H 'X-HTTP-Method-Override: PATCH'");
+    assert!(
+        answer.contains("placeholder_not_allowed") && answer.ends_with(" 403"),
+        "{answer}"
+    );
+    let answer = curl("-H \"Authorization: Bearer $TOK\" -d _method=PATCH");
+    assert!(
+        answer.contains("placeholder_not_allowed") && answer.ends_with(" 403"),
+        "{answer}"
+    );
+    let answer = curl("-H 'X-HTTP-Method-Override: PATCH'");
+    assert!(answer.ends_with(" 200"), "{answer}");
+    let answer = curl("-d _method=PATCH");
+    assert!(
+        answer.contains("rate_limited") && answer.ends_with(" 429"),
+        "{answer}"
+    );
+    // The POST rule's own terms are untouched.
+    assert!(curl("-H \"Authorization: Bearer $TOK\" -d x=1").ends_with(" 200"));
+    // A refused body claim leaves the upstream with an unfinished body,
+    // which no server acts on; only the two allowed requests came whole.
+    let whole: Vec<Option<String>> = up
+        .seen()
+        .iter()
+        .filter(|r| r.body_whole.load(std::sync::atomic::Ordering::SeqCst))
+        .map(|r| r.header("x-http-method-override").map(str::to_owned))
+        .collect();
+    assert_eq!(whole, [Some("PATCH".to_owned()), None], "{whole:?}");
+}
+
 #[test]
 fn approvals_hold_requests_until_a_human_answers_or_the_timeout() {
     let (hook_port, notices) = webhook_receiver();

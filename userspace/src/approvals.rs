@@ -62,6 +62,11 @@ pub struct PendingRequest {
     pub path: String,
     /// Hex SHA-256 of the request body, when the body was read before asking.
     pub body_digest: Option<String>,
+    /// Methods the request claims besides its own (an override header, a
+    /// `_method` in its query or body): a server that honours one acts as
+    /// that method.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claimed_methods: Vec<String>,
     pub created_unix: u64,
     pub rule: String,
 }
@@ -259,6 +264,7 @@ fn notice_json(req: &PendingRequest, expires_unix: u64) -> Vec<u8> {
         "host": req.host,
         "path": req.path,
         "body_digest": req.body_digest,
+        "claimed_methods": req.claimed_methods,
         "rule": req.rule,
         "expires_unix": expires_unix,
     })

@@ -22,6 +22,7 @@ fn pending(id: &str, agent: &str) -> PendingRequest {
         host: "api.github.com".to_owned(),
         path: "/repos/o/r/issues".to_owned(),
         body_digest: Some(PendingRequest::digest_body(b"{\"title\":\"x\"}")),
+        claimed_methods: Vec::new(),
         created_unix: 1_700_000_000,
         rule: "rules[0]".to_owned(),
     }
@@ -230,7 +231,10 @@ async fn the_webhook_gets_a_json_notice() {
     let (port, mut received) = webhook_receiver().await;
     let approvals =
         Approvals::new(LONG, Some(format!("http://127.0.0.1:{port}/hook?k=1"))).unwrap();
-    let waiter = spawn_request(&approvals, pending("w1", "pr-bot"));
+    // A POST that claims DELETE (an override header): the human is told.
+    let mut req = pending("w1", "pr-bot");
+    req.claimed_methods = vec!["DELETE".to_owned()];
+    let waiter = spawn_request(&approvals, req);
 
     let notice = tokio::time::timeout(Duration::from_secs(5), received.recv())
         .await
@@ -253,6 +257,7 @@ async fn the_webhook_gets_a_json_notice() {
             "host": "api.github.com",
             "path": "/repos/o/r/issues",
             "body_digest": PendingRequest::digest_body(b"{\"title\":\"x\"}"),
+            "claimed_methods": ["DELETE"],
             "rule": "rules[0]",
             "expires_unix": 1_700_000_030u64,
         })

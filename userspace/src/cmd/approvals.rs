@@ -22,11 +22,25 @@ pub fn run(arg: &ConfigArg, action: ApprovalAction) -> anyhow::Result<ExitCode> 
                 println!("(no requests waiting)");
             }
             for p in pending {
+                let claims: Vec<&str> = p["claimed_methods"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_str())
+                    .collect();
+                let method = match claims.as_slice() {
+                    [] => p["method"].as_str().unwrap_or("?").to_owned(),
+                    _ => format!(
+                        "{} CLAIMING {}",
+                        p["method"].as_str().unwrap_or("?"),
+                        claims.join(",")
+                    ),
+                };
                 println!(
                     "{}  {}  {} https://{}{}  rule {}  body {}",
                     p["id"].as_str().unwrap_or("?"),
                     p["agent"].as_str().unwrap_or("?"),
-                    p["method"].as_str().unwrap_or("?"),
+                    method,
                     p["host"].as_str().unwrap_or("?"),
                     p["path"].as_str().unwrap_or("?"),
                     p["rule"].as_str().unwrap_or("?"),

@@ -28,6 +28,32 @@ pub struct Allowed {
     pub binds_secrets_to_host: bool,
 }
 
+impl Allowed {
+    /// What a request may still do when it also falls under `claimed`, the
+    /// rule of a method it claims (an override header, a `_method`): a
+    /// server that honours the claim acts as that method, so the request
+    /// gets no more than either rule gives. It waits for a human if
+    /// either rule says so, and may carry only the secrets both bind. The
+    /// rule and rate limit stay the request's own; the claimed rule's rate
+    /// limit is charged apart.
+    pub fn narrow_to(&mut self, claimed: &Allowed) {
+        self.approval |= claimed.approval;
+        if self
+            .credentials
+            .iter()
+            .any(|name| !claimed.credentials.contains(name))
+        {
+            self.credentials = self
+                .credentials
+                .iter()
+                .filter(|name| claimed.credentials.contains(name))
+                .cloned()
+                .collect();
+        }
+        self.binds_secrets_to_host |= claimed.binds_secrets_to_host;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
     /// Set when a deny rule matched.

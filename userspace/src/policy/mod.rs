@@ -27,9 +27,9 @@ pub use error::{PolicyError, PolicyErrors};
 pub use matcher::{Allowed, HttpDecision, TcpMatch};
 #[cfg(test)]
 use matcher::{Denied, DenyReason};
-pub use model::{EnvValue, Policy};
 #[cfg(test)]
-use model::{RateLimit, RuleId};
+use model::RateLimit;
+pub use model::{EnvValue, Policy, RuleId};
 pub use store::PolicyStore;
 
 use error::Problem;

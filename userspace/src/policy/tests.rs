@@ -1364,3 +1364,38 @@ fn a_host_that_any_rule_of_the_policy_binds_secrets_to_is_bound_on_every_path() 
     assert!(!holds("api.example.com", 8443, "/"));
     assert!(!holds("docs.example.org", 443, "/"));
 }
+
+#[test]
+fn a_claimed_methods_rule_narrows_what_the_request_may_do() {
+    let p = policy(&doc(&[
+        "agent: a",
+        "rules:",
+        "  - host: api.example",
+        "    methods: [GET, POST]",
+        "    credentials: [{secret: read-key}, {secret: write-key}]",
+        "  - host: api.example",
+        "    methods: [DELETE]",
+        "    credentials: [{secret: write-key}]",
+        "    approval: true",
+        "    rate_limit: 5/minute",
+    ]));
+    let mut post = allowed(p.decide_http("api.example", 443, "POST", "/x"));
+    assert!(!post.approval);
+    let delete = allowed(p.decide_http("api.example", 443, "DELETE", "/x"));
+    post.narrow_to(&delete);
+    // A human must approve it, and only the secret both rules bind goes.
+    assert!(post.approval);
+    assert_eq!(&*post.credentials, ["write-key".to_owned()].as_slice());
+    // It stays the POST rule's request, whose rate limit it keeps; the
+    // DELETE rule's is charged on its own.
+    assert_eq!(
+        post.rule_label,
+        allowed(p.decide_http("api.example", 443, "GET", "/x")).rule_label
+    );
+    assert_eq!(post.rate_limit, None);
+
+    // A claim under a rule that asks for less takes nothing away.
+    let mut delete_claiming_get = delete.clone();
+    delete_claiming_get.narrow_to(&allowed(p.decide_http("api.example", 443, "GET", "/x")));
+    assert_eq!(delete_claiming_get, delete);
+}

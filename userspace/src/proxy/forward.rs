@@ -285,7 +285,8 @@ impl Intercept {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let admit::Admitted {
             allowed,
-            body_check,
+            mut body_check,
+            claimed,
         } = self.admit(ctx, host, method, path, parts)?;
         record.rule = Some(allowed.rule_label.clone());
         // The budget taken by a body read whole, given back when this
@@ -294,10 +295,9 @@ impl Intercept {
         let action = if allowed.approval {
             Box::pin(self.approval(
                 ctx,
-                host,
-                method,
-                path,
+                (host, method, path),
                 &allowed,
+                (claimed, body_check.as_deref()),
                 outgoing,
                 &mut held_budget,
             ))
@@ -329,6 +329,9 @@ impl Intercept {
             scrub_seen,
             guarded,
         } = swapped;
+        if let Some(check) = body_check.as_mut() {
+            check.grant(action == Action::Approve, injected.clone());
+        }
         record.credentials = injected;
 
         let agent_h2 = parts.version == Version::HTTP_2;

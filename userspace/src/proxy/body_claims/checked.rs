@@ -11,6 +11,7 @@ use std::{
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -19,8 +20,9 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::{BodyKind, Scanner};
 use crate::{
-    policy::{HttpDecision, Policy},
+    policy::{Allowed, HttpDecision, Policy, RuleId},
     proxy::{body::BoxError, rescue::ProxyError},
+    ratelimit::RateLimiter,
 };
 
 /// Why a claim was refused, as the policy gave it.
@@ -28,13 +30,22 @@ use crate::{
 pub struct Refusal {
     pub reason: &'static str,
     pub rule: Option<Arc<str>>,
+    /// Set when the claimed method's rule is over its rate limit.
+    pub retry_after: Option<Duration>,
 }
+
+/// A claim whose rule wants a human's approval that the request did not
+/// get: its own rule did not ask for one.
+pub const NEEDS_APPROVAL: &str = "claim_needs_approval";
 
 impl From<Refusal> for ProxyError {
     fn from(refusal: Refusal) -> ProxyError {
-        ProxyError::Denied {
-            reason: refusal.reason,
-            rule: refusal.rule,
+        match (refusal.retry_after, refusal.rule) {
+            (Some(retry_after), Some(rule)) => ProxyError::RateLimited { rule, retry_after },
+            (_, rule) => ProxyError::Denied {
+                reason: refusal.reason,
+                rule,
+            },
         }
     }
 }
@@ -46,15 +57,34 @@ pub struct Check {
     host: Arc<str>,
     port: u16,
     path: PathAndQuery,
+    limiter: Arc<RateLimiter>,
+    agent: Arc<str>,
+    granted: Granted,
+}
+
+/// What the request was let do before its body was read: a claim's rule
+/// must allow no less.
+#[derive(Default)]
+struct Granted {
+    /// Its own rule and those of the methods its headers claim, whose rate
+    /// limits were charged already.
+    charged: Vec<RuleId>,
+    approved: bool,
+    /// The secrets swapped into it.
+    injected: Vec<String>,
 }
 
 impl Check {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         kind: BodyKind,
         policy: Arc<Policy>,
         host: Arc<str>,
         port: u16,
         path: PathAndQuery,
+        limiter: Arc<RateLimiter>,
+        agent: Arc<str>,
+        charged: Vec<RuleId>,
     ) -> Check {
         Check {
             kind,
@@ -62,11 +92,33 @@ impl Check {
             host,
             port,
             path,
+            limiter,
+            agent,
+            granted: Granted {
+                charged,
+                ..Granted::default()
+            },
         }
+    }
+
+    /// Record what the request got on its way here: a human's approval,
+    /// and the secrets swapped into it.
+    pub fn grant(&mut self, approved: bool, injected: Vec<String>) {
+        self.granted.approved = approved;
+        self.granted.injected = injected;
+    }
+
+    /// The methods `bytes`, a whole body, claims: for the human asked to
+    /// approve it.
+    pub fn claims_of(&self, bytes: &[u8]) -> Vec<String> {
+        let mut scanner = Scanner::new(self.kind.clone());
+        scanner.feed(bytes);
+        scanner.finish()
     }
 
     /// The first claim the policy refuses, if any.
     fn refusal(&self, claims: Vec<String>) -> Option<Refusal> {
+        let mut charged = self.granted.charged.clone();
         claims
             .iter()
             .filter(|claim| !claim.is_empty())
@@ -78,10 +130,50 @@ impl Check {
                     HttpDecision::Deny(d) => Some(Refusal {
                         reason: d.reason.as_str(),
                         rule: d.rule_label,
+                        retry_after: None,
                     }),
-                    HttpDecision::Allow(_) => None,
+                    HttpDecision::Allow(rule) => self.beyond_grant(&rule, &mut charged),
                 }
             })
+    }
+
+    /// Whether a claim's rule, which allows it, asks for more than the
+    /// request was granted.
+    fn beyond_grant(&self, rule: &Allowed, charged: &mut Vec<RuleId>) -> Option<Refusal> {
+        let refuse = |reason| {
+            Some(Refusal {
+                reason,
+                rule: Some(rule.rule_label.clone()),
+                retry_after: None,
+            })
+        };
+        if rule.approval && !self.granted.approved {
+            return refuse(NEEDS_APPROVAL);
+        }
+        if self
+            .granted
+            .injected
+            .iter()
+            .any(|name| !rule.credentials.contains(name))
+        {
+            return refuse("placeholder_not_allowed");
+        }
+        if let Some(limit) = rule.rate_limit
+            && !charged.contains(&rule.rule)
+        {
+            charged.push(rule.rule);
+            if let Err(retry) = self
+                .limiter
+                .check(&self.agent, rule.rule.0, limit.count, limit.per)
+            {
+                return Some(Refusal {
+                    reason: "rate_limited",
+                    rule: Some(rule.rule_label.clone()),
+                    retry_after: Some(retry.0),
+                });
+            }
+        }
+        None
     }
 
     /// A body read whole already (for approval, or a SigV4 hash).

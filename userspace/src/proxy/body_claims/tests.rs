@@ -258,6 +258,9 @@ fn check(kind: BodyKind, host: &str, path: &'static str) -> Check {
         Arc::from(host),
         443,
         PathAndQuery::from_static(path),
+        Arc::new(crate::ratelimit::RateLimiter::new()),
+        Arc::from("t"),
+        Vec::new(),
     )
 }
 
@@ -344,4 +347,61 @@ fn a_body_of_unknown_length_that_claims_a_refused_method_never_ends() {
     drop(tx);
     assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
     assert!(refused.get().is_some());
+}
+
+/// A body's claim is allowed only on the terms its rule sets: a human's
+/// approval the request got, secrets that rule binds, and its rate limit.
+#[test]
+fn a_claim_asks_no_more_than_the_request_was_granted() {
+    let text = "version: 1\nagent: t\n\
+        rules:\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [POST]\n\
+        \x20   credentials: [{secret: tok}]\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [DELETE]\n\
+        \x20   approval: true\n\
+        \x20   credentials: [{secret: tok}]\n\
+        \x20 - host: api.example.test\n\
+        \x20   methods: [PATCH]\n\
+        \x20   rate_limit: 1/minute\n";
+    let policy = Arc::new(parse_policy(Path::new("t.yaml"), text).expect("policy parses"));
+    let check = |approved: bool, injected: &[&str]| {
+        let mut check = Check::new(
+            BodyKind::Form,
+            policy.clone(),
+            Arc::from("api.example.test"),
+            443,
+            PathAndQuery::from_static("/x"),
+            Arc::new(crate::ratelimit::RateLimiter::new()),
+            Arc::from("t"),
+            vec![crate::policy::RuleId(0)],
+        );
+        let injected = injected.iter().map(|n| (*n).to_owned()).collect();
+        check.grant(approved, injected);
+        check
+    };
+    let refused = check(false, &[])
+        .held(b"_method=DELETE")
+        .expect_err("DELETE wants a human");
+    assert_eq!(refused.reason, "claim_needs_approval");
+    assert_eq!(refused.rule.as_deref(), Some("rules[1] api.example.test"));
+    assert!(check(true, &["tok"]).held(b"_method=DELETE").is_ok());
+
+    let refused = check(false, &["tok"])
+        .held(b"_method=PATCH")
+        .expect_err("PATCH binds no secret");
+    assert_eq!(refused.reason, "placeholder_not_allowed");
+
+    let once = check(false, &[]);
+    assert!(once.held(b"_method=PATCH").is_ok());
+    let refused = once.held(b"_method=PATCH").expect_err("one a minute");
+    assert_eq!(refused.reason, "rate_limited");
+    assert!(refused.retry_after.is_some());
+    // Claimed twice in one body, charged once.
+    assert!(
+        check(false, &[])
+            .held(b"_method=PATCH&_method=PATCH")
+            .is_ok()
+    );
 }

@@ -1,6 +1,9 @@
 //! Whether the policy lets a request through: the rule it falls under,
 //! the methods it claims besides its own (`method_claims`; its body's,
-//! `body_claims`, are checked as it streams), and the rule's rate limit.
+//! `body_claims`, are checked as it streams), and the rules' rate limits.
+//! A claimed method's rule also narrows what the request may do (a human's
+//! approval, the secrets it may carry): a server that honours the claim
+//! acts as that method.
 
 use std::sync::Arc;
 
@@ -22,6 +25,9 @@ use crate::{
 pub(super) struct Admitted {
     pub allowed: Allowed,
     pub body_check: Option<Box<Check>>,
+    /// The methods its headers and query claim besides its own, for the
+    /// human asked to approve it.
+    pub claimed: Vec<String>,
 }
 
 impl Intercept {
@@ -56,21 +62,43 @@ impl Intercept {
                 });
             }
         };
+        let mut allowed = allowed;
+        let mut claimed_rules: Vec<Allowed> = Vec::new();
+        let mut claimed_methods: Vec<String> = Vec::new();
         for claimed in method_claims::claimed(headers, path.query()) {
-            if let HttpDecision::Deny(d) =
-                policy.decide_http(host, ctx.port, &claimed, path.as_str())
+            match policy.decide_http(host, ctx.port, &claimed, path.as_str()) {
+                HttpDecision::Deny(d) => {
+                    return Err(ProxyError::Denied {
+                        reason: d.reason.as_str(),
+                        rule: d.rule_label,
+                    });
+                }
+                HttpDecision::Allow(rule) => claimed_rules.push(rule),
+            }
+            if !claimed_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&claimed))
             {
-                return Err(ProxyError::Denied {
-                    reason: d.reason.as_str(),
-                    rule: d.rule_label,
-                });
+                claimed_methods.push(claimed.into_owned());
             }
         }
-        if let Some(limit) = &allowed.rate_limit {
+        for rule in &claimed_rules {
+            allowed.narrow_to(rule);
+        }
+        // Each rule the request falls under is charged once: its own, and
+        // those of the methods it claims.
+        let under = || std::iter::once(&allowed).chain(&claimed_rules);
+        for (i, rule) in under().enumerate() {
+            let Some(limit) = rule.rate_limit else {
+                continue;
+            };
+            if under().take(i).any(|earlier| earlier.rule == rule.rule) {
+                continue;
+            }
             self.limiter
-                .check(&ctx.agent, allowed.rule.0, limit.count, limit.per)
+                .check(&ctx.agent, rule.rule.0, limit.count, limit.per)
                 .map_err(|retry| ProxyError::RateLimited {
-                    rule: allowed.rule_label.clone(),
+                    rule: rule.rule_label.clone(),
                     retry_after: retry.0,
                 })?;
         }
@@ -86,11 +114,16 @@ impl Intercept {
                     host.clone(),
                     ctx.port,
                     path.clone(),
+                    self.limiter.clone(),
+                    ctx.agent.clone(),
+                    // Charged above.
+                    under().map(|r| r.rule).collect(),
                 ))
             });
         Ok(Admitted {
             allowed,
             body_check,
+            claimed: claimed_methods,
         })
     }
 }

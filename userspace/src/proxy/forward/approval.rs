@@ -12,19 +12,20 @@ use crate::{
     approvals::{Approvals, PendingRequest, Verdict},
     audit::Action,
     policy::Allowed,
-    proxy::{Intercept, rescue::ProxyError, whole_body::FOR_APPROVAL},
+    proxy::{Intercept, body_claims::Check, rescue::ProxyError, whole_body::FOR_APPROVAL},
 };
 
 impl Intercept {
-    /// Holds the request's body and waits for the human's verdict.
-    #[allow(clippy::too_many_arguments)]
+    /// Holds the request's body and waits for the human's verdict. The
+    /// human is shown every method the request claims besides its own
+    /// (`claimed`, from its headers and query, and those its body claims,
+    /// read by `body_check`): a server that honours a claim acts on it.
     pub(super) async fn approval(
         &self,
         ctx: &ConnCtx,
-        host: &str,
-        method: &str,
-        path: &PathAndQuery,
+        (host, method, path): (&str, &str, &PathAndQuery),
         allowed: &Allowed,
+        (mut claimed, body_check): (Vec<String>, Option<&Check>),
         outgoing: &mut Outgoing,
         held_budget: &mut Vec<Option<SemaphorePermit<'static>>>,
     ) -> Result<Action, ProxyError> {
@@ -37,6 +38,13 @@ impl Intercept {
             Outgoing::Held(held) => Some(PendingRequest::digest_body(held)),
             _ => None,
         };
+        if let (Some(check), Outgoing::Held(held)) = (body_check, &*outgoing) {
+            for claim in check.claims_of(held) {
+                if !claim.is_empty() && !claimed.iter().any(|c| c.eq_ignore_ascii_case(&claim)) {
+                    claimed.push(claim);
+                }
+            }
+        }
         let pending = PendingRequest {
             id: Approvals::new_id(),
             agent: ctx.agent.to_string(),
@@ -44,6 +52,7 @@ impl Intercept {
             host: host.to_owned(),
             path: path.as_str().to_owned(),
             body_digest,
+            claimed_methods: claimed,
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
