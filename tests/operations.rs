@@ -343,6 +343,35 @@ fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
     assert_eq!(whole, [Some("PATCH".to_owned()), None], "{whole:?}");
 }
 
+/// A request held for a human whose body claims a method the policy
+/// refuses outright is refused then, before anyone is asked: no human is
+/// shown a request that cannot go.
+#[test]
+fn a_held_body_claiming_a_refused_method_is_refused_without_asking() {
+    let (d, up) = setup(
+        "  - host: api.example.test:{PORT}\n    methods: [POST]\n    approval: true\n  - host: api.example.test:{PORT}\n    methods: [GET]\n",
+        "approval_timeout_secs: 20\n",
+    );
+    let url = format!("https://api.example.test:{}/upload", up.port);
+    let started = Instant::now();
+    let cmd = format!("curl -sS --max-time 30 -w ' %{{http_code}}' -d _method=DELETE {url}");
+    let out = d.run_agent_dns("ops-bot", &["sh", "-c", &cmd]);
+    let answer = stdout(&out);
+    assert!(
+        answer.contains("method_not_allowed") && answer.ends_with(" 403"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the request waited for a human: {:?}",
+        started.elapsed()
+    );
+    assert!(up.seen().is_empty(), "it reached the upstream");
+    let rec = d.wait_audit("for the refusal", |r| r["reason"] == "method_not_allowed");
+    assert_eq!(rec["method"], "POST");
+}
+
 #[test]
 fn approvals_hold_requests_until_a_human_answers_or_the_timeout() {
     let (hook_port, notices) = webhook_receiver();

@@ -108,12 +108,26 @@ impl Check {
         self.granted.injected = injected;
     }
 
-    /// The methods `bytes`, a whole body, claims: for the human asked to
-    /// approve it.
-    pub fn claims_of(&self, bytes: &[u8]) -> Vec<String> {
+    /// The methods `bytes`, a whole body held for a human, claims: to show
+    /// the human, unless the policy refuses one outright, which no human
+    /// is asked about.
+    pub fn before_approval(&self, bytes: &[u8]) -> Result<Vec<String>, Refusal> {
         let mut scanner = Scanner::new(self.kind.clone());
         scanner.feed(bytes);
-        scanner.finish()
+        let claims = scanner.finish();
+        for claim in claims.iter().filter(|claim| !claim.is_empty()) {
+            if let HttpDecision::Deny(d) =
+                self.policy
+                    .decide_http(&self.host, self.port, claim, self.path.as_str())
+            {
+                return Err(Refusal {
+                    reason: d.reason.as_str(),
+                    rule: d.rule_label,
+                    retry_after: None,
+                });
+            }
+        }
+        Ok(claims)
     }
 
     /// The first claim the policy refuses, if any.

@@ -404,4 +404,16 @@ fn a_claim_asks_no_more_than_the_request_was_granted() {
             .held(b"_method=PATCH&_method=PATCH")
             .is_ok()
     );
+
+    // A body held for a human: what it claims is shown, unless the policy
+    // refuses it outright.
+    let held = check(false, &[]);
+    assert_eq!(
+        held.before_approval(b"x=1&_method=DELETE").expect("asked"),
+        ["DELETE"]
+    );
+    let refused = held
+        .before_approval(b"x=1&_method=PUT")
+        .expect_err("no rule allows PUT");
+    assert_eq!(refused.reason, "method_not_allowed");
 }

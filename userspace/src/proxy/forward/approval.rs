@@ -39,7 +39,7 @@ impl Intercept {
             _ => None,
         };
         if let (Some(check), Outgoing::Held(held)) = (body_check, &*outgoing) {
-            for claim in check.claims_of(held) {
+            for claim in check.before_approval(held)? {
                 if !claim.is_empty() && !claimed.iter().any(|c| c.eq_ignore_ascii_case(&claim)) {
                     claimed.push(claim);
                 }
