@@ -336,6 +336,24 @@ fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
             "{args}: {answer}"
         );
     }
+    // The audit says what the request claimed, whatever became of it.
+    let rec = d.wait_audit("for the approval denied", |r| {
+        r["reason"] == "approval_denied"
+    });
+    assert_eq!(rec["method"], "POST");
+    assert_eq!(
+        rec["claimed_methods"],
+        serde_json::json!(["DELETE"]),
+        "{rec}"
+    );
+    let rec = d.wait_audit("for the allowed claim", |r| {
+        r["status"] == 200 && r["claimed_methods"].is_array()
+    });
+    assert_eq!(
+        rec["claimed_methods"],
+        serde_json::json!(["PATCH"]),
+        "{rec}"
+    );
     // A refused body claim leaves the upstream with an unfinished body,
     // which no server acts on; only the two allowed requests came whole.
     let whole: Vec<Option<String>> = up

@@ -99,6 +99,10 @@ pub struct AuditRecord {
     pub path: Option<String>,
     pub rule: Option<Arc<str>>,
     pub credentials: Vec<String>,
+    /// Methods the request claimed besides its own (an override header, a
+    /// `_method` in its query), which a server may act on instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claimed_methods: Vec<String>,
     pub status: Option<u16>,
     pub bytes_in: u64,
     pub bytes_out: u64,

@@ -42,7 +42,18 @@ pub(super) fn write(out: &mut Vec<u8>, r: &AuditRecord) {
         }
         string(out, name);
     }
-    out.extend_from_slice(b"],\"status\":");
+    out.push(b']');
+    if !r.claimed_methods.is_empty() {
+        out.extend_from_slice(b",\"claimed_methods\":[");
+        for (i, method) in r.claimed_methods.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, method);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b",\"status\":");
     match r.status {
         Some(status) => number(out, status.into()),
         None => out.extend_from_slice(b"null"),
@@ -152,6 +163,7 @@ mod tests {
             path: Some(format!("/a\"b\\c{every_control}\u{7f}é漢🦀/end")),
             rule: Some(Arc::from("rule \"one\"")),
             credentials: vec!["github".into(), "open\nai".into()],
+            claimed_methods: vec!["DELETE".into(), "PUT\t".into()],
             status: Some(403),
             bytes_in: 10,
             bytes_out: 1 << 40,

@@ -287,7 +287,7 @@ impl Intercept {
             allowed,
             mut body_check,
             claimed,
-        } = self.admit(ctx, host, method, path, parts)?;
+        } = self.admit(ctx, host, method, path, parts, record)?;
         record.rule = Some(allowed.rule_label.clone());
         // The budget taken by a body read whole, given back when this
         // function returns: the request has gone upstream by then.

@@ -11,6 +11,7 @@ use http::{request::Parts, uri::PathAndQuery};
 
 use super::ConnCtx;
 use crate::{
+    audit::AuditRecord,
     policy::{Allowed, HttpDecision},
     proxy::{
         Intercept,
@@ -39,6 +40,7 @@ impl Intercept {
         method: &str,
         path: &PathAndQuery,
         parts: &Parts,
+        record: &mut AuditRecord,
     ) -> Result<Admitted, ProxyError> {
         let headers = &parts.headers;
         // The policy in force now, not the version the connection opened
@@ -63,10 +65,24 @@ impl Intercept {
             }
         };
         let mut allowed = allowed;
-        let mut claimed_rules: Vec<Allowed> = Vec::new();
+        let claims = method_claims::claimed(headers, path.query());
         let mut claimed_methods: Vec<String> = Vec::new();
-        for claimed in method_claims::claimed(headers, path.query()) {
-            match policy.decide_http(host, ctx.port, &claimed, path.as_str()) {
+        for claimed in &claims {
+            if !claimed_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(claimed))
+            {
+                claimed_methods.push(claimed.to_string());
+            }
+        }
+        // In the record whatever is decided: a refusal for a method the
+        // request does not name reads as nonsense without them.
+        if !claimed_methods.is_empty() {
+            record.claimed_methods = claimed_methods.clone();
+        }
+        let mut claimed_rules: Vec<Allowed> = Vec::new();
+        for claimed in &claims {
+            match policy.decide_http(host, ctx.port, claimed, path.as_str()) {
                 HttpDecision::Deny(d) => {
                     return Err(ProxyError::Denied {
                         reason: d.reason.as_str(),
@@ -74,12 +90,6 @@ impl Intercept {
                     });
                 }
                 HttpDecision::Allow(rule) => claimed_rules.push(rule),
-            }
-            if !claimed_methods
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(&claimed))
-            {
-                claimed_methods.push(claimed.into_owned());
             }
         }
         for rule in &claimed_rules {
