@@ -327,8 +327,10 @@ fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
         ),
         ("-H 'X-HTTP-Method-Override: PATCH'".to_owned(), " 200", ""),
         ("-d _method=PATCH".to_owned(), " 429", "rate_limited"),
-        // The POST rule's own terms are untouched.
+        // The POST rule's own terms are untouched, and a body claiming a
+        // method that rule allows goes.
         (format!("{placeholder} -d x=1"), " 200", ""),
+        ("-d _method=GET".to_owned(), " 200", ""),
     ] {
         let answer = curl(&args);
         assert!(
@@ -346,14 +348,15 @@ fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
         serde_json::json!(["DELETE"]),
         "{rec}"
     );
-    let rec = d.wait_audit("for the allowed claim", |r| {
-        r["status"] == 200 && r["claimed_methods"].is_array()
-    });
-    assert_eq!(
-        rec["claimed_methods"],
-        serde_json::json!(["PATCH"]),
-        "{rec}"
-    );
+    let claimed =
+        |r: &serde_json::Value, method: &str| r["claimed_methods"] == serde_json::json!([method]);
+    for (what, status, method) in [
+        ("for the allowed header claim", 200, "PATCH"),
+        ("for the body claim over its rate limit", 429, "PATCH"),
+        ("for the allowed body claim", 200, "GET"),
+    ] {
+        d.wait_audit(what, |r| r["status"] == status && claimed(r, method));
+    }
     // A refused body claim leaves the upstream with an unfinished body,
     // which no server acts on; only the two allowed requests came whole.
     let whole: Vec<Option<String>> = up
@@ -362,7 +365,7 @@ fn a_claimed_method_gets_no_more_than_its_own_rule_gives() {
         .filter(|r| r.body_whole.load(std::sync::atomic::Ordering::SeqCst))
         .map(|r| r.header("x-http-method-override").map(str::to_owned))
         .collect();
-    assert_eq!(whole, [Some("PATCH".to_owned()), None], "{whole:?}");
+    assert_eq!(whole, [Some("PATCH".to_owned()), None, None], "{whole:?}");
 }
 
 /// A request held for a human whose body claims a method the policy

@@ -111,6 +111,23 @@ pub struct AuditRecord {
     pub reason: Option<Cow<'static, str>>,
 }
 
+impl AuditRecord {
+    /// Adds methods the request claimed (its body's, found as it streamed)
+    /// to those already listed.
+    pub fn note_claims(&mut self, claims: &[String]) {
+        for claim in claims {
+            if !claim.is_empty()
+                && !self
+                    .claimed_methods
+                    .iter()
+                    .any(|listed| listed.eq_ignore_ascii_case(claim))
+            {
+                self.claimed_methods.push(claim.clone());
+            }
+        }
+    }
+}
+
 /// When a record was made; set by [`Audit::record`] if the maker did not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timestamp(Option<SystemTime>);

@@ -22,7 +22,7 @@ mod multipart;
 
 use http::{HeaderMap, HeaderValue, Method, header};
 
-pub use checked::{Check, Refusal};
+pub use checked::{Check, Judged};
 
 /// What a value that cannot be read as a method is claimed as.
 pub const UNREADABLE: &str = "(unreadable)";

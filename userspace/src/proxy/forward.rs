@@ -33,6 +33,7 @@ use super::{
     Intercept,
     agent_body::AgentBody,
     body::{Counted, OnDone, ProxyBody, Report, Upload, boxed},
+    body_claims::Judged,
     early_answer,
     h1_pool::Slot,
     headers,
@@ -345,7 +346,7 @@ impl Intercept {
         let Outbound {
             request,
             upload,
-            refused,
+            judged,
         } = outbound::build(
             ctx,
             host,
@@ -365,15 +366,22 @@ impl Intercept {
                 agent_h2 && !upgrade,
                 guarded.then_some(&scrubber),
             )
-            .await
-            .map_err(|err| {
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(err) => {
+                let Some(judged) = &judged else {
+                    return Err(err);
+                };
+                record.note_claims(judged.claims());
                 // The upstream request failed because its body claimed a
                 // method the policy refuses: that is the answer.
-                match refused.as_ref().and_then(|slot| slot.get()) {
+                return Err(match judged.refused.get() {
                     Some(refusal) => refusal.clone().into(),
                     None => err,
-                }
-            })?;
+                });
+            }
+        };
         let decode = self.vet(ctx, host, &resp, bodiless_answer, guarded)?;
         self.metrics
             .request_duration
@@ -429,6 +437,7 @@ impl Intercept {
             intercept: self.clone(),
             record: std::mem::take(record),
             upload,
+            judged,
             started,
         };
         let body = boxed(Counted::new(body, Report::new(done)));
@@ -478,6 +487,8 @@ struct AuditWhenDone {
     record: AuditRecord,
     /// None when the request had no body.
     upload: Option<Arc<Upload>>,
+    /// What its body claimed, when it was read for claims.
+    judged: Option<Arc<Judged>>,
     started: Instant,
 }
 
@@ -487,6 +498,9 @@ impl OnDone for AuditWhenDone {
         record.bytes_in = bytes_in;
         record.bytes_out = self.upload.map_or(0, |tally| tally.bytes());
         record.duration_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(judged) = &self.judged {
+            record.note_claims(judged.claims());
+        }
         self.intercept.audit.record(record);
     }
 }

@@ -34,6 +34,31 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
 }
 
+/// What a body was found to claim once it had ended, and the claim
+/// refused, if one was: the request's stage answers with the refusal, and
+/// its audit record lists the claims.
+#[derive(Debug, Default)]
+pub struct Judged {
+    pub claims: OnceLock<Vec<String>>,
+    pub refused: OnceLock<Refusal>,
+}
+
+impl Judged {
+    /// Judged already: a body read whole.
+    fn of(claims: Vec<String>) -> Arc<Judged> {
+        let judged = Judged::default();
+        if !claims.is_empty() {
+            let _ = judged.claims.set(claims);
+        }
+        Arc::new(judged)
+    }
+
+    /// The methods claimed, as far as the body was read.
+    pub fn claims(&self) -> &[String] {
+        self.claims.get().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// A claim whose rule wants a human's approval that the request did not
 /// get: its own rule did not ask for one.
 pub const NEEDS_APPROVAL: &str = "claim_needs_approval";
@@ -131,7 +156,7 @@ impl Check {
     }
 
     /// The first claim the policy refuses, if any.
-    fn refusal(&self, claims: Vec<String>) -> Option<Refusal> {
+    fn refusal(&self, claims: &[String]) -> Option<Refusal> {
         let mut charged = self.granted.charged.clone();
         claims
             .iter()
@@ -190,27 +215,30 @@ impl Check {
         None
     }
 
-    /// A body read whole already (for approval, or a SigV4 hash).
-    pub fn held(&self, bytes: &[u8]) -> Result<(), Refusal> {
+    /// A body read whole already (for approval, or a SigV4 hash): what it
+    /// claims, unless a claim is refused.
+    pub fn held(&self, bytes: &[u8]) -> Result<Arc<Judged>, Refusal> {
         let mut scanner = Scanner::new(self.kind.clone());
         scanner.feed(bytes);
-        match self.refusal(scanner.finish()) {
+        let claims = scanner.finish();
+        match self.refusal(&claims) {
             Some(refusal) => Err(refusal),
-            None => Ok(()),
+            None => Ok(Judged::of(claims)),
         }
     }
 
-    /// `body`, checked as it streams; a refusal lands in the slot.
-    pub fn streamed<B>(self, body: B) -> (Checked<B>, Arc<OnceLock<Refusal>>) {
-        let refused = Arc::new(OnceLock::new());
+    /// `body`, checked as it streams; what it claims, and a refusal, land
+    /// in the slots once it has ended.
+    pub fn streamed<B>(self, body: B) -> (Checked<B>, Arc<Judged>) {
+        let judged = Arc::new(Judged::default());
         let checked = Checked {
             inner: body,
             scanner: Some(Scanner::new(self.kind.clone())),
             check: self,
             held: None,
-            refused: refused.clone(),
+            judged: judged.clone(),
         };
-        (checked, refused)
+        (checked, judged)
     }
 }
 
@@ -221,7 +249,7 @@ pub struct Checked<B> {
     check: Check,
     /// The body's last frame, sent once the body has passed.
     held: Option<Frame<Bytes>>,
-    refused: Arc<OnceLock<Refusal>>,
+    judged: Arc<Judged>,
 }
 
 /// The error the upstream request ends with when a claim is refused.
@@ -261,9 +289,13 @@ where
         }
         // The body has ended: judged once, then what was held goes on.
         let claims = this.scanner.take().map(Scanner::finish).unwrap_or_default();
-        if let Some(refusal) = this.check.refusal(claims) {
+        let refusal = this.check.refusal(&claims);
+        if !claims.is_empty() {
+            let _ = this.judged.claims.set(claims);
+        }
+        if let Some(refusal) = refusal {
             this.held = None;
-            let _ = this.refused.set(refusal);
+            let _ = this.judged.refused.set(refusal);
             return Poll::Ready(Some(Err(Box::new(ClaimRefused))));
         }
         Poll::Ready(this.held.take().map(Ok))

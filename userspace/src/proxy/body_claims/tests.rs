@@ -312,7 +312,7 @@ fn a_checked_body_streams_and_sends_its_last_piece_once_it_has_passed() {
     tx.send(Bytes::from_static(last)).expect("send");
     assert_eq!(data(poll(&mut body)), r#""POST"}"#);
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
-    assert!(refused.get().is_none());
+    assert!(refused.refused.get().is_none());
 }
 
 #[test]
@@ -328,7 +328,10 @@ fn a_checked_body_that_claims_a_refused_method_never_sends_its_last_piece() {
         matches!(poll(&mut body), Poll::Ready(Some(Err(_)))),
         "the body ends in an error, without its last piece"
     );
-    let refusal = refused.get().expect("the refusal is left for the answer");
+    let refusal = refused
+        .refused
+        .get()
+        .expect("the refusal is left for the answer");
     assert_eq!(refusal.reason, "deny_rule");
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
 }
@@ -346,7 +349,7 @@ fn a_body_of_unknown_length_that_claims_a_refused_method_never_ends() {
     assert!(poll(&mut body).is_pending(), "the end is not known yet");
     drop(tx);
     assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
-    assert!(refused.get().is_some());
+    assert!(refused.refused.get().is_some());
 }
 
 /// A body's claim is allowed only on the terms its rule sets: a human's

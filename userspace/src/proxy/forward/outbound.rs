@@ -3,7 +3,7 @@
 //! policy decided on, re-signed last; then sent on the agent's own
 //! upstream connection, in the agent's protocol.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::{
     Request, Response, Uri, Version, header,
@@ -21,7 +21,7 @@ use crate::{
     proxy::{
         Intercept,
         body::{Counted, ProxyBody, Upload, boxed, empty},
-        body_claims::{Check, Refusal},
+        body_claims::{Check, Judged},
         h2_pools::Start,
         headers,
         rescue::ProxyError,
@@ -35,7 +35,7 @@ pub(super) struct Outbound {
     /// when there is no body.
     pub upload: Option<Arc<Upload>>,
     /// Where a streamed body's refused claim is left, when it is checked.
-    pub refused: Option<Arc<OnceLock<Refusal>>>,
+    pub judged: Option<Arc<Judged>>,
 }
 
 /// The upstream request made of the agent's (`parts` is left empty).
@@ -108,18 +108,18 @@ pub(super) fn build(
         Outgoing::Sent => None,
         _ => Some(Arc::new(Upload::default())),
     };
-    let mut refused = None;
+    let mut judged = None;
     let body = match (std::mem::replace(outgoing, Outgoing::Sent), &upload) {
         (Outgoing::Held(bytes), Some(tally)) => {
             if let Some(check) = &body_check {
-                check.held(&bytes)?;
+                judged = Some(check.held(&bytes)?);
             }
             boxed(Counted::new(Full::new(bytes), tally.clone()))
         }
         (Outgoing::Streamed(body), Some(tally)) => match body_check {
             Some(check) => {
                 let (checked, slot) = (*check).streamed(body);
-                refused = Some(slot);
+                judged = Some(slot);
                 boxed(Counted::new(checked, tally.clone()))
             }
             None => boxed(Counted::new(body, tally.clone())),
@@ -133,7 +133,7 @@ pub(super) fn build(
     Ok(Outbound {
         request,
         upload,
-        refused,
+        judged,
     })
 }
 
