@@ -35,23 +35,11 @@ pub(super) fn write(out: &mut Vec<u8>, r: &AuditRecord) {
     opt_str(out, r.path.as_deref());
     out.extend_from_slice(b",\"rule\":");
     opt_str(out, r.rule.as_deref());
-    out.extend_from_slice(b",\"credentials\":[");
-    for (i, name) in r.credentials.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, name);
-    }
-    out.push(b']');
+    out.extend_from_slice(b",\"credentials\":");
+    strings(out, &r.credentials);
     if !r.claimed_methods.is_empty() {
-        out.extend_from_slice(b",\"claimed_methods\":[");
-        for (i, method) in r.claimed_methods.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            string(out, method);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"claimed_methods\":");
+        strings(out, &r.claimed_methods);
     }
     out.extend_from_slice(b",\"status\":");
     match r.status {
@@ -69,6 +57,17 @@ pub(super) fn write(out: &mut Vec<u8>, r: &AuditRecord) {
     out.extend_from_slice(b"\",\"reason\":");
     opt_str(out, r.reason.as_deref());
     out.push(b'}');
+}
+
+fn strings(out: &mut Vec<u8>, values: &[String]) {
+    out.push(b'[');
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, value);
+    }
+    out.push(b']');
 }
 
 fn opt_str(out: &mut Vec<u8>, value: Option<&str>) {
