@@ -100,7 +100,7 @@ pub struct AuditRecord {
     pub rule: Option<Arc<str>>,
     pub credentials: Vec<String>,
     /// Methods the request claimed besides its own (an override header, a
-    /// `_method` in its query), which a server may act on instead.
+    /// `_method` in its query or body), which a server may act on instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub claimed_methods: Vec<String>,
     pub status: Option<u16>,
