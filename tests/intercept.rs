@@ -1070,8 +1070,9 @@ print('detail', r.json().get('detail'))
 /// A POST whose body says `_method=DELETE` is a DELETE to Rails, Laravel
 /// and Symfony. The policy allows POST and not DELETE: each body form is
 /// refused with the 403 of a DELETE, over HTTP/1.1 and HTTP/2, however
-/// large the body, and the upstream never gets the whole of it. A body
-/// that claims an allowed method, or none, goes through whole.
+/// large the body, gzipped or deflated, and the upstream never gets the
+/// whole of it. A body that claims an allowed method, or none, goes
+/// through whole.
 #[test]
 fn a_method_claimed_in_a_post_body_is_decided_as_that_method() {
     let Setup { d, up } = setup("");
@@ -1079,7 +1080,7 @@ fn a_method_claimed_in_a_post_body_is_decided_as_that_method() {
     let url = format!("https://api.example.test:{p}/upload");
     let py = format!(
         r#"
-import requests
+import gzip, zlib, requests
 def show(name, r):
     try:
         reason = r.json().get('reason')
@@ -1094,8 +1095,13 @@ show('json', requests.post(url, json={{'title': 'x', '_method': 'DELETE'}}, time
 show('multipart', requests.post(url, files={{'_method': (None, 'DELETE'), 'f': ('a.txt', b'data')}}, timeout=10))
 show('big-json', requests.post(url, data=b'{{"pad": "' + b'x' * (3 << 20) + b'", "_method": "DELETE"}}', headers={{'Content-Type': 'application/json'}}, timeout=30))
 show('chunked', requests.post(url, data=iter([b'title=x&_met', b'hod=DELETE']), headers={{'Content-Type': 'application/x-www-form-urlencoded'}}, timeout=10))
+form = {{'Content-Type': 'application/x-www-form-urlencoded'}}
+show('gzip', requests.post(url, data=gzip.compress(b'title=x&_method=DELETE'), headers=dict(form, **{{'Content-Encoding': 'gzip'}}), timeout=10))
+show('deflate-json', requests.post(url, data=zlib.compress(b'{{"_method": "DELETE"}}'), headers={{'Content-Type': 'application/json', 'Content-Encoding': 'deflate'}}, timeout=10))
+show('compress', requests.post(url, data=b'title=x', headers=dict(form, **{{'Content-Encoding': 'compress'}}), timeout=10))
 show('allowed', requests.post(url, data={{'title': 'x', '_method': 'POST'}}, timeout=10))
 show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30))
+show('gzip-clean', requests.post(url, data=gzip.compress(b'title=x&_method=POST'), headers=dict(form, **{{'Content-Encoding': 'gzip'}}), timeout=10))
 "#
     );
     let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
@@ -1104,7 +1110,7 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
     let printed = stdout(&out);
     let lines: Vec<&str> = printed.lines().collect();
     assert_eq!(
-        &lines[..7],
+        &lines[..10],
         [
             "form 403 method_not_allowed",
             "form-php 403 method_not_allowed",
@@ -1113,12 +1119,19 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
             "multipart 403 method_not_allowed",
             "big-json 403 method_not_allowed",
             "chunked 403 method_not_allowed",
+            // Read as a server that inflates request bodies reads them.
+            "gzip 403 method_not_allowed",
+            "deflate-json 403 method_not_allowed",
+            // A coding Airlock does not decode claims what no rule names.
+            "compress 403 method_not_allowed",
         ],
         "{text}"
     );
     // `/upload` answers with the size and digest of what it read.
-    assert!(lines[7].starts_with("allowed 200 20 "), "{text}");
-    assert!(lines[8].starts_with("big-clean 200 3145739 "), "{text}");
+    assert!(lines[10].starts_with("allowed 200 20 "), "{text}");
+    assert!(lines[11].starts_with("big-clean 200 3145739 "), "{text}");
+    // A compressed body that claims an allowed method goes on as it came.
+    assert!(lines[12].starts_with("gzip-clean 200 "), "{text}");
     // Over HTTP/2, the upstream leg an HTTP/2 agent's requests take.
     let h2 = format!("curl -sS --http2 -w ' %{{http_code}}' -d '_method=DELETE' {url}");
     let out = d.run_agent_dns("web-bot", &["sh", "-c", &h2]);
@@ -1132,12 +1145,16 @@ show('big-clean', requests.post(url, json={{'pad': 'x' * (3 << 20)}}, timeout=30
         .into_iter()
         .filter(|r| r.path == "/upload" && r.body_whole.load(std::sync::atomic::Ordering::SeqCst))
         .collect();
-    assert_eq!(whole.len(), 2, "{whole:?}");
+    assert_eq!(whole.len(), 3, "{whole:?}");
     let rec = d.wait_audit("for the body's claim", |r| {
         r["reason"] == "method_not_allowed" && r["path"] == "/upload"
     });
     assert_eq!(rec["action"], "deny");
     assert_eq!(rec["method"], "POST");
+    let rec = d.wait_audit("for the body in an unknown coding", |r| {
+        r["claimed_methods"] == serde_json::json!(["(unreadable)"])
+    });
+    assert_eq!(rec["reason"], "method_not_allowed");
 }
 
 /// An agent's request head may be up to 128 KiB (hyper's read buffer

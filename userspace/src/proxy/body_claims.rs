@@ -16,6 +16,7 @@
 //! [`UNREADABLE`], which no rule names.
 
 mod checked;
+mod coded;
 mod form;
 mod json;
 mod multipart;
@@ -23,6 +24,9 @@ mod multipart;
 use http::{HeaderMap, HeaderValue, Method, header};
 
 pub use checked::{Check, Judged};
+
+use crate::creds::Coding;
+use coded::{BodyCoding, Decoding};
 
 /// What a value that cannot be read as a method is claimed as.
 pub const UNREADABLE: &str = "(unreadable)";
@@ -42,6 +46,11 @@ pub enum BodyKind {
     /// Each reading of a body sent with several Content-Type headers:
     /// servers differ on which one counts.
     Several(Vec<BodyKind>),
+    /// A body in a content coding Airlock decodes, read once decoded.
+    Coded(Coding, Box<BodyKind>),
+    /// A body in a coding Airlock does not decode: if it has a byte, it
+    /// claims [`UNREADABLE`].
+    Unreadable,
 }
 
 impl BodyKind {
@@ -51,6 +60,15 @@ impl BodyKind {
         if !method.as_str().eq_ignore_ascii_case("POST") {
             return None;
         }
+        let kind = BodyKind::of_types(headers)?;
+        Some(match BodyCoding::of(headers) {
+            BodyCoding::Plain => kind,
+            BodyCoding::Decodes(coding) => BodyKind::Coded(coding, Box::new(kind)),
+            BodyCoding::Unreadable => BodyKind::Unreadable,
+        })
+    }
+
+    fn of_types(headers: &HeaderMap) -> Option<BodyKind> {
         let mut types = headers.get_all(header::CONTENT_TYPE).iter();
         let Some(first) = types.next() else {
             return Some(BodyKind::Form);
@@ -95,6 +113,9 @@ pub enum Scanner {
     Json(json::Json),
     Multipart(multipart::Multipart),
     Several(Vec<Scanner>),
+    Decoded(Box<Decoding>),
+    /// Whether the body had a byte.
+    Unreadable(bool),
 }
 
 impl Scanner {
@@ -108,6 +129,10 @@ impl Scanner {
             BodyKind::Several(kinds) => {
                 Scanner::Several(kinds.into_iter().map(Scanner::new).collect())
             }
+            BodyKind::Coded(coding, kind) => {
+                Scanner::Decoded(Box::new(Decoding::new(coding, Scanner::new(*kind))))
+            }
+            BodyKind::Unreadable => Scanner::Unreadable(false),
         }
     }
 
@@ -121,6 +146,8 @@ impl Scanner {
                     scanner.feed(bytes);
                 }
             }
+            Scanner::Decoded(decoding) => decoding.feed(bytes),
+            Scanner::Unreadable(fed) => *fed |= !bytes.is_empty(),
         }
     }
 
@@ -131,6 +158,14 @@ impl Scanner {
             Scanner::Json(json) => json.finish(),
             Scanner::Multipart(multipart) => multipart.finish(),
             Scanner::Several(scanners) => scanners.into_iter().flat_map(Scanner::finish).collect(),
+            Scanner::Decoded(decoding) => decoding.finish(),
+            Scanner::Unreadable(fed) => {
+                if fed {
+                    vec![UNREADABLE.to_owned()]
+                } else {
+                    Vec::new()
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, header, uri::PathAndQuery};
 use http_body::{Body, Frame};
 
 use super::{BodyKind, Check, Scanner, UNREADABLE};
+use crate::creds::Coding;
 use crate::policy::parse_policy;
 use crate::test_bodies::fed;
 
@@ -233,6 +234,132 @@ fn a_multipart_body_without_such_a_part_claims_nothing() {
         "_method DELETE ".repeat(10_000)
     );
     assert!(multipart(&big_file).is_empty());
+}
+
+fn coded(content_encoding: &str) -> BodyKind {
+    let mut map = headers(Some("application/x-www-form-urlencoded"));
+    map.append(
+        header::CONTENT_ENCODING,
+        content_encoding.parse().expect("value"),
+    );
+    BodyKind::of(&Method::POST, &map).expect("read")
+}
+
+/// `body` as a client compresses it in `coding`.
+fn compressed(coding: Coding, body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    match coding {
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        Coding::Deflate => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(body).expect("deflate");
+            e.finish().expect("deflate")
+        }
+        Coding::Brotli => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                e.write_all(body).expect("br");
+            }
+            out
+        }
+        Coding::Zstd => zstd::encode_all(body, 1).expect("zstd"),
+    }
+}
+
+#[test]
+fn a_compressed_body_is_read_for_claims_as_a_server_that_inflates_it() {
+    let cases = [
+        ("gzip", Coding::Gzip),
+        ("X-Gzip", Coding::Gzip),
+        ("deflate", Coding::Deflate),
+        ("br", Coding::Brotli),
+        (" zstd ", Coding::Zstd),
+        ("identity, gzip", Coding::Gzip),
+    ];
+    for (named, coding) in cases {
+        let kind = coded(named);
+        assert_eq!(
+            kind,
+            BodyKind::Coded(coding, Box::new(BodyKind::Form)),
+            "{named}"
+        );
+        let body = compressed(coding, b"title=x&_method=DELETE");
+        // Fed whole and a byte at a time, as every reading is.
+        assert_eq!(claims(kind.clone(), &body), ["DELETE"], "{named}");
+        assert!(
+            claims(kind, &compressed(coding, b"title=x&method=DELETE")).is_empty(),
+            "{named}"
+        );
+    }
+    // A gzip body of several members: a server that inflates reads them all.
+    let mut members = compressed(Coding::Gzip, b"title=x&");
+    members.extend(compressed(Coding::Gzip, b"_method=PUT"));
+    assert_eq!(claims(coded("gzip"), &members), ["PUT"]);
+    // `identity` is no coding at all.
+    assert_eq!(coded("identity"), BodyKind::Form);
+}
+
+#[test]
+fn a_body_that_cannot_be_decoded_claims_the_unreadable() {
+    // A coding Airlock does not decode, and layered codings.
+    for named in ["compress", "gzip, br", "aes128gcm"] {
+        let kind = coded(named);
+        assert_eq!(kind, BodyKind::Unreadable, "{named}");
+        assert_eq!(claims(kind.clone(), b"_method=DELETE"), [UNREADABLE]);
+        // No byte, nothing to decode, nothing claimed.
+        assert!(claims(kind, b"").is_empty(), "{named}");
+    }
+    let mut two_headers = headers(None);
+    two_headers.append(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+    two_headers.append(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+    assert_eq!(
+        BodyKind::of(&Method::POST, &two_headers),
+        Some(BodyKind::Unreadable)
+    );
+    // Bytes that are not what their coding says.
+    for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd] {
+        let kind = BodyKind::Coded(coding, Box::new(BodyKind::Form));
+        assert_eq!(
+            claims(kind.clone(), b"_method=DELETE"),
+            [UNREADABLE],
+            "{coding:?}"
+        );
+        assert!(claims(kind.clone(), b"").is_empty(), "{coding:?}");
+        // Cut short: what was decoded is read, and the rest is unreadable.
+        let whole = compressed(coding, b"_method=DELETE&note=".repeat(50).as_slice());
+        let cut = &whole[..whole.len() - 6];
+        let found = claims(kind, cut);
+        assert_eq!(
+            found.last().map(String::as_str),
+            Some(UNREADABLE),
+            "{coding:?}"
+        );
+    }
+}
+
+#[test]
+fn a_body_that_unpacks_past_the_limit_is_unreadable() {
+    let limit = usize::try_from(super::coded::MAX_DECODED).expect("fits");
+    let mut huge = vec![b'a'; limit + 1];
+    huge.extend_from_slice(b"&_method=DELETE");
+    for coding in [Coding::Gzip, Coding::Zstd] {
+        let bomb = compressed(coding, &huge);
+        assert!(bomb.len() < limit / 100, "{coding:?}: {} bytes", bomb.len());
+        let mut scanner = Scanner::new(BodyKind::Coded(coding, Box::new(BodyKind::Form)));
+        scanner.feed(&bomb);
+        assert_eq!(scanner.finish(), [UNREADABLE], "{coding:?}");
+    }
+    // Just under the limit, the claim at its end is read.
+    let mut under = vec![b'a'; limit - 64];
+    under.extend_from_slice(b"&_method=DELETE");
+    let mut scanner = Scanner::new(BodyKind::Coded(Coding::Zstd, Box::new(BodyKind::Form)));
+    scanner.feed(&compressed(Coding::Zstd, &under));
+    assert_eq!(scanner.finish(), ["DELETE"]);
 }
 
 /// A policy like the pr-bot example's: reads, and POSTs to one path, and
