@@ -31,7 +31,7 @@ use coded::{BodyCoding, Decoding};
 /// What a value that cannot be read as a method is claimed as.
 pub const UNREADABLE: &str = "(unreadable)";
 /// Longest value read as a method; no method a rule names is longer.
-const MAX_VALUE: usize = 64;
+pub const MAX_VALUE: usize = 64;
 
 /// How the body is read for claims, from its Content-Type.
 #[derive(Debug, Clone, PartialEq, Eq)]

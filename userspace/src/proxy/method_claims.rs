@@ -8,6 +8,8 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName};
 
+use super::body_claims::{MAX_VALUE, UNREADABLE};
+
 // A static, not a const: a const array is built anew at every use.
 static OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method-override"),
@@ -18,8 +20,9 @@ static OVERRIDE_HEADERS: [HeaderName; 3] = [
 /// Each method the request claims: every item of every override header
 /// (a list is split at its commas: Express takes its first item, other
 /// frameworks may take another), and every `_method` query parameter,
-/// decoded. A header value that is not text claims a method no rule
-/// names.
+/// decoded. A value that is not text, or longer than any method a rule
+/// names, is claimed as [`UNREADABLE`], as in a body: the claim goes into
+/// the audit record and before a human, and there it must be short.
 pub fn claimed<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<Cow<'a, str>> {
     let mut claimed = Vec::new();
     for name in &OVERRIDE_HEADERS {
@@ -29,25 +32,33 @@ pub fn claimed<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<Cow<'a
                     text.split(',')
                         .map(str::trim)
                         .filter(|method| !method.is_empty())
-                        .map(Cow::Borrowed),
+                        .map(|method| readable(Cow::Borrowed(method))),
                 ),
-                Err(_) => claimed.push(Cow::Borrowed("(not text)")),
+                Err(_) => claimed.push(Cow::Borrowed(UNREADABLE)),
             }
         }
     }
     if let Some(query) = query {
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             if name == "_method" {
-                claimed.push(Cow::Owned(value.trim().to_owned()));
+                claimed.push(readable(Cow::Owned(value.trim().to_owned())));
             }
         }
     }
     claimed
 }
 
+fn readable(method: Cow<'_, str>) -> Cow<'_, str> {
+    if method.len() <= MAX_VALUE {
+        method
+    } else {
+        Cow::Borrowed(UNREADABLE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::claimed;
+    use super::{UNREADABLE, claimed};
     use crate::proxy::headers::map_of;
 
     #[test]
@@ -65,6 +76,21 @@ mod tests {
             ("x-method-override", " patch ,"),
         ]);
         assert_eq!(claimed(&headers, None), ["DELETE", "GET", "PUT", "patch"]);
+    }
+
+    #[test]
+    fn a_claim_too_long_or_not_text_is_unreadable() {
+        let long = "D".repeat(65);
+        let mut headers = map_of(&[("x-http-method-override", &long)]);
+        headers.append(
+            "x-http-method",
+            http::HeaderValue::from_bytes(b"DEL\xffETE").expect("value"),
+        );
+        let query = format!("_method={long}&_method={}", "P".repeat(64));
+        assert_eq!(
+            claimed(&headers, Some(&query)),
+            [UNREADABLE, UNREADABLE, UNREADABLE, &"P".repeat(64)]
+        );
     }
 
     #[test]
