@@ -362,6 +362,22 @@ fn a_body_that_unpacks_past_the_limit_is_unreadable() {
     assert_eq!(scanner.finish(), ["DELETE"]);
 }
 
+#[test]
+fn a_zstd_body_that_asks_for_a_window_past_8_mib_is_unreadable() {
+    use std::io::Write as _;
+    let framed = |window_log: u32| {
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("zstd");
+        e.window_log(window_log).expect("window");
+        e.include_contentsize(false).expect("no size");
+        e.write_all(b"_method=DELETE").expect("zstd");
+        e.finish().expect("zstd")
+    };
+    let kind = BodyKind::Coded(Coding::Zstd, Box::new(BodyKind::Form));
+    assert_eq!(claims(kind.clone(), &framed(23)), ["DELETE"]);
+    // The decoder would allocate the window the frame asks for.
+    assert_eq!(claims(kind, &framed(24)), [UNREADABLE]);
+}
+
 /// A policy like the pr-bot example's: reads, and POSTs to one path, and
 /// DELETE denied outright.
 fn pr_bot() -> Arc<crate::policy::Policy> {
