@@ -395,6 +395,12 @@ fn a_held_body_claiming_a_refused_method_is_refused_without_asking() {
     assert!(up.seen().is_empty(), "it reached the upstream");
     let rec = d.wait_audit("for the refusal", |r| r["reason"] == "method_not_allowed");
     assert_eq!(rec["method"], "POST");
+    // What the body claimed is on record, though it never streamed.
+    assert_eq!(
+        rec["claimed_methods"],
+        serde_json::json!(["DELETE"]),
+        "{rec}"
+    );
 }
 
 #[test]

@@ -290,6 +290,15 @@ impl Intercept {
             claimed,
         } = self.admit(ctx, host, method, path, parts, record)?;
         record.rule = Some(allowed.rule_label.clone());
+        // A body read whole (for a human, or a signature) is read for
+        // claims then: if the request is refused from there on, for a
+        // claim or not, its record lists them still.
+        let body_claims = body_check.as_ref().map(|check| check.judged());
+        let note_body_claims = |record: &mut AuditRecord| {
+            if let Some(judged) = &body_claims {
+                record.note_claims(judged.claims());
+            }
+        };
         // The budget taken by a body read whole, given back when this
         // function returns: the request has gone upstream by then.
         let mut held_budget = Vec::new();
@@ -302,7 +311,8 @@ impl Intercept {
                 outgoing,
                 &mut held_budget,
             ))
-            .await?
+            .await
+            .inspect_err(|_| note_body_claims(record))?
         } else {
             Action::Allow
         };
@@ -316,7 +326,8 @@ impl Intercept {
                 started,
                 &mut held_budget,
             )
-            .await?;
+            .await
+            .inspect_err(|_| note_body_claims(record))?;
         for name in &swapped.injected {
             self.metrics
                 .credential_injections
@@ -358,7 +369,8 @@ impl Intercept {
             agent_h2,
             upgrade,
             body_check,
-        )?;
+        )
+        .inspect_err(|_| note_body_claims(record))?;
         let resp = self
             .send(
                 ctx,

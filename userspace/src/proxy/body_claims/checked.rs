@@ -85,6 +85,8 @@ pub struct Check {
     limiter: Arc<RateLimiter>,
     agent: Arc<str>,
     granted: Granted,
+    /// What the body was found to claim, however it was read.
+    judged: Arc<Judged>,
 }
 
 /// What the request was let do before its body was read: a claim's rule
@@ -123,6 +125,19 @@ impl Check {
                 charged,
                 ..Granted::default()
             },
+            judged: Arc::default(),
+        }
+    }
+
+    /// What the body claims, once it has been read: for the audit record,
+    /// whatever became of the request.
+    pub fn judged(&self) -> Arc<Judged> {
+        self.judged.clone()
+    }
+
+    fn found(&self, claims: &[String]) {
+        if !claims.is_empty() {
+            let _ = self.judged.claims.set(claims.to_vec());
         }
     }
 
@@ -140,6 +155,7 @@ impl Check {
         let mut scanner = Scanner::new(self.kind.clone());
         scanner.feed(bytes);
         let claims = scanner.finish();
+        self.found(&claims);
         for claim in claims.iter().filter(|claim| !claim.is_empty()) {
             if let HttpDecision::Deny(d) =
                 self.policy
@@ -221,6 +237,7 @@ impl Check {
         let mut scanner = Scanner::new(self.kind.clone());
         scanner.feed(bytes);
         let claims = scanner.finish();
+        self.found(&claims);
         match self.refusal(&claims) {
             Some(refusal) => Err(refusal),
             None => Ok(Judged::of(claims)),
@@ -230,7 +247,7 @@ impl Check {
     /// `body`, checked as it streams; what it claims, and a refusal, land
     /// in the slots once it has ended.
     pub fn streamed<B>(self, body: B) -> (Checked<B>, Arc<Judged>) {
-        let judged = Arc::new(Judged::default());
+        let judged = self.judged.clone();
         let checked = Checked {
             inner: body,
             scanner: Some(Scanner::new(self.kind.clone())),
