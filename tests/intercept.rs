@@ -884,6 +884,12 @@ fn an_upload_answered_before_it_is_all_sent_gets_its_answer() {
             "refused, {client}: {text}"
         );
     }
+    // Over HTTP/2, the refusal came once curl had sent all it declared.
+    let cmd = format!(
+        "curl -sS --http2 -o /dev/null -w '%{{http_code}} %{{size_upload}}' --data-binary @{f} {refused}"
+    );
+    let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
+    assert_eq!(stdout(&out), "403 3145728", "{}", describe(&out));
     assert!(
         !up.seen().iter().any(|r| r.path == "/admin/upload"),
         "a refused upload reached the upstream"
@@ -915,16 +921,21 @@ r = conn.getresponse(); print(r.status, r.read().decode().strip(), 'same connect
     // it has an error's head, and ends its HTTP/2 stream short of the
     // length it declared, which the agent side's h2 resets as a protocol
     // error, dropping what of the answer it had not written: the body, had
-    // Airlock sent the head alone. Such an answer is sent whole.
+    // Airlock sent the head alone. Such an answer is sent whole, once curl
+    // has sent all it declared (`size_upload`): with nothing left to cut
+    // short, curl has no reason to end the stream early.
     let early = format!("https://api.example.test:{}/early", up.port);
     for path in ["/early", "/early-slow"] {
         let url = format!("https://api.example.test:{}{path}", up.port);
-        let out = d.run_agent_dns("web-bot", &["sh", "-c", &curl("--http2", &url)]);
+        let cmd = format!(
+            "curl -sS --http2 -w ' %{{http_code}} %{{size_upload}}' --data-binary @{f} {url}"
+        );
+        let out = d.run_agent_dns("web-bot", &["sh", "-c", &cmd]);
         let text = describe(&out);
         assert!(out.status.success(), "{path}, over HTTP/2: {text}");
         assert_eq!(
             stdout(&out),
-            "too large, said before reading\n 413",
+            "too large, said before reading\n 413 3145728",
             "{path}: {text}"
         );
     }

@@ -25,7 +25,10 @@ use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tokio::time::{Instant, timeout_at};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout_at},
+};
 
 /// Longest wait for the next piece of the body (nginx's lingering_timeout).
 pub(super) const IDLE: Duration = Duration::from_secs(5);
@@ -43,6 +46,9 @@ pub struct AgentBody {
     /// is first read: until then, no byte of it is coming, and an answer
     /// without that tells the client to send none.
     waits_for_continue: bool,
+    /// Dropped once the client has sent all of its body, or no more of it
+    /// will be read: its receiver then resolves ([`AgentBody::until_sent`]).
+    sending: Option<oneshot::Sender<()>>,
 }
 
 impl AgentBody {
@@ -53,7 +59,25 @@ impl AgentBody {
             inner: Some(body),
             done,
             waits_for_continue: !done && expects_continue(headers),
+            sending: None,
         }
+    }
+
+    /// Resolves once the client has sent the whole body, or it is no
+    /// longer read (past the limits below, or the client gone); `None`
+    /// when there is nothing to wait for. An answer for an HTTP/2 client
+    /// still sending waits for it ([`super::early_answer`]). Made on
+    /// demand: most requests have no body to wait for.
+    pub fn until_sent(&mut self) -> Option<oneshot::Receiver<()>> {
+        if self.done
+            || self.waits_for_continue
+            || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.sending = Some(tx);
+        Some(rx)
     }
 }
 
@@ -73,6 +97,7 @@ impl Body for AgentBody {
         let polled = Pin::new(inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.done = true;
+            this.sending = None;
         }
         polled
     }
@@ -99,7 +124,11 @@ impl Drop for AgentBody {
         // Dropped on the runtime's threads (in a request's task, or in
         // hyper's connection task); nowhere else to spawn from.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(body, IDLE, LINGER, MAX_BYTES));
+            let sending = self.sending.take();
+            runtime.spawn(async move {
+                drain(body, IDLE, LINGER, MAX_BYTES).await;
+                drop(sending);
+            });
         }
     }
 }

@@ -10,6 +10,14 @@
 //! body and `curl: (92) ... PROTOCOL_ERROR`. An answer gathered first is
 //! queued in one piece, and curl has all of it before it can react.
 //!
+//! Queued in one piece is not yet written in one piece: h2 writes the head
+//! as soon as it is queued, and the body only once the stream has been
+//! given send capacity, a turn of the connection's task later. curl,
+//! quick enough, had the head alone. So a gathered answer also waits,
+//! within the same limit, for the agent to finish sending its body (or for
+//! Airlock to stop reading it): an agent that has sent all it declared
+//! has nothing to cut short.
+//!
 //! Only small answers of a declared length are gathered, within a time
 //! limit: a stream that answers while the agent still sends (gRPC's
 //! bidirectional calls) must go on at once.
@@ -24,6 +32,10 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout_at},
+};
 
 /// Largest answer gathered: an error page, not a download.
 pub const GATHER_MAX: u64 = 64 * 1024;
@@ -39,11 +51,17 @@ pub fn worth_gathering(size: &SizeHint) -> bool {
 /// frame up to its end, or those that came in time, and the rest of it
 /// after them. The byte bound holds for what the body yields, which may be
 /// more than the upstream declared: a compressed answer is decoded for the
-/// scrubber before it is gathered.
-pub async fn gather<B>(mut body: B, limit: Duration) -> Gathered<B>
+/// scrubber before it is gathered. A body gathered whole is handed on once
+/// `agent_sent` resolves too, or at the limit.
+pub async fn gather<B>(
+    mut body: B,
+    limit: Duration,
+    agent_sent: Option<oneshot::Receiver<()>>,
+) -> Gathered<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
+    let deadline = Instant::now() + limit;
     let mut frames = VecDeque::new();
     let read_all = async {
         let mut held = 0u64;
@@ -59,7 +77,11 @@ where
         }
         None
     };
-    let end = tokio::time::timeout(limit, read_all).await.ok().flatten();
+    let end = timeout_at(deadline, read_all).await.ok().flatten();
+    if let (Some(Ok(())), Some(sent)) = (&end, agent_sent) {
+        // Resolved, or its sender dropped: either way no more is coming.
+        let _ = timeout_at(deadline, sent).await;
+    }
     Gathered {
         frames,
         end,
@@ -152,7 +174,7 @@ mod tests {
     async fn a_body_that_ends_in_time_is_gathered_whole() {
         let (body, tx) = fed(&[b"too ", b"large"]);
         drop(tx);
-        let gathered = gather(body, S).await;
+        let gathered = gather(body, S, None).await;
         assert!(gathered.end.is_some());
         assert_eq!(gathered.size_hint().exact(), Some(9));
         let all = gathered.collect().await.expect("body").to_bytes();
@@ -162,7 +184,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_still_coming_at_the_limit_goes_on_after_what_came() {
         let (body, tx) = fed(&[b"first "]);
-        let gathered = gather(body, S).await;
+        let gathered = gather(body, S, None).await;
         assert!(gathered.end.is_none());
         assert!(!gathered.is_end_stream());
         tx.send(Bytes::from_static(b"second")).expect("send");
@@ -177,7 +199,7 @@ mod tests {
         let piece: &'static [u8] = &[b'x'; 16 * 1024];
         let (body, tx) = fed(&[piece; 8]);
         drop(tx);
-        let gathered = gather(body, S).await;
+        let gathered = gather(body, S, None).await;
         assert!(gathered.end.is_none(), "gathered past the bound");
         let held: usize = gathered
             .frames
@@ -188,6 +210,44 @@ mod tests {
         assert!(held as u64 <= GATHER_MAX + piece.len() as u64, "{held}");
         let all = gathered.collect().await.expect("body").to_bytes();
         assert_eq!(all.len(), 8 * piece.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_answer_waits_for_the_agent_to_finish_sending() {
+        let started = Instant::now();
+        let (body, tx) = fed(&[b"too large"]);
+        drop(tx);
+        let (sending, sent) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::time::sleep(S / 4).await;
+            drop(sending);
+        });
+        let gathered = gather(body, S, Some(sent)).await;
+        assert_eq!(started.elapsed(), S / 4);
+        assert_eq!(
+            gathered.collect().await.expect("body").to_bytes(),
+            "too large"
+        );
+        // An agent that never finishes is waited for until the limit only.
+        let started = Instant::now();
+        let (body, tx) = fed(&[b"too large"]);
+        drop(tx);
+        let (_sending, sent) = oneshot::channel::<()>();
+        let gathered = gather(body, S, Some(sent)).await;
+        assert_eq!(started.elapsed(), S);
+        assert!(gathered.end.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_still_coming_does_not_wait_for_the_agent() {
+        let started = Instant::now();
+        let (body, _tx) = fed(&[b"first "]);
+        let (sending, sent) = oneshot::channel::<()>();
+        let gathered = gather(body, S, Some(sent)).await;
+        // Not a moment past the limit: the agent's upload is not waited on.
+        assert_eq!(started.elapsed(), S);
+        assert!(gathered.end.is_none());
+        drop(sending);
     }
 
     #[test]

@@ -262,6 +262,18 @@ impl Intercept {
                 record.status = Some(resp.status().as_u16());
                 record.duration_ms = started.elapsed().as_millis() as u64;
                 self.audit.record(record);
+                // Like an early answer (`early_answer`), a refusal reaches
+                // an HTTP/2 agent still uploading once it has sent all it
+                // declared: curl ends its stream short at an error's head,
+                // and the stream's reset would lose the JSON.
+                if parts.version == Version::HTTP_2
+                    && let Outgoing::Streamed(body) = &mut outgoing
+                    && let Some(sent) = body.until_sent()
+                {
+                    // Dropped, the body is read to its end in a task of its own.
+                    drop(std::mem::replace(&mut outgoing, Outgoing::Sent));
+                    let _ = Box::pin(tokio::time::timeout(early_answer::GATHER_TIME, sent)).await;
+                }
                 resp
             }
         }
@@ -290,6 +302,12 @@ impl Intercept {
             claimed,
         } = self.admit(ctx, host, method, path, parts, record)?;
         record.rule = Some(allowed.rule_label.clone());
+        // An answer that comes while an HTTP/2 agent still uploads waits
+        // for the upload (`early_answer`).
+        let agent_sent = match outgoing {
+            Outgoing::Streamed(body) if parts.version == Version::HTTP_2 => body.until_sent(),
+            _ => None,
+        };
         // A body read whole (for a human, or a signature) is read for
         // claims then: if the request is refused from there on, for a
         // claim or not, its record lists them still.
@@ -434,6 +452,7 @@ impl Intercept {
                 Box::pin(early_answer::gather(
                     Box::pin(body),
                     early_answer::GATHER_TIME,
+                    agent_sent,
                 ))
                 .await,
             )
