@@ -1013,6 +1013,8 @@ show('param-seg', requests.get('https://api.example.test:{p}/admin;x/users', tim
 show('override', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'DELETE', 'Authorization': 'Bearer ' + tok}}, timeout=10))
 # The same in a query parameter, as Laravel and Symfony read it.
 show('override-query', requests.post('https://api.example.test:{p}/hello?_method=DELETE', timeout=10))
+# The answer names the claim, since POST itself is allowed.
+print('claimed', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'delete'}}, timeout=10).json().get('claimed_method'))
 import http.client, ssl
 conn = http.client.HTTPSConnection('api.example.test', {p}, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']), timeout=10)
 conn.putrequest('GET', '/hello', skip_host=True)
@@ -1048,6 +1050,7 @@ print('detail', r.json().get('detail'))
             "param-seg 403 denied deny_rule GET /admin;x/users web-bot",
             "override 403 denied method_not_allowed POST /hello web-bot",
             "override-query 403 denied method_not_allowed POST /hello?_method=DELETE web-bot",
+            "claimed delete",
             "two-hosts 403 host_mismatch",
             // The right host, but a bearer token planted in a query
             // parameter (a message text the API would keep).

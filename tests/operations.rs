@@ -387,6 +387,12 @@ fn a_held_body_claiming_a_refused_method_is_refused_without_asking() {
         "{}",
         describe(&out)
     );
+    // The answer names the claim: the request's own method, POST, is allowed.
+    assert!(
+        answer.contains(r#""claimed_method":"DELETE""#),
+        "{}",
+        describe(&out)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "the request waited for a human: {:?}",

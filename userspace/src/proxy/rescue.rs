@@ -16,6 +16,15 @@ pub enum ProxyError {
         reason: &'static str,
         rule: Option<Arc<str>>,
     },
+    /// Refused for a method the request claims besides its own (an
+    /// override header, `_method`): named in the answer, since the
+    /// request's own method is allowed.
+    #[error("denied by policy: {reason} for the claimed method")]
+    ClaimDenied {
+        claimed: String,
+        reason: &'static str,
+        rule: Option<Arc<str>>,
+    },
     #[error("request carries the placeholder of secret {secret}, which no rule allows here")]
     PlaceholderNotAllowed { secret: String },
     /// A placeholder where its secret's kind is not swapped: `detail`
@@ -60,7 +69,7 @@ pub struct Asked<'a> {
 impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
-            ProxyError::Denied { reason, .. } => reason,
+            ProxyError::Denied { reason, .. } | ProxyError::ClaimDenied { reason, .. } => reason,
             ProxyError::PlaceholderNotAllowed { .. } => "placeholder_not_allowed",
             ProxyError::PlaceholderMisplaced { .. } => "placeholder_misplaced",
             ProxyError::CredentialOverPlainHttp => "credential_over_plain_http",
@@ -112,7 +121,7 @@ impl ProxyError {
 
     pub fn rule(&self) -> Option<&Arc<str>> {
         match self {
-            ProxyError::Denied { rule, .. } => rule.as_ref(),
+            ProxyError::Denied { rule, .. } | ProxyError::ClaimDenied { rule, .. } => rule.as_ref(),
             ProxyError::RateLimited { rule, .. } => Some(rule),
             _ => None,
         }
@@ -137,6 +146,7 @@ impl ProxyError {
         });
         match self {
             ProxyError::Upstream { reason } => body["detail"] = json!(reason),
+            ProxyError::ClaimDenied { claimed, .. } => body["claimed_method"] = json!(claimed),
             ProxyError::TokenUnavailable { .. } | ProxyError::PlaceholderMisplaced { .. } => {
                 body["detail"] = json!(self.to_string())
             }
@@ -192,6 +202,28 @@ mod tests {
         assert_eq!(body["method"], "DELETE");
         assert_eq!(body["path"], "/repos/x");
         assert_eq!(body["reason"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_claim_is_named_in_the_403() {
+        let err = ProxyError::ClaimDenied {
+            claimed: "DELETE".into(),
+            reason: "method_not_allowed",
+            rule: Some("deny[0]".into()),
+        };
+        let asked = Asked {
+            method: "POST",
+            ..ASKED
+        };
+        let resp = err.to_response(&asked);
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["x-airlock-reason"], "method_not_allowed");
+        let body = json_of(resp).await;
+        assert_eq!(body["error"], "denied");
+        assert_eq!(body["method"], "POST");
+        assert_eq!(body["claimed_method"], "DELETE");
+        assert_eq!(body["reason"], "method_not_allowed");
+        assert_eq!(err.rule().map(|r| &**r), Some("deny[0]"));
     }
 
     #[tokio::test]

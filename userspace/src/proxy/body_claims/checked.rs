@@ -28,6 +28,8 @@ use crate::{
 /// Why a claim was refused, as the policy gave it.
 #[derive(Debug, Clone)]
 pub struct Refusal {
+    /// The method claimed, as read: at most 64 bytes, or `(unreadable)`.
+    pub claimed: String,
     pub reason: &'static str,
     pub rule: Option<Arc<str>>,
     /// Set when the claimed method's rule is over its rate limit.
@@ -67,7 +69,8 @@ impl From<Refusal> for ProxyError {
     fn from(refusal: Refusal) -> ProxyError {
         match (refusal.retry_after, refusal.rule) {
             (Some(retry_after), Some(rule)) => ProxyError::RateLimited { rule, retry_after },
-            (_, rule) => ProxyError::Denied {
+            (_, rule) => ProxyError::ClaimDenied {
+                claimed: refusal.claimed,
                 reason: refusal.reason,
                 rule,
             },
@@ -162,6 +165,7 @@ impl Check {
                     .decide_http(&self.host, self.port, claim, self.path.as_str())
             {
                 return Err(Refusal {
+                    claimed: claim.clone(),
                     reason: d.reason.as_str(),
                     rule: d.rule_label,
                     retry_after: None,
@@ -183,20 +187,27 @@ impl Check {
                     .decide_http(&self.host, self.port, claim, self.path.as_str())
                 {
                     HttpDecision::Deny(d) => Some(Refusal {
+                        claimed: claim.clone(),
                         reason: d.reason.as_str(),
                         rule: d.rule_label,
                         retry_after: None,
                     }),
-                    HttpDecision::Allow(rule) => self.beyond_grant(&rule, &mut charged),
+                    HttpDecision::Allow(rule) => self.beyond_grant(claim, &rule, &mut charged),
                 }
             })
     }
 
     /// Whether a claim's rule, which allows it, asks for more than the
     /// request was granted.
-    fn beyond_grant(&self, rule: &Allowed, charged: &mut Vec<RuleId>) -> Option<Refusal> {
+    fn beyond_grant(
+        &self,
+        claim: &str,
+        rule: &Allowed,
+        charged: &mut Vec<RuleId>,
+    ) -> Option<Refusal> {
         let refuse = |reason| {
             Some(Refusal {
+                claimed: claim.to_owned(),
                 reason,
                 rule: Some(rule.rule_label.clone()),
                 retry_after: None,
@@ -222,6 +233,7 @@ impl Check {
                 .check(&self.agent, rule.rule.0, limit.count, limit.per)
             {
                 return Some(Refusal {
+                    claimed: claim.to_owned(),
                     reason: "rate_limited",
                     rule: Some(rule.rule_label.clone()),
                     retry_after: Some(retry.0),

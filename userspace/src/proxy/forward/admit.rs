@@ -84,7 +84,8 @@ impl Intercept {
         for claimed in &claims {
             match policy.decide_http(host, ctx.port, claimed, path.as_str()) {
                 HttpDecision::Deny(d) => {
-                    return Err(ProxyError::Denied {
+                    return Err(ProxyError::ClaimDenied {
+                        claimed: claimed.to_string(),
                         reason: d.reason.as_str(),
                         rule: d.rule_label,
                     });
