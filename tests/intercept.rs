@@ -1952,7 +1952,9 @@ fn a_compressed_echo_never_carries_the_secret_past_the_scrubber() {
 /// address the agent dialled.
 #[test]
 fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
-    let Setup { d, up } = setup("passthrough:\n  - \"pinned.example.test\"\n");
+    let Setup { d, up } = setup(
+        "passthrough:\n  - \"pinned.example.test:{port}\"\n  - \"pinned-443.example.test\"\n",
+    );
     let pem = std::fs::read_to_string(&up.ca_pem).expect("upstream CA");
     // Trusting only the upstream's CA: Airlock's certificate would fail.
     let ca = harness::script(&d, "upstream-ca.pem", &pem);
@@ -1989,7 +1991,36 @@ fn passthrough_hosts_are_tunnelled_untouched_to_the_name_in_the_sni() {
         r["host"] == "pinned.example.test" && r["proto"] == "tls"
     });
     assert_eq!(rec["action"], "allow");
-    assert_eq!(rec["rule"], "passthrough pinned.example.test");
+    assert_eq!(
+        rec["rule"],
+        format!("passthrough pinned.example.test:{}", up.port)
+    );
+
+    // An entry without a port passes the name through on 443 alone: the
+    // same server on another port gets no tunnel, and the refusal says
+    // which entry would make one.
+    let out = web_bot_sh(
+        &d,
+        &format!(
+            "curl -sS --cacert {ca} --connect-to pinned-443.example.test:{p}:127.0.0.1:{p} https://pinned-443.example.test:{p}/echo",
+            p = up.port
+        ),
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let rec = d.wait_audit("for the refused port", |r| {
+        r["host"] == "pinned-443.example.test"
+    });
+    assert_eq!(
+        (&rec["action"], &rec["reason"]),
+        (&"deny".into(), &"passthrough_port_not_listed".into()),
+        "{rec}"
+    );
+    let fix = format!("\"pinned-443.example.test:{}\" under passthrough", up.port);
+    assert!(
+        d.log_text().contains(&fix),
+        "the daemon log does not name the entry that would tunnel the port ({fix}):\n{}",
+        d.log_text()
+    );
 
     // A name the policy does not pass through, with the same trust, gets
     // Airlock's certificate (intercepted), which the upstream's CA alone
@@ -2037,7 +2068,7 @@ fn a_name_dns_points_at_this_host_leads_the_daemon_nowhere() {
         ],
     );
     let policy = format!(
-        "agent: rebind-bot\nrules:\n  - host: \"*.example.test:{p}\"\n    methods: [GET]\npassthrough:\n  - rebind-pt.example.test\n  - mapped-pt.example.test\ntcp:\n  - \"rebind-tcp.example.test:{t}\"\n  - \"mapped-tcp.example.test:{tm}\"\n"
+        "agent: rebind-bot\nrules:\n  - host: \"*.example.test:{p}\"\n    methods: [GET]\npassthrough:\n  - \"rebind-pt.example.test:{p}\"\n  - \"mapped-pt.example.test:{p}\"\ntcp:\n  - \"rebind-tcp.example.test:{t}\"\n  - \"mapped-tcp.example.test:{tm}\"\n"
     );
     let d = Daemon::start(DaemonOptions {
         policies: vec![("rebind-bot.yaml".into(), policy)],
@@ -2671,7 +2702,7 @@ fn a_reload_that_takes_a_tunnel_away_closes_the_open_ones() {
     let raw = harness::servers::TagServer::start("127.0.0.1:0", "raw tcp server");
     let t = raw.addr.port();
     let Setup { d, up } = setup(&format!(
-        "passthrough:\n  - \"pinned.example.test\"\ntcp:\n  - \"127.0.0.1/32:{t}\"\n"
+        "passthrough:\n  - \"pinned.example.test:{{port}}\"\ntcp:\n  - \"127.0.0.1/32:{t}\"\n"
     ));
     let ca = harness::script(
         &d,
@@ -2724,8 +2755,12 @@ except OSError as e:
             std::thread::sleep(Duration::from_millis(50));
         }
         let policy = std::fs::read_to_string(&path).expect("policy");
+        // The name stays passed through, but on 443 alone.
         let cut = policy
-            .replace("passthrough:\n  - \"pinned.example.test\"\n", "")
+            .replace(
+                &format!("\"pinned.example.test:{}\"", up.port),
+                "\"pinned.example.test\"",
+            )
             .replace(&format!("tcp:\n  - \"127.0.0.1/32:{t}\"\n"), "");
         assert_ne!(cut, policy, "the edit changed nothing");
         std::fs::write(&path, cut).expect("edit");
@@ -2754,7 +2789,10 @@ except OSError as e:
         }
     });
     for (what, rule) in [
-        ("passthrough", "passthrough pinned.example.test".to_owned()),
+        (
+            "passthrough",
+            format!("passthrough pinned.example.test:{}", up.port),
+        ),
         ("tcp", format!("tcp[0] 127.0.0.1/32:{t}")),
     ] {
         let rec = d.wait_audit(&format!("for the {what} tunnel's end"), |r| {

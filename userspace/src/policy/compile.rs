@@ -18,7 +18,9 @@ use serde::de::IgnoredAny;
 use super::error::{PolicyError, PolicyErrors, Problem, is_method_token};
 use super::host::{HostPattern, check_dns_name, parse_ip_literal, parse_port, split_host_port};
 use super::locate::{KeyProblemKind, NodePath, key_problems, locate};
-use super::model::{AllowRule, DenyRule, EnvValue, Policy, RateLimit, TcpEntry, TcpTarget};
+use super::model::{
+    AllowRule, DenyRule, EnvValue, PassthroughEntry, Policy, RateLimit, TcpEntry, TcpTarget,
+};
 use super::path_patterns::{PathPatterns, as_servers_may_read, upper_escapes};
 use super::schema::{DenySpec, PolicyFile, RuleSpec};
 
@@ -157,7 +159,7 @@ impl Compiler {
             .enumerate()
             .filter_map(|(i, entry)| self.tcp_entry(&root.key("tcp").index(i), i, entry))
             .collect();
-        let passthrough: Vec<HostPattern> = file
+        let passthrough: Vec<PassthroughEntry> = file
             .passthrough
             .unwrap_or_default()
             .iter()
@@ -475,25 +477,28 @@ impl Compiler {
         }
     }
 
-    fn passthrough(&mut self, at: &NodePath, entry: &str) -> Option<HostPattern> {
+    fn passthrough(&mut self, at: &NodePath, entry: &str) -> Option<PassthroughEntry> {
         let problem = |reason| Problem::Passthrough {
             entry: entry.to_owned(),
             reason,
         };
-        if parse_ip_literal(entry).is_some() {
+        let (name, port) = match split_host_port(entry) {
+            Ok(split) => split,
+            Err(reason) => {
+                self.report(at.clone(), problem(reason));
+                return None;
+            }
+        };
+        if parse_ip_literal(name).is_some() {
             // SNI carries names only (RFC 6066), so an address never matches.
             self.report(at.clone(), problem("SNI never carries an IP address"));
             return None;
         }
-        if entry.contains(':') {
-            self.report(
-                at.clone(),
-                problem("passthrough is decided on SNI, which has no port"),
-            );
-            return None;
-        }
-        match HostPattern::parse(entry) {
-            Ok(pattern) => Some(pattern),
+        match HostPattern::parse(name) {
+            Ok(host) => Some(PassthroughEntry {
+                host,
+                port: port.unwrap_or(DEFAULT_PORT),
+            }),
             Err(reason) => {
                 self.report(at.clone(), problem(reason));
                 None

@@ -207,7 +207,8 @@ impl Problem {
                 "write \"host:port\", \"10.0.0.0/8:port\" or \"[2001:db8::/32]:port\"".to_owned()
             }
             Problem::Passthrough { .. } => {
-                "write a host name or \"*.example.com\", without a port".to_owned()
+                "write a host name or \"*.example.com\", with \":port\" for a port other than 443"
+                    .to_owned()
             }
         };
         Some(hint)

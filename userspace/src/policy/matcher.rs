@@ -6,6 +6,20 @@ use super::host::Host;
 use super::model::{AllowRule, DenyRule, Policy, RateLimit, RuleId, TcpTarget};
 use super::path_patterns::{Readings, as_servers_may_read};
 
+/// What a TLS connection is, by its SNI and port, before any byte of it
+/// is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Tunnelled uninspected.
+    Tunnel,
+    /// The name is passed through on other ports, and no rule allows it
+    /// on this one: refused, as the client (one that pins certificates)
+    /// would refuse Airlock's.
+    OtherPortsOnly,
+    /// Intercepted, or refused, as any other host.
+    Intercept,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpDecision {
     Allow(Allowed),
@@ -201,19 +215,39 @@ impl Policy {
             .any(|entry| entry.port == matched.port && entry.target == matched.target)
     }
 
-    /// Whether a TLS connection with this SNI is tunnelled uninspected: a
-    /// passthrough pattern matches it, and no deny rule refuses it
-    /// outright.
-    pub fn passthrough_allows(&self, sni: &str) -> bool {
-        let Some(host) = Host::parse(sni) else {
-            return false;
+    /// What becomes of a TLS connection with this SNI to this port: a
+    /// tunnel where an entry names the host and port and no deny rule
+    /// refuses that port outright.
+    pub fn passthrough(&self, sni: &str, port: u16) -> Passthrough {
+        let Some(host @ Host::Name(_)) = Host::parse(sni) else {
+            return Passthrough::Intercept;
         };
-        matches!(host, Host::Name(_))
-            && self.whole_host_deny(&host).is_none()
-            && self
-                .passthrough
+        let mut listed = self
+            .passthrough
+            .iter()
+            .filter(|entry| entry.host.matches(&host))
+            .peekable();
+        if listed.peek().is_none()
+            || self
+                .deny
                 .iter()
-                .any(|pattern| pattern.matches(&host))
+                .any(|rule| rule.refuses_port(port) && rule.host.matches(&host))
+        {
+            return Passthrough::Intercept;
+        }
+        if listed.any(|entry| entry.port == port) {
+            return Passthrough::Tunnel;
+        }
+        // Intercepted where a rule allows the host on this port, as
+        // requests; otherwise there is nothing the connection may carry.
+        match self
+            .rules
+            .iter()
+            .any(|rule| rule.port == port && rule.host.matches(&host))
+        {
+            true => Passthrough::Intercept,
+            false => Passthrough::OtherPortsOnly,
+        }
     }
 
     /// Whether the agent may resolve `name`: no deny rule refuses the
@@ -238,7 +272,7 @@ impl Policy {
             || self
                 .passthrough
                 .iter()
-                .any(|pattern| pattern.matches(&host))
+                .any(|entry| entry.host.matches(&host))
     }
 
     /// The label of the deny rule that refuses `name` outright (no port,

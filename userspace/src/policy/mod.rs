@@ -24,7 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use error::{PolicyError, PolicyErrors};
-pub use matcher::{Allowed, HttpDecision, TcpMatch};
+pub use matcher::{Allowed, HttpDecision, Passthrough, TcpMatch};
 #[cfg(test)]
 use matcher::{Denied, DenyReason};
 #[cfg(test)]

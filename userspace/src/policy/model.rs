@@ -21,7 +21,7 @@ pub struct Policy {
     pub(super) rules: Vec<AllowRule>,
     pub(super) deny: Vec<DenyRule>,
     pub(super) tcp: Vec<TcpEntry>,
-    pub(super) passthrough: Vec<HostPattern>,
+    pub(super) passthrough: Vec<PassthroughEntry>,
     /// Secret names used by any rule's credentials, sorted and unique.
     pub(super) secrets: Vec<String>,
 }
@@ -74,6 +74,11 @@ impl DenyRule {
     pub(super) fn is_whole_host(&self) -> bool {
         self.port.is_none() && self.methods.is_none() && self.paths.is_none()
     }
+
+    /// Denies every request on `port`: no method or path narrows it.
+    pub(super) fn refuses_port(&self, port: u16) -> bool {
+        self.port.is_none_or(|own| own == port) && self.methods.is_none() && self.paths.is_none()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +86,15 @@ pub(super) struct TcpEntry {
     /// `tcp[0] github.com:22`.
     pub label: String,
     pub target: TcpTarget,
+    pub port: u16,
+}
+
+/// A `passthrough:` entry: TLS to these names, on this port, is tunnelled.
+#[derive(Debug, Clone)]
+pub(super) struct PassthroughEntry {
+    pub host: HostPattern,
+    /// 443 unless the entry names another: a tunnel is bytes the proxy
+    /// never reads, so it goes to no port the policy did not name.
     pub port: u16,
 }
 

@@ -715,7 +715,7 @@ fn empty_policy_denies_everything() {
         DenyReason::NoRuleForHost
     );
     assert!(p.tcp_match(v4(1, 1, 1, 1), 22, &no_dns).is_none());
-    assert!(!p.passthrough_allows("a.example"));
+    assert_eq!(p.passthrough("a.example", 443), Passthrough::Intercept);
     assert!(!p.names_host("a.example"));
 }
 
@@ -1113,10 +1113,16 @@ fn a_host_denied_outright_is_neither_passed_through_nor_relayed() {
         "deny:",
         "  - host: internal.example.com",
     ]));
-    assert!(!p.passthrough_allows("internal.example.com"));
-    assert!(!p.passthrough_allows("Internal.Example.com."));
+    assert_eq!(
+        p.passthrough("internal.example.com", 443),
+        Passthrough::Intercept
+    );
+    assert_eq!(
+        p.passthrough("Internal.Example.com.", 443),
+        Passthrough::Intercept
+    );
     assert!(!p.names_host("internal.example.com"));
-    assert!(p.passthrough_allows("other.example.com"));
+    assert_eq!(p.passthrough("other.example.com", 443), Passthrough::Tunnel);
     assert!(p.names_host("other.example.com"));
     let resolve = |name: &str| match name {
         "internal.example.com" => vec![v4(10, 0, 0, 7)],
@@ -1135,25 +1141,95 @@ fn passthrough_is_decided_on_sni_patterns() {
         "  - pinned.example.com",
         "  - \"*.pinned.example.net\"",
     ]));
-    assert!(p.passthrough_allows("pinned.example.com"));
-    assert!(p.passthrough_allows("PINNED.example.com."));
-    assert!(p.passthrough_allows("a.pinned.example.net"));
-    assert!(!p.passthrough_allows("pinned.example.net"));
-    assert!(!p.passthrough_allows("other.example.com"));
-    assert!(!p.passthrough_allows(""));
+    let tunnelled = |sni: &str| p.passthrough(sni, 443) == Passthrough::Tunnel;
+    assert!(tunnelled("pinned.example.com"));
+    assert!(tunnelled("PINNED.example.com."));
+    assert!(tunnelled("a.pinned.example.net"));
+    assert!(!tunnelled("pinned.example.net"));
+    assert!(!tunnelled("other.example.com"));
+    assert!(!tunnelled(""));
+    assert!(!tunnelled("10.0.0.1"));
     assert!(p.names_host("x.pinned.example.net"));
     // Passthrough is not HTTP permission.
     assert_eq!(
         reason(p.decide_http("pinned.example.com", 443, "GET", "/")),
         DenyReason::NoRuleForHost
     );
-    for bad in ["pinned.example.com:443", "10.0.0.1", "*"] {
+    for bad in [
+        "10.0.0.1",
+        "[::1]:443",
+        "*",
+        "pinned.example.com:0",
+        "a.com:x",
+    ] {
         let error = only_error(&format!("agent: a\npassthrough: [\"{bad}\"]\n"));
         assert!(
             error.message.starts_with("invalid passthrough entry"),
             "{bad}: {error}"
         );
     }
+}
+
+/// A tunnel carries bytes Airlock never reads, so it goes only to the port
+/// an entry names: 443 unless the entry says otherwise. The name on
+/// another port is refused unless a rule intercepts it there.
+#[test]
+fn passthrough_tunnels_only_the_port_its_entry_names() {
+    let p = policy(&doc(&[
+        "agent: a",
+        "rules:",
+        "  - host: both.example.com:8080",
+        "passthrough:",
+        "  - pinned.example.com",
+        "  - \"mqtt.example.com:8883\"",
+        "  - both.example.com",
+        "  - \"*.example.net:8443\"",
+        "  - \"shut.example.org:8443\"",
+        "deny:",
+        "  - host: \"shut.example.org:8443\"",
+        "  - host: \"shut.example.org:9443\"",
+        "    methods: [DELETE]",
+    ]));
+    assert_eq!(
+        p.passthrough("pinned.example.com", 443),
+        Passthrough::Tunnel
+    );
+    assert_eq!(
+        p.passthrough("pinned.example.com", 22),
+        Passthrough::OtherPortsOnly
+    );
+    assert_eq!(p.passthrough("mqtt.example.com", 8883), Passthrough::Tunnel);
+    assert_eq!(
+        p.passthrough("mqtt.example.com", 443),
+        Passthrough::OtherPortsOnly
+    );
+    assert_eq!(p.passthrough("a.example.net", 8443), Passthrough::Tunnel);
+    assert_eq!(
+        p.passthrough("a.example.net", 443),
+        Passthrough::OtherPortsOnly
+    );
+    // A rule for the name on another port intercepts it there.
+    assert_eq!(p.passthrough("both.example.com", 443), Passthrough::Tunnel);
+    assert_eq!(
+        p.passthrough("both.example.com", 8080),
+        Passthrough::Intercept
+    );
+    // A deny rule that refuses the port outright comes first; one that
+    // names methods does not refuse a tunnel, which has none.
+    assert_eq!(
+        p.passthrough("shut.example.org", 8443),
+        Passthrough::Intercept
+    );
+    assert!(p.names_host("mqtt.example.com"));
+    let q = policy(&doc(&[
+        "agent: a",
+        "passthrough:",
+        "  - \"shut.example.org:9443\"",
+        "deny:",
+        "  - host: \"shut.example.org:9443\"",
+        "    methods: [DELETE]",
+    ]));
+    assert_eq!(q.passthrough("shut.example.org", 9443), Passthrough::Tunnel);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use crate::{
     ca::Ca,
     dns::Resolver,
     metrics::Metrics,
-    policy::{Policy, PolicyStore},
+    policy::{Passthrough, Policy, PolicyStore},
     ratelimit::RateLimiter,
 };
 
@@ -96,9 +96,26 @@ impl Intercept {
             .sni
             .clone()
             .unwrap_or_else(|| origin.dst.0.ip().to_string());
-        if policy.passthrough_allows(&host) {
-            self.passthrough(stream, &origin, &agent, &host).await;
-            return;
+        let port = origin.dst.0.port();
+        match policy.passthrough(&host, port) {
+            Passthrough::Tunnel => {
+                self.passthrough(stream, &origin, &agent, &host).await;
+                return;
+            }
+            Passthrough::OtherPortsOnly => {
+                if let Some(held_back) = self.warnings.open(&agent) {
+                    tracing::warn!(
+                        agent = %agent,
+                        host,
+                        port,
+                        held_back,
+                        "TLS refused: the host is passed through on other ports only; list \"{host}:{port}\" under passthrough to tunnel this one"
+                    );
+                }
+                self.refuse(&origin, &agent, &host, "passthrough_port_not_listed");
+                return;
+            }
+            Passthrough::Intercept => {}
         }
         let ip_host = host.parse::<std::net::IpAddr>().is_ok();
         if !ip_host && !policy.names_host(&host) {
@@ -178,12 +195,16 @@ impl Intercept {
     /// The upstream is the SNI host as the daemon resolves it.
     async fn passthrough(&self, stream: TcpStream, origin: &Origin, agent: &Arc<str>, host: &str) {
         let started = std::time::Instant::now();
+        let port = origin.dst.0.port();
         let mut record = self.record(origin, agent, host);
-        record.rule = Some(format!("passthrough {host}").into());
+        record.rule = Some(match port {
+            443 => format!("passthrough {host}").into(),
+            _ => format!("passthrough {host}:{port}").into(),
+        });
         let targets: Vec<std::net::SocketAddr> = match self.resolver.lookup_ip(host).await {
             Ok(ips) => ips
                 .into_iter()
-                .map(|ip| std::net::SocketAddr::new(ip, origin.dst.0.port()))
+                .map(|ip| std::net::SocketAddr::new(ip, port))
                 .collect(),
             Err(err) => {
                 // A name that DNS points at this host or the local link
@@ -205,9 +226,9 @@ impl Intercept {
                 self.metrics.connection(agent, "passthrough");
                 // A reload that stops passing the host through ends the
                 // tunnel.
-                let revoked = self
-                    .policies
-                    .revoked(agent, |policy| policy.passthrough_allows(host));
+                let revoked = self.policies.revoked(agent, |policy| {
+                    policy.passthrough(host, port) == Passthrough::Tunnel
+                });
                 let spliced = relay::splice(stream, upstream, revoked).await;
                 record.bytes_out = spliced.from_agent;
                 record.bytes_in = spliced.to_agent;

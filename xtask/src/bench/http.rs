@@ -251,7 +251,10 @@ pub fn http(bins: &Binaries, args: HttpArgs) -> anyhow::Result<()> {
         "agent: {AGENT}\nrules:\n  - host: {HOST}:{port}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n  - host: {HOST}:{port}\n    methods: [POST]\n    paths: [\"{UPLOAD_PATH}\"]\n",
         port = origin.port
     );
-    let relay_policy = format!("agent: {RELAY_AGENT}\npassthrough:\n  - {HOST}\n");
+    let relay_policy = format!(
+        "agent: {RELAY_AGENT}\npassthrough:\n  - \"{HOST}:{}\"\n",
+        origin.port
+    );
     let cred_policy = format!(
         "agent: {CRED_AGENT}\nrules:\n  - host: {CRED_HOST}:{}\n    methods: [GET]\n    paths: [\"{SMALL_PATH}\", \"{BIG_PATH}\"]\n    credentials:\n      - secret: bench-key\n",
         origin.port
