@@ -1009,10 +1009,15 @@ show('param-dots', requests.get('https://api.example.test:{p}/hello/..;/admin/us
 # an encoded separator, or drop a segment's parameters.
 show('encoded-sep', requests.get('https://api.example.test:{p}/admin%2Fusers', timeout=10))
 show('param-seg', requests.get('https://api.example.test:{p}/admin;x/users', timeout=10))
+# A parameter that swallows the encoded dots for a server that cuts it
+# first; nginx decodes first and resolves them.
+show('param-encoded-dots', requests.get('https://api.example.test:{p}/hello;%2F..%2Fadmin/users', timeout=10))
 # A POST that frameworks read as the DELETE the policy refuses.
 show('override', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'DELETE', 'Authorization': 'Bearer ' + tok}}, timeout=10))
 # The same in a query parameter, as Laravel and Symfony read it.
 show('override-query', requests.post('https://api.example.test:{p}/hello?_method=DELETE', timeout=10))
+# PHP reads `.` in a name as `_`: the same parameter to Laravel.
+show('override-query-php', requests.post('https://api.example.test:{p}/hello?.method=DELETE', timeout=10))
 # The answer names the claim, since POST itself is allowed.
 print('claimed', requests.post('https://api.example.test:{p}/hello', headers={{'X-HTTP-Method-Override': 'delete'}}, timeout=10).json().get('claimed_method'))
 import http.client, ssl
@@ -1024,6 +1029,14 @@ conn.putheader('Authorization', 'Bearer ' + tok)
 conn.endheaders()
 r = conn.getresponse()
 print('two-hosts', r.status, json.loads(r.read()).get('reason'))
+# The SNI's name, then more than a port: a front end that reads the
+# authority otherwise may route on what follows.
+conn = http.client.HTTPSConnection('api.example.test', {p}, context=ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE']), timeout=10)
+conn.putrequest('GET', '/hello', skip_host=True)
+conn.putheader('Host', 'api.example.test:@other.example.test')
+conn.endheaders()
+r = conn.getresponse()
+print('host-userinfo', r.status, json.loads(r.read()).get('reason'))
 r = requests.post('https://api.example.test:{p}/echo?text=' + tok, headers={{'Authorization': 'Bearer ' + tok}}, timeout=10)
 show('planted', r)
 print('detail', r.json().get('detail'))
@@ -1048,10 +1061,13 @@ print('detail', r.json().get('detail'))
             "param-dots 403 denied deny_rule GET /hello/..;/admin/users web-bot",
             "encoded-sep 403 denied deny_rule GET /admin%2Fusers web-bot",
             "param-seg 403 denied deny_rule GET /admin;x/users web-bot",
+            "param-encoded-dots 403 denied deny_rule GET /hello;%2F..%2Fadmin/users web-bot",
             "override 403 denied method_not_allowed POST /hello web-bot",
             "override-query 403 denied method_not_allowed POST /hello?_method=DELETE web-bot",
+            "override-query-php 403 denied method_not_allowed POST /hello?.method=DELETE web-bot",
             "claimed delete",
             "two-hosts 403 host_mismatch",
+            "host-userinfo 403 host_mismatch",
             // The right host, but a bearer token planted in a query
             // parameter (a message text the API would keep).
             &format!(
@@ -2398,6 +2414,99 @@ print('echo', got == want)
         ["HTTP/1.1 101 Switching Protocols", "echo True"],
         "{}",
         describe(&out)
+    );
+}
+
+/// A 101 is taken for a switch only when it answers the handshake: a
+/// WebSocket's must carry the accept value for the agent's key. An
+/// upstream that answers with any status it is asked for, behind a front
+/// end that then tunnels, would otherwise carry the agent's next bytes as
+/// requests no policy decided: here a DELETE to a path a deny rule
+/// refuses.
+#[test]
+fn a_101_that_does_not_answer_the_websocket_handshake_switches_nothing() {
+    let Setup { d, up } = setup("");
+    let p = up.port;
+    let py = format!(
+        r#"
+import json, os, socket, ssl
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
+def answer():
+    data = b''
+    while b'\r\n\r\n' not in data:
+        more = s.recv(1)
+        if not more:
+            return 'closed', {{}}
+        data += more
+    lines = data.decode().split('\r\n')
+    length = next((int(l.split(':', 1)[1]) for l in lines if l.lower().startswith('content-length:')), 0)
+    body = b''
+    while len(body) < length:
+        more = s.recv(length - len(body))
+        if not more:
+            break
+        body += more
+    try:
+        body = json.loads(body)
+    except ValueError:
+        body = {{'text': body.decode(errors='replace')}}
+    return lines[0].split(' ')[1], body
+s.sendall(b'GET /ws?answer=bare HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+status, body = answer()
+print('handshake', status, body.get('reason'))
+print('detail', body.get('detail'))
+try:
+    s.sendall(b'DELETE /admin/users HTTP/1.1\r\nHost: api.example.test:{p}\r\n\r\n')
+    status, body = answer()
+    print('next', status, body.get('reason') or body.get('text'))
+except OSError as e:
+    print('next closed', type(e).__name__)
+"#
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("handshake 502 upstream_error"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.contains("Sec-WebSocket-Accept")),
+        "{}",
+        describe(&out)
+    );
+    // What follows is a request of its own, decided as any other.
+    assert!(
+        matches!(
+            lines.get(2).copied(),
+            Some(
+                "next 403 deny_rule"
+                    | "next closed BrokenPipeError"
+                    | "next closed ConnectionResetError"
+            )
+        ),
+        "{}",
+        describe(&out)
+    );
+    let seen = up.seen();
+    assert!(
+        seen.iter().any(|s| s.path == "/ws?answer=bare"),
+        "the handshake never reached the upstream: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.path.starts_with("/admin")),
+        "a request went through the false switch: {seen:?}"
+    );
+    let rec = d.wait_audit("for the false switch", |r| r["path"] == "/ws?answer=bare");
+    assert_eq!(
+        (&rec["action"], &rec["status"]),
+        (&"error".into(), &502.into()),
+        "{rec}"
     );
 }
 

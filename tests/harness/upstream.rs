@@ -557,6 +557,26 @@ async fn handle(
                 .insert("content-type", "text/event-stream".parse().expect("ct"));
             r
         }
+        // A server that answers with whatever status it is asked for,
+        // behind a front end that tunnels once it sees a 101: nothing
+        // switched, so what comes next is read as HTTP requests again
+        // (recorded as seen, answered 200). WebSocket smuggling.
+        "/ws" if req.uri().query() == Some("answer=bare") => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let _ = requests_after_a_false_switch(TokioIo::new(upgraded), peer, seen).await;
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("h"));
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().expect("h"));
+            r
+        }
         "/ws" => {
             let on_upgrade = hyper::upgrade::on(&mut req);
             let auth = req
@@ -621,6 +641,42 @@ async fn handle(
         return Ok(Response::from_parts(parts, full(Bytes::new())));
     }
     Ok(resp)
+}
+
+/// Each request head that comes over `io`, recorded as seen (method and
+/// path), and answered `200 smuggled`.
+async fn requests_after_a_false_switch(
+    mut io: TokioIo<hyper::upgrade::Upgraded>,
+    peer: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = io.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = pending.drain(..end + 4).collect();
+            let line = String::from_utf8_lossy(&head);
+            let mut words = line.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            seen.lock().expect("seen").push(Seen {
+                method: method.to_owned(),
+                authority: None,
+                path: path.to_owned(),
+                version: "HTTP/1.1 after a 101".to_owned(),
+                headers: Vec::new(),
+                peer,
+                body_whole: Arc::default(),
+            });
+            io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nsmuggled\n")
+                .await?;
+        }
+    }
 }
 
 /// A WebSocket echo (RFC 6455, no extensions). A handshake with an

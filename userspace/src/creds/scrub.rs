@@ -74,14 +74,23 @@ struct Table {
 const CANDIDATE_PREFIX: usize = 4;
 
 /// Each pair, followed by a pair for every other form of its secret: as
-/// the common encoders echo it, and inside base64 among other bytes.
+/// the common encoders echo it, and inside base64 among other bytes, that
+/// base64 itself as those encoders echo it (a request log served as JSON
+/// by .NET writes `+` as `\u002B`, PHP `/` as `\/`; a URL carrying it
+/// percent-encodes both). The agent gets the placeholder's base64 as it
+/// is in place of an echoed one: it decodes the same.
 fn with_echo_forms(pairs: Vec<(Secret, Vec<u8>)>) -> Vec<(Secret, Vec<u8>)> {
     let mut all = Vec::with_capacity(pairs.len());
     for (secret, placeholder) in pairs {
         for form in echo_forms(secret.expose()) {
             all.push((form, placeholder.clone()));
         }
-        all.extend(base64_forms(secret.expose(), &placeholder));
+        for (run, stand_in) in base64_forms(secret.expose(), &placeholder) {
+            for form in echo_forms(run.expose()) {
+                all.push((form, stand_in.clone()));
+            }
+            all.push((run, stand_in));
+        }
         all.push((secret, placeholder));
     }
     all

@@ -4,7 +4,7 @@ use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use super::host::Host;
 use super::model::{AllowRule, DenyRule, Policy, RateLimit, RuleId, TcpTarget};
-use super::path_patterns::{Readings, as_servers_may_read};
+use super::path_patterns::{Readings, readings};
 
 /// What a TLS connection is, by its SNI and port, before any byte of it
 /// is answered.
@@ -366,12 +366,11 @@ fn read_path(path: &str) -> Option<Readings<'_>> {
     if has_dot_or_empty_inner_segment(written[1..].split('/')) {
         return None;
     }
-    let read = as_servers_may_read(&written);
-    if let Some(read) = &read
-        && read
-            .strip_prefix('/')
+    let read = readings(&written);
+    if read.iter().any(|read| {
+        read.strip_prefix('/')
             .is_none_or(|rest| has_dot_or_empty_inner_segment(rest.split('/')))
-    {
+    }) {
         return None;
     }
     Some(Readings { written, read })

@@ -20,11 +20,12 @@ pub(super) struct PathPatterns {
     as_read: GlobSet,
 }
 
-/// A request's path: as written (canonical), and as a server that reads
-/// `%2F`, `%5C` and `;` so would read it, where that differs.
+/// A request's path: as written (canonical), and as servers that read
+/// `%2F`, `%5C` and `;` so may read it, where that differs (at most two
+/// readings; none for a path without `%` or `;`, which allocates nothing).
 pub(super) struct Readings<'a> {
     pub written: Cow<'a, str>,
-    pub read: Option<String>,
+    pub read: Vec<String>,
 }
 
 impl PathPatterns {
@@ -35,42 +36,64 @@ impl PathPatterns {
         }
     }
 
-    /// Both readings match: what an allow rule asks.
+    /// Every reading matches: what an allow rule asks.
     pub(super) fn allow(&self, path: &Readings<'_>) -> bool {
         self.as_written.is_match(path.written.as_ref())
-            && path
-                .read
-                .as_deref()
-                .is_none_or(|read| self.as_read.is_match(read))
+            && path.read.iter().all(|read| self.as_read.is_match(read))
     }
 
-    /// Either reading matches: what a deny rule asks.
+    /// Any reading matches: what a deny rule asks.
     pub(super) fn deny(&self, path: &Readings<'_>) -> bool {
         self.as_written.is_match(path.written.as_ref())
-            || path
-                .read
-                .as_deref()
-                .is_some_and(|read| self.as_read.is_match(read))
+            || path.read.iter().any(|read| self.as_read.is_match(read))
     }
 }
 
-/// `path` (a request's, or a glob) as a server that decodes `%2F` and
-/// `%5C` to `/` and drops each segment's `;parameters` reads it; `None`
-/// when that changes nothing.
+/// `path` (a glob) as a server that drops each segment's `;parameters`
+/// and decodes `%2F` and `%5C` to `/` reads it; `None` when that changes
+/// nothing.
 pub(super) fn as_servers_may_read(path: &str) -> Option<String> {
     if !path.contains([';', '%']) {
         return None;
     }
-    let read = path
-        .split('/')
+    let read = decode_separators(&cut_parameters(path));
+    (read != path).then_some(read)
+}
+
+/// A request's `path` as servers may read it, where that differs from it:
+/// parameters cut, then separators decoded (as above); and separators
+/// decoded, then parameters cut, which is what a server that cuts
+/// parameters (Tomcat) reads behind a proxy that decodes `%2F` and
+/// normalises (nginx). The order matters: in `/x;%2F..%2Fadmin` the first
+/// reading drops the whole `;…` segment, the second finds `..` in it.
+pub(super) fn readings(path: &str) -> Vec<String> {
+    let mut readings = Vec::new();
+    if !path.contains([';', '%']) {
+        return readings;
+    }
+    for read in [
+        decode_separators(&cut_parameters(path)),
+        cut_parameters(&decode_separators(path)),
+    ] {
+        if read != path && !readings.contains(&read) {
+            readings.push(read);
+        }
+    }
+    readings
+}
+
+fn cut_parameters(path: &str) -> String {
+    path.split('/')
         .map(|segment| segment.split(';').next().unwrap_or(segment))
         .collect::<Vec<_>>()
         .join("/")
-        .replace("%2F", "/")
+}
+
+fn decode_separators(path: &str) -> String {
+    path.replace("%2F", "/")
         .replace("%2f", "/")
         .replace("%5C", "/")
-        .replace("%5c", "/");
-    (read != path).then_some(read)
+        .replace("%5c", "/")
 }
 
 /// `path` (a request's, or a glob) with each escape's hex digits in upper

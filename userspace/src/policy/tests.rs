@@ -510,6 +510,9 @@ fn encoded_separators_and_parameters_are_matched_as_servers_may_read_them() {
         "/admin;/users",
         "/users/root;jsessionid=1",
         "/users%2Froot",
+        // Decoded, then cut: nginx passes /admin;x/users on to Tomcat,
+        // which reads /admin/users. Cut first, it would be /admin.
+        "/admin;x%2Fusers",
     ] {
         assert_eq!(
             reason(p.decide_http("x.example.com", 443, "GET", path)),
@@ -520,7 +523,11 @@ fn encoded_separators_and_parameters_are_matched_as_servers_may_read_them() {
     allowed(p.decide_http("x.example.com", 443, "GET", "/public%2Fadmin"));
     allowed(p.decide_http("x.example.com", 443, "GET", "/users/root2"));
 
-    for path in ["/repos/org/r%2Fsettings", "/repos/org/r%5Csettings"] {
+    for path in [
+        "/repos/org/r%2Fsettings",
+        "/repos/org/r%5Csettings",
+        "/repos/org/r;x%2Fsettings",
+    ] {
         assert_eq!(
             reason(p.decide_http("api.example.org", 443, "GET", path)),
             DenyReason::PathNotAllowed,
@@ -554,6 +561,11 @@ fn canonical_path_decodes_only_unreserved_escapes() {
         "/hello/.;/admin",
         "/hello/..;jsessionid=1/admin",
         "/a%2F%2Fb",
+        // A `;` before the encoded separator: cut first, the dot segment
+        // goes with the parameter; decoded first (nginx), it is resolved.
+        "/x;%2F..%2Fadmin/users",
+        "/repos/org/r;%2F..%2F..%2Fother%2Frepo",
+        "/x;%5C..%5Cadmin",
     ] {
         assert_eq!(canonical_path(ambiguous), None, "{ambiguous}");
     }

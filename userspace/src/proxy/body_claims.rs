@@ -173,7 +173,7 @@ impl Scanner {
 /// Whether a field name is `_method` as PHP registers it: leading spaces
 /// dropped, the name cut at a NUL, ` ` and `.` read as `_`. A name that
 /// goes on with `[` makes an array, claimed as unreadable.
-fn names_method(name: &[u8]) -> Option<NameIs> {
+pub(super) fn names_method(name: &[u8]) -> Option<NameIs> {
     let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
     let name = &name[start..];
     let name = name.split(|&b| b == 0).next().unwrap_or(name);
@@ -195,7 +195,7 @@ fn names_method(name: &[u8]) -> Option<NameIs> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum NameIs {
+pub(super) enum NameIs {
     Method,
     MethodArray,
 }

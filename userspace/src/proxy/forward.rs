@@ -28,7 +28,7 @@ use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use self::{outbound::Outbound, swap::Swap};
+use self::{outbound::Outbound, swap::Swap, upgrade::UpgradeAsked};
 use super::{
     Intercept,
     agent_body::AgentBody,
@@ -148,22 +148,30 @@ fn method_name(method: &Method) -> Cow<'static, str> {
 }
 
 /// The name a Host header gives, as the policy compares names: no port, no
-/// trailing dot, lower case. Borrowed when it is already so.
-fn normalize_host(h: &str) -> Cow<'_, str> {
-    let h = h.trim().trim_end_matches('.');
-    // Strip a port: "host:443", "[::1]:443"; keep bare IPv6.
-    let h = if let Some(rest) = h.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else if h.matches(':').count() == 1 {
-        h.split(':').next().unwrap_or(h)
-    } else {
-        h
+/// trailing dot, lower case. Borrowed when it is already so. `None` when
+/// what follows the name is not a port (`a.example:@b.example`,
+/// `[::1]x`): a front end that parses the authority otherwise may route
+/// the request to a server the policy never saw named.
+fn normalize_host(h: &str) -> Option<Cow<'_, str>> {
+    let h = h.trim();
+    let (name, port) = match h.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']')? {
+            (inside, "") => (inside, ""),
+            (inside, after) => (inside, after.strip_prefix(':')?),
+        },
+        None if h.matches(':').count() == 1 => h.split_once(':')?,
+        // A name, or a bare IPv6 address.
+        None => (h, ""),
     };
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(h.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(h)
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    let name = name.trim_end_matches('.');
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
 impl Intercept {
@@ -187,11 +195,14 @@ impl Intercept {
             // policy never saw.
             let mut hosts = parts.headers.get_all(header::HOST).iter();
             let first = hosts.next();
-            let unreadable = hosts.next().is_some() || first.is_some_and(|v| v.to_str().is_err());
             let named = first
                 .and_then(|v| v.to_str().ok())
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .map(normalize_host);
+            let unreadable = hosts.next().is_some()
+                || first.is_some_and(|v| v.to_str().is_err())
+                || matches!(named, Some(None));
+            let named = named.flatten();
             match (&ctx.tls_host, named) {
                 // The SNI decided which certificate the agent got; a Host
                 // naming another server on the same connection would dodge
@@ -367,10 +378,13 @@ impl Intercept {
         let agent_h2 = parts.version == Version::HTTP_2;
         let bodiless_answer = parts.method == Method::HEAD;
         let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
-        let agent_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        let (agent_upgrade, upgrade_asked) = if upgrade {
+            (
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                Some(UpgradeAsked::of(&parts.headers)),
+            )
         } else {
-            None
+            (None, None)
         };
         let Outbound {
             request,
@@ -413,6 +427,16 @@ impl Intercept {
             }
         };
         let decode = self.vet(ctx, host, &resp, bodiless_answer, guarded)?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(problem) = match &upgrade_asked {
+                Some(asked) => asked.unanswered(resp.headers()),
+                None => Some("the upstream switched protocols, which the agent did not ask for"),
+            }
+        {
+            return Err(ProxyError::Upstream {
+                reason: problem.to_owned(),
+            });
+        }
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
@@ -558,10 +582,30 @@ mod tests {
 
     #[test]
     fn host_headers_normalize_to_bare_lower_case_names() {
-        assert_eq!(normalize_host("API.Example.test:443"), "api.example.test");
-        assert_eq!(normalize_host("api.example.test."), "api.example.test");
-        assert_eq!(normalize_host("[::1]:8443"), "::1");
-        assert_eq!(normalize_host("::1"), "::1");
-        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+        let normal = |h| normalize_host(h).map(std::borrow::Cow::into_owned);
+        assert_eq!(normal("API.Example.test:443").unwrap(), "api.example.test");
+        assert_eq!(normal("api.example.test.").unwrap(), "api.example.test");
+        assert_eq!(normal("api.example.test.:443").unwrap(), "api.example.test");
+        assert_eq!(normal("api.example.test:").unwrap(), "api.example.test");
+        assert_eq!(normal("[::1]:8443").unwrap(), "::1");
+        assert_eq!(normal("[::1]").unwrap(), "::1");
+        assert_eq!(normal("::1").unwrap(), "::1");
+        assert_eq!(normal("127.0.0.1").unwrap(), "127.0.0.1");
+    }
+
+    /// What follows the name must be a port, or the header names no host
+    /// Airlock can stand by: the request is refused as a mismatch.
+    #[test]
+    fn a_host_header_with_more_than_a_port_after_the_name_names_none() {
+        for odd in [
+            "api.example.test:@evil.example",
+            "api.example.test:443@evil.example",
+            "api.example.test:44x",
+            "[::1]evil.example",
+            "[::1]:443x",
+            "[::1",
+        ] {
+            assert_eq!(normalize_host(odd), None, "{odd}");
+        }
     }
 }
