@@ -1125,14 +1125,13 @@ fn a_host_denied_outright_is_neither_passed_through_nor_relayed() {
         "deny:",
         "  - host: internal.example.com",
     ]));
-    assert_eq!(
-        p.passthrough("internal.example.com", 443),
-        Passthrough::Intercept
-    );
-    assert_eq!(
-        p.passthrough("Internal.Example.com.", 443),
-        Passthrough::Intercept
-    );
+    for denied in ["internal.example.com", "Internal.Example.com."] {
+        assert_eq!(
+            p.passthrough(denied, 443),
+            Passthrough::Intercept,
+            "{denied}"
+        );
+    }
     assert!(!p.names_host("internal.example.com"));
     assert_eq!(p.passthrough("other.example.com", 443), Passthrough::Tunnel);
     assert!(p.names_host("other.example.com"));
@@ -1202,37 +1201,25 @@ fn passthrough_tunnels_only_the_port_its_entry_names() {
         "  - host: \"shut.example.org:9443\"",
         "    methods: [DELETE]",
     ]));
-    assert_eq!(
-        p.passthrough("pinned.example.com", 443),
-        Passthrough::Tunnel
-    );
-    assert_eq!(
-        p.passthrough("pinned.example.com", 22),
-        Passthrough::OtherPortsOnly
-    );
-    assert_eq!(p.passthrough("mqtt.example.com", 8883), Passthrough::Tunnel);
-    assert_eq!(
-        p.passthrough("mqtt.example.com", 443),
-        Passthrough::OtherPortsOnly
-    );
-    assert_eq!(p.passthrough("a.example.net", 8443), Passthrough::Tunnel);
-    assert_eq!(
-        p.passthrough("a.example.net", 443),
-        Passthrough::OtherPortsOnly
-    );
-    // A rule for the name on another port intercepts it there.
-    assert_eq!(p.passthrough("both.example.com", 443), Passthrough::Tunnel);
-    assert_eq!(
-        p.passthrough("both.example.com", 8080),
-        Passthrough::Intercept
-    );
-    // A deny rule that refuses the port outright comes first; one that
-    // names methods does not refuse a tunnel, which has none.
-    assert_eq!(
-        p.passthrough("shut.example.org", 8443),
-        Passthrough::Intercept
-    );
+    use Passthrough::{Intercept, OtherPortsOnly, Tunnel};
+    for (sni, port, expected) in [
+        ("pinned.example.com", 443, Tunnel),
+        ("pinned.example.com", 22, OtherPortsOnly),
+        ("mqtt.example.com", 8883, Tunnel),
+        ("mqtt.example.com", 443, OtherPortsOnly),
+        ("a.example.net", 8443, Tunnel),
+        ("a.example.net", 443, OtherPortsOnly),
+        // A rule for the name on another port intercepts it there.
+        ("both.example.com", 443, Tunnel),
+        ("both.example.com", 8080, Intercept),
+        // A deny rule that refuses the port outright comes first.
+        ("shut.example.org", 8443, Intercept),
+    ] {
+        assert_eq!(p.passthrough(sni, port), expected, "{sni}:{port}");
+    }
     assert!(p.names_host("mqtt.example.com"));
+    // A deny rule that names methods does not refuse a tunnel, which has
+    // none.
     let q = policy(&doc(&[
         "agent: a",
         "passthrough:",
