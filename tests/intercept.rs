@@ -3178,10 +3178,14 @@ fn echoed_authorizations(up: &TlsUpstream) -> Vec<String> {
 /// authentication, over verified TLS), reuses it, renews it before it
 /// expires, and the agent sees neither the token nor the client secret.
 /// A client the endpoint refuses gets a 502 that says why, and nothing
-/// reaches the API.
+/// reaches the API. The token endpoint keeps a request log the agent may
+/// read (no rule binds a secret to it): the client secret Airlock sent
+/// there is scrubbed from it.
 #[test]
 fn oauth2_tokens_are_fetched_renewed_and_never_seen_by_the_agent() {
-    let Setup { d, up } = setup(SVC_RULE);
+    let Setup { d, up } = setup(&format!(
+        "{SVC_RULE}  - host: auth.example.test:{{port}}\n    methods: [GET]\n    paths: [/log]\n"
+    ));
     let p = up.port;
     let grant = |secret: &str| {
         format!(
@@ -3227,6 +3231,25 @@ fn oauth2_tokens_are_fetched_renewed_and_never_seen_by_the_agent() {
         r["host"] == "svc.example.test" && r["proto"] == "https"
     });
     assert_eq!(rec["credentials"], serde_json::json!(["svc"]));
+
+    let basic = up
+        .seen()
+        .into_iter()
+        .find(|s| s.path.starts_with("/oauth/token"))
+        .and_then(|s| s.header("authorization").map(str::to_owned))
+        .expect("the token request's client authentication");
+    let encoded = basic.strip_prefix("Basic ").expect("Basic");
+    let out = web_bot_sh(
+        &d,
+        &format!("curl -sS --fail-with-body https://auth.example.test:{p}/log"),
+    );
+    let log = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(log.contains("/oauth/token"), "the log was read: {log}");
+    assert!(
+        !log.contains(encoded) && !log.contains(OAUTH_CLIENT_SECRET),
+        "the agent read the client secret in the token endpoint's log: {log}"
+    );
 
     d.secret_set_kind(
         "svc-broken",

@@ -99,12 +99,35 @@ impl Grant {
     }
 
     /// Values an upstream could echo besides the stored value as a whole:
-    /// the OAuth2 client secret (which travels to the token endpoint).
+    /// the OAuth2 client secret (which travels to the token endpoint), and
+    /// the form encoding of it that goes inside a Basic value, where
+    /// that differs.
     pub fn echoable_parts(&self) -> Vec<Secret> {
         match self {
-            Grant::Oauth2(c) => vec![c.client_secret.clone()],
+            Grant::Oauth2(c) => {
+                let secret = c.client_secret.expose();
+                let mut encoded = Zeroizing::new(Vec::with_capacity(secret.len() * 3));
+                form_encode(&mut encoded, secret);
+                let mut parts = vec![c.client_secret.clone()];
+                if encoded.as_slice() != secret {
+                    parts.push(Secret::new(std::mem::take(&mut *encoded)));
+                }
+                parts
+            }
             Grant::GithubApp(_) => Vec::new(),
         }
+    }
+
+    /// The host (in lower case, without a trailing dot) and port the token
+    /// is asked for at: a host that has been sent the secret, whose answers
+    /// to an agent are scrubbed like those of a host a rule binds it to.
+    pub fn token_endpoint(&self) -> Option<(String, u16)> {
+        let url = match self {
+            Grant::Oauth2(c) => &c.token_url,
+            Grant::GithubApp(a) => &a.token_url,
+        };
+        let host = url.host()?.trim_end_matches('.').to_ascii_lowercase();
+        Some((host, url.port_u16().unwrap_or(443)))
     }
 }
 

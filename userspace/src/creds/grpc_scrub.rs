@@ -43,13 +43,16 @@ const HELD_FREELY: usize = 64 * 1024;
 pub type Hold = fn(usize) -> Option<SemaphorePermit<'static>>;
 
 const PREFIX: usize = 5;
-/// A message that ends in this many bytes of a secret's start, or more,
-/// waits for the next message (or the body's end) before it is sent. A
-/// shorter piece goes on: one byte would hold back about one message in a
-/// hundred of a stream, and three are little of a secret.
+/// A message in whose last bytes this many first bytes of a secret begin,
+/// or more, waits (with the messages after it) until the stream has gone
+/// past where the secret would end, or the body ends. A shorter piece
+/// goes on: one byte would hold back about one message in a hundred of a
+/// stream, and three are little of a secret. Only these first bytes are
+/// compared ([`Scrubber::ends_in_a_start`]), so the wait tells nothing
+/// of what follows them.
 const HOLD_PIECE: usize = 4;
-/// Messages held back at once, at most: each of them ended in a secret's
-/// start, which only messages of a byte or none keep doing.
+/// Messages held back at once, at most: only messages of a few bytes
+/// each, after a secret's first bytes, keep them waiting this long.
 const HELD_MESSAGES_MAX: usize = 64;
 /// The flag bit of a compressed message.
 pub const COMPRESSED_FLAG: u8 = 1;

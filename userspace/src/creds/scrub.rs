@@ -233,17 +233,24 @@ impl Scrubber {
         })
     }
 
-    /// Whether `bytes` ends in the first `min` or more bytes of a secret
-    /// (in any of its forms), but not the whole of it: a piece whose rest
-    /// may come next.
+    /// Whether a form of a secret could begin in the last bytes of `bytes`
+    /// and go on past their end: some position there, `min` or more bytes
+    /// before the end, begins with the form's first `min` bytes.
+    ///
+    /// Only those first bytes are compared, not all that is there: a piece
+    /// held for ending in a secret's start would otherwise tell an agent
+    /// that controls the piece's end, and sees when it arrives, whether
+    /// its guess begins a secret, a byte at a time. The first bytes of
+    /// most keys are their provider's public prefix anyway.
     pub fn ends_in_a_start(&self, bytes: &[u8], min: usize) -> bool {
         let table = &*self.table;
+        let min = min.max(1);
         let tail = &bytes[bytes.len().saturating_sub(self.carry())..];
-        let last = tail.len().saturating_sub(min.max(1) - 1);
+        let last = tail.len().saturating_sub(min - 1);
         (0..last).any(|at| {
             table.by_first[usize::from(tail[at])].iter().any(|&i| {
                 let secret = table.pairs[i].secret.expose();
-                tail.len() - at < secret.len() && secret.starts_with(&tail[at..])
+                tail.len() - at < secret.len() && secret[..min] == tail[at..at + min]
             })
         })
     }
@@ -277,9 +284,10 @@ impl Scrubber {
     /// response head (and let the body be sent chunked or framed by HTTP/2).
     ///
     /// Each chunk is forwarded as soon as it arrives, minus at most
-    /// (longest secret - 1) trailing bytes that could be the start of a
-    /// secret continuing in the next chunk; those are sent with the next
-    /// chunk, or unchanged at the end of the body if no secret completes.
+    /// (longest form - 1) trailing bytes: those after its last newline,
+    /// or from where a secret may begin if that is earlier. They are sent
+    /// before the next chunk, or unchanged at the end of the body if no
+    /// secret completes.
     pub fn wrap<B>(&self, body: B) -> ScrubBody<B>
     where
         B: Body<Data = Bytes>,
@@ -288,33 +296,94 @@ impl Scrubber {
             inner: body,
             scrubber: self.clone(),
             held: Zeroizing::new(Vec::new()),
+            next: None,
             trailers: None,
             ended: false,
             follow: None,
         }
     }
 
-    /// Scrubs one data chunk, keeping in `held` what may be a secret's start.
-    fn scrub_chunk(&self, chunk: Bytes, held: &mut Zeroizing<Vec<u8>>) -> Bytes {
-        let table = &*self.table;
+    /// Scrubs one data chunk, keeping in `held` its last bytes: what may
+    /// be a secret's start, and whatever follows its last newline.
+    ///
+    /// The second rule is why the hold says nothing about the secrets. An
+    /// agent that controls the end of a streamed answer (a log it writes,
+    /// followed) and sees when bytes arrive would otherwise learn whether
+    /// its guess begins a secret by whether the guess is held, and extend
+    /// it a byte at a time. Bytes after the last newline are held however
+    /// they read, up to the longest form, so only a secret holding a
+    /// newline is held for what it is. A piece that ends in a newline (an
+    /// SSE event, an NDJSON line, a log line) is sent whole at once.
+    ///
+    /// Two pieces come out where bytes were held before: the held bytes
+    /// settled, then the rest of `chunk`, which stays uncopied unless it
+    /// holds a secret.
+    fn scrub_chunk(&self, chunk: Bytes, held: &mut Zeroizing<Vec<u8>>) -> Settled {
         if held.is_empty() {
-            if table.next_start(&chunk, 0).is_none() {
-                return chunk;
-            }
-            let scan = table.scan(&chunk, false);
-            held.extend_from_slice(&chunk[scan.hold_from..]);
-            if scan.hits.is_empty() {
-                return chunk.slice(..scan.hold_from);
-            }
-            return table.render(&chunk, &scan.hits, scan.hold_from).freeze();
+            return Settled {
+                before: Bytes::new(),
+                chunk: self.scrub_fresh(chunk, held),
+            };
         }
-        let mut joined = Zeroizing::new(Vec::with_capacity(held.len() + chunk.len()));
-        joined.extend_from_slice(held);
-        joined.extend_from_slice(&chunk);
+        let table = &*self.table;
+        let carry = self.carry();
+        if chunk.len() <= carry {
+            let mut joined = Zeroizing::new(Vec::with_capacity(held.len() + chunk.len()));
+            joined.extend_from_slice(held);
+            joined.extend_from_slice(&chunk);
+            held.clear();
+            let (hits, cut) = self.settle(&joined);
+            held.extend_from_slice(&joined[cut..]);
+            return Settled {
+                before: Bytes::new(),
+                chunk: table.render(&joined, &hits, cut).freeze(),
+            };
+        }
+        // Every position in the held bytes is decided by the chunk's first
+        // `carry` bytes: no form is longer than `carry + 1`.
+        let held_len = held.len();
+        let mut junction = Zeroizing::new(Vec::with_capacity(held_len + carry));
+        junction.extend_from_slice(held);
+        junction.extend_from_slice(&chunk[..carry]);
         held.clear();
-        let scan = table.scan(&joined, false);
-        held.extend_from_slice(&joined[scan.hold_from..]);
-        table.render(&joined, &scan.hits, scan.hold_from).freeze()
+        let mut hits = table.scan(&junction, false).hits;
+        hits.retain(|&(start, _)| start < held_len);
+        let cut = hits.last().map_or(held_len, |&(start, i)| {
+            held_len.max(start + table.pairs[i].secret.len())
+        });
+        let before = table.render(&junction, &hits, cut).freeze();
+        // The scan goes on in the chunk where it stopped in the junction.
+        let chunk = self.scrub_fresh(chunk.slice(cut - held_len..), held);
+        Settled { before, chunk }
+    }
+
+    /// [`Scrubber::scrub_chunk`] with nothing held before `chunk`.
+    fn scrub_fresh(&self, chunk: Bytes, held: &mut Zeroizing<Vec<u8>>) -> Bytes {
+        let (hits, cut) = self.settle(&chunk);
+        held.extend_from_slice(&chunk[cut..]);
+        if hits.is_empty() {
+            return chunk.slice(..cut);
+        }
+        self.table.render(&chunk, &hits, cut).freeze()
+    }
+
+    /// The secrets found in `buf`, and where the bytes to hold begin: at
+    /// the first that may begin a secret, or after the last newline (at
+    /// most `carry` bytes from the end), whichever comes first; but never
+    /// before the end of a secret found whole, which goes out at once as
+    /// its placeholder (that tells no more than the placeholder does).
+    fn settle(&self, buf: &[u8]) -> (Vec<(usize, usize)>, usize) {
+        let table = &*self.table;
+        let tail = buf.len().saturating_sub(self.carry());
+        let blind = memchr::memrchr(b'\n', &buf[tail..]).map_or(tail, |at| tail + at + 1);
+        if table.next_start(buf, 0).is_none() {
+            return (Vec::new(), blind);
+        }
+        let Scan { hits, hold_from } = table.scan(buf, false);
+        let found = hits
+            .last()
+            .map_or(0, |&(start, i)| start + table.pairs[i].secret.len());
+        (hits, hold_from.min(blind).max(found))
     }
 
     /// The held bytes at the end of the body: whatever secrets they complete
@@ -416,6 +485,13 @@ impl Table {
     }
 }
 
+/// What a chunk gives to send on: the bytes held before it, settled, then
+/// the chunk's own, less what is held again. Either may be empty.
+struct Settled {
+    before: Bytes,
+    chunk: Bytes,
+}
+
 /// Secrets replaced in a stream of bytes as it arrives; see
 /// [`Scrubber::stream`].
 pub struct ScrubStream {
@@ -428,7 +504,14 @@ impl ScrubStream {
     /// The bytes that can go on now: `chunk` scrubbed, less a tail that may
     /// begin a secret, plus what was held before it.
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
-        self.scrubber.scrub_chunk(chunk, &mut self.held)
+        let Settled { before, chunk } = self.scrubber.scrub_chunk(chunk, &mut self.held);
+        if before.is_empty() {
+            return chunk;
+        }
+        let mut out = BytesMut::with_capacity(before.len() + chunk.len());
+        out.extend_from_slice(&before);
+        out.extend_from_slice(&chunk);
+        out.freeze()
     }
 
     /// What is still held, at the end of the stream.
@@ -460,6 +543,8 @@ pin_project_lite::pin_project! {
         scrubber: Scrubber,
         // Bytes that may begin a secret; wiped when dropped.
         held: Zeroizing<Vec<u8>>,
+        // A chunk's own bytes, waiting while the bytes held before it go.
+        next: Option<Bytes>,
         // Trailers waiting until the held bytes before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
@@ -499,6 +584,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         loop {
+            if let Some(next) = this.next.take() {
+                return Poll::Ready(Some(Ok(Frame::data(next))));
+            }
             if let Some(trailers) = this.trailers.take() {
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
@@ -525,12 +613,18 @@ where
             }
             let frame = match frame.into_data() {
                 Ok(chunk) => {
-                    let out = this.scrubber.scrub_chunk(chunk, this.held);
-                    if out.is_empty() {
-                        // Everything was held (or the chunk was empty): an
-                        // empty frame would tell the peer nothing.
-                        continue;
-                    }
+                    let Settled { before, chunk } = this.scrubber.scrub_chunk(chunk, this.held);
+                    // An empty frame (everything held, or an empty chunk)
+                    // would tell the peer nothing.
+                    let out = match (before.is_empty(), chunk.is_empty()) {
+                        (true, true) => continue,
+                        (true, false) => chunk,
+                        (false, true) => before,
+                        (false, false) => {
+                            *this.next = Some(chunk);
+                            before
+                        }
+                    };
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Err(frame) => frame,
@@ -550,7 +644,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailers.is_none()
+        self.next.is_none()
+            && self.trailers.is_none()
             && self.held.is_empty()
             && (self.ended || self.inner.is_end_stream())
     }

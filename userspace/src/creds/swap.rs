@@ -197,6 +197,8 @@ pub struct CredentialSet {
     index: Vec<(u64, Vec<usize>)>,
     /// First bytes of indexed placeholders: most positions are rejected here.
     first: [bool; 256],
+    /// Where fetched-token secrets are sent to get their tokens.
+    token_endpoints: Vec<(String, u16)>,
 }
 
 impl fmt::Debug for CredentialSet {
@@ -271,11 +273,28 @@ impl CredentialSet {
                 Err(at) => index.insert(at, (key, vec![i])),
             }
         }
+        let mut token_endpoints: Vec<(String, u16)> = creds
+            .iter()
+            .filter_map(|c| Grant::parse(c.kind, &c.value).ok().flatten())
+            .filter_map(|grant| grant.token_endpoint())
+            .collect();
+        token_endpoints.sort_unstable();
+        token_endpoints.dedup();
         CredentialSet {
             creds,
             index,
             first,
+            token_endpoints,
         }
+    }
+
+    /// Whether `host:port` is where a stored secret is sent for a token
+    /// (`host` in lower case, as the proxy names it): that host knows the
+    /// secret and may give it back, as a host a rule binds secrets to may.
+    pub fn is_token_endpoint(&self, host: &str, port: u16) -> bool {
+        self.token_endpoints
+            .iter()
+            .any(|(h, p)| *p == port && h == host)
     }
 
     /// Names of the secrets whose placeholder appears in the request head

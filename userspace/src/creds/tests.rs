@@ -1062,11 +1062,23 @@ fn header_values_are_scrubbed() {
 #[test]
 fn chunk_without_secret_passes_through_without_copy() {
     let s = scrubber(&[(SECRET20, PH20)]);
-    let chunk = Bytes::from_static(b"no candidates here at all: 0123");
-    let ptr = chunk.as_ptr();
-    let (data, _) = drain(s.wrap(Frames([Frame::data(chunk)].into())));
-    assert_eq!(data.len(), 1);
+    let line = Bytes::from_static(b"no candidates here at all: 0123\n");
+    let ptr = line.as_ptr();
+    let (data, _) = drain(s.wrap(Frames([Frame::data(line)].into())));
+    assert_eq!(data.len(), 1, "a piece ending in a newline goes whole");
     assert_eq!(data[0].as_ptr(), ptr, "chunk was copied");
+
+    // Without a newline at its end, the chunk goes less its tail, still
+    // uncopied, and the next goes after the tail, uncopied too.
+    let first = Bytes::from_static(b"0123456789 0123456789 0123456789 0123456789 0123456789");
+    let second = Bytes::from_static(b"abcdefghij abcdefghij abcdefghij abcdefghij abcdefghij");
+    let (ptr1, ptr2) = (first.as_ptr(), second.as_ptr());
+    let (data, _) = drain(s.wrap(Frames(
+        [Frame::data(first.clone()), Frame::data(second.clone())].into(),
+    )));
+    assert_eq!(data.concat(), [first, second].concat());
+    assert_eq!(data[0].as_ptr(), ptr1, "first chunk was copied");
+    assert_eq!(data[2].as_ptr(), ptr2, "second chunk was copied");
 
     let empty = Scrubber::new(Vec::new());
     assert!(empty.is_empty());
@@ -1075,6 +1087,56 @@ fn chunk_without_secret_passes_through_without_copy() {
     let ptr = with_secret.as_ptr();
     let (data, _) = drain(empty.wrap(Frames([Frame::data(with_secret)].into())));
     assert_eq!(data[0].as_ptr(), ptr);
+}
+
+/// Bodies cut into pieces at random, by several secrets of which one
+/// holds a newline, scrub to what the whole body scrubs to.
+#[test]
+fn any_cutting_scrubs_as_the_whole_body_does() {
+    let secrets: [(&[u8], &[u8]); 3] = [
+        (SECRET20, PH20),
+        (b"line-one\nline-two", b"PH-NL"),
+        (b"S3cr3t-01", b"PH-SHORT"),
+    ];
+    let s = scrubber(&secrets);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let bits: [&[u8]; 6] = [b"\n", b"x", b"line-", b"S3cr", b"%2F", b"one\n"];
+    for case in 0..3000 {
+        let mut input = Vec::new();
+        for _ in 0..next(12) {
+            match next(3) {
+                0 => input.extend_from_slice(secrets[next(3)].0),
+                1 => {
+                    let secret = secrets[next(3)].0;
+                    input.extend_from_slice(&secret[..1 + next(secret.len())]);
+                }
+                _ => input.extend_from_slice(bits[next(bits.len())]),
+            }
+        }
+        let whole = s
+            .scrub_bytes(&input)
+            .map_or_else(|| input.clone(), |b| b.to_vec());
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let end = (at + next(90)).min(input.len());
+            pieces.push(&input[at..end]);
+            at = end;
+        }
+        assert_eq!(
+            scrub_all(&s, &pieces),
+            whole,
+            "case {case}: {:?} in {} pieces",
+            String::from_utf8_lossy(&input),
+            pieces.len()
+        );
+    }
 }
 
 /// A body fed from a channel, as a proxied upstream response would be.
@@ -1168,17 +1230,21 @@ fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_
     tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
         .unwrap();
     assert_eq!(poll_data(&mut body), Poll::Pending, "held back");
-    // The next message does not carry the rest: both go, in order.
+    // A next message too short to tell whether the secret goes on past
+    // it waits too; one past the secret's length tells it does not: all
+    // three go, in order.
     tx.send(Frame::data(Bytes::from(grpc_frame(0, b"#"))))
         .unwrap();
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from(grpc_frame(0, &ends_in_start))))
-    );
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from(grpc_frame(0, b"#"))))
-    );
+    assert_eq!(poll_data(&mut body), Poll::Pending, "still held back");
+    let past = [b'#'; SECRET20.len()];
+    tx.send(Frame::data(Bytes::from(grpc_frame(0, &past))))
+        .unwrap();
+    for message in [&ends_in_start[..], b"#", &past] {
+        assert_eq!(
+            poll_data(&mut body),
+            Poll::Ready(Some(Bytes::from(grpc_frame(0, message))))
+        );
+    }
     // At the body's end, a held message goes before the trailers.
     tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
         .unwrap();
@@ -1198,7 +1264,7 @@ fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_
 }
 
 #[test]
-fn chunks_stream_without_waiting_for_the_next() {
+fn chunks_ending_in_a_newline_stream_without_waiting_for_the_next() {
     let s = scrubber(&[(SECRET20, PH20)]);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut body = s.wrap(ChannelBody(rx));
@@ -1211,14 +1277,14 @@ fn chunks_stream_without_waiting_for_the_next() {
     );
     assert_eq!(poll_data(&mut body), Poll::Pending, "nothing more was sent");
 
-    // A chunk ending in what may be a secret's start: the rest goes at once.
+    // A chunk ending in what may be a secret's start: its lines go at once.
     tx.send(Frame::data(Bytes::copy_from_slice(
-        &[b"data: 2 ".as_slice(), &SECRET20[..6]].concat(),
+        &[b"data: 2\ndata: ".as_slice(), &SECRET20[..6]].concat(),
     )))
     .unwrap();
     assert_eq!(
         poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from_static(b"data: 2 ")))
+        Poll::Ready(Some(Bytes::from_static(b"data: 2\n")))
     );
     assert_eq!(poll_data(&mut body), Poll::Pending);
 
@@ -1227,7 +1293,7 @@ fn chunks_stream_without_waiting_for_the_next() {
     tx.send(Frame::data(Bytes::from_static(b"\n\n"))).unwrap();
     assert_eq!(
         poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from_static(PH20)))
+        Poll::Ready(Some([b"data: ".as_slice(), PH20].concat().into()))
     );
     assert_eq!(
         poll_data(&mut body),
@@ -1236,6 +1302,36 @@ fn chunks_stream_without_waiting_for_the_next() {
     drop(tx);
     assert_eq!(poll_data(&mut body), Poll::Ready(None));
     assert!(body.is_end_stream());
+}
+
+/// An agent that writes the end of a streamed answer (a log it follows)
+/// and sees when bytes arrive must not learn from what is held whether
+/// its guess begins a secret: the same bytes are held, and the same go
+/// at once, whether the tail is a secret's start or not.
+#[test]
+fn what_is_held_does_not_tell_whether_it_begins_a_secret() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let sent_at_once = |tail: &[u8]| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = s.wrap(ChannelBody(rx));
+        let piece = [b"log line\nguess ".as_slice(), tail].concat();
+        tx.send(Frame::data(Bytes::from(piece))).unwrap();
+        let mut sent = Vec::new();
+        while let Poll::Ready(Some(data)) = poll_data(&mut body) {
+            sent.extend_from_slice(&data);
+        }
+        sent
+    };
+    for len in 1..SECRET20.len() {
+        let guessed = sent_at_once(&SECRET20[..len]);
+        let missed = sent_at_once(&b"Zzzzzzzzzzzzzzzzzzzzzzzzz"[..len]);
+        assert_eq!(guessed, b"log line\n", "{len} bytes of the secret");
+        assert_eq!(missed, b"log line\n", "{len} bytes of no secret");
+    }
+    // Past the longest form, what follows the newline goes but for the
+    // last `carry` bytes, whatever they are.
+    let long = [b"x".repeat(s.carry() + 7).as_slice(), &SECRET20[..10]].concat();
+    assert_eq!(sent_at_once(&long).len(), b"log line\nguess ".len() + 17);
 }
 
 #[tokio::test]
@@ -1459,4 +1555,97 @@ fn an_oauth2_client_secret_is_scrubbed_apart_from_its_stored_value() {
         .collect();
     assert_eq!(scrubbed.len(), 2, "the whole value and the client secret");
     assert!(scrubbed.contains(&OAUTH_CLIENT_SECRET.as_bytes().to_vec()));
+}
+
+#[test]
+fn a_token_endpoint_is_a_host_that_holds_secrets() {
+    let set = oauth_set();
+    assert!(set.is_token_endpoint("auth.example.test", 443));
+    assert!(
+        !set.is_token_endpoint("auth.example.test", 8443),
+        "another port"
+    );
+    assert!(
+        !set.is_token_endpoint("api.example.test", 443),
+        "another host"
+    );
+
+    // Named in the URL as a user may write it: upper case, a trailing
+    // dot, a port.
+    let value =
+        "token_url: https://Auth.Example.TEST.:8443/token\nclient_id: c\nclient_secret: s\n";
+    let set = CredentialSet::new(vec![Credential {
+        kind: SecretKind::Oauth2ClientCredentials,
+        ..cred("svc", OAUTH_PH, value)
+    }]);
+    assert!(set.is_token_endpoint("auth.example.test", 8443));
+    assert!(!set.is_token_endpoint("auth.example.test", 443));
+    assert!(!CredentialSet::new(Vec::new()).is_token_endpoint("auth.example.test", 443));
+}
+
+/// The client secret goes to the token endpoint form-encoded inside a
+/// Basic value (RFC 6749 §2.3.1): an endpoint's request log that shows
+/// it gives back the base64 of the encoded secret, not of the secret.
+#[test]
+fn a_client_secret_is_scrubbed_from_the_basic_value_it_was_sent_in() {
+    let secret = "cs/with+marks=and~more";
+    let value = format!(
+        "token_url: https://auth.example.test/token\nclient_id: the-client\nclient_secret: \"{secret}\"\n"
+    );
+    let set = CredentialSet::new(vec![Credential {
+        kind: SecretKind::Oauth2ClientCredentials,
+        ..cred("svc", OAUTH_PH, &value)
+    }]);
+    let scrubber = Scrubber::new(set.scrub_pairs());
+    let encoded = "cs%2Fwith%2Bmarks%3Dand~more";
+    for client in ["the-client", "the-clien", "the-clie"] {
+        let basic = STANDARD.encode(format!("{client}:{encoded}"));
+        let log = format!("{{\"authorization\":\"Basic {basic}\"}}");
+        let out = scrubber
+            .scrub_bytes(log.as_bytes())
+            .map_or_else(|| log.clone().into_bytes(), |b| b.to_vec());
+        let text = String::from_utf8(out).expect("ascii");
+        let value = text
+            .split("Basic ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the value");
+        let decoded = STANDARD_NO_PAD
+            .decode(value.trim_end_matches('='))
+            .unwrap_or_default();
+        assert!(
+            !decoded
+                .windows(8)
+                .any(|w| encoded.as_bytes().windows(8).any(|s| s == w)),
+            "{client}: eight bytes of the encoded secret decode from {text}"
+        );
+    }
+}
+
+/// Whether a gRPC message waits must not tell an agent that writes its
+/// end whether a guess goes on as a secret does: a message ending in the
+/// secret's first four bytes waits whatever follows them.
+#[test]
+fn a_grpc_message_waits_for_a_secrets_first_bytes_whatever_follows_them() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    let held = |end: &[u8]| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = GrpcScrubBody::new(ChannelBody(rx), &s, budget_to_spare);
+        let message = [b"log: ".as_slice(), end].concat();
+        tx.send(Frame::data(Bytes::from(grpc_frame(0, &message))))
+            .unwrap();
+        poll_data(&mut body).is_pending()
+    };
+    for len in 5..SECRET20.len() {
+        let guessed = &SECRET20[..len];
+        let mut missed = guessed.to_vec();
+        missed[len - 1] ^= 0x20;
+        assert!(held(guessed), "{len} bytes of the secret");
+        assert!(
+            held(&missed),
+            "the first four, then a wrong guess, {len} bytes"
+        );
+    }
+    assert!(!held(b"no start here"));
+    assert!(!held(&SECRET20[..3]), "three bytes go on");
 }

@@ -98,10 +98,13 @@ impl Intercept {
         // With no secrets at all, there is nothing to give back. Cheapest
         // first: the store's index of every host a policy has bound secrets
         // to is looked up only when the request's own rule leaves it open.
+        // A token endpoint, sent a client secret by Airlock itself or
+        // handing out tokens, is such a host too.
         let guarded = !scrubber.is_empty()
             && (!injected.is_empty()
                 || allowed.binds_secrets_to_host
-                || self.policies.holds_secrets(host, ctx.port));
+                || self.policies.holds_secrets(host, ctx.port)
+                || creds.is_token_endpoint(host, ctx.port));
         if guarded {
             creds::ask_for_identity(&mut parts.headers);
             creds::ask_for_whole(&mut parts.headers);
