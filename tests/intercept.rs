@@ -2513,11 +2513,25 @@ except OSError as e:
 /// Python that opens a WebSocket to the upstream's /ws as `s` and reads
 /// the answer's head into `head`.
 fn ws_open_py(p: u16) -> String {
+    ws_open_py_sending(p, "")
+}
+
+/// [`ws_open_py`], the handshake carrying the agent's API token.
+fn ws_open_py_with_token(p: u16) -> String {
+    ws_open_py_sending(
+        p,
+        "Authorization: Bearer ' + os.environ['API_TOKEN'].encode() + b'\\r\\n",
+    )
+}
+
+/// [`ws_open_py`], with `headers` (Python bytes-literal text, each line
+/// ending in an escaped CRLF) in the handshake.
+fn ws_open_py_sending(p: u16, headers: &str) -> String {
     format!(
         r#"import socket, ssl, os, sys
 ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
 s = ctx.wrap_socket(socket.create_connection(('api.example.test', {p}), timeout=10), server_hostname='api.example.test')
-s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+s.sendall(b'GET /ws HTTP/1.1\r\nHost: api.example.test:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n{headers}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
 head = b''
 while b'\r\n\r\n' not in head:
     more = s.recv(1)
@@ -2645,6 +2659,65 @@ print('closed', got)
             && l.contains("reserved bits set")),
         "{log}"
     );
+}
+
+/// An upstream that sends the credential it was given in two messages,
+/// cut inside it: neither message holds it whole, and each is scrubbed on
+/// its own. The first message waits, since it ends in the secret's first
+/// bytes; the second completes the secret, so the socket is closed before
+/// either goes, and the audit log says why.
+#[test]
+fn a_secret_split_across_two_websocket_messages_closes_the_socket_before_either_half() {
+    let Setup { d, up } = setup("");
+    let py = format!(
+        r#"
+{open}masked = bytes([0x81, 0x80 | 5, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b'split', [1, 2, 3, 4, 1]))
+s.sendall(masked)
+got = b''
+try:
+    while chunk := s.recv(4096):
+        got += chunk
+except (ssl.SSLError, ConnectionError, TimeoutError):
+    pass
+print(head.split(b'\r\n')[0].decode())
+print('got', got)
+text = b''
+while len(got) >= 2:
+    n, at = got[1] & 0x7f, 2
+    if n == 126:
+        n, at = int.from_bytes(got[2:4], 'big'), 4
+    if len(got) < at + n:
+        break
+    if got[0] & 0x0f in (0, 1):
+        text += got[at:at + n]
+    got = got[at + n:]
+print('text', text.decode())
+"#,
+        open = ws_open_py_with_token(up.port)
+    );
+    let out = d.run_agent_dns("web-bot", &[PY, "-c", &py]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains(&format!("text you sent: Bearer {PLACEHOLDER}\n")),
+        "the greeting came first, scrubbed, and nothing after it: {}",
+        describe(&out)
+    );
+    assert_no_piece_of_secret("what the agent read", &describe(&out));
+    let record = d.wait_audit("of the WebSocket closed on a split secret", |r| {
+        r["reason"] == "frame_not_scrubbable"
+    });
+    assert_eq!(record["agent"], "web-bot", "{record}");
+    let log = d.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("split across two messages")),
+        "{log}"
+    );
+    assert_no_secret("daemon log", &log);
 }
 
 /// Python lines that wait (bounded) until the test raises `flag`: the

@@ -28,7 +28,7 @@ use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError, Hold};
 pub use grpc_scrub::{GrpcScrubBody, ask_for_uncompressed_messages, is_grpc};
 pub use newer_secrets::{Follow, SecretsSource};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
-pub use scrub::{ScrubStream, Scrubber};
+pub use scrub::{Across, ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;

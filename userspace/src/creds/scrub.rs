@@ -255,6 +255,43 @@ impl Scrubber {
         })
     }
 
+    /// What the bytes around message ends say, for a framing whose
+    /// messages are scrubbed each on its own (a WebSocket's). `ends` are
+    /// the offsets in `window` where messages ended, ascending; `window`
+    /// holds at least [`Scrubber::carry`] bytes before the first of them,
+    /// or all there were.
+    ///
+    /// A secret found whole across an end is [`Across::Split`]: it could
+    /// be replaced in neither message. Where a form's first `min` bytes
+    /// begin before an end and `window` stops before the form would, it
+    /// is [`Across::Wait`], whatever the bytes after those first ones: a
+    /// wait that compared them would tell an agent that writes them, and
+    /// sees when they arrive, whether its guess goes on as a secret does.
+    pub fn across(&self, window: &[u8], ends: &[usize], min: usize) -> Across {
+        let (Some(&first), Some(&last)) = (ends.first(), ends.last()) else {
+            return Across::Clear;
+        };
+        let table = &*self.table;
+        let mut wait = false;
+        for at in first.saturating_sub(self.carry())..last {
+            for &i in &table.by_first[usize::from(window[at])] {
+                let form = table.pairs[i].secret.expose();
+                let end = at + form.len();
+                if !ends.iter().any(|&b| at < b && b < end) {
+                    continue;
+                }
+                if end <= window.len() {
+                    if window[at..end] == *form {
+                        return Across::Split;
+                    }
+                } else if window.len() - at >= min && window[at..at + min] == form[..min] {
+                    wait = true;
+                }
+            }
+        }
+        if wait { Across::Wait } else { Across::Clear }
+    }
+
     /// A byte stream to scrub piece by piece, for framings other than
     /// HTTP bodies (a WebSocket message split over frames).
     pub fn stream(&self) -> ScrubStream {
@@ -483,6 +520,18 @@ impl Table {
         out.extend_from_slice(&buf[done..end]);
         out
     }
+}
+
+/// What [`Scrubber::across`] found at message ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Across {
+    /// A secret begins in one message and ends in another.
+    Split,
+    /// A secret's first bytes begin before an end, and what follows may
+    /// still complete it: the messages wait.
+    Wait,
+    /// No secret crosses an end, nor can.
+    Clear,
 }
 
 /// What a chunk gives to send on: the bytes held before it, settled, then

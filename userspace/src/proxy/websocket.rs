@@ -10,12 +10,22 @@
 //! (compressed by an extension, or otherwise outside the base protocol)
 //! end the connection. Without a secret in the handshake, bytes are copied
 //! as they are.
+//!
+//! A secret may also begin in one message and end in the next, where
+//! neither message holds it whole (`message_ends`). A message in whose
+//! last bytes a secret's first bytes begin waits, with those after it,
+//! until the stream has gone past where the secret would end; if the
+//! secret is there whole, the connection is closed before either piece
+//! is sent.
+
+mod message_ends;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::creds::{Follow, ScrubStream, Scrubber};
+use crate::creds::{Across, Follow, ScrubStream, Scrubber};
+use message_ends::MessageEnds;
 
 const FIN: u8 = 0x80;
 const RSV: u8 = 0x70;
@@ -30,6 +40,9 @@ const PONG: u8 = 0xA;
 const CONTROL_MAX: usize = 125;
 /// One read from the upstream.
 const READ_CHUNK: usize = 16 * 1024;
+/// Messages held back at once, at most: only messages of a few bytes
+/// each, after a secret's first bytes, keep them waiting this long.
+const HELD_MESSAGES_MAX: usize = 64;
 
 /// Splice the two sides of an upgraded connection. With a scrubber, the
 /// upstream's frames are scrubbed on their way to the agent, for the
@@ -75,6 +88,9 @@ where
     loop {
         input.reserve(READ_CHUNK);
         if from.read_buf(&mut input).await? == 0 {
+            // Nothing can follow: what waited for the next message goes.
+            reframer.finish(&mut output);
+            to.write_all(&output).await?;
             return to.shutdown().await;
         }
         let fed = reframer.feed(input.split().freeze(), &mut output);
@@ -102,6 +118,10 @@ pub enum FrameError {
     UnfinishedMessage,
     #[error("a frame length past 2^63")]
     Length,
+    #[error("a credential split across two messages, which could be replaced in neither")]
+    Split,
+    #[error("more than {HELD_MESSAGES_MAX} messages held back after a credential's first bytes")]
+    HeldTooLong,
 }
 
 /// The frame whose payload is being read.
@@ -128,6 +148,11 @@ pub struct Reframer {
     message: Option<(u8, bool)>,
     /// Secrets that came after the connection began.
     follow: Option<Follow>,
+    /// The bytes around the last message ends.
+    ends: MessageEnds,
+    /// Frames held back, in order, while a secret may go on from one
+    /// message into the next; and how many messages they end.
+    held: Option<(BytesMut, usize)>,
 }
 
 impl Reframer {
@@ -139,6 +164,16 @@ impl Reframer {
             payload: None,
             message: None,
             follow: None,
+            ends: MessageEnds::default(),
+            held: None,
+        }
+    }
+
+    /// At the end of the upstream's stream: frames held back go, since no
+    /// message can follow them.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        if let Some((frames, _)) = self.held.take() {
+            out.extend_from_slice(&frames);
         }
     }
 
@@ -176,7 +211,7 @@ impl Reframer {
             if input.is_empty() && !self.payload_complete() {
                 return Ok(());
             }
-            self.take_payload(&mut input, out);
+            self.take_payload(&mut input, out)?;
         }
     }
 
@@ -218,25 +253,35 @@ impl Reframer {
         }
         // An empty frame has no payload to wait for.
         if self.payload_complete() {
-            self.take_payload(&mut Bytes::new(), out);
+            self.take_payload(&mut Bytes::new(), out)?;
         }
         Ok(())
     }
 
     /// Take what `input` holds of the current payload; a complete frame
     /// is done with and the next header is awaited.
-    fn take_payload(&mut self, input: &mut Bytes, out: &mut BytesMut) {
+    fn take_payload(&mut self, input: &mut Bytes, out: &mut BytesMut) -> Result<(), FrameError> {
         match self.payload.as_mut() {
             None => {}
             Some(Payload::Data { remaining, fin }) => {
                 let n = usize::try_from(*remaining).map_or(input.len(), |r| r.min(input.len()));
                 *remaining -= n as u64;
                 let (done, fin) = (*remaining == 0, *fin);
-                let scrubbed = self.stream.push(input.split_to(n));
+                let piece = input.split_to(n);
+                // Decided on the bytes as sent, before any of them go.
+                let mut said = self.ends.data(&self.scrubber, &piece);
+                if said == Across::Split {
+                    return Err(self.refuse(FrameError::Split));
+                }
+                let scrubbed = self.stream.push(piece);
                 if done {
                     self.payload = None;
                 }
                 if done && fin {
+                    said = self.ends.end(&self.scrubber);
+                    if said == Across::Split {
+                        return Err(self.refuse(FrameError::Split));
+                    }
                     // A message that arrived whole goes on as one frame.
                     let rest = self.stream.finish();
                     let last = match (scrubbed.is_empty(), rest.is_empty()) {
@@ -244,10 +289,24 @@ impl Reframer {
                         (_, true) => scrubbed,
                         _ => [scrubbed, rest].concat().into(),
                     };
-                    self.fragment(last, true, out);
+                    write_fragment(
+                        &mut self.message,
+                        last,
+                        true,
+                        sink(&mut self.held, said, out),
+                    );
                     self.message = None;
+                    if let Some((_, messages)) = &mut self.held {
+                        *messages += 1;
+                        if *messages > HELD_MESSAGES_MAX {
+                            return Err(self.refuse(FrameError::HeldTooLong));
+                        }
+                    }
                 } else if !scrubbed.is_empty() {
-                    self.fragment(scrubbed, false, out);
+                    let to = sink(&mut self.held, said, out);
+                    write_fragment(&mut self.message, scrubbed, false, to);
+                } else {
+                    sink(&mut self.held, said, out);
                 }
             }
             Some(Payload::Control { opcode, len, bytes }) => {
@@ -257,21 +316,22 @@ impl Reframer {
                     let opcode = *opcode;
                     let bytes = std::mem::take(bytes);
                     self.payload = None;
+                    if opcode == CLOSE {
+                        // No message follows a close.
+                        self.finish(out);
+                    }
                     let payload = self.scrub_control(opcode, bytes);
                     write_frame(out, FIN | opcode, &payload);
                 }
             }
         }
+        Ok(())
     }
 
-    /// A fragment of the current message.
-    fn fragment(&mut self, payload: Bytes, fin: bool, out: &mut BytesMut) {
-        let Some((opcode, sent)) = self.message.as_mut() else {
-            return;
-        };
-        let first = if *sent { CONTINUATION } else { *opcode };
-        *sent = true;
-        write_frame(out, if fin { FIN | first } else { first }, &payload);
+    /// Frames held back never go once the connection is refused.
+    fn refuse(&mut self, problem: FrameError) -> FrameError {
+        self.held = None;
+        problem
     }
 
     /// A control frame's payload with secrets replaced, cut to what a
@@ -339,6 +399,34 @@ fn header(input: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
         },
         used,
     )))
+}
+
+/// Where frames go now (`said` is not [`Across::Split`]): after those
+/// `held` back while it is [`Across::Wait`], to the agent once it is
+/// [`Across::Clear`], the held ones first.
+fn sink<'a>(
+    held: &'a mut Option<(BytesMut, usize)>,
+    said: Across,
+    out: &'a mut BytesMut,
+) -> &'a mut BytesMut {
+    if said == Across::Wait {
+        return &mut held.get_or_insert_with(|| (BytesMut::new(), 0)).0;
+    }
+    if let Some((frames, _)) = held.take() {
+        out.extend_from_slice(&frames);
+    }
+    out
+}
+
+/// A fragment of `message` (its opcode, and whether a fragment of it has
+/// gone: later ones are continuations).
+fn write_fragment(message: &mut Option<(u8, bool)>, payload: Bytes, fin: bool, out: &mut BytesMut) {
+    let Some((opcode, sent)) = message.as_mut() else {
+        return;
+    };
+    let first = if *sent { CONTINUATION } else { *opcode };
+    *sent = true;
+    write_frame(out, if fin { FIN | first } else { first }, &payload);
 }
 
 /// An unmasked frame, as a server sends it.
@@ -561,6 +649,162 @@ mod tests {
             reframer().feed(Bytes::from(oversized), &mut BytesMut::new()),
             Err(FrameError::BadControl)
         );
+    }
+
+    /// The payloads of the data frames in `out`, joined: what an agent
+    /// that reads frames as they come sees, whole messages or not.
+    fn data_sent(out: &[u8]) -> Vec<u8> {
+        frames(out)
+            .into_iter()
+            .filter(|(_, opcode, _)| *opcode < CLOSE)
+            .flat_map(|(_, _, payload)| payload)
+            .collect()
+    }
+
+    /// Feeds `input` in reads of `read` bytes until the first error.
+    fn feed_all(r: &mut Reframer, input: &[u8], read: usize) -> (BytesMut, Option<FrameError>) {
+        let mut out = BytesMut::new();
+        for piece in input.chunks(read) {
+            if let Err(err) = r.feed(Bytes::copy_from_slice(piece), &mut out) {
+                return (out, Some(err));
+            }
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn a_secret_split_across_two_messages_ends_the_connection_before_either_half_goes() {
+        for cut in 1..SECRET.len() {
+            let (a, b) = SECRET.split_at(cut);
+            let mut input = frame(FIN | TEXT, format!("you sent: Bearer {a}").as_bytes());
+            input.extend(frame(FIN | TEXT, format!("{b} and more").as_bytes()));
+            for read in [1, 3, 16, input.len()] {
+                let (out, err) = feed_all(&mut reframer(), &input, read);
+                assert_eq!(
+                    err,
+                    Some(FrameError::Split),
+                    "cut at {cut}, reads of {read}"
+                );
+                // At most the secret's first three bytes went, as for gRPC.
+                let sent = data_sent(&out);
+                assert!(
+                    !sent
+                        .windows(4)
+                        .any(|w| SECRET.as_bytes().windows(4).any(|s| s == w)),
+                    "cut at {cut}, reads of {read}: {:?}",
+                    String::from_utf8_lossy(&sent)
+                );
+            }
+        }
+        // Long messages on both sides of the end, read as the relay reads.
+        let long = "y".repeat(100_000);
+        let (a, b) = SECRET.split_at(9);
+        let mut input = frame(FIN | BINARY, format!("{long}{a}").as_bytes());
+        input.extend(frame(FIN | BINARY, format!("{b}{long}").as_bytes()));
+        let (out, err) = feed_all(&mut reframer(), &input, READ_CHUNK);
+        assert_eq!(err, Some(FrameError::Split));
+        assert!(data_sent(&out).len() < 100_000, "the first message waited");
+        let mut input = frame(FIN | BINARY, format!("{long}{a}").as_bytes());
+        input.extend(frame(FIN | BINARY, format!("#{b}{long}").as_bytes()));
+        let (out, err) = feed_all(&mut reframer(), &input, READ_CHUNK);
+        assert_eq!(err, None);
+        assert_eq!(
+            messages(&frames(&out)),
+            [
+                (BINARY, format!("{long}{a}").into_bytes()),
+                (BINARY, format!("#{b}{long}").into_bytes())
+            ]
+        );
+        // Over three messages, the middle one inside the secret.
+        let mut input = frame(FIN | TEXT, format!("key {}", &SECRET[..6]).as_bytes());
+        input.extend(frame(FIN | TEXT, &SECRET.as_bytes()[6..9]));
+        input.extend(frame(FIN | TEXT, &SECRET.as_bytes()[9..]));
+        let (out, err) = feed_all(&mut reframer(), &input, input.len());
+        assert_eq!(err, Some(FrameError::Split));
+        assert!(data_sent(&out).is_empty());
+    }
+
+    /// Whether a message waits must not tell an agent that writes its end
+    /// whether a guess goes on as a secret does: a message ending in the
+    /// secret's first four bytes waits whatever follows them, and goes
+    /// with the next once the stream is past where the secret would end.
+    #[test]
+    fn a_message_ending_in_a_secrets_first_bytes_waits_whatever_follows_them() {
+        for len in 5..SECRET.len() {
+            let guessed = &SECRET[..len];
+            let missed = format!("{}#", &SECRET[..len - 1]);
+            for end in [guessed, missed.as_str()] {
+                let mut r = reframer();
+                let mut out = BytesMut::new();
+                let first = format!("log {end}");
+                r.feed(Bytes::from(frame(FIN | TEXT, first.as_bytes())), &mut out)
+                    .expect("read");
+                assert!(out.is_empty(), "{end:?} waits");
+                let next = "z".repeat(SECRET.len());
+                r.feed(Bytes::from(frame(FIN | TEXT, next.as_bytes())), &mut out)
+                    .expect("read");
+                assert_eq!(
+                    messages(&frames(&out)),
+                    [
+                        (TEXT, first.clone().into_bytes()),
+                        (TEXT, next.into_bytes())
+                    ],
+                    "{end:?}"
+                );
+            }
+        }
+        let mut r = reframer();
+        let mut out = BytesMut::new();
+        r.feed(Bytes::from(frame(FIN | TEXT, b"plain")), &mut out)
+            .expect("read");
+        assert_eq!(messages(&frames(&out)), [(TEXT, b"plain".to_vec())]);
+
+        // While one waits, a ping goes; a close, or the end of the
+        // stream, lets it go, since nothing can follow.
+        for close in [true, false] {
+            let mut r = reframer();
+            let mut out = BytesMut::new();
+            let waits = format!("key {}", &SECRET[..8]);
+            r.feed(Bytes::from(frame(FIN | TEXT, waits.as_bytes())), &mut out)
+                .expect("read");
+            r.feed(Bytes::from(frame(FIN | PING, b"hi")), &mut out)
+                .expect("read");
+            assert_eq!(messages(&frames(&out)), [(PING, b"hi".to_vec())]);
+            out.clear();
+            if close {
+                r.feed(Bytes::from(frame(FIN | CLOSE, b"\x03\xe8")), &mut out)
+                    .expect("read");
+                assert_eq!(
+                    messages(&frames(&out)),
+                    [(TEXT, waits.into_bytes()), (CLOSE, b"\x03\xe8".to_vec())]
+                );
+            } else {
+                r.finish(&mut out);
+                assert_eq!(messages(&frames(&out)), [(TEXT, waits.into_bytes())]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relay_sends_what_waited_when_the_upstream_ends() {
+        let waits = format!("key {}", &SECRET[..8]);
+        let input = frame(FIN | TEXT, waits.as_bytes());
+        let mut agent = Vec::new();
+        relay_frames(&input[..], &mut agent, reframer())
+            .await
+            .expect("relayed");
+        assert_eq!(messages(&frames(&agent)), [(TEXT, waits.into_bytes())]);
+    }
+
+    #[test]
+    fn messages_that_keep_a_secrets_start_waiting_end_the_connection_at_the_limit() {
+        let mut input = frame(FIN | TEXT, format!("key {}", &SECRET[..8]).as_bytes());
+        for _ in 0..HELD_MESSAGES_MAX {
+            input.extend(frame(FIN | TEXT, b""));
+        }
+        let (out, err) = feed_all(&mut reframer(), &input, input.len());
+        assert_eq!(err, Some(FrameError::HeldTooLong));
+        assert!(out.is_empty());
     }
 
     /// Secrets that gain a token while the connection is open.
