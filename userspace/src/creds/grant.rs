@@ -126,7 +126,13 @@ impl Grant {
             Grant::Oauth2(c) => &c.token_url,
             Grant::GithubApp(a) => &a.token_url,
         };
-        let host = url.host()?.trim_end_matches('.').to_ascii_lowercase();
+        // The proxy names hosts without an IPv6 literal's brackets.
+        let host = url.host()?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         Some((host, url.port_u16().unwrap_or(443)))
     }
 }

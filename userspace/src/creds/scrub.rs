@@ -364,34 +364,37 @@ impl Scrubber {
         }
         let table = &*self.table;
         let carry = self.carry();
-        if chunk.len() <= carry {
-            let mut joined = Zeroizing::new(Vec::with_capacity(held.len() + chunk.len()));
-            joined.extend_from_slice(held);
-            joined.extend_from_slice(&chunk);
-            held.clear();
-            let (hits, cut) = self.settle(&joined);
-            held.extend_from_slice(&joined[cut..]);
-            return Settled {
-                before: Bytes::new(),
-                chunk: table.render(&joined, &hits, cut).freeze(),
-            };
+        if chunk.len() > carry {
+            // Every position in the held bytes is decided by the chunk's
+            // first `carry` bytes: no form is longer than `carry + 1`.
+            let held_len = held.len();
+            let mut junction = Zeroizing::new(Vec::with_capacity(held_len + carry));
+            junction.extend_from_slice(held);
+            junction.extend_from_slice(&chunk[..carry]);
+            let mut hits = table.scan(&junction, false).hits;
+            hits.retain(|&(start, _)| start < held_len);
+            let goes_on = hits
+                .last()
+                .is_some_and(|&(start, i)| start + table.pairs[i].secret.len() > held_len);
+            // A secret that goes on into the chunk is settled with the
+            // whole of it, below.
+            if !goes_on {
+                held.clear();
+                let before = table.render(&junction, &hits, held_len).freeze();
+                let chunk = self.scrub_fresh(chunk, held);
+                return Settled { before, chunk };
+            }
         }
-        // Every position in the held bytes is decided by the chunk's first
-        // `carry` bytes: no form is longer than `carry + 1`.
-        let held_len = held.len();
-        let mut junction = Zeroizing::new(Vec::with_capacity(held_len + carry));
-        junction.extend_from_slice(held);
-        junction.extend_from_slice(&chunk[..carry]);
+        let mut joined = Zeroizing::new(Vec::with_capacity(held.len() + chunk.len()));
+        joined.extend_from_slice(held);
+        joined.extend_from_slice(&chunk);
         held.clear();
-        let mut hits = table.scan(&junction, false).hits;
-        hits.retain(|&(start, _)| start < held_len);
-        let cut = hits.last().map_or(held_len, |&(start, i)| {
-            held_len.max(start + table.pairs[i].secret.len())
-        });
-        let before = table.render(&junction, &hits, cut).freeze();
-        // The scan goes on in the chunk where it stopped in the junction.
-        let chunk = self.scrub_fresh(chunk.slice(cut - held_len..), held);
-        Settled { before, chunk }
+        let (hits, cut) = self.settle(&joined);
+        held.extend_from_slice(&joined[cut..]);
+        Settled {
+            before: Bytes::new(),
+            chunk: table.render(&joined, &hits, cut).freeze(),
+        }
     }
 
     /// [`Scrubber::scrub_chunk`] with nothing held before `chunk`.
@@ -404,11 +407,12 @@ impl Scrubber {
         self.table.render(&chunk, &hits, cut).freeze()
     }
 
-    /// The secrets found in `buf`, and where the bytes to hold begin: at
-    /// the first that may begin a secret, or after the last newline (at
-    /// most `carry` bytes from the end), whichever comes first; but never
-    /// before the end of a secret found whole, which goes out at once as
-    /// its placeholder (that tells no more than the placeholder does).
+    /// The secrets found in `buf` before the bytes to hold, and where
+    /// those begin: at the first that may begin a secret, or after the
+    /// last newline (at most `carry` bytes from the end), whichever comes
+    /// first. A secret found whole across that point is held whole: sent
+    /// at once, it would tell whether the bytes after it went on as a
+    /// longer form (a SigV4 key's id is the start of the whole value).
     fn settle(&self, buf: &[u8]) -> (Vec<(usize, usize)>, usize) {
         let table = &*self.table;
         let tail = buf.len().saturating_sub(self.carry());
@@ -416,11 +420,17 @@ impl Scrubber {
         if table.next_start(buf, 0).is_none() {
             return (Vec::new(), blind);
         }
-        let Scan { hits, hold_from } = table.scan(buf, false);
-        let found = hits
-            .last()
-            .map_or(0, |&(start, i)| start + table.pairs[i].secret.len());
-        (hits, hold_from.min(blind).max(found))
+        let Scan {
+            mut hits,
+            hold_from,
+        } = table.scan(buf, false);
+        let end = |&(start, i): &(usize, usize)| start + table.pairs[i].secret.len();
+        let mut cut = hold_from.min(blind);
+        if let Some(&(start, _)) = hits.iter().find(|h| h.0 < cut && cut < end(h)) {
+            cut = start;
+        }
+        hits.retain(|h| end(h) <= cut);
+        (hits, cut)
     }
 
     /// The held bytes at the end of the body: whatever secrets they complete

@@ -1294,17 +1294,16 @@ fn chunks_ending_in_a_newline_stream_without_waiting_for_the_next() {
     );
     assert_eq!(poll_data(&mut body), Poll::Pending);
 
+    // The rest of the secret, then the line's end: the line goes, its
+    // secret replaced.
     tx.send(Frame::data(Bytes::copy_from_slice(&SECRET20[6..])))
         .unwrap();
     tx.send(Frame::data(Bytes::from_static(b"\n\n"))).unwrap();
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some([b"data: ".as_slice(), PH20].concat().into()))
-    );
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from_static(b"\n\n")))
-    );
+    let mut sent = Vec::new();
+    while let Poll::Ready(Some(data)) = poll_data(&mut body) {
+        sent.extend_from_slice(&data);
+    }
+    assert_eq!(sent, [b"data: ".as_slice(), PH20, b"\n\n"].concat());
     drop(tx);
     assert_eq!(poll_data(&mut body), Poll::Ready(None));
     assert!(body.is_end_stream());
@@ -1587,6 +1586,15 @@ fn a_token_endpoint_is_a_host_that_holds_secrets() {
     assert!(set.is_token_endpoint("auth.example.test", 8443));
     assert!(!set.is_token_endpoint("auth.example.test", 443));
     assert!(!CredentialSet::new(Vec::new()).is_token_endpoint("auth.example.test", 443));
+    let value = "token_url: https://[::1]:8443/token\nclient_id: c\nclient_secret: s\n";
+    let set = CredentialSet::new(vec![Credential {
+        kind: SecretKind::Oauth2ClientCredentials,
+        ..cred("svc", OAUTH_PH, value)
+    }]);
+    assert!(
+        set.is_token_endpoint("::1", 8443),
+        "an IPv6 literal, as the proxy names it"
+    );
 }
 
 /// The client secret goes to the token endpoint form-encoded inside a
@@ -1644,4 +1652,29 @@ fn a_grpc_message_waits_for_a_secrets_first_bytes_whatever_follows_them() {
     }
     assert!(!held(b"no start here"));
     assert!(!held(&SECRET20[..3]), "three bytes go on");
+}
+
+/// One secret may be the start of another (a SigV4 key's id starts the
+/// whole value). Sending the shorter one's placeholder at once when the
+/// bytes after it do not go on as the longer would tell an agent that
+/// writes those bytes whether they do.
+#[test]
+fn a_whole_secret_that_may_begin_a_longer_one_is_held_either_way() {
+    let s = scrubber(&[
+        (b"AKIDEXAMPLE1".as_slice(), b"PH-ID".as_slice()),
+        (b"AKIDEXAMPLE1:longer-secret-value", b"PH-WHOLE"),
+    ]);
+    let sent_at_once = |piece: &[u8]| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = s.wrap(ChannelBody(rx));
+        tx.send(Frame::data(Bytes::copy_from_slice(piece))).unwrap();
+        let mut sent = Vec::new();
+        while let Poll::Ready(Some(data)) = poll_data(&mut body) {
+            sent.extend_from_slice(&data);
+        }
+        sent
+    };
+    assert_eq!(sent_at_once(b"x\nAKIDEXAMPLE1:l"), b"x\n");
+    assert_eq!(sent_at_once(b"x\nAKIDEXAMPLE1:g"), b"x\n");
+    assert_eq!(sent_at_once(b"x\nAKIDEXAMPLE1:g\n"), b"x\nPH-ID:g\n");
 }

@@ -88,9 +88,10 @@ where
     loop {
         input.reserve(READ_CHUNK);
         if from.read_buf(&mut input).await? == 0 {
-            // Nothing can follow: what waited for the next message goes.
-            reframer.finish(&mut output);
-            to.write_all(&output).await?;
+            // What waited for the next message never goes (see `finish`).
+            reframer
+                .finish()
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
             return to.shutdown().await;
         }
         let fed = reframer.feed(input.split().freeze(), &mut output);
@@ -122,6 +123,10 @@ pub enum FrameError {
     Split,
     #[error("more than {HELD_MESSAGES_MAX} messages held back after a credential's first bytes")]
     HeldTooLong,
+    #[error("the connection ended while a message that ends in a credential's first bytes waited")]
+    EndedWhileHeld,
+    #[error("a frame after the close frame")]
+    AfterClose,
 }
 
 /// The frame whose payload is being read.
@@ -153,6 +158,8 @@ pub struct Reframer {
     /// Frames held back, in order, while a secret may go on from one
     /// message into the next; and how many messages they end.
     held: Option<(BytesMut, usize)>,
+    /// The upstream sent its close frame.
+    closed: bool,
 }
 
 impl Reframer {
@@ -166,14 +173,18 @@ impl Reframer {
             follow: None,
             ends: MessageEnds::default(),
             held: None,
+            closed: false,
         }
     }
 
-    /// At the end of the upstream's stream: frames held back go, since no
-    /// message can follow them.
-    pub fn finish(&mut self, out: &mut BytesMut) {
-        if let Some((frames, _)) = self.held.take() {
-            out.extend_from_slice(&frames);
+    /// At the end of the upstream's stream, or its close: frames held back
+    /// never go. The agent can end the connection (close, or shut its
+    /// side) while a message waits; were the message sent then, a secret
+    /// cut between it and the next would reach the agent in part.
+    pub fn finish(&mut self) -> Result<(), FrameError> {
+        match self.held.take() {
+            Some(_) => Err(FrameError::EndedWhileHeld),
+            None => Ok(()),
         }
     }
 
@@ -224,6 +235,9 @@ impl Reframer {
     }
 
     fn start(&mut self, head: Header, out: &mut BytesMut) -> Result<(), FrameError> {
+        if self.closed {
+            return Err(FrameError::AfterClose);
+        }
         let Header { fin, opcode, len } = head;
         match opcode {
             CLOSE | PING | PONG => {
@@ -317,8 +331,8 @@ impl Reframer {
                     let bytes = std::mem::take(bytes);
                     self.payload = None;
                     if opcode == CLOSE {
-                        // No message follows a close.
-                        self.finish(out);
+                        self.closed = true;
+                        self.finish()?;
                     }
                     let payload = self.scrub_control(opcode, bytes);
                     write_frame(out, FIN | opcode, &payload);
@@ -760,7 +774,9 @@ mod tests {
         assert_eq!(messages(&frames(&out)), [(TEXT, b"plain".to_vec())]);
 
         // While one waits, a ping goes; a close, or the end of the
-        // stream, lets it go, since nothing can follow.
+        // stream, ends the connection without it: the agent can bring
+        // either about while a message waits, and the secret's rest would
+        // then never come to show a split.
         for close in [true, false] {
             let mut r = reframer();
             let mut out = BytesMut::new();
@@ -771,29 +787,43 @@ mod tests {
                 .expect("read");
             assert_eq!(messages(&frames(&out)), [(PING, b"hi".to_vec())]);
             out.clear();
-            if close {
+            let ended = if close {
                 r.feed(Bytes::from(frame(FIN | CLOSE, b"\x03\xe8")), &mut out)
-                    .expect("read");
-                assert_eq!(
-                    messages(&frames(&out)),
-                    [(TEXT, waits.into_bytes()), (CLOSE, b"\x03\xe8".to_vec())]
-                );
             } else {
-                r.finish(&mut out);
-                assert_eq!(messages(&frames(&out)), [(TEXT, waits.into_bytes())]);
-            }
+                r.finish()
+            };
+            assert_eq!(ended, Err(FrameError::EndedWhileHeld), "close {close}");
+            assert!(out.is_empty(), "close {close}");
         }
+
+        // With nothing waiting, the close goes, and nothing after it.
+        let mut r = reframer();
+        let mut out = BytesMut::new();
+        let mut input = frame(FIN | TEXT, b"bye");
+        input.extend(frame(FIN | CLOSE, b"\x03\xe8"));
+        r.feed(Bytes::from(input), &mut out).expect("read");
+        assert_eq!(
+            messages(&frames(&out)),
+            [(TEXT, b"bye".to_vec()), (CLOSE, b"\x03\xe8".to_vec())]
+        );
+        assert_eq!(r.finish(), Ok(()));
+        assert_eq!(
+            r.feed(Bytes::from(frame(FIN | TEXT, b"late")), &mut out),
+            Err(FrameError::AfterClose)
+        );
     }
 
     #[tokio::test]
-    async fn the_relay_sends_what_waited_when_the_upstream_ends() {
+    async fn the_relay_ends_with_an_error_when_the_upstream_ends_while_a_message_waits() {
         let waits = format!("key {}", &SECRET[..8]);
         let input = frame(FIN | TEXT, waits.as_bytes());
         let mut agent = Vec::new();
-        relay_frames(&input[..], &mut agent, reframer())
+        let err = relay_frames(&input[..], &mut agent, reframer())
             .await
-            .expect("relayed");
-        assert_eq!(messages(&frames(&agent)), [(TEXT, waits.into_bytes())]);
+            .expect_err("refused");
+        let problem = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
+        assert_eq!(problem, Some(&FrameError::EndedWhileHeld));
+        assert!(agent.is_empty());
     }
 
     #[test]
