@@ -1841,6 +1841,70 @@ fn a_kept_secret_is_never_read_back_in_byte_ranges() {
     );
 }
 
+/// A log read with a byte limit ends where the agent chooses: inside the
+/// secret, it would give all of it but its last bytes, with nothing after
+/// to show that they were a secret. Such an end is withheld and the
+/// answer ends with an error, over HTTP/2 and HTTP/1.1, with an audit
+/// record that says why; an end that cannot be a secret cut short goes
+/// as it is.
+#[test]
+fn a_log_read_up_to_a_byte_inside_a_secret_ends_before_the_secret() {
+    let Setup { d, up } = setup("");
+    let base = format!("https://api.example.test:{}", up.port);
+    send_the_credential(&d, &base);
+    let at = up
+        .log_text()
+        .find(SECRET)
+        .expect("the upstream kept the secret");
+    let read = |limit: usize, version: &str| {
+        let out = d.run_agent_dns(
+            "web-bot",
+            &[
+                "curl",
+                "-sS",
+                version,
+                "-w",
+                "\n%{http_code}",
+                &format!("{base}/log?limit={limit}"),
+            ],
+        );
+        let text = stdout(&out);
+        assert_no_piece_of_secret("a log read up to a limit", &text);
+        (out.status.success(), text)
+    };
+    for version in ["--http2", "--http1.1"] {
+        for limit in [at + SECRET.len() - 1, at + SECRET_PIECE_MIN, at + 4] {
+            let (ok, _) = read(limit, version);
+            assert!(!ok, "{version}, limit {limit}: the answer ended whole");
+        }
+        // Three first bytes go, and so does a secret followed by more
+        // than a key's bytes: scrubbed.
+        let (ok, text) = read(at + 3, version);
+        assert!(
+            ok && text.ends_with("\n200"),
+            "{version}: {}",
+            redacted(&text)
+        );
+        let (ok, text) = read(at + SECRET.len() + 2, version);
+        assert!(
+            ok && text.ends_with("\n200"),
+            "{version}: {}",
+            redacted(&text)
+        );
+        assert!(
+            text.contains(&format!("Bearer {PLACEHOLDER}\"")),
+            "{version}: {}",
+            redacted(&text)
+        );
+    }
+    let limit = format!("/log?limit={}", at + SECRET.len() - 1);
+    let rec = d.wait_audit("for the withheld end", |r| r["path"] == limit);
+    assert_eq!(rec["action"], "deny", "{rec}");
+    assert_eq!(rec["reason"], "answer_not_scrubbable", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    d.wait_for_log("answer ended early", "the warning for the withheld end");
+}
+
 /// Clients ask for compressed answers by default, and decode them: a
 /// gzipped echo would carry the secret past the scrubber. A request to a
 /// host that holds secrets asks it for no compression. An answer

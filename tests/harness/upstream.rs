@@ -444,6 +444,18 @@ async fn handle(
             // shows them: what one request sent, another reads back, whole
             // or, as a file server would give it, in byte ranges.
             let log = log_text(&seen.lock().expect("seen"));
+            // At most this many first bytes, as a log read with a byte
+            // limit gives them (Kubernetes' `limitBytes`): a whole 200.
+            if let Some(limit) = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("limit="))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                return Ok(Response::new(full(
+                    log.as_bytes()[..limit.min(log.len())].to_vec(),
+                )));
+            }
             let unasked = req.uri().query().and_then(|q| q.strip_prefix("part="));
             let asked = req.headers().get("range").and_then(|v| v.to_str().ok());
             match unasked.or(asked).and_then(|r| part(r, log.len())) {

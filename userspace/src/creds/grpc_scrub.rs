@@ -8,9 +8,10 @@
 //! (grpcio then returns no message and status OK). So each message is read
 //! whole, scrubbed, and sent on with its new length. A secret split
 //! across two messages cannot be replaced in either, so it ends the call
-//! with an error. A message that ends in the first few bytes of a secret
-//! waits for the next, so that the piece is not sent before the split is
-//! found. A compressed message
+//! with an error, and so does a message that may end inside a secret
+//! ([`Scrubber::ends_inside_a_secret`]): whether the next message goes on
+//! with the rest (a split) or not (a secret cut short), no part of it
+//! may go. A compressed message
 //! cannot be read: Airlock asks for none (`grpc-accept-encoding:
 //! identity`), and one that comes all the same ends the call with an
 //! error, as does a message longer than gRPC's own default limit, a large
@@ -43,17 +44,6 @@ const HELD_FREELY: usize = 64 * 1024;
 pub type Hold = fn(usize) -> Option<SemaphorePermit<'static>>;
 
 const PREFIX: usize = 5;
-/// A message in whose last bytes this many first bytes of a secret begin,
-/// or more, waits (with the messages after it) until the stream has gone
-/// past where the secret would end, or the body ends. A shorter piece
-/// goes on: one byte would hold back about one message in a hundred of a
-/// stream, and three are little of a secret. Only these first bytes are
-/// compared ([`Scrubber::ends_in_a_start`]), so the wait tells nothing
-/// of what follows them.
-const HOLD_PIECE: usize = 4;
-/// Messages held back at once, at most: only messages of a few bytes
-/// each, after a secret's first bytes, keep them waiting this long.
-const HELD_MESSAGES_MAX: usize = 64;
 /// The flag bit of a compressed message.
 pub const COMPRESSED_FLAG: u8 = 1;
 
@@ -92,6 +82,10 @@ pub enum GrpcScrubError {
     )]
     Split,
     #[error(
+        "the upstream sent a gRPC message that may end inside a credential: its last bytes begin as one does and stop before its length"
+    )]
+    EndsInsideASecret,
+    #[error(
         "the daemon already holds as many bodies and messages read whole as its budget allows; a gRPC message of {len} bytes was not read"
     )]
     BudgetSpent { len: usize },
@@ -115,11 +109,6 @@ pin_project_lite::pin_project! {
         // for a secret that begins in one and ends in another; wiped when
         // dropped.
         before: Zeroizing<Vec<u8>>,
-        // Messages scrubbed and held back: the last ends in a secret's
-        // start, and the next message says whether the rest follows.
-        waiting: Vec<Bytes>,
-        // Messages to send, in order.
-        ready: std::collections::VecDeque<Bytes>,
         // Trailers waiting until the messages before them are sent.
         trailers: Option<HeaderMap>,
         ended: bool,
@@ -146,8 +135,6 @@ impl<B> GrpcScrubBody<B> {
             hold,
             held: None,
             before: Zeroizing::new(Vec::new()),
-            waiting: Vec::new(),
-            ready: std::collections::VecDeque::new(),
             trailers: None,
             ended: false,
             follow: None,
@@ -156,15 +143,14 @@ impl<B> GrpcScrubBody<B> {
 }
 
 /// The first whole message in `partial`, scrubbed and prefixed with its
-/// new length, taken out of it, and whether the bytes so far end in a
-/// secret's start; `None` until one is whole.
+/// new length, taken out of it; `None` until one is whole.
 fn next_message(
     scrubber: &Scrubber,
     partial: &mut Zeroizing<Vec<u8>>,
     hold: Hold,
     held: &mut Option<SemaphorePermit<'static>>,
     before: &mut Zeroizing<Vec<u8>>,
-) -> Result<Option<(Bytes, bool)>, GrpcScrubError> {
+) -> Result<Option<Bytes>, GrpcScrubError> {
     let Some(prefix) = partial.first_chunk::<PREFIX>() else {
         return Ok(None);
     };
@@ -186,10 +172,14 @@ fn next_message(
         return Err(GrpcScrubError::Split);
     }
     // What the next message's check needs: the last bytes of all so far,
-    // however short each message.
+    // however short each message, and before them enough for a secret
+    // that ends among them to be seen whole.
     before.extend_from_slice(message);
-    let keep = before.len().saturating_sub(scrubber.carry());
+    let keep = before.len().saturating_sub(2 * scrubber.carry());
     before.drain(..keep);
+    if scrubber.ends_inside_a_secret(before) {
+        return Err(GrpcScrubError::EndsInsideASecret);
+    }
     let scrubbed = scrubber.scrub_bytes(message);
     let body = scrubbed.as_deref().unwrap_or(message);
     let mut out = BytesMut::with_capacity(PREFIX + body.len());
@@ -199,10 +189,7 @@ fn next_message(
     out.put_slice(body);
     partial.drain(..PREFIX + len);
     *held = None;
-    Ok(Some((
-        out.freeze(),
-        scrubber.ends_in_a_start(before, HOLD_PIECE),
-    )))
+    Ok(Some(out.freeze()))
 }
 
 impl<B> Body for GrpcScrubBody<B>
@@ -219,35 +206,19 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, GrpcScrubError>>> {
         let mut this = self.project();
         loop {
-            if let Some(message) = this.ready.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(message))));
-            }
-            if let Some((message, in_a_start)) = next_message(
+            if let Some(message) = next_message(
                 this.scrubber,
                 this.partial,
                 *this.hold,
                 this.held,
                 this.before,
             )? {
-                this.waiting.push(message);
-                if !in_a_start {
-                    this.ready.extend(this.waiting.drain(..));
-                } else if this.waiting.len() > HELD_MESSAGES_MAX {
-                    this.waiting.clear();
-                    return Poll::Ready(Some(Err(GrpcScrubError::Split)));
-                }
-                continue;
+                return Poll::Ready(Some(Ok(Frame::data(message))));
             }
             if *this.ended {
                 if !this.partial.is_empty() {
                     this.partial.clear();
-                    this.waiting.clear();
                     return Poll::Ready(Some(Err(GrpcScrubError::CutShort)));
-                }
-                // Nothing more can follow a piece the last message ends in.
-                if !this.waiting.is_empty() {
-                    this.ready.extend(this.waiting.drain(..));
-                    continue;
                 }
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
@@ -284,8 +255,6 @@ where
         // without the trailers it then expects.
         self.trailers.is_none()
             && self.partial.is_empty()
-            && self.waiting.is_empty()
-            && self.ready.is_empty()
             && (self.ended || self.inner.is_end_stream())
     }
 

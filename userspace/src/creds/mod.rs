@@ -24,11 +24,11 @@ mod tests;
 pub use decoded::{Coding, Decoded, decodable_coding, mark_decoded};
 pub use grant::{Grant, GrantProblem, TokenError};
 #[cfg(test)]
-use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, GrpcScrubError, Hold};
-pub use grpc_scrub::{GrpcScrubBody, ask_for_uncompressed_messages, is_grpc};
+use grpc_scrub::{COMPRESSED_FLAG, GRPC_MESSAGE_MAX, Hold};
+pub use grpc_scrub::{GrpcScrubBody, GrpcScrubError, ask_for_uncompressed_messages, is_grpc};
 pub use newer_secrets::{Follow, SecretsSource};
 pub use readable::{ask_for_identity, ask_for_whole, unreadable_coding};
-pub use scrub::{Across, ScrubStream, Scrubber};
+pub use scrub::{Across, ScrubBodyError, ScrubStream, Scrubber};
 pub use sigv4::{AwsKey, SigV4Error, declared_payload_hash, hex_sha256, resign};
 #[cfg(test)]
 use swap::is_valid_placeholder;

@@ -233,24 +233,47 @@ impl Scrubber {
         })
     }
 
-    /// Whether a form of a secret could begin in the last bytes of `bytes`
-    /// and go on past their end: some position there, `min` or more bytes
-    /// before the end, begins with the form's first `min` bytes.
+    /// Whether `tail`, the last bytes of what is sent as a whole (an
+    /// answer's body, a gRPC message), may end inside a secret: some
+    /// position there, [`CUT_START`] or more bytes before the end and not
+    /// inside a secret found whole, begins with a form's first
+    /// [`CUT_START`] bytes, the form is longer than what follows, and all
+    /// that follows is bytes the form could be made of. An upstream that
+    /// cuts its answer at a byte the agent chooses (a log read with a byte
+    /// limit) would otherwise give it all of a secret but its last bytes.
     ///
-    /// Only those first bytes are compared, not all that is there: a piece
-    /// held for ending in a secret's start would otherwise tell an agent
-    /// that controls the piece's end, and sees when it arrives, whether
-    /// its guess begins a secret, a byte at a time. The first bytes of
-    /// most keys are their provider's public prefix anyway.
-    pub fn ends_in_a_start(&self, bytes: &[u8], min: usize) -> bool {
+    /// What follows those first bytes is not compared with the form, so
+    /// the answer tells an agent that writes it nothing of the secret
+    /// beyond those bytes, the form's length, and which bytes outside
+    /// [`key_byte`] the form holds. A secret's bytes are not `key_byte`s
+    /// only where it holds such bytes itself, or in a form that escapes
+    /// them (`%2F`, `\/`).
+    pub fn ends_inside_a_secret(&self, tail: &[u8]) -> bool {
+        self.cut_secret_at(tail).is_some()
+    }
+
+    /// Where in `tail` the first secret it may end inside of begins; see
+    /// [`Scrubber::ends_inside_a_secret`].
+    fn cut_secret_at(&self, tail: &[u8]) -> Option<usize> {
         let table = &*self.table;
-        let min = min.max(1);
-        let tail = &bytes[bytes.len().saturating_sub(self.carry())..];
-        let last = tail.len().saturating_sub(min - 1);
-        (0..last).any(|at| {
-            table.by_first[usize::from(tail[at])].iter().any(|&i| {
-                let secret = table.pairs[i].secret.expose();
-                tail.len() - at < secret.len() && secret[..min] == tail[at..at + min]
+        // Only the last `carry` bytes can begin a form longer than what
+        // follows; the scan for whole secrets reads all of `tail`, so
+        // that one begun before them is seen whole.
+        let first = tail.len().saturating_sub(self.carry());
+        table.next_start(tail, first)?;
+        let hits = table.scan(tail, true).hits;
+        let inside_a_hit = |at: usize| {
+            hits.iter()
+                .any(|&(start, i)| start < at && at < start + table.pairs[i].secret.len())
+        };
+        (first..tail.len().saturating_sub(CUT_START - 1)).find(|&at| {
+            let rest = &tail[at..];
+            table.by_first[usize::from(rest[0])].iter().any(|&i| {
+                let form = table.pairs[i].secret.expose();
+                rest.len() < form.len()
+                    && rest[..CUT_START] == form[..CUT_START]
+                    && rest.iter().all(|b| key_byte(*b) || form.contains(b))
+                    && !inside_a_hit(at)
             })
         })
     }
@@ -323,8 +346,9 @@ impl Scrubber {
     /// Each chunk is forwarded as soon as it arrives, minus at most
     /// (longest form - 1) trailing bytes: those after its last newline,
     /// or from where a secret may begin if that is earlier. They are sent
-    /// before the next chunk, or unchanged at the end of the body if no
-    /// secret completes.
+    /// before the next chunk, or at the end of the body, unless they may
+    /// be a secret cut short ([`Scrubber::ends_inside_a_secret`]): the
+    /// body then ends with [`ScrubBodyError::EndsInsideASecret`] instead.
     pub fn wrap<B>(&self, body: B) -> ScrubBody<B>
     where
         B: Body<Data = Bytes>,
@@ -335,6 +359,7 @@ impl Scrubber {
             held: Zeroizing::new(Vec::new()),
             next: None,
             trailers: None,
+            cut: false,
             ended: false,
             follow: None,
         }
@@ -433,8 +458,8 @@ impl Scrubber {
         (hits, cut)
     }
 
-    /// The held bytes at the end of the body: whatever secrets they complete
-    /// are replaced, a partial prefix is emitted as it is.
+    /// The held bytes at the end of the body, whatever secrets they
+    /// complete replaced.
     fn flush(&self, held: &mut Zeroizing<Vec<u8>>) -> Bytes {
         if held.is_empty() {
             return Bytes::new();
@@ -444,6 +469,31 @@ impl Scrubber {
         held.clear();
         out
     }
+
+    /// [`Scrubber::flush`] for the end of a body: the held bytes before
+    /// the first secret they may end inside of, and whether there is one
+    /// (whose bytes are dropped).
+    fn flush_at_end(&self, held: &mut Zeroizing<Vec<u8>>) -> (Bytes, bool) {
+        match self.cut_secret_at(held) {
+            None => (self.flush(held), false),
+            Some(at) => {
+                held.truncate(at);
+                (self.flush(held), true)
+            }
+        }
+    }
+}
+
+/// How many first bytes of a form, at least, make an end that stops
+/// short of the rest a cut secret ([`Scrubber::ends_inside_a_secret`]).
+/// Fewer go on: they are, for most keys, their provider's public prefix,
+/// and one byte would end one answer in a few hundred.
+pub const CUT_START: usize = 4;
+
+/// The bytes API keys and tokens are made of: letters, digits, and those
+/// that base64, base64url and the common token formats add.
+fn key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
 }
 
 impl Table {
@@ -606,6 +656,9 @@ pin_project_lite::pin_project! {
         next: Option<Bytes>,
         // Trailers waiting until the held bytes before them are sent.
         trailers: Option<HeaderMap>,
+        // The body's end was withheld: it ends with an error once the
+        // bytes before are sent.
+        cut: bool,
         ended: bool,
         // Secrets that came after the body began.
         follow: Option<Follow>,
@@ -630,17 +683,29 @@ impl<B> fmt::Debug for ScrubBody<B> {
     }
 }
 
+/// Why a scrubbed body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrubBodyError {
+    #[error(
+        "the upstream's answer ended where a credential may have been cut short: its last bytes begin as one does and stop before its length, so they were withheld"
+    )]
+    EndsInsideASecret,
+    #[error("reading the upstream's answer")]
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 impl<B> Body for ScrubBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = ScrubBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ScrubBodyError>>> {
         let mut this = self.project();
         loop {
             if let Some(next) = this.next.take() {
@@ -649,20 +714,26 @@ where
             if let Some(trailers) = this.trailers.take() {
                 return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
+            if std::mem::take(this.cut) {
+                return Poll::Ready(Some(Err(ScrubBodyError::EndsInsideASecret)));
+            }
             if *this.ended {
                 return Poll::Ready(None);
             }
             let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
-                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Some(Err(err)) => {
+                    return Poll::Ready(Some(Err(ScrubBodyError::Upstream(err.into()))));
+                }
                 None => {
                     *this.ended = true;
                     if let Some(follow) = this.follow {
                         follow.catch_up(this.scrubber);
                     }
-                    let rest = this.scrubber.flush(this.held);
+                    let rest;
+                    (rest, *this.cut) = this.scrubber.flush_at_end(this.held);
                     if rest.is_empty() {
-                        return Poll::Ready(None);
+                        continue;
                     }
                     return Poll::Ready(Some(Ok(Frame::data(rest))));
                 }
@@ -689,8 +760,19 @@ where
                 Err(frame) => frame,
             };
             if let Ok(mut trailers) = frame.into_trailers() {
+                // Trailers end the body: nothing more can complete what
+                // is held.
+                *this.ended = true;
+                let rest;
+                (rest, *this.cut) = this.scrubber.flush_at_end(this.held);
+                if *this.cut {
+                    // What the trailers say would end the body as whole.
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
                 this.scrubber.scrub_headers(&mut trailers);
-                let rest = this.scrubber.flush(this.held);
                 if rest.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
@@ -705,6 +787,7 @@ where
     fn is_end_stream(&self) -> bool {
         self.next.is_none()
             && self.trailers.is_none()
+            && !self.cut
             && self.held.is_empty()
             && (self.ended || self.inner.is_end_stream())
     }

@@ -584,6 +584,32 @@ fn scrub_all(s: &Scrubber, pieces: &[&[u8]]) -> Vec<u8> {
     drain(s.wrap(chunks(pieces))).0.concat()
 }
 
+/// What a scrubbed body sends before it ends, and the error it ends
+/// with, if any.
+fn sent_until_the_end(s: &Scrubber, pieces: &[&[u8]]) -> (Vec<u8>, Option<ScrubBodyError>) {
+    let mut body = s.wrap(chunks(pieces));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sent = Vec::new();
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    sent.extend_from_slice(&data);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                assert!(
+                    matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)),
+                    "nothing after the error"
+                );
+                return (sent, Some(e));
+            }
+            Poll::Ready(None) => return (sent, None),
+            Poll::Pending => panic!("body waited with nothing to wait for"),
+        }
+    }
+}
+
 /// Oracle for a single secret: plain non-overlapping leftmost replacement.
 fn replaced(input: &[u8], secret: &[u8], ph: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -741,10 +767,10 @@ fn repeated_and_self_overlapping_occurrences() {
     // failed attempt would miss the real occurrence.
     let secret: &[u8] = b"aaaaaaaaab";
     let s = scrubber(&[(secret, b"PH")]);
-    let input = b"aaaaaaaaaaaaabaaaab";
+    let input = b"aaaaaaaaaaaaabaaaab;";
     for size in 1..=input.len() {
         let pieces: Vec<&[u8]> = input.chunks(size).collect();
-        assert_eq!(scrub_all(&s, &pieces), b"aaaaPHaaaab", "chunk size {size}");
+        assert_eq!(scrub_all(&s, &pieces), b"aaaaPHaaaab;", "chunk size {size}");
     }
 }
 
@@ -755,8 +781,8 @@ fn two_secrets_and_longest_wins() {
         (b"beta-secret-22", b"PH-B"),
         (b"alpha-secret-1-extended", b"PH-AX"),
     ]);
-    let input = b"x alpha-secret-1 y beta-secret-22 z alpha-secret-1-extended alpha-secret-1-ext";
-    let expected = b"x PH-A y PH-B z PH-AX PH-A-ext".to_vec();
+    let input = b"x alpha-secret-1 y beta-secret-22 z alpha-secret-1-extended alpha-secret-1-ext\n";
+    let expected = b"x PH-A y PH-B z PH-AX PH-A-ext\n".to_vec();
     for size in 1..=input.len() {
         let pieces: Vec<&[u8]> = input.chunks(size).collect();
         assert_eq!(scrub_all(&s, &pieces), expected, "chunk size {size}");
@@ -772,21 +798,85 @@ fn overlapping_different_secrets_do_not_hide_a_later_one() {
     assert_eq!(scrub_all(&s, &[b"za", b"bab", b"ab"]), b"<Z><X>");
 }
 
+/// An upstream that cuts its answer at a byte the agent chooses (a log
+/// read with a byte limit) must not give it all of a secret but its last
+/// bytes: such an end is withheld, and the body ends with an error.
 #[test]
-fn partial_prefix_at_end_of_stream_is_emitted_unchanged() {
+fn a_body_that_may_end_inside_a_secret_ends_with_an_error_before_it() {
     let s = scrubber(&[(SECRET20, PH20)]);
     let partial = &SECRET20[..SECRET20.len() - 1];
     let input = [b"head ".as_slice(), partial].concat();
     for cut in 0..=input.len() {
-        assert_eq!(
-            scrub_all(&s, &[&input[..cut], &input[cut..]]),
-            input,
-            "cut {cut}"
+        let (sent, error) = sent_until_the_end(&s, &[&input[..cut], &input[cut..]]);
+        assert!(
+            matches!(error, Some(ScrubBodyError::EndsInsideASecret)),
+            "cut {cut}: {error:?}"
         );
+        assert!(b"head ".starts_with(&sent), "cut {cut}: {sent:?}");
     }
-    // Held bytes that turn out not to be a secret are emitted with the next chunk.
+    // Trailers end a body too.
+    let body = Frames(
+        [
+            Frame::data(Bytes::from_static(b"data ")),
+            Frame::data(Bytes::copy_from_slice(&SECRET20[..4])),
+            Frame::trailers(HeaderMap::new()),
+        ]
+        .into(),
+    );
+    let mut body = s.wrap(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sent = Vec::new();
+    let error = loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                assert!(frame.is_data(), "no trailers after a withheld end");
+                sent.extend_from_slice(&frame.into_data().unwrap());
+            }
+            Poll::Ready(Some(Err(e))) => break Some(e),
+            _ => break None,
+        }
+    };
+    assert!(matches!(error, Some(ScrubBodyError::EndsInsideASecret)));
+    assert_eq!(sent, b"data ");
+
+    // What cannot be a secret cut short goes, whole, at the end: three
+    // first bytes, the start followed by bytes no key is made of, or far
+    // enough from the end for the whole secret to fit, a whole secret,
+    // and held bytes that turn out not to be a secret.
+    for ok in [
+        [b"head ".as_slice(), &SECRET20[..3]].concat(),
+        [b"{\"k\":\"".as_slice(), &SECRET20[..9], b"\"}"].concat(),
+        [b"head ".as_slice(), &SECRET20[..9], b" and then some"].concat(),
+        [b"head ".as_slice(), &SECRET20[..9], b"\n"].concat(),
+    ] {
+        let (sent, error) = sent_until_the_end(&s, &[&ok]);
+        assert!(error.is_none(), "{:?}", String::from_utf8_lossy(&ok));
+        assert_eq!(sent, ok);
+    }
+    let whole = [b"head ".as_slice(), SECRET20].concat();
+    let (sent, error) = sent_until_the_end(&s, &[&whole]);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(sent, [b"head ".as_slice(), PH20].concat());
     let (data, _) = drain(s.wrap(chunks(&[b"xx S3cr", b"ap and more"])));
     assert_eq!(data.concat(), b"xx S3crap and more");
+}
+
+/// Whether an end is withheld must not tell an agent that writes it
+/// whether its guess goes on as a secret does: only a form's first four
+/// bytes, its length and the bytes keys are made of decide.
+#[test]
+fn whether_an_end_is_withheld_does_not_tell_what_follows_a_secrets_first_bytes() {
+    let s = scrubber(&[(SECRET20, PH20)]);
+    for len in 5..SECRET20.len() {
+        let guessed = &SECRET20[..len];
+        let mut missed = guessed.to_vec();
+        missed[len - 1] = if missed[len - 1] == b'Q' { b'R' } else { b'Q' };
+        for end in [guessed, &missed] {
+            let (sent, error) = sent_until_the_end(&s, &[b"log: ", end]);
+            assert!(error.is_some(), "{len} bytes, guessed {}", end == guessed);
+            assert_eq!(sent, b"log: ");
+        }
+    }
 }
 
 #[test]
@@ -820,7 +910,8 @@ fn trailers_are_scrubbed_and_come_after_held_bytes() {
         HeaderValue::from_bytes(&[b"v=".as_slice(), SECRET20].concat()).unwrap(),
     );
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let partial = &SECRET20[..4];
+    // Too short to be withheld as a secret cut short.
+    let partial = &SECRET20[..3];
     let body = Frames(
         [
             Frame::data(Bytes::from_static(b"data ")),
@@ -992,25 +1083,38 @@ fn a_grpc_message_that_cannot_be_read_whole_ends_the_answer_with_an_error() {
         Err(GrpcScrubError::TooLarge { .. })
     ));
     // A secret cut between messages cannot be replaced in either, even
-    // when a message between them holds only a piece of it.
-    let (head, tail) = SECRET20.split_at(7);
+    // when a message between them holds only a piece of it. A message
+    // that ends in three of its first bytes goes on; the next, with the
+    // rest, is the split. One that ends in more may end inside it, and
+    // ends the call whatever follows.
+    let (head, tail) = SECRET20.split_at(3);
     let (middle, tail) = tail.split_at(3);
-    for messages in [
-        vec![
-            grpc_frame(0, &[b"a".as_slice(), head].concat()),
-            grpc_frame(0, &[middle, tail].concat()),
-        ],
-        vec![
-            grpc_frame(0, head),
-            grpc_frame(0, middle),
-            grpc_frame(0, &[tail, b"z"].concat()),
-        ],
+    for (messages, split) in [
+        (
+            vec![
+                grpc_frame(0, &[b"a".as_slice(), head].concat()),
+                grpc_frame(0, &[middle, tail].concat()),
+            ],
+            true,
+        ),
+        (
+            vec![
+                grpc_frame(0, head),
+                grpc_frame(0, middle),
+                grpc_frame(0, &[tail, b"z"].concat()),
+            ],
+            false,
+        ),
     ] {
         let pieces: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        assert!(matches!(
-            drain_grpc(chunks(&pieces)),
-            Err(GrpcScrubError::Split)
-        ));
+        let error = drain_grpc(chunks(&pieces)).err();
+        match split {
+            true => assert!(matches!(error, Some(GrpcScrubError::Split)), "{error:?}"),
+            false => assert!(
+                matches!(error, Some(GrpcScrubError::EndsInsideASecret)),
+                "{error:?}"
+            ),
+        }
     }
     // Its pieces apart from each other, in messages of their own, are not
     // the secret.
@@ -1113,6 +1217,7 @@ fn any_cutting_scrubs_as_the_whole_body_does() {
         (state % n as u64) as usize
     };
     let bits: [&[u8]; 6] = [b"\n", b"x", b"line-", b"S3cr", b"%2F", b"one\n"];
+    let mut cut_short = 0;
     for case in 0..3000 {
         let mut input = Vec::new();
         for _ in 0..next(12) {
@@ -1135,14 +1240,30 @@ fn any_cutting_scrubs_as_the_whole_body_does() {
             pieces.push(&input[at..end]);
             at = end;
         }
-        assert_eq!(
-            scrub_all(&s, &pieces),
-            whole,
-            "case {case}: {:?} in {} pieces",
-            String::from_utf8_lossy(&input),
-            pieces.len()
-        );
+        // A body that may end inside a secret sends what comes before
+        // its end, then an error, however it is cut.
+        let (sent, error) = sent_until_the_end(&s, &pieces);
+        let (sent_whole, error_whole) = sent_until_the_end(&s, &[&input]);
+        let what = || {
+            format!(
+                "case {case}: {:?} in {} pieces",
+                String::from_utf8_lossy(&input),
+                pieces.len()
+            )
+        };
+        assert_eq!(error.is_some(), error_whole.is_some(), "{}", what());
+        assert_eq!(sent, sent_whole, "{}", what());
+        if error.is_none() {
+            assert_eq!(sent, whole, "{}", what());
+        } else {
+            cut_short += 1;
+            assert!(whole.starts_with(&sent), "{}", what());
+        }
     }
+    assert!(
+        (100..2900).contains(&cut_short),
+        "both kinds of end were tried: {cut_short} cut short"
+    );
 }
 
 /// A body fed from a channel, as a proxied upstream response would be.
@@ -1189,8 +1310,11 @@ fn sent_before_any_error(body: Frames) -> (Vec<u8>, Option<GrpcScrubError>) {
     }
 }
 
+/// A message that may end inside a secret ends the call before it goes:
+/// whether the next message goes on with the rest (a split) or not (a
+/// secret cut short), no part of the secret may reach the agent.
 #[test]
-fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_it() {
+fn a_grpc_message_that_may_end_inside_a_secret_ends_the_call_before_it_goes() {
     let (head, tail) = SECRET20.split_at(SECRET20.len() - 1);
     let (first, rest) = head.split_at(5);
     let (second, third) = rest.split_at(1);
@@ -1210,10 +1334,18 @@ fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_
             grpc_frame(0, third),
             grpc_frame(0, tail),
         ],
+        // All of it but its last byte, and nothing after.
+        vec![
+            grpc_frame(0, b"ok"),
+            grpc_frame(0, &[b"a".as_slice(), head].concat()),
+        ],
     ] {
         let pieces: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
         let (sent, error) = sent_before_any_error(chunks(&pieces));
-        assert!(matches!(error, Some(GrpcScrubError::Split)), "{error:?}");
+        assert!(
+            matches!(error, Some(GrpcScrubError::EndsInsideASecret)),
+            "{error:?}"
+        );
         assert_eq!(
             grpc_messages(&sent),
             [b"ok".to_vec()],
@@ -1221,52 +1353,20 @@ fn a_grpc_message_ending_in_a_secrets_start_waits_so_that_a_split_sends_none_of_
         );
     }
 
-    // A message that ends in a secret's start waits for the next one; one
-    // that does not is sent at once.
+    // A message that cannot end inside a secret goes at once: its start
+    // is followed by bytes no key is made of.
     let s = scrubber(&[(SECRET20, PH20)]);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut body = GrpcScrubBody::new(ChannelBody(rx), &s, budget_to_spare);
-    tx.send(Frame::data(Bytes::from(grpc_frame(0, b"plain"))))
-        .unwrap();
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from(grpc_frame(0, b"plain"))))
-    );
-    let ends_in_start = [b"a".as_slice(), &SECRET20[..6]].concat();
-    tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
-        .unwrap();
-    assert_eq!(poll_data(&mut body), Poll::Pending, "held back");
-    // A next message too short to tell whether the secret goes on past
-    // it waits too; one past the secret's length tells it does not: all
-    // three go, in order.
-    tx.send(Frame::data(Bytes::from(grpc_frame(0, b"#"))))
-        .unwrap();
-    assert_eq!(poll_data(&mut body), Poll::Pending, "still held back");
-    let past = [b'#'; SECRET20.len()];
-    tx.send(Frame::data(Bytes::from(grpc_frame(0, &past))))
-        .unwrap();
-    for message in [&ends_in_start[..], b"#", &past] {
+    let quoted = [b"{\"k\":\"".as_slice(), &SECRET20[..6], b"\"}"].concat();
+    for message in [b"plain".as_slice(), &quoted] {
+        tx.send(Frame::data(Bytes::from(grpc_frame(0, message))))
+            .unwrap();
         assert_eq!(
             poll_data(&mut body),
             Poll::Ready(Some(Bytes::from(grpc_frame(0, message))))
         );
     }
-    // At the body's end, a held message goes before the trailers.
-    tx.send(Frame::data(Bytes::from(grpc_frame(0, &ends_in_start))))
-        .unwrap();
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    tx.send(Frame::trailers(trailers)).unwrap();
-    drop(tx);
-    assert_eq!(
-        poll_data(&mut body),
-        Poll::Ready(Some(Bytes::from(grpc_frame(0, &ends_in_start))))
-    );
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(
-        Pin::new(&mut body).poll_frame(&mut cx),
-        Poll::Ready(Some(Ok(frame))) if frame.is_trailers()
-    ));
 }
 
 #[test]
@@ -1626,32 +1726,37 @@ fn a_client_secret_is_scrubbed_from_the_basic_value_it_was_sent_in() {
     }
 }
 
-/// Whether a gRPC message waits must not tell an agent that writes its
-/// end whether a guess goes on as a secret does: a message ending in the
-/// secret's first four bytes waits whatever follows them.
+/// Whether a gRPC message ends the call must not tell an agent that
+/// writes its end whether a guess goes on as a secret does: a message
+/// ending in the secret's first four bytes, and then bytes keys are made
+/// of, ends it whatever those bytes are.
 #[test]
-fn a_grpc_message_waits_for_a_secrets_first_bytes_whatever_follows_them() {
-    let s = scrubber(&[(SECRET20, PH20)]);
-    let held = |end: &[u8]| {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut body = GrpcScrubBody::new(ChannelBody(rx), &s, budget_to_spare);
-        let message = [b"log: ".as_slice(), end].concat();
-        tx.send(Frame::data(Bytes::from(grpc_frame(0, &message))))
-            .unwrap();
-        poll_data(&mut body).is_pending()
+fn whether_a_grpc_message_ends_the_call_does_not_tell_what_follows_a_secrets_first_bytes() {
+    let ended = |end: &[u8]| {
+        let message = grpc_frame(0, &[b"log: ".as_slice(), end].concat());
+        let (sent, error) = sent_before_any_error(chunks(&[&message]));
+        match error {
+            Some(GrpcScrubError::EndsInsideASecret) => {
+                assert!(sent.is_empty());
+                true
+            }
+            None => false,
+            Some(other) => panic!("{other:?}"),
+        }
     };
     for len in 5..SECRET20.len() {
         let guessed = &SECRET20[..len];
         let mut missed = guessed.to_vec();
-        missed[len - 1] ^= 0x20;
-        assert!(held(guessed), "{len} bytes of the secret");
+        missed[len - 1] = if missed[len - 1] == b'Q' { b'R' } else { b'Q' };
+        assert!(ended(guessed), "{len} bytes of the secret");
         assert!(
-            held(&missed),
+            ended(&missed),
             "the first four, then a wrong guess, {len} bytes"
         );
     }
-    assert!(!held(b"no start here"));
-    assert!(!held(&SECRET20[..3]), "three bytes go on");
+    assert!(ended(&SECRET20[..4]), "four bytes");
+    assert!(!ended(b"no start here"));
+    assert!(!ended(&SECRET20[..3]), "three bytes go on");
 }
 
 /// One secret may be the start of another (a SigV4 key's id starts the

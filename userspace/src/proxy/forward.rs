@@ -459,7 +459,10 @@ impl Intercept {
         let gather = agent_h2
             && upload.as_ref().is_some_and(|u| !u.ended())
             && early_answer::worth_gathering(&rbody.size_hint());
+        let mut withheld = None;
         let body = if guarded {
+            let noted = answer::Withheld::default();
+            withheld = Some(noted.clone());
             Either::Right(answer::scrubbed(
                 &mut rparts,
                 rbody,
@@ -467,6 +470,7 @@ impl Intercept {
                 self.follow_secrets(scrub_seen),
                 decode,
                 bodiless_answer,
+                noted,
             ))
         } else {
             Either::Left(rbody)
@@ -493,6 +497,7 @@ impl Intercept {
             record: std::mem::take(record),
             upload,
             judged,
+            withheld,
             started,
         };
         let body = boxed(Counted::new(body, Report::new(done)));
@@ -544,6 +549,9 @@ struct AuditWhenDone {
     upload: Option<Arc<Upload>>,
     /// What its body claimed, when it was read for claims.
     judged: Option<Arc<Judged>>,
+    /// Whether the scrubber ended the answer early; None when the answer
+    /// was not scrubbed.
+    withheld: Option<answer::Withheld>,
     started: Instant,
 }
 
@@ -555,6 +563,17 @@ impl OnDone for AuditWhenDone {
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         if let Some(judged) = &self.judged {
             record.note_claims(judged.claims());
+        }
+        if self.withheld.is_some_and(|w| w.happened()) {
+            // What the upstream sent was withheld: a refusal, in the
+            // audit log as every other is.
+            record.action = Some(Action::Deny);
+            record.reason = Some(Cow::Borrowed("answer_not_scrubbable"));
+            if let Some(agent) = &record.agent
+                && let Some(held_back) = self.intercept.warnings.open(agent)
+            {
+                tracing::warn!(%agent, host = &*record.host, held_back, "answer ended early: its end could not be scrubbed");
+            }
         }
         self.intercept.audit.record(record);
     }

@@ -3,16 +3,21 @@
 //! cannot read, a part of a body), and scrubbed when it comes from a host
 //! that may know secrets.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use bytes::Bytes;
 use http::{Response, StatusCode, header, response};
 use http_body::Body;
-use http_body_util::Either;
+use http_body_util::{BodyExt as _, Either};
 use hyper::body::Incoming;
 use tracing::warn;
 
 use super::ConnCtx;
 use crate::{
-    creds::{self, Coding, Follow, Scrubber},
+    creds::{self, Coding, Follow, GrpcScrubError, ScrubBodyError, Scrubber},
     proxy::{Intercept, body::BoxError, rescue::ProxyError, upstream, whole_body},
 };
 
@@ -73,8 +78,34 @@ impl Intercept {
     }
 }
 
+/// Set when the scrubber ended an answer early rather than send what it
+/// could not scrub (a secret that may have been cut short, a gRPC
+/// message it cannot read), for the request's audit record.
+#[derive(Clone, Default)]
+pub(super) struct Withheld(Arc<AtomicBool>);
+
+impl Withheld {
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, err: &BoxError) {
+        let by_the_scrubber = match err.downcast_ref::<ScrubBodyError>() {
+            Some(ScrubBodyError::Upstream(_)) => false,
+            Some(_) => true,
+            None => err
+                .downcast_ref::<GrpcScrubError>()
+                .is_some_and(|e| !matches!(e, GrpcScrubError::Upstream(_))),
+        };
+        if by_the_scrubber {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The answer's head scrubbed in place, and its body as the scrubber
-/// hands it on: decoded first if it came in `decode`.
+/// hands it on: decoded first if it came in `decode`. An end withheld is
+/// noted in `withheld`.
 pub(super) fn scrubbed(
     rparts: &mut response::Parts,
     rbody: Incoming,
@@ -82,6 +113,7 @@ pub(super) fn scrubbed(
     follow: Follow,
     decode: Option<Coding>,
     bodiless_answer: bool,
+    withheld: Withheld,
 ) -> impl Body<Data = Bytes, Error = BoxError> + Send + 'static {
     // An HTTP/1.1 reason phrase is the upstream's own text, which
     // hyper would hand on as it came; the status code says it all.
@@ -107,12 +139,16 @@ pub(super) fn scrubbed(
     };
     // gRPC's messages carry their lengths, which a placeholder of
     // another length than its secret would make wrong.
-    if creds::is_grpc(&rparts.headers) {
+    let body = if creds::is_grpc(&rparts.headers) {
         Either::Right(
             creds::GrpcScrubBody::new(readable, scrubber, whole_body::try_hold)
                 .following(Some(follow)),
         )
     } else {
         Either::Left(scrubber.wrap(readable).following(Some(follow)))
-    }
+    };
+    body.map_err(move |err: BoxError| {
+        withheld.note(&err);
+        err
+    })
 }
