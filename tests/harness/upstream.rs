@@ -748,9 +748,14 @@ async fn websocket_echo(
             0xa => {}
             // The greeting again, as two whole messages with the cut
             // inside the Authorization value: as a log streamed in
-            // messages of a fixed size cuts its lines.
-            0x1 if payload == b"split" => {
-                let (a, b) = text.split_at(text.len() - 12);
+            // messages of a fixed size cuts its lines. `split` cuts it 12
+            // bytes before its end, `split-3` 3 bytes after its start.
+            0x1 if payload == b"split" || payload == b"split-3" => {
+                let at = match payload.as_slice() {
+                    b"split" => text.len() - 12,
+                    _ => b"you sent: Bearer ".len() + 3,
+                };
+                let (a, b) = text.split_at(at);
                 let mut two = frame(0x81, a);
                 two.extend(frame(0x81, b));
                 io.write_all(&two).await?;

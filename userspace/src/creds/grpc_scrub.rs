@@ -172,10 +172,9 @@ fn next_message(
         return Err(GrpcScrubError::Split);
     }
     // What the next message's check needs: the last bytes of all so far,
-    // however short each message, and before them enough for a secret
-    // that ends among them to be seen whole.
+    // however short each message.
     before.extend_from_slice(message);
-    let keep = before.len().saturating_sub(2 * scrubber.carry());
+    let keep = before.len().saturating_sub(scrubber.carry());
     before.drain(..keep);
     if scrubber.ends_inside_a_secret(before) {
         return Err(GrpcScrubError::EndsInsideASecret);

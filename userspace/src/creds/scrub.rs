@@ -192,7 +192,7 @@ impl Scrubber {
     /// The value with secrets replaced, or `None` if it holds none. The
     /// result keeps the original's sensitivity flag.
     pub fn scrub_header_value(&self, value: &HeaderValue) -> Option<HeaderValue> {
-        let out = self.scrub_bytes(value.as_bytes())?;
+        let out = self.scrub_final(value.as_bytes())?;
         // A placeholder that is not a valid header value can only come from a
         // caller error; an empty value still keeps the secret out.
         let mut new = HeaderValue::from_maybe_shared(out.freeze())
@@ -210,6 +210,36 @@ impl Scrubber {
             return None;
         }
         Some(self.table.render(bytes, &scan.hits, bytes.len()))
+    }
+
+    /// `bytes`, sent whole and last (a header value, a control frame's
+    /// payload, an error's text), with secrets replaced and cut where
+    /// they may end inside one ([`Scrubber::ends_inside_a_secret`]), or
+    /// `None` if they need neither. A whole secret that holds that point
+    /// is cut with it.
+    pub fn scrub_final(&self, bytes: &[u8]) -> Option<BytesMut> {
+        self.table.next_start(bytes, 0)?;
+        let (hits, cut) = self.scan_end(bytes);
+        if hits.is_empty() && cut.is_none() {
+            return None;
+        }
+        Some(self.table.render(bytes, &hits, cut.unwrap_or(bytes.len())))
+    }
+
+    /// The secrets found whole in `buf`, which ends what is sent, and
+    /// where it must be cut because it may end inside one, if it must.
+    fn scan_end(&self, buf: &[u8]) -> (Vec<(usize, usize)>, Option<usize>) {
+        let table = &*self.table;
+        let mut hits = table.scan(buf, true).hits;
+        let Some(mut cut) = self.cut_secret_at(buf) else {
+            return (hits, None);
+        };
+        let end = |&(start, i): &(usize, usize)| start + table.pairs[i].secret.len();
+        if let Some(&(start, _)) = hits.iter().find(|h| h.0 < cut && cut < end(h)) {
+            cut = start;
+        }
+        hits.retain(|h| end(h) <= cut);
+        (hits, Some(cut))
     }
 
     /// How many last bytes of what came before [`Scrubber::straddles`]
@@ -234,20 +264,24 @@ impl Scrubber {
     }
 
     /// Whether `tail`, the last bytes of what is sent as a whole (an
-    /// answer's body, a gRPC message), may end inside a secret: some
-    /// position there, [`CUT_START`] or more bytes before the end and not
-    /// inside a secret found whole, begins with a form's first
-    /// [`CUT_START`] bytes, the form is longer than what follows, and all
-    /// that follows is bytes the form could be made of. An upstream that
-    /// cuts its answer at a byte the agent chooses (a log read with a byte
-    /// limit) would otherwise give it all of a secret but its last bytes.
+    /// answer's body, a gRPC or WebSocket message), may end inside a
+    /// secret: some position there, [`CUT_START`] or more bytes before
+    /// the end, begins with a form's first [`CUT_START`] bytes, the form
+    /// is longer than what follows, and all that follows is bytes the
+    /// form could be made of. An upstream that cuts its answer at a byte
+    /// the agent chooses (a log read with a byte limit) would otherwise
+    /// give it all of a secret but its last bytes. `tail` may be cut to
+    /// its last [`Scrubber::carry`] bytes.
     ///
     /// What follows those first bytes is not compared with the form, so
     /// the answer tells an agent that writes it nothing of the secret
     /// beyond those bytes, the form's length, and which bytes outside
     /// [`key_byte`] the form holds. A secret's bytes are not `key_byte`s
     /// only where it holds such bytes itself, or in a form that escapes
-    /// them (`%2F`, `\/`).
+    /// them (`%2F`, `\/`). Bytes from that position to the end that all
+    /// lie in secrets found whole are no cut: their placeholders hide
+    /// them (a SigV4 key's id at the end begins the whole `id:secret`
+    /// value too).
     pub fn ends_inside_a_secret(&self, tail: &[u8]) -> bool {
         self.cut_secret_at(tail).is_some()
     }
@@ -257,14 +291,24 @@ impl Scrubber {
     fn cut_secret_at(&self, tail: &[u8]) -> Option<usize> {
         let table = &*self.table;
         // Only the last `carry` bytes can begin a form longer than what
-        // follows; the scan for whole secrets reads all of `tail`, so
-        // that one begun before them is seen whole.
+        // follows.
         let first = tail.len().saturating_sub(self.carry());
         table.next_start(tail, first)?;
         let hits = table.scan(tail, true).hits;
-        let inside_a_hit = |at: usize| {
-            hits.iter()
-                .any(|&(start, i)| start < at && at < start + table.pairs[i].secret.len())
+        // Whether every byte from `at` on is in a secret found whole.
+        let replaced_to_the_end = |at: usize| {
+            let mut from = at;
+            for &(start, i) in &hits {
+                let end = start + table.pairs[i].secret.len();
+                if end <= from {
+                    continue;
+                }
+                if start > from {
+                    return false;
+                }
+                from = end;
+            }
+            from == tail.len()
         };
         (first..tail.len().saturating_sub(CUT_START - 1)).find(|&at| {
             let rest = &tail[at..];
@@ -272,9 +316,8 @@ impl Scrubber {
                 let form = table.pairs[i].secret.expose();
                 rest.len() < form.len()
                     && rest[..CUT_START] == form[..CUT_START]
-                    && rest.iter().all(|b| key_byte(*b) || form.contains(b))
-                    && !inside_a_hit(at)
-            })
+                    && made_as_keys_are(rest, form)
+            }) && !replaced_to_the_end(at)
         })
     }
 
@@ -290,6 +333,8 @@ impl Scrubber {
     /// is [`Across::Wait`], whatever the bytes after those first ones: a
     /// wait that compared them would tell an agent that writes them, and
     /// sees when they arrive, whether its guess goes on as a secret does.
+    /// Only a byte no key is made of ([`key_byte`]) and the form does not
+    /// hold, after them, ends the wait early: no form goes on past it.
     pub fn across(&self, window: &[u8], ends: &[usize], min: usize) -> Across {
         let (Some(&first), Some(&last)) = (ends.first(), ends.last()) else {
             return Across::Clear;
@@ -307,7 +352,10 @@ impl Scrubber {
                     if window[at..end] == *form {
                         return Across::Split;
                     }
-                } else if window.len() - at >= min && window[at..at + min] == form[..min] {
+                } else if window.len() - at >= min
+                    && window[at..at + min] == form[..min]
+                    && made_as_keys_are(&window[at..], form)
+                {
                     wait = true;
                 }
             }
@@ -470,17 +518,17 @@ impl Scrubber {
         out
     }
 
-    /// [`Scrubber::flush`] for the end of a body: the held bytes before
-    /// the first secret they may end inside of, and whether there is one
-    /// (whose bytes are dropped).
+    /// [`Scrubber::flush`] for the end of a body: the held bytes, with
+    /// secrets replaced, before the first secret they may end inside of,
+    /// and whether there is one (whose bytes are dropped).
     fn flush_at_end(&self, held: &mut Zeroizing<Vec<u8>>) -> (Bytes, bool) {
-        match self.cut_secret_at(held) {
-            None => (self.flush(held), false),
-            Some(at) => {
-                held.truncate(at);
-                (self.flush(held), true)
-            }
+        if held.is_empty() {
+            return (Bytes::new(), false);
         }
+        let (hits, cut) = self.scan_end(held);
+        let out = self.table.render(held, &hits, cut.unwrap_or(held.len()));
+        held.clear();
+        (out.freeze(), cut.is_some())
     }
 }
 
@@ -494,6 +542,12 @@ pub const CUT_START: usize = 4;
 /// that base64, base64url and the common token formats add.
 fn key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Whether `bytes` could be part of `form` for all that [`key_byte`] and
+/// the bytes outside it that the form holds tell.
+fn made_as_keys_are(bytes: &[u8], form: &[u8]) -> bool {
+    bytes.iter().all(|b| key_byte(*b) || form.contains(b))
 }
 
 impl Table {
@@ -590,6 +644,10 @@ pub enum Across {
     /// A secret's first bytes begin before an end, and what follows may
     /// still complete it: the messages wait.
     Wait,
+    /// The message that just ended may end inside a secret
+    /// ([`Scrubber::ends_inside_a_secret`]): whether the next goes on with
+    /// the rest or not, no part of it may go.
+    Cut,
     /// No secret crosses an end, nor can.
     Clear,
 }

@@ -861,6 +861,35 @@ fn a_body_that_may_end_inside_a_secret_ends_with_an_error_before_it() {
     assert_eq!(data.concat(), b"xx S3crap and more");
 }
 
+/// A header value, sent whole, that may end inside a secret is cut
+/// before it; a whole secret is replaced, and a secret holding the cut is
+/// cut with it.
+#[test]
+fn a_header_value_that_may_end_inside_a_secret_is_cut_before_it() {
+    let s = scrubber(&[(SECRET20, PH20), (b"tok-S3cr", b"PH-T")]);
+    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).unwrap();
+    let cut = [b"invalid token ".as_slice(), &SECRET20[..12]].concat();
+    assert_eq!(
+        s.scrub_header_value(&value(&cut)).unwrap(),
+        "invalid token "
+    );
+    let whole = [b"invalid token ".as_slice(), SECRET20].concat();
+    assert_eq!(
+        s.scrub_header_value(&value(&whole)).unwrap().as_bytes(),
+        [b"invalid token ".as_slice(), PH20].concat()
+    );
+    // "tok-S3cr" is whole, and SECRET20 may begin inside it.
+    assert_eq!(
+        s.scrub_header_value(&value(b"see tok-S3cr3t-01")).unwrap(),
+        "see "
+    );
+    assert_eq!(
+        s.scrub_header_value(&value(b"see tok-S3cr\"")).unwrap(),
+        "see PH-T\""
+    );
+    assert!(s.scrub_header_value(&value(b"nothing here")).is_none());
+}
+
 /// Whether an end is withheld must not tell an agent that writes it
 /// whether its guess goes on as a secret does: only a form's first four
 /// bytes, its length and the bytes keys are made of decide.
@@ -1573,6 +1602,10 @@ fn an_aws_secret_is_scrubbed_whole_and_by_parts() {
             "{echoed}"
         );
     }
+    // The id, then what may be the start of the rest of the whole value:
+    // cut, the id with it.
+    let value = HeaderValue::from_str(&format!("echo {AWS_ID}:{}", &AWS_SECRET[..5])).unwrap();
+    assert_eq!(scrubber.scrub_header_value(&value).unwrap(), "echo ");
 }
 
 const OAUTH_PH: &str = "airlock-ph-svc-oauth";

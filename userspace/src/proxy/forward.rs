@@ -513,9 +513,10 @@ impl Intercept {
     }
 }
 
-/// `text` with the secrets `scrubber` knows replaced by their placeholders.
+/// `text` with the secrets `scrubber` knows replaced by their placeholders,
+/// and cut where it may end inside one.
 fn scrubbed_text(scrubber: &creds::Scrubber, text: String) -> String {
-    match scrubber.scrub_bytes(text.as_bytes()) {
+    match scrubber.scrub_final(text.as_bytes()) {
         Some(clean) => String::from_utf8_lossy(&clean).into_owned(),
         None => text,
     }

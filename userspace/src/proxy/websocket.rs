@@ -12,11 +12,12 @@
 //! as they are.
 //!
 //! A secret may also begin in one message and end in the next, where
-//! neither message holds it whole (`message_ends`). A message in whose
-//! last bytes a secret's first bytes begin waits, with those after it,
-//! until the stream has gone past where the secret would end; if the
-//! secret is there whole, the connection is closed before either piece
-//! is sent.
+//! neither message holds it whole (`message_ends`). A message that may
+//! end inside a secret closes the connection before its last frame goes.
+//! One whose last one to three bytes begin a secret goes, and the next
+//! waits, with those after it, until the stream has gone past where the
+//! secret would end; if the secret is there whole, the connection is
+//! closed before the rest is sent.
 
 mod message_ends;
 
@@ -40,9 +41,6 @@ const PONG: u8 = 0xA;
 const CONTROL_MAX: usize = 125;
 /// One read from the upstream.
 const READ_CHUNK: usize = 16 * 1024;
-/// Messages held back at once, at most: only messages of a few bytes
-/// each, after a secret's first bytes, keep them waiting this long.
-const HELD_MESSAGES_MAX: usize = 64;
 
 /// Splice the two sides of an upgraded connection. With a scrubber, the
 /// upstream's frames are scrubbed on their way to the agent, for the
@@ -121,9 +119,13 @@ pub enum FrameError {
     Length,
     #[error("a credential split across two messages, which could be replaced in neither")]
     Split,
-    #[error("more than {HELD_MESSAGES_MAX} messages held back after a credential's first bytes")]
-    HeldTooLong,
-    #[error("the connection ended while a message that ends in a credential's first bytes waited")]
+    #[error(
+        "a message that may end inside a credential: its last bytes begin as one does and stop before its length"
+    )]
+    EndsInsideASecret,
+    #[error(
+        "the connection ended while frames that may go on with a credential begun in the message before waited"
+    )]
     EndedWhileHeld,
     #[error("a frame after the close frame")]
     AfterClose,
@@ -155,9 +157,9 @@ pub struct Reframer {
     follow: Option<Follow>,
     /// The bytes around the last message ends.
     ends: MessageEnds,
-    /// Frames held back, in order, while a secret may go on from one
-    /// message into the next; and how many messages they end.
-    held: Option<(BytesMut, usize)>,
+    /// Frames of the message in progress held back, in order, while a
+    /// secret begun in the message before may go on into it.
+    held: Option<BytesMut>,
     /// The upstream sent its close frame.
     closed: bool,
 }
@@ -293,8 +295,10 @@ impl Reframer {
                 }
                 if done && fin {
                     said = self.ends.end(&self.scrubber);
-                    if said == Across::Split {
-                        return Err(self.refuse(FrameError::Split));
+                    match said {
+                        Across::Split => return Err(self.refuse(FrameError::Split)),
+                        Across::Cut => return Err(self.refuse(FrameError::EndsInsideASecret)),
+                        Across::Wait | Across::Clear => {}
                     }
                     // A message that arrived whole goes on as one frame.
                     let rest = self.stream.finish();
@@ -310,12 +314,6 @@ impl Reframer {
                         sink(&mut self.held, said, out),
                     );
                     self.message = None;
-                    if let Some((_, messages)) = &mut self.held {
-                        *messages += 1;
-                        if *messages > HELD_MESSAGES_MAX {
-                            return Err(self.refuse(FrameError::HeldTooLong));
-                        }
-                    }
                 } else if !scrubbed.is_empty() {
                     let to = sink(&mut self.held, said, out);
                     write_fragment(&mut self.message, scrubbed, false, to);
@@ -349,12 +347,21 @@ impl Reframer {
     }
 
     /// A control frame's payload with secrets replaced, cut to what a
-    /// control frame may carry. A close frame's reason stays UTF-8.
+    /// control frame may carry. A close frame's reason stays UTF-8, and is
+    /// cut where it may end inside a secret: a server that quotes one in
+    /// its reason must cut it to 123 bytes.
     fn scrub_control(&self, opcode: u8, bytes: Vec<u8>) -> Vec<u8> {
-        let Some(scrubbed) = self.scrubber.scrub_bytes(&bytes) else {
+        // A close frame's code comes before its reason.
+        let code = if opcode == CLOSE {
+            bytes.len().min(2)
+        } else {
+            0
+        };
+        let Some(scrubbed) = self.scrubber.scrub_final(&bytes[code..]) else {
             return bytes;
         };
-        let mut payload = scrubbed.to_vec();
+        let mut payload = bytes[..code].to_vec();
+        payload.extend_from_slice(&scrubbed);
         payload.truncate(CONTROL_MAX);
         if opcode == CLOSE && payload.len() > 2 {
             let valid = match std::str::from_utf8(&payload[2..]) {
@@ -415,18 +422,19 @@ fn header(input: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
     )))
 }
 
-/// Where frames go now (`said` is not [`Across::Split`]): after those
+/// Where frames go now (`said` is neither [`Across::Split`] nor
+/// [`Across::Cut`]): after those
 /// `held` back while it is [`Across::Wait`], to the agent once it is
 /// [`Across::Clear`], the held ones first.
 fn sink<'a>(
-    held: &'a mut Option<(BytesMut, usize)>,
+    held: &'a mut Option<BytesMut>,
     said: Across,
     out: &'a mut BytesMut,
 ) -> &'a mut BytesMut {
     if said == Across::Wait {
-        return &mut held.get_or_insert_with(|| (BytesMut::new(), 0)).0;
+        return held.get_or_insert_with(BytesMut::new);
     }
-    if let Some((frames, _)) = held.take() {
+    if let Some(frames) = held.take() {
         out.extend_from_slice(&frames);
     }
     out
@@ -597,6 +605,14 @@ mod tests {
         assert_eq!(got[0].1, CLOSE);
         assert_eq!(&got[0].2[2..], format!("bad key {PLACEHOLDER}").as_bytes());
 
+        // A reason the server cut inside the secret loses what may be it;
+        // the code stays.
+        let mut payload = vec![0x03, 0xe8];
+        payload.extend_from_slice(format!("bad key {}", &SECRET[..12]).as_bytes());
+        let out = run(&frame(FIN | CLOSE, &payload), 4);
+        let got = frames(&out);
+        assert_eq!(got[0].2, b"\x03\xe8bad key ");
+
         // A placeholder longer than its secret cannot push a close frame
         // past 125 bytes, nor cut its reason inside a character.
         let scrubber = Scrubber::new(vec![(
@@ -692,13 +708,16 @@ mod tests {
             let (a, b) = SECRET.split_at(cut);
             let mut input = frame(FIN | TEXT, format!("you sent: Bearer {a}").as_bytes());
             input.extend(frame(FIN | TEXT, format!("{b} and more").as_bytes()));
+            // A first message that ends in four bytes of the secret or
+            // more may end inside it; one that ends in fewer goes, and
+            // the second is the split.
+            let want = match cut {
+                1..=3 => FrameError::Split,
+                _ => FrameError::EndsInsideASecret,
+            };
             for read in [1, 3, 16, input.len()] {
                 let (out, err) = feed_all(&mut reframer(), &input, read);
-                assert_eq!(
-                    err,
-                    Some(FrameError::Split),
-                    "cut at {cut}, reads of {read}"
-                );
+                assert_eq!(err.as_ref(), Some(&want), "cut at {cut}, reads of {read}");
                 // At most the secret's first three bytes went, as for gRPC.
                 let sent = data_sent(&out);
                 assert!(
@@ -712,12 +731,19 @@ mod tests {
         }
         // Long messages on both sides of the end, read as the relay reads.
         let long = "y".repeat(100_000);
-        let (a, b) = SECRET.split_at(9);
-        let mut input = frame(FIN | BINARY, format!("{long}{a}").as_bytes());
-        input.extend(frame(FIN | BINARY, format!("{b}{long}").as_bytes()));
-        let (out, err) = feed_all(&mut reframer(), &input, READ_CHUNK);
-        assert_eq!(err, Some(FrameError::Split));
-        assert!(data_sent(&out).len() < 100_000, "the first message waited");
+        for (cut, want) in [(9, FrameError::EndsInsideASecret), (3, FrameError::Split)] {
+            let (a, b) = SECRET.split_at(cut);
+            let mut input = frame(FIN | BINARY, format!("{long}{a}").as_bytes());
+            input.extend(frame(FIN | BINARY, format!("{b}{long}").as_bytes()));
+            let (out, err) = feed_all(&mut reframer(), &input, READ_CHUNK);
+            assert_eq!(err, Some(want));
+            assert!(
+                data_sent(&out).len() <= 100_003,
+                "the second message waited"
+            );
+        }
+        // Three first bytes, then what does not go on as the secret: both go.
+        let (a, b) = SECRET.split_at(3);
         let mut input = frame(FIN | BINARY, format!("{long}{a}").as_bytes());
         input.extend(frame(FIN | BINARY, format!("#{b}{long}").as_bytes()));
         let (out, err) = feed_all(&mut reframer(), &input, READ_CHUNK);
@@ -730,58 +756,61 @@ mod tests {
             ]
         );
         // Over three messages, the middle one inside the secret.
-        let mut input = frame(FIN | TEXT, format!("key {}", &SECRET[..6]).as_bytes());
-        input.extend(frame(FIN | TEXT, &SECRET.as_bytes()[6..9]));
+        let mut input = frame(FIN | TEXT, format!("key {}", &SECRET[..2]).as_bytes());
+        input.extend(frame(FIN | TEXT, &SECRET.as_bytes()[2..9]));
         input.extend(frame(FIN | TEXT, &SECRET.as_bytes()[9..]));
         let (out, err) = feed_all(&mut reframer(), &input, input.len());
-        assert_eq!(err, Some(FrameError::Split));
-        assert!(data_sent(&out).is_empty());
+        assert_eq!(err, Some(FrameError::EndsInsideASecret));
+        assert_eq!(data_sent(&out), format!("key {}", &SECRET[..2]).as_bytes());
     }
 
-    /// Whether a message waits must not tell an agent that writes its end
-    /// whether a guess goes on as a secret does: a message ending in the
-    /// secret's first four bytes waits whatever follows them, and goes
-    /// with the next once the stream is past where the secret would end.
+    /// Whether a message ends the connection must not tell an agent that
+    /// writes its end whether a guess goes on as a secret does: a message
+    /// ending in the secret's first four bytes, then bytes keys are made
+    /// of, ends it whatever those bytes are.
     #[test]
-    fn a_message_ending_in_a_secrets_first_bytes_waits_whatever_follows_them() {
+    fn whether_a_message_ends_the_connection_does_not_tell_what_follows_a_secrets_first_bytes() {
         for len in 5..SECRET.len() {
             let guessed = &SECRET[..len];
-            let missed = format!("{}#", &SECRET[..len - 1]);
+            let missed = format!("{}Q", &SECRET[..len - 1]);
             for end in [guessed, missed.as_str()] {
                 let mut r = reframer();
                 let mut out = BytesMut::new();
                 let first = format!("log {end}");
-                r.feed(Bytes::from(frame(FIN | TEXT, first.as_bytes())), &mut out)
-                    .expect("read");
-                assert!(out.is_empty(), "{end:?} waits");
-                let next = "z".repeat(SECRET.len());
-                r.feed(Bytes::from(frame(FIN | TEXT, next.as_bytes())), &mut out)
-                    .expect("read");
-                assert_eq!(
-                    messages(&frames(&out)),
-                    [
-                        (TEXT, first.clone().into_bytes()),
-                        (TEXT, next.into_bytes())
-                    ],
-                    "{end:?}"
-                );
+                let fed = r.feed(Bytes::from(frame(FIN | TEXT, first.as_bytes())), &mut out);
+                assert_eq!(fed, Err(FrameError::EndsInsideASecret), "{end:?}");
+                assert!(out.is_empty(), "{end:?}");
             }
         }
-        let mut r = reframer();
-        let mut out = BytesMut::new();
-        r.feed(Bytes::from(frame(FIN | TEXT, b"plain")), &mut out)
-            .expect("read");
-        assert_eq!(messages(&frames(&out)), [(TEXT, b"plain".to_vec())]);
+        // Followed by a byte no key is made of, or three bytes only: it goes.
+        for plain in [
+            format!("log {}\"", &SECRET[..9]),
+            format!("log {}", &SECRET[..3]),
+        ] {
+            let mut r = reframer();
+            let mut out = BytesMut::new();
+            r.feed(Bytes::from(frame(FIN | TEXT, plain.as_bytes())), &mut out)
+                .expect("read");
+            assert_eq!(messages(&frames(&out)), [(TEXT, plain.into_bytes())]);
+        }
+    }
 
-        // While one waits, a ping goes; a close, or the end of the
-        // stream, ends the connection without it: the agent can bring
-        // either about while a message waits, and the secret's rest would
-        // then never come to show a split.
+    /// A message whose first frames may go on with a secret begun in the
+    /// message before waits: a ping goes meanwhile, and a close, or the
+    /// end of the stream, ends the connection without it. The agent can
+    /// bring either about while frames wait, and the secret's rest would
+    /// then never come to show a split.
+    #[test]
+    fn frames_that_may_go_on_with_a_secret_wait_and_never_go_if_the_connection_ends() {
         for close in [true, false] {
             let mut r = reframer();
             let mut out = BytesMut::new();
-            let waits = format!("key {}", &SECRET[..8]);
-            r.feed(Bytes::from(frame(FIN | TEXT, waits.as_bytes())), &mut out)
+            let first = format!("key {}", &SECRET[..3]);
+            r.feed(Bytes::from(frame(FIN | TEXT, first.as_bytes())), &mut out)
+                .expect("read");
+            assert_eq!(messages(&frames(&out)), [(TEXT, first.into_bytes())]);
+            out.clear();
+            r.feed(Bytes::from(frame(TEXT, &SECRET.as_bytes()[3..8])), &mut out)
                 .expect("read");
             r.feed(Bytes::from(frame(FIN | PING, b"hi")), &mut out)
                 .expect("read");
@@ -795,6 +824,28 @@ mod tests {
             assert_eq!(ended, Err(FrameError::EndedWhileHeld), "close {close}");
             assert!(out.is_empty(), "close {close}");
         }
+
+        // What waits goes once the stream is past where the secret would
+        // end, and it is not there.
+        let mut r = reframer();
+        let mut out = BytesMut::new();
+        let first = format!("key {}", &SECRET[..3]);
+        r.feed(Bytes::from(frame(FIN | TEXT, first.as_bytes())), &mut out)
+            .expect("read");
+        out.clear();
+        r.feed(Bytes::from(frame(TEXT, b"r3t")), &mut out)
+            .expect("read");
+        assert!(out.is_empty(), "waits");
+        let rest = "z".repeat(SECRET.len());
+        r.feed(
+            Bytes::from(frame(FIN | CONTINUATION, rest.as_bytes())),
+            &mut out,
+        )
+        .expect("read");
+        assert_eq!(
+            messages(&frames(&out)),
+            [(TEXT, format!("r3t{rest}").into_bytes())]
+        );
 
         // With nothing waiting, the close goes, and nothing after it.
         let mut r = reframer();
@@ -814,27 +865,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_relay_ends_with_an_error_when_the_upstream_ends_while_a_message_waits() {
-        let waits = format!("key {}", &SECRET[..8]);
-        let input = frame(FIN | TEXT, waits.as_bytes());
+    async fn the_relay_ends_with_an_error_when_the_upstream_ends_while_frames_wait() {
+        let first = frame(FIN | TEXT, format!("key {}", &SECRET[..3]).as_bytes());
+        let mut input = first.clone();
+        input.extend(frame(TEXT, &SECRET.as_bytes()[3..8]));
         let mut agent = Vec::new();
         let err = relay_frames(&input[..], &mut agent, reframer())
             .await
             .expect_err("refused");
         let problem = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
         assert_eq!(problem, Some(&FrameError::EndedWhileHeld));
-        assert!(agent.is_empty());
-    }
-
-    #[test]
-    fn messages_that_keep_a_secrets_start_waiting_end_the_connection_at_the_limit() {
-        let mut input = frame(FIN | TEXT, format!("key {}", &SECRET[..8]).as_bytes());
-        for _ in 0..HELD_MESSAGES_MAX {
-            input.extend(frame(FIN | TEXT, b""));
-        }
-        let (out, err) = feed_all(&mut reframer(), &input, input.len());
-        assert_eq!(err, Some(FrameError::HeldTooLong));
-        assert!(out.is_empty());
+        assert_eq!(agent, first, "only the first message went");
     }
 
     /// Secrets that gain a token while the connection is open.

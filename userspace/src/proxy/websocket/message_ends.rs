@@ -49,8 +49,15 @@ impl MessageEnds {
         said
     }
 
-    /// The message ended after the bytes taken so far.
+    /// The message ended after the bytes taken so far. One that may end
+    /// inside a secret is [`Across::Cut`], whatever comes next: the next
+    /// message goes on with the rest (a split) or not (a secret cut
+    /// short). A message therefore never waits past its end, since a
+    /// wait there would be a cut: only the frames of one in progress do.
     pub fn end(&mut self, scrubber: &Scrubber) -> Across {
+        if scrubber.ends_inside_a_secret(&self.window) {
+            return Across::Cut;
+        }
         self.ends.push(self.window.len());
         let said = scrubber.across(&self.window, &self.ends, HOLD_PIECE);
         self.trim(scrubber.carry());
