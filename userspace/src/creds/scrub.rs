@@ -49,6 +49,9 @@ impl fmt::Debug for Scrubber {
 struct Pair {
     secret: Secret,
     placeholder: Vec<u8>,
+    /// The bytes of the secret outside [`key_byte`]: what else an end
+    /// that may be it cut short may hold.
+    odd: ByteSet,
 }
 
 struct Table {
@@ -65,6 +68,9 @@ struct Table {
     /// byte is then tested.
     candidates: Option<AhoCorasick>,
     max_len: usize,
+    /// Every pair's `odd` bytes: a byte outside this set ends the search
+    /// for a secret cut short.
+    odd: ByteSet,
 }
 
 /// How many first bytes of each form the candidate search holds. The
@@ -118,6 +124,7 @@ impl Scrubber {
             .into_iter()
             .filter(|(secret, _)| !secret.is_empty())
             .map(|(secret, placeholder)| Pair {
+                odd: ByteSet::odd_bytes_of(secret.expose()),
                 secret,
                 placeholder,
             })
@@ -147,12 +154,16 @@ impl Scrubber {
             })
             .flatten();
         let max_len = pairs.first().map_or(0, |p| p.secret.len());
+        let odd = pairs
+            .iter()
+            .fold(ByteSet::default(), |all, p| all.union(&p.odd));
         Scrubber {
             table: Arc::new(Table {
                 pairs,
                 by_first,
                 candidates,
                 max_len,
+                odd,
             }),
         }
     }
@@ -310,15 +321,30 @@ impl Scrubber {
             }
             from == tail.len()
         };
-        (first..tail.len().saturating_sub(CUT_START - 1)).find(|&at| {
+        // From the end back, with the bytes outside `key_byte` seen so
+        // far: each position costs a lookup per form, not a pass.
+        let mut odd = ByteSet::default();
+        let mut found = None;
+        for at in (first..tail.len()).rev() {
+            odd.note(tail[at]);
+            if !odd.within(&table.odd) {
+                break;
+            }
             let rest = &tail[at..];
-            table.by_first[usize::from(rest[0])].iter().any(|&i| {
-                let form = table.pairs[i].secret.expose();
-                rest.len() < form.len()
-                    && rest[..CUT_START] == form[..CUT_START]
-                    && made_as_keys_are(rest, form)
-            }) && !replaced_to_the_end(at)
-        })
+            if rest.len() >= CUT_START
+                && table.by_first[usize::from(rest[0])].iter().any(|&i| {
+                    let pair = &table.pairs[i];
+                    let form = pair.secret.expose();
+                    rest.len() < form.len()
+                        && rest[..CUT_START] == form[..CUT_START]
+                        && odd.within(&pair.odd)
+                })
+                && !replaced_to_the_end(at)
+            {
+                found = Some(at);
+            }
+        }
+        found
     }
 
     /// What the bytes around message ends say, for a framing whose
@@ -340,10 +366,18 @@ impl Scrubber {
             return Across::Clear;
         };
         let table = &*self.table;
+        // From the end back, with the bytes outside `key_byte` seen so
+        // far, as in `cut_secret_at`.
+        let mut odd = ByteSet::default();
+        for &b in &window[last..] {
+            odd.note(b);
+        }
         let mut wait = false;
-        for at in first.saturating_sub(self.carry())..last {
+        for at in (first.saturating_sub(self.carry())..last).rev() {
+            odd.note(window[at]);
             for &i in &table.by_first[usize::from(window[at])] {
-                let form = table.pairs[i].secret.expose();
+                let pair = &table.pairs[i];
+                let form = pair.secret.expose();
                 let end = at + form.len();
                 if !ends.iter().any(|&b| at < b && b < end) {
                     continue;
@@ -354,7 +388,7 @@ impl Scrubber {
                     }
                 } else if window.len() - at >= min
                     && window[at..at + min] == form[..min]
-                    && made_as_keys_are(&window[at..], form)
+                    && odd.within(&pair.odd)
                 {
                     wait = true;
                 }
@@ -544,10 +578,41 @@ fn key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
 }
 
-/// Whether `bytes` could be part of `form` for all that [`key_byte`] and
-/// the bytes outside it that the form holds tell.
-fn made_as_keys_are(bytes: &[u8], form: &[u8]) -> bool {
-    bytes.iter().all(|b| key_byte(*b) || form.contains(b))
+/// A set of bytes, one bit each.
+#[derive(Clone, Copy, Default)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    /// The bytes of `bytes` outside [`key_byte`].
+    fn odd_bytes_of(bytes: &[u8]) -> ByteSet {
+        let mut set = ByteSet::default();
+        for &b in bytes {
+            set.note(b);
+        }
+        set
+    }
+
+    /// Adds `b` if it is outside [`key_byte`].
+    fn note(&mut self, b: u8) {
+        if !key_byte(b) {
+            self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+
+    fn union(&self, other: &ByteSet) -> ByteSet {
+        let mut set = *self;
+        for (word, more) in set.0.iter_mut().zip(other.0) {
+            *word |= more;
+        }
+        set
+    }
+
+    fn within(&self, other: &ByteSet) -> bool {
+        self.0
+            .iter()
+            .zip(other.0)
+            .all(|(mine, theirs)| mine & !theirs == 0)
+    }
 }
 
 impl Table {
@@ -681,7 +746,9 @@ impl ScrubStream {
         out.freeze()
     }
 
-    /// What is still held, at the end of the stream.
+    /// What is still held, at the end of the stream. Callers that must
+    /// not send a secret cut short ask [`Scrubber::ends_inside_a_secret`]
+    /// of the bytes as sent first.
     pub fn finish(&mut self) -> Bytes {
         self.scrubber.flush(&mut self.held)
     }

@@ -75,19 +75,22 @@ pub struct Credential {
 impl Credential {
     /// The values an upstream could echo: an `aws_sigv4` secret's parts
     /// travel (or are used) apart, an OAuth2 client secret travels to its
-    /// token endpoint, the others whole. (Fetched tokens are added by
+    /// token endpoint, the others whole. A grant's stored document (a
+    /// token URL, a client id and secret, a private key) never leaves the
+    /// host whole, so only the parts it sends are looked for: as forms,
+    /// documents thousands of bytes long, holding spaces and newlines,
+    /// would make every end that begins as one does a possible secret
+    /// cut short. (Fetched tokens are added by
     /// [`super::TokenCache::scrub_pairs`].)
     pub fn scrub_values(kind: SecretKind, value: &Secret) -> Vec<Secret> {
+        if let Ok(Some(grant)) = Grant::parse(kind, value) {
+            return grant.echoable_parts();
+        }
         let mut values = vec![value.clone()];
         if kind == SecretKind::AwsSigv4
             && let Some(key) = AwsKey::parse(value)
         {
             values.extend(key.parts().cloned());
-        }
-        if kind == SecretKind::Oauth2ClientCredentials
-            && let Ok(Some(grant)) = Grant::parse(kind, value)
-        {
-            values.extend(grant.echoable_parts());
         }
         values
     }

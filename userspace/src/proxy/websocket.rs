@@ -41,6 +41,11 @@ const PONG: u8 = 0xA;
 const CONTROL_MAX: usize = 125;
 /// One read from the upstream.
 const READ_CHUNK: usize = 16 * 1024;
+/// Messages held back at once, at most. A message that may end inside a
+/// secret closes the connection, so one waits past its end only where a
+/// longer form begins as a secret found whole at its end does (a key id
+/// that begins the whole `id:secret` value).
+const HELD_MESSAGES_MAX: usize = 64;
 
 /// Splice the two sides of an upgraded connection. With a scrubber, the
 /// upstream's frames are scrubbed on their way to the agent, for the
@@ -123,8 +128,10 @@ pub enum FrameError {
         "a message that may end inside a credential: its last bytes begin as one does and stop before its length"
     )]
     EndsInsideASecret,
+    #[error("more than {HELD_MESSAGES_MAX} messages held back after a credential's first bytes")]
+    HeldTooLong,
     #[error(
-        "the connection ended while frames that may go on with a credential begun in the message before waited"
+        "the connection ended while frames that may go on with a credential begun before them waited"
     )]
     EndedWhileHeld,
     #[error("a frame after the close frame")]
@@ -157,9 +164,9 @@ pub struct Reframer {
     follow: Option<Follow>,
     /// The bytes around the last message ends.
     ends: MessageEnds,
-    /// Frames of the message in progress held back, in order, while a
-    /// secret begun in the message before may go on into it.
-    held: Option<BytesMut>,
+    /// Frames held back, in order, while a secret may go on from one
+    /// message into the next; and how many messages they end.
+    held: Option<(BytesMut, usize)>,
     /// The upstream sent its close frame.
     closed: bool,
 }
@@ -181,8 +188,8 @@ impl Reframer {
 
     /// At the end of the upstream's stream, or its close: frames held back
     /// never go. The agent can end the connection (close, or shut its
-    /// side) while a message waits; were the message sent then, a secret
-    /// cut between it and the next would reach the agent in part.
+    /// side) while frames wait; were they sent then, a secret cut between
+    /// them and what came before would reach the agent in part.
     pub fn finish(&mut self) -> Result<(), FrameError> {
         match self.held.take() {
             Some(_) => Err(FrameError::EndedWhileHeld),
@@ -314,6 +321,12 @@ impl Reframer {
                         sink(&mut self.held, said, out),
                     );
                     self.message = None;
+                    if let Some((_, messages)) = &mut self.held {
+                        *messages += 1;
+                        if *messages > HELD_MESSAGES_MAX {
+                            return Err(self.refuse(FrameError::HeldTooLong));
+                        }
+                    }
                 } else if !scrubbed.is_empty() {
                     let to = sink(&mut self.held, said, out);
                     write_fragment(&mut self.message, scrubbed, false, to);
@@ -427,14 +440,14 @@ fn header(input: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
 /// `held` back while it is [`Across::Wait`], to the agent once it is
 /// [`Across::Clear`], the held ones first.
 fn sink<'a>(
-    held: &'a mut Option<BytesMut>,
+    held: &'a mut Option<(BytesMut, usize)>,
     said: Across,
     out: &'a mut BytesMut,
 ) -> &'a mut BytesMut {
     if said == Across::Wait {
-        return held.get_or_insert_with(BytesMut::new);
+        return &mut held.get_or_insert_with(|| (BytesMut::new(), 0)).0;
     }
-    if let Some(frames) = held.take() {
+    if let Some((frames, _)) = held.take() {
         out.extend_from_slice(&frames);
     }
     out
@@ -876,6 +889,40 @@ mod tests {
         let problem = err.get_ref().and_then(|e| e.downcast_ref::<FrameError>());
         assert_eq!(problem, Some(&FrameError::EndedWhileHeld));
         assert_eq!(agent, first, "only the first message went");
+    }
+
+    /// A message that ends in a secret found whole, where a longer form
+    /// begins the same way (a key id begins the whole `id:secret` value),
+    /// waits past its end; messages that keep it waiting end the
+    /// connection at the limit.
+    #[test]
+    fn messages_that_keep_a_secrets_start_waiting_end_the_connection_at_the_limit() {
+        let scrubber = Scrubber::new(vec![
+            (Secret::new(b"tok-1234".to_vec()), b"PH-SHORT".to_vec()),
+            (
+                Secret::new(b"tok-1234:long-secret-value".to_vec()),
+                b"PH-LONG".to_vec(),
+            ),
+        ]);
+        let mut input = frame(FIN | TEXT, b"key tok-1234");
+        for _ in 0..HELD_MESSAGES_MAX {
+            input.extend(frame(FIN | TEXT, b""));
+        }
+        let (out, err) = feed_all(&mut Reframer::new(&scrubber), &input, input.len());
+        assert_eq!(err, Some(FrameError::HeldTooLong));
+        assert!(out.is_empty());
+        // What does not go on as the longer form lets all go.
+        let mut input = frame(FIN | TEXT, b"key tok-1234");
+        input.extend(frame(FIN | TEXT, b" and more"));
+        let (out, err) = feed_all(&mut Reframer::new(&scrubber), &input, input.len());
+        assert_eq!(err, None);
+        assert_eq!(
+            messages(&frames(&out)),
+            [
+                (TEXT, b"key PH-SHORT".to_vec()),
+                (TEXT, b" and more".to_vec())
+            ]
+        );
     }
 
     /// Secrets that gain a token while the connection is open.

@@ -3,15 +3,18 @@
 //! is in neither message whole, so scrubbing each message on its own
 //! would let both halves through. The bytes are kept as the upstream sent
 //! them, only as many as a secret's longest form could reach across an
-//! end, and wiped when dropped.
+//! end, and wiped when dropped. A message that may end inside a secret
+//! ([`Scrubber::ends_inside_a_secret`]) is refused at its end: whether
+//! the next goes on with the rest (a split) or not (a secret cut short),
+//! no part of it may go.
 
 use zeroize::Zeroizing;
 
 use crate::creds::{Across, Scrubber};
 
-/// A message in whose last bytes this many first bytes of a secret begin
-/// waits; fewer go on (three are little of a secret, and one would hold
-/// back a message in a hundred). As for gRPC's messages.
+/// Frames wait once this many first bytes of a secret that began before
+/// a message end are there; fewer go on (three are little of a secret,
+/// and one would hold back a message in a hundred).
 const HOLD_PIECE: usize = 4;
 
 #[derive(Default)]
@@ -52,13 +55,16 @@ impl MessageEnds {
     /// The message ended after the bytes taken so far. One that may end
     /// inside a secret is [`Across::Cut`], whatever comes next: the next
     /// message goes on with the rest (a split) or not (a secret cut
-    /// short). A message therefore never waits past its end, since a
-    /// wait there would be a cut: only the frames of one in progress do.
+    /// short). Past its end, a message waits only where a longer form
+    /// begins as a secret found whole at its end does.
     pub fn end(&mut self, scrubber: &Scrubber) -> Across {
         if scrubber.ends_inside_a_secret(&self.window) {
             return Across::Cut;
         }
-        self.ends.push(self.window.len());
+        // An empty message ends where the one before did.
+        if self.ends.last() != Some(&self.window.len()) {
+            self.ends.push(self.window.len());
+        }
         let said = scrubber.across(&self.window, &self.ends, HOLD_PIECE);
         self.trim(scrubber.carry());
         said
