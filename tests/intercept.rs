@@ -1777,6 +1777,21 @@ fn the_log_read_back(up: &TlsUpstream, text: &str) -> Seen {
     read
 }
 
+/// A daemon and upstream where `web-bot` has sent its credential, which
+/// the upstream keeps in its request log: the setup, the upstream's base
+/// URL, and where the secret begins in the log.
+fn a_secret_kept_in_the_log() -> (Setup, String, usize) {
+    let setup = setup("");
+    let base = format!("https://api.example.test:{}", setup.up.port);
+    send_the_credential(&setup.d, &base);
+    let at = setup
+        .up
+        .log_text()
+        .find(SECRET)
+        .expect("the upstream kept the secret");
+    (setup, base, at)
+}
+
 /// A log that honours `Range` could give a kept secret back in pieces
 /// shorter than the secret, one answer each, which no scrubber of one
 /// answer can match. A request to a host that holds secrets goes without
@@ -1784,15 +1799,9 @@ fn the_log_read_back(up: &TlsUpstream, text: &str) -> Seen {
 /// upstream sends all the same is a 502.
 #[test]
 fn a_kept_secret_is_never_read_back_in_byte_ranges() {
-    let Setup { d, up } = setup("");
-    let base = format!("https://api.example.test:{}", up.port);
-    send_the_credential(&d, &base);
+    let (Setup { d, up }, base, at) = a_secret_kept_in_the_log();
     // Twelve bytes from the inside of the secret, as they lie in the log.
-    let at = up
-        .log_text()
-        .find(SECRET)
-        .expect("the upstream kept the secret")
-        + 4;
+    let at = at + 4;
     let range = format!("{at}-{}", at + 11);
 
     let out = d.run_agent_dns(
@@ -1849,13 +1858,7 @@ fn a_kept_secret_is_never_read_back_in_byte_ranges() {
 /// as it is.
 #[test]
 fn a_log_read_up_to_a_byte_inside_a_secret_ends_before_the_secret() {
-    let Setup { d, up } = setup("");
-    let base = format!("https://api.example.test:{}", up.port);
-    send_the_credential(&d, &base);
-    let at = up
-        .log_text()
-        .find(SECRET)
-        .expect("the upstream kept the secret");
+    let (Setup { d, .. }, base, at) = a_secret_kept_in_the_log();
     let read = |limit: usize, version: &str| {
         let out = d.run_agent_dns(
             "web-bot",

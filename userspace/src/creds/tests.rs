@@ -584,30 +584,41 @@ fn scrub_all(s: &Scrubber, pieces: &[&[u8]]) -> Vec<u8> {
     drain(s.wrap(chunks(pieces))).0.concat()
 }
 
-/// What a scrubbed body sends before it ends, and the error it ends
-/// with, if any.
-fn sent_until_the_end(s: &Scrubber, pieces: &[&[u8]]) -> (Vec<u8>, Option<ScrubBodyError>) {
-    let mut body = s.wrap(chunks(pieces));
+/// What a body that never waits sends before it ends or fails, and the
+/// error, if any.
+fn polled_to_the_end<B>(body: &mut B) -> (Vec<u8>, Option<B::Error>)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     let mut cx = Context::from_waker(Waker::noop());
     let mut sent = Vec::new();
     loop {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     sent.extend_from_slice(&data);
                 }
             }
-            Poll::Ready(Some(Err(e))) => {
-                assert!(
-                    matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)),
-                    "nothing after the error"
-                );
-                return (sent, Some(e));
-            }
+            Poll::Ready(Some(Err(e))) => return (sent, Some(e)),
             Poll::Ready(None) => return (sent, None),
             Poll::Pending => panic!("body waited with nothing to wait for"),
         }
     }
+}
+
+/// What a scrubbed body sends before it ends, and the error it ends
+/// with, if any.
+fn sent_until_the_end(s: &Scrubber, pieces: &[&[u8]]) -> (Vec<u8>, Option<ScrubBodyError>) {
+    let mut body = s.wrap(chunks(pieces));
+    let (sent, error) = polled_to_the_end(&mut body);
+    if error.is_some() {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)),
+            "nothing after the error"
+        );
+    }
+    (sent, error)
 }
 
 /// Oracle for a single secret: plain non-overlapping leftmost replacement.
@@ -1322,21 +1333,11 @@ fn poll_data<B: Body<Data = Bytes> + Unpin>(body: &mut B) -> Poll<Option<Bytes>>
 /// Polls a gRPC scrubbing body to its end or its first error, keeping
 /// what it sent before the error.
 fn sent_before_any_error(body: Frames) -> (Vec<u8>, Option<GrpcScrubError>) {
-    let mut body = GrpcScrubBody::new(body, &scrubber(&[(SECRET20, PH20)]), budget_to_spare);
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut sent = Vec::new();
-    loop {
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    sent.extend_from_slice(&data);
-                }
-            }
-            Poll::Ready(Some(Err(e))) => return (sent, Some(e)),
-            Poll::Ready(None) => return (sent, None),
-            Poll::Pending => panic!("body waited with nothing to wait for"),
-        }
-    }
+    polled_to_the_end(&mut GrpcScrubBody::new(
+        body,
+        &scrubber(&[(SECRET20, PH20)]),
+        budget_to_spare,
+    ))
 }
 
 /// A message that may end inside a secret ends the call before it goes:
