@@ -1858,7 +1858,7 @@ fn a_kept_secret_is_never_read_back_in_byte_ranges() {
 /// as it is.
 #[test]
 fn a_log_read_up_to_a_byte_inside_a_secret_ends_before_the_secret() {
-    let (Setup { d, .. }, base, at) = a_secret_kept_in_the_log();
+    let (Setup { d, up: _upstream }, base, at) = a_secret_kept_in_the_log();
     let read = |limit: usize, version: &str| {
         let out = d.run_agent_dns(
             "web-bot",
