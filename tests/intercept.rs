@@ -36,6 +36,7 @@ fn setup(extra_rules: &str) -> Setup {
             "svc.example.test",
             "pinned.example.test",
             "git.example.test",
+            harness::upstream::GO_AWAY_HOST,
         ],
     );
     let p = up.port;
@@ -61,7 +62,7 @@ rules:
     let d = Daemon::start(DaemonOptions {
         policies: vec![("web-bot.yaml".into(), policy)],
         extra_config: format!(
-            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\n  pinned.example.test: 127.0.0.1\n  git.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
+            "resolve:\n  api.example.test: 127.0.0.1\n  other.example.test: 127.0.0.1\n  aws.example.test: 127.0.0.1\n  auth.example.test: 127.0.0.1\n  svc.example.test: 127.0.0.1\n  pinned.example.test: 127.0.0.1\n  git.example.test: 127.0.0.1\n  goaway.example.test: 127.0.0.1\nupstream_ca: [{}]\napproval_timeout_secs: 3\n",
             ca.display()
         ),
     });
@@ -1906,6 +1907,39 @@ fn a_log_read_up_to_a_byte_inside_a_secret_ends_before_the_secret() {
     assert_eq!(rec["reason"], "answer_not_scrubbable", "{rec}");
     assert_eq!(rec["status"], 200, "{rec}");
     d.wait_for_log("answer ended early", "the warning for the withheld end");
+}
+
+/// An HTTP/2 upstream can refuse a request with a GOAWAY whose debug
+/// text is its own, and a request log it keeps can put any piece of a
+/// secret there. hyper's error quotes that text escaped, so no scrubber
+/// cuts a piece in it: the 502 names the GOAWAY's code alone.
+#[test]
+fn an_upstreams_go_away_text_never_reaches_the_agent() {
+    let Setup { d, up } = setup(
+        "  - host: goaway.example.test:{port}\n    methods: [GET]\n    credentials:\n      - secret: api-token\n",
+    );
+    up.go_away_with(format!("kept: Bearer {} and {}", &SECRET[..20], SECRET).as_bytes());
+    let out = d.run_agent_dns(
+        "web-bot",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --http2 -w '\n%{{http_code}}' -H \"Authorization: Bearer $API_TOKEN\" https://{}:{}/hello",
+                harness::upstream::GO_AWAY_HOST,
+                up.port
+            ),
+        ],
+    );
+    let text = stdout(&out);
+    assert_no_piece_of_secret("the answer to a refused request", &text);
+    assert!(text.ends_with("\n502"), "{}", redacted(&describe(&out)));
+    assert!(
+        text.contains("connection error received: detected excessive load generating behavior"),
+        "{}",
+        redacted(&text)
+    );
+    assert_no_piece_of_secret("the daemon's log", &d.log_text());
 }
 
 /// Clients ask for compressed answers by default, and decode them: a

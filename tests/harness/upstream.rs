@@ -15,6 +15,9 @@
 //! APIs agents call most (/v1/messages as Anthropic's, /v1/chat/completions
 //! as OpenAI's, each with a fixed answer, streamed when asked), and git's smart
 //! HTTP under /git/ once [`TlsUpstream::serve_git`] says what to serve.
+//! A connection for [`GO_AWAY_HOST`] gets no HTTP at all: an HTTP/2
+//! GOAWAY that refuses its first request, carrying the debug text given
+//! to [`TlsUpstream::go_away_with`].
 
 use std::{
     convert::Infallible,
@@ -113,6 +116,7 @@ pub struct TlsUpstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub grants: Arc<Grants>,
     git: Arc<Mutex<Option<GitHost>>>,
+    go_away: Arc<Mutex<Vec<u8>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -154,6 +158,8 @@ impl TlsUpstream {
         let grants_srv = grants.clone();
         let git: Arc<Mutex<Option<GitHost>>> = Arc::default();
         let git_srv = git.clone();
+        let go_away: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let go_away_srv = go_away.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
@@ -163,10 +169,16 @@ impl TlsUpstream {
                 let seen = seen_srv.clone();
                 let grants = grants_srv.clone();
                 let git = git_srv.clone();
+                let go_away = go_away_srv.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if tls.get_ref().1.server_name() == Some(GO_AWAY_HOST) {
+                        let debug = go_away.lock().expect("go away").clone();
+                        refuse_with_go_away(tls, &debug).await;
+                        return;
+                    }
                     let service = service_fn(move |req| {
                         let git = git.lock().expect("git").clone();
                         handle(req, peer, seen.clone(), grants.clone(), git)
@@ -183,6 +195,7 @@ impl TlsUpstream {
             seen,
             grants,
             git,
+            go_away,
             _runtime: runtime,
         }
     }
@@ -210,6 +223,12 @@ impl TlsUpstream {
         self.grants.issued.lock().expect("issued").clone()
     }
 
+    /// The debug text of the GOAWAY a connection for [`GO_AWAY_HOST`]
+    /// gets.
+    pub fn go_away_with(&self, debug: &[u8]) {
+        *self.go_away.lock().expect("go away") = debug.to_vec();
+    }
+
     /// The GitHub App whose JWTs the installation endpoint accepts: its id
     /// and its private key in PEM.
     pub fn set_app_key(&self, app_id: &str, pem: &str) {
@@ -223,6 +242,56 @@ impl TlsUpstream {
         *self.grants.app.lock().expect("app") =
             Some((pair.public().as_ref().to_vec(), app_id.to_owned()));
     }
+}
+
+/// The name whose connections [`refuse_with_go_away`] serves.
+pub const GO_AWAY_HOST: &str = "goaway.example.test";
+
+/// HTTP/2 by hand, as far as a GOAWAY: reads frames until the client's
+/// first HEADERS, then sends SETTINGS and a GOAWAY that processed no
+/// stream (ENHANCE_YOUR_CALM), with `debug` as its debug data, and reads
+/// on until the client closes.
+async fn refuse_with_go_away<S>(mut tls: S, debug: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut preface = [0u8; 24];
+    if tls.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    loop {
+        let mut head = [0u8; 9];
+        if tls.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        // HEADERS
+        if head[3] == 0x1 {
+            break;
+        }
+    }
+    let frame = |kind: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len())
+            .expect("a small frame")
+            .to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let mut go_away = vec![0, 0, 0, 0, 0, 0, 0, 0xb];
+    go_away.extend_from_slice(debug);
+    let mut out = frame(0x4, &[]);
+    out.extend(frame(0x7, &go_away));
+    if tls.write_all(&out).await.is_err() || tls.flush().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 type Body = BoxBody<Bytes, Infallible>;
