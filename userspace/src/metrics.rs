@@ -1,7 +1,7 @@
 //! Prometheus metrics (prefix `airlock_`), served as text on metrics_addr.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -38,7 +38,10 @@ pub enum MetricsError {
 pub struct Metrics {
     registry: Registry,
     pub connections: IntCounterVec,
-    pub requests: IntCounterVec,
+    /// Read through [`Metrics::request_counter`], which bounds its hosts.
+    requests: IntCounterVec,
+    /// The hosts `requests` has a label for, at most [`HOST_LABELS_MAX`].
+    host_labels: Mutex<HashSet<String>>,
     pub request_duration: Histogram,
     pub credential_injections: IntCounterVec,
     pub policy_reloads: IntCounterVec,
@@ -59,6 +62,17 @@ pub struct Metrics {
     /// gauge missing, or add the same difference twice.
     scraping: Mutex<()>,
 }
+
+/// Most distinct hosts `requests_total` names. An agent chooses the host
+/// of a request it makes (any Host over plain HTTP, any name under a
+/// wildcard rule), and a label once made is kept and rendered at every
+/// scrape for as long as the daemon runs: without a bound, one agent
+/// could grow the daemon's memory a request at a time. Past it, and for
+/// a name no DNS name is as long as, the host is [`OTHER_HOSTS`].
+pub const HOST_LABELS_MAX: usize = 1024;
+/// The `host` label of requests to hosts past [`HOST_LABELS_MAX`].
+pub const OTHER_HOSTS: &str = "(other)";
+const HOST_LABEL_LEN_MAX: usize = 253;
 
 /// The audit log's health, mirrored from [`AuditState`] at each scrape:
 /// what to alert on, since a log that takes no records refuses requests
@@ -82,6 +96,27 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
+    /// The `requests_total` counter of `agent`'s requests to `host` that
+    /// ended in `decision`; `host` is [`OTHER_HOSTS`] once the label set
+    /// is full.
+    pub fn request_counter(&self, agent: &str, host: &str, decision: &str) -> IntCounter {
+        let host = {
+            let mut seen = self
+                .host_labels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.contains(host) {
+                host
+            } else if seen.len() < HOST_LABELS_MAX && host.len() <= HOST_LABEL_LEN_MAX {
+                seen.insert(host.to_owned());
+                host
+            } else {
+                OTHER_HOSTS
+            }
+        };
+        self.requests.with_label_values(&[agent, host, decision])
+    }
+
     pub fn new() -> Result<Arc<Metrics>, MetricsError> {
         let registry = Registry::new_custom(Some("airlock".into()), None).map_err(|source| {
             MetricsError::Register {
@@ -237,6 +272,7 @@ impl Metrics {
             )?,
             audit,
             registry,
+            host_labels: Mutex::default(),
             scraping: Mutex::new(()),
         };
         Ok(Arc::new(m))
@@ -370,8 +406,7 @@ mod tests {
     fn exported_names_carry_the_airlock_prefix() {
         let m = Metrics::new().expect("metrics");
         m.connection("pr-bot", "allow");
-        m.requests
-            .with_label_values(&["pr-bot", "api.example.test", "deny"])
+        m.request_counter("pr-bot", "api.example.test", "deny")
             .inc();
         m.set_bpf_redirects(5);
         m.set_bpf_redirects(3);
@@ -383,6 +418,40 @@ mod tests {
         assert!(text.contains("airlock_requests_total{agent=\"pr-bot\",decision=\"deny\",host=\"api.example.test\"} 1"), "{text}");
         assert!(text.contains("airlock_bpf_redirects_total 5"), "{text}");
         assert!(text.contains("airlock_approvals_pending 0"), "{text}");
+    }
+
+    /// Hosts are the agent's choice: past the bound, they share a label.
+    #[test]
+    fn requests_to_more_hosts_than_the_bound_share_one_label() {
+        let m = Metrics::new().expect("metrics");
+        for i in 0..HOST_LABELS_MAX + 50 {
+            m.request_counter("pr-bot", &format!("h{i}.example.test"), "deny")
+                .inc();
+        }
+        m.request_counter("pr-bot", &"a".repeat(300), "deny").inc();
+        // A host named before the bound was reached keeps its own label.
+        m.request_counter("pr-bot", "h0.example.test", "allow")
+            .inc();
+        let text = String::from_utf8(m.render()).expect("utf8");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("airlock_requests_total{"))
+            .count();
+        assert_eq!(
+            series,
+            HOST_LABELS_MAX + 2,
+            "one more for (other), one for the allow"
+        );
+        assert!(
+            text.contains(&format!(
+                "airlock_requests_total{{agent=\"pr-bot\",decision=\"deny\",host=\"{OTHER_HOSTS}\"}} 51"
+            )),
+            "{}",
+            text.lines().filter(|l| l.contains(OTHER_HOSTS)).collect::<Vec<_>>().join("\n")
+        );
+        assert!(text.contains(
+            "airlock_requests_total{agent=\"pr-bot\",decision=\"allow\",host=\"h0.example.test\"} 1"
+        ));
     }
 
     #[test]

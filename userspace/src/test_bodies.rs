@@ -6,13 +6,17 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
 pub struct Fed {
     rx: mpsc::UnboundedReceiver<Bytes>,
     /// Bytes still to come, when the body's length is known.
     left: Option<usize>,
+    /// Whether the body says it has ended once `left` is 0 (as an
+    /// HTTP/1.1 body with a Content-Length does), or only once the sender
+    /// is gone (as an HTTP/2 body does at END_STREAM).
+    ends_at_length: bool,
 }
 
 impl Body for Fed {
@@ -31,7 +35,12 @@ impl Body for Fed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == Some(0)
+        self.ends_at_length && self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.left
+            .map_or_else(SizeHint::default, |left| SizeHint::with_exact(left as u64))
     }
 }
 
@@ -40,7 +49,21 @@ impl Body for Fed {
 /// Content-Length knows which piece is its last.
 pub fn fed(length: Option<usize>) -> (Fed, mpsc::UnboundedSender<Bytes>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Fed { rx, left: length }, tx)
+    let body = Fed {
+        rx,
+        left: length,
+        ends_at_length: true,
+    };
+    (body, tx)
+}
+
+/// [`fed`] of a known length, as HTTP/2 sends it: the body tells its
+/// length (hyper counts down a Content-Length), but says it has ended
+/// only at END_STREAM, which may come later than its last byte.
+pub fn fed_as_http2(length: usize) -> (Fed, mpsc::UnboundedSender<Bytes>) {
+    let (mut body, tx) = fed(Some(length));
+    body.ends_at_length = false;
+    (body, tx)
 }
 
 /// [`fed`], of unknown length, with `pieces` sent already.

@@ -294,7 +294,9 @@ impl CredentialSet {
     /// Whether `host:port` is where a stored secret is sent for a token
     /// (`host` in lower case, as the proxy names it): that host knows the
     /// secret and may give it back, as a host a rule binds secrets to may.
+    /// A trailing dot names the same host (an agent's SNI may carry one).
     pub fn is_token_endpoint(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.');
         self.token_endpoints
             .iter()
             .any(|(h, p)| *p == port && h == host)

@@ -1704,6 +1704,10 @@ fn a_token_endpoint_is_a_host_that_holds_secrets() {
     let set = oauth_set();
     assert!(set.is_token_endpoint("auth.example.test", 443));
     assert!(
+        set.is_token_endpoint("auth.example.test.", 443),
+        "an absolute name, as an SNI may carry it"
+    );
+    assert!(
         !set.is_token_endpoint("auth.example.test", 8443),
         "another port"
     );

@@ -153,7 +153,7 @@ pub fn load_dir(dir: &Path) -> LoadReport {
     report
 }
 
-fn is_policy_file_name(path: &Path) -> bool {
+pub(crate) fn is_policy_file_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
         return false;
     };

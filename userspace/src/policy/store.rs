@@ -310,6 +310,9 @@ impl PolicyStore {
     }
 }
 
+/// The files `airlock policy check` reads ([`super::load_dir`]), the same
+/// names: a hidden file (an editor's, a deploy tool's half-written copy)
+/// must neither define an agent nor take its name from the file checked.
 fn policy_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -317,12 +320,7 @@ fn policy_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| super::is_policy_file_name(p) && p.is_file())
         .collect();
     files.sort();
     files
@@ -396,6 +394,31 @@ mod tests {
 
     fn store(dir: &Path) -> std::sync::Arc<PolicyStore> {
         PolicyStore::load(dir, Metrics::new().expect("metrics"))
+    }
+
+    /// The daemon reads the files `airlock policy check` checks.
+    #[test]
+    fn the_daemon_loads_the_files_policy_check_reads_and_no_hidden_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Sorted first, it would define the reader and reject the file
+        // that `policy check` passed.
+        write(dir.path(), ".reader.yaml", &READS.replace("api.", "wide."));
+        write(dir.path(), "reader.yaml", READS);
+        write(dir.path(), "writer.YAML", BINDS);
+        let store = store(dir.path());
+        let reader = store.get("reader").expect("reader's policy");
+        assert!(matches!(
+            reader.decide_http("api.example.com", 443, "GET", "/"),
+            HttpDecision::Allow(_)
+        ));
+        assert!(!matches!(
+            reader.decide_http("wide.example.com", 443, "GET", "/"),
+            HttpDecision::Allow(_)
+        ));
+        assert!(store.get("writer").is_some(), "an extension in upper case");
+        let report = crate::policy::load_dir(dir.path());
+        assert_eq!(report.policies.len(), 2);
+        assert!(report.errors.is_empty());
     }
 
     #[test]

@@ -203,8 +203,22 @@ pub(super) enum NameIs {
 /// A value read as a method: trimmed text, or [`UNREADABLE`].
 fn claim(value: &[u8], whole: bool) -> String {
     match std::str::from_utf8(value) {
-        Ok(text) if whole && text.len() <= MAX_VALUE => text.trim().to_owned(),
+        Ok(text) if whole => as_claim(text.trim()).to_owned(),
         _ => UNREADABLE.to_owned(),
+    }
+}
+
+/// `text` as a claimed method, if it could be one: at most [`MAX_VALUE`]
+/// bytes, all of them a token's (RFC 9110), as every method's are. Else
+/// [`UNREADABLE`]: a claim goes into the audit record and before the
+/// human who approves the request, and there a control byte (a
+/// backspace, an escape sequence) could overwrite what it is shown.
+pub(super) fn as_claim(text: &str) -> &str {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.len() <= MAX_VALUE && text.bytes().all(token) {
+        text
+    } else {
+        UNREADABLE
     }
 }
 

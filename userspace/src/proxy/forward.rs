@@ -99,14 +99,14 @@ impl ConnCtx {
     }
 
     /// Counts an allowed request to `host` in `requests_total`.
-    fn count_allowed(&self, requests: &prometheus::IntCounterVec, host: &str) {
+    fn count_allowed(&self, metrics: &crate::metrics::Metrics, host: &str) {
         if let Some((first, counter)) = self.allowed.get()
             && **first == *host
         {
             counter.inc();
             return;
         }
-        let counter = requests.with_label_values(&[&self.agent, host, "allow"]);
+        let counter = metrics.request_counter(&self.agent, host, "allow");
         counter.inc();
         let _ = self.allowed.set((host.into(), counter));
     }
@@ -261,8 +261,7 @@ impl Intercept {
                     path: path.as_str(),
                 };
                 self.metrics
-                    .requests
-                    .with_label_values(&[&ctx.agent, &host, err.decision()])
+                    .request_counter(&ctx.agent, &host, err.decision())
                     .inc();
                 let resp = err.to_response(&asked);
                 record.action = Some(err.action());
@@ -440,7 +439,7 @@ impl Intercept {
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
-        ctx.count_allowed(&self.metrics.requests, host);
+        ctx.count_allowed(&self.metrics, host);
 
         let (mut rparts, rbody) = resp.into_parts();
         let switching = rparts.status == StatusCode::SWITCHING_PROTOCOLS;

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::body_claims::{MAX_VALUE, NameIs, UNREADABLE, names_method};
+use super::body_claims::{NameIs, UNREADABLE, as_claim, names_method};
 
 // A static, not a const: a const array is built anew at every use.
 static OVERRIDE_HEADERS: [HeaderName; 3] = [
@@ -74,11 +74,14 @@ fn is_override_spelled_with_underscores(name: &str) -> bool {
     })
 }
 
+/// The method as claimed, or [`UNREADABLE`] where it could be none
+/// ([`as_claim`]).
 fn readable(method: Cow<'_, str>) -> Cow<'_, str> {
-    if method.len() <= MAX_VALUE {
-        method
-    } else {
+    // UNREADABLE is no token, so only a method that could be none gets it.
+    if as_claim(&method) == UNREADABLE {
         Cow::Borrowed(UNREADABLE)
+    } else {
+        method
     }
 }
 
@@ -117,6 +120,20 @@ mod tests {
             claimed(&headers, Some(&query)),
             [UNREADABLE, UNREADABLE, UNREADABLE, &"P".repeat(64)]
         );
+    }
+
+    /// A claim is shown to the human who approves the request: control
+    /// bytes there could overwrite the real method and path on a terminal.
+    #[test]
+    fn a_claim_that_is_no_method_token_is_unreadable() {
+        let none = map_of(&[]);
+        assert_eq!(
+            claimed(&none, Some("_method=%08%08%08%08GET%20https://x/%1B%5B8m")),
+            [UNREADABLE]
+        );
+        assert_eq!(claimed(&none, Some("_method=DEL%0DETE")), [UNREADABLE]);
+        let headers = map_of(&[("x-http-method-override", "GET /safe, PATCH")]);
+        assert_eq!(claimed(&headers, None), [UNREADABLE, "PATCH"]);
     }
 
     #[test]

@@ -307,7 +307,12 @@ where
                 if let Some(data) = frame.data_ref() {
                     scanner.feed(data);
                 }
-                if !this.inner.is_end_stream() {
+                // An HTTP/2 body ends at END_STREAM, which may come later
+                // than the last byte its Content-Length declares; an
+                // upstream reached over HTTP/1.1 has the whole request
+                // with that byte.
+                let last = this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0);
+                if !last {
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 // The body's last piece: it waits for the verdict.

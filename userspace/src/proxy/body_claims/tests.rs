@@ -12,7 +12,7 @@ use http_body::{Body, Frame};
 use super::{BodyKind, Check, Scanner, UNREADABLE};
 use crate::creds::Coding;
 use crate::policy::parse_policy;
-use crate::test_bodies::fed;
+use crate::test_bodies::{fed, fed_as_http2};
 
 fn headers(content_type: Option<&str>) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -130,6 +130,10 @@ fn a_form_claims_its_method_fields_as_php_and_rack_read_them() {
         form(&format!("_method={}", "A".repeat(64))),
         ["A".repeat(64)]
     );
+    // No method token: control bytes would reach the approver's terminal.
+    assert_eq!(form("_method=%08%08%08%08GET%1B%5B8m"), [UNREADABLE]);
+    assert_eq!(json(r#"{"_method": "GET\u001b[8m"}"#), [UNREADABLE]);
+    assert_eq!(json(r#"{"_method": "GET /readme"}"#), [UNREADABLE]);
 }
 
 #[test]
@@ -477,6 +481,36 @@ fn a_checked_body_that_claims_a_refused_method_never_sends_its_last_piece() {
         .expect("the refusal is left for the answer");
     assert_eq!(refusal.reason, "deny_rule");
     assert!(matches!(poll(&mut body), Poll::Ready(None)));
+}
+
+/// An HTTP/2 body ends at END_STREAM, which an agent can hold back after
+/// the last byte its Content-Length declares. An upstream reached over
+/// HTTP/1.1 has the whole request with that byte, so the byte waits for
+/// the verdict as the last piece of any other body does.
+#[test]
+fn an_http2_body_that_claims_a_refused_method_never_sends_its_last_declared_byte() {
+    let body: &[u8] = b"_method=DELETE";
+    let (fed, tx) = fed_as_http2(body.len());
+    let (mut checked, refused) =
+        check(BodyKind::Form, "api.example.test", "/repos/r/pulls").streamed(fed);
+    tx.send(Bytes::from_static(body)).expect("send");
+    assert!(
+        matches!(poll(&mut checked), Poll::Ready(Some(Err(_)))),
+        "the body ends in an error, without its last piece"
+    );
+    assert_eq!(refused.refused.get().map(|r| r.reason), Some("deny_rule"));
+    drop(tx);
+
+    // Allowed: the piece goes once judged, and the body ends with it,
+    // END_STREAM or not.
+    let body: &[u8] = b"_method=POST";
+    let (fed, tx) = fed_as_http2(body.len());
+    let (mut checked, refused) =
+        check(BodyKind::Form, "api.example.test", "/repos/r/pulls").streamed(fed);
+    tx.send(Bytes::from_static(body)).expect("send");
+    assert_eq!(data(poll(&mut checked)), body);
+    assert!(matches!(poll(&mut checked), Poll::Ready(None)));
+    assert!(refused.refused.get().is_none());
 }
 
 #[test]
