@@ -679,6 +679,61 @@ except OSError as e:
     drop(abstract_listener);
 }
 
+/// `socat TCP-LISTEN:… EXEC:'airlock run …'` hands the agent a TCP
+/// connection as its standard output, made outside its cgroup: no hook
+/// would see what it writes there. `run` refuses to start it; with a pipe
+/// the same command runs.
+#[test]
+fn an_agent_is_not_started_with_a_network_socket_as_its_standard_output() {
+    use std::io::Read as _;
+    let d = Daemon::start(DaemonOptions::with_policy(
+        "capture.yaml",
+        &capture_policy(&[]),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let socket =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut far_end, _) = listener.accept().expect("accept");
+    let run = |stdout: std::process::Stdio| {
+        std::process::Command::new(harness::AIRLOCK)
+            .args(["run", "--config"])
+            .arg(&d.config)
+            .args(["--agent", "capture-bot", "--user", "nobody", "--"])
+            .args(["sh", "-c", "echo written by the agent"])
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("airlock run")
+    };
+    let out = run(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+        socket,
+    )));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standard output is a network socket"),
+        "{}",
+        describe(&out)
+    );
+    far_end
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    // The test's own copy of the socket is closed: the read ends at once,
+    // with whatever the agent wrote.
+    let _ = far_end.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "the agent wrote {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Control: given a pipe, the same command runs.
+    let out = run(std::process::Stdio::piped());
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out), "written by the agent\n");
+}
+
 /// While the daemon is down the pinned hooks still send every agent's
 /// connections and DNS to Airlock's ports: an agent listening there would
 /// receive the others'. Agents may bind any other port.

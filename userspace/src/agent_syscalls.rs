@@ -11,6 +11,11 @@
 //!   are not system calls, so no seccomp rule reaches them. Runtimes that
 //!   use it (libuv, for Node) fall back to plain system calls when setup
 //!   fails.
+//! - **Multicast membership** (`setsockopt` joins and leaves, IPv4 and
+//!   IPv6). Each one makes the kernel send an IGMP or MLD report onto the
+//!   local network, from no socket of the agent's, so no cgroup hook sees
+//!   it, and the group and sources in it are the agent's choice: tens of
+//!   bytes off the host at a call.
 //! - **Reaching into other processes:** `ptrace`, `process_vm_readv`/
 //!   `writev` and `pidfd_getfd`. A process of the same user outside the
 //!   agent's cgroup (the user's shell, another agent run as the same user)
@@ -89,9 +94,17 @@ pub fn build() -> Result<BpfProgram, FilterError> {
     for nr in with_x32(&io_uring)
         .into_iter()
         .chain(with_x32(&other_processes))
+        .chain(X32_OWN_OTHER_PROCESSES.iter().copied())
     {
         // No rule: refused whatever the arguments.
         refused.insert(nr, Vec::new());
+    }
+    let membership = multicast_membership()?;
+    for nr in with_x32(&[libc::SYS_setsockopt])
+        .into_iter()
+        .chain(X32_OWN_SETSOCKOPT.iter().copied())
+    {
+        refused.insert(nr, membership.clone());
     }
     let filter = SeccompFilter::new(
         refused,
@@ -112,6 +125,69 @@ fn with_x32(native: &[i64]) -> Vec<i64> {
         all.extend(native.iter().map(|&nr| nr | X32_SYSCALL_BIT));
     }
     all
+}
+
+/// The x32 ABI's own entries for `ptrace`, `process_vm_readv` and
+/// `process_vm_writev` (521, 539, 540 with bit 30; the native numbers with
+/// bit 30 are no call on x32).
+const X32_OWN_OTHER_PROCESSES: &[i64] = if cfg!(target_arch = "x86_64") {
+    &[0x4000_0000 | 521, 0x4000_0000 | 539, 0x4000_0000 | 540]
+} else {
+    &[]
+};
+/// The x32 ABI's own entry for `setsockopt`.
+const X32_OWN_SETSOCKOPT: &[i64] = if cfg!(target_arch = "x86_64") {
+    &[0x4000_0000 | 541]
+} else {
+    &[]
+};
+
+/// `setsockopt` calls that join or leave a multicast group or change its
+/// sources: at level `IPPROTO_IP`, `IP_ADD_MEMBERSHIP` (35) up to
+/// `MCAST_MSFILTER` (48), which are all of them; at `IPPROTO_IPV6`,
+/// `IPV6_ADD_MEMBERSHIP`/`DROP_MEMBERSHIP` (20, 21), the anycast joins
+/// (27, 28: they join the address's solicited-node group) and the
+/// `MCAST_*` calls (42 to 48).
+fn multicast_membership() -> Result<Vec<SeccompRule>, FilterError> {
+    let level = |level: libc::c_int| {
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, level as u64)
+    };
+    let names = |first: u64, last: u64| -> Result<Vec<SeccompCondition>, FilterError> {
+        Ok(vec![
+            SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, first)?,
+            SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Le, last)?,
+        ])
+    };
+    let ranges = [
+        (
+            libc::IPPROTO_IP,
+            libc::IP_ADD_MEMBERSHIP,
+            libc::MCAST_MSFILTER,
+        ),
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_ADD_MEMBERSHIP,
+            libc::IPV6_DROP_MEMBERSHIP,
+        ),
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_JOIN_ANYCAST,
+            libc::IPV6_LEAVE_ANYCAST,
+        ),
+        (
+            libc::IPPROTO_IPV6,
+            libc::MCAST_JOIN_GROUP,
+            libc::MCAST_MSFILTER,
+        ),
+    ];
+    ranges
+        .into_iter()
+        .map(|(at, first, last)| {
+            let mut conditions = vec![level(at)?];
+            conditions.extend(names(first as u64, last as u64)?);
+            Ok(SeccompRule::new(conditions)?)
+        })
+        .collect()
 }
 
 /// What Landlock made of the agent's confinement on this kernel.
@@ -172,6 +248,31 @@ pub fn close_inherited_on_exec() -> std::io::Result<()> {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
+}
+
+/// The first of `fds` that is a socket of another family than Unix, and
+/// that family: standard input, output or error handed to `airlock run` as
+/// a network socket (`socat TCP-LISTEN:… EXEC:'airlock run …'`) was made
+/// outside the agent's cgroup, so no hook sees what the agent writes to
+/// it. Those descriptors are the command's own, and are not closed.
+pub fn network_socket_among(fds: &[libc::c_int]) -> Option<(libc::c_int, libc::c_int)> {
+    fds.iter().find_map(|&fd| {
+        let mut family: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt(2) writes at most `len` bytes into `family`,
+        // which outlives the call; a descriptor that is no socket fails
+        // with ENOTSOCK, and one that is not open with EBADF.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&raw mut family).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && family != libc::AF_UNIX).then_some((fd, family))
+    })
 }
 
 /// Installs `filter` on the calling thread; between fork and exec, that is
@@ -237,6 +338,103 @@ mod tests {
             mknod_block(&dir.path().join("control")),
             0,
             "unconfined, no block device was made: this test needs root (CAP_MKNOD)"
+        );
+    }
+
+    /// setsockopt(2) at `level` with `name` and `value`: the errno, or 0.
+    fn setsockopt_errno<T>(fd: libc::c_int, level: i32, name: i32, value: &T) -> i32 {
+        // SAFETY: the kernel reads `size_of::<T>()` bytes from `value`,
+        // which outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+    }
+
+    /// Joins of a multicast group on loopback (its reports stay there),
+    /// IPv4 and IPv6, and whether setting the TTL works: errnos.
+    fn joins() -> [i32; 3] {
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let v6 = std::net::UdpSocket::bind("[::1]:0").expect("udp6");
+        let group4 = libc::ip_mreqn {
+            imr_multiaddr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([239, 1, 2, 3]),
+            },
+            imr_address: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            imr_ifindex: 0,
+        };
+        let lo = std::ffi::CString::new("lo").expect("name");
+        // SAFETY: if_nametoindex with a NUL-terminated name.
+        let lo = unsafe { libc::if_nametoindex(lo.as_ptr()) };
+        let group6 = libc::ipv6_mreq {
+            ipv6mr_multiaddr: libc::in6_addr {
+                s6_addr: [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4a, 0x17],
+            },
+            ipv6mr_interface: lo,
+        };
+        use std::os::fd::AsRawFd as _;
+        [
+            setsockopt_errno(
+                v4.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_ADD_MEMBERSHIP,
+                &group4,
+            ),
+            setsockopt_errno(
+                v6.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_ADD_MEMBERSHIP,
+                &group6,
+            ),
+            setsockopt_errno(v4.as_raw_fd(), libc::IPPROTO_IP, libc::IP_TTL, &7i32),
+        ]
+    }
+
+    #[test]
+    fn a_confined_thread_joins_no_multicast_group() {
+        let filter = build().expect("filter");
+        let confined = std::thread::spawn(move || {
+            install(&filter).expect("install");
+            joins()
+        })
+        .join()
+        .expect("the confined thread");
+        assert_eq!(
+            confined,
+            [libc::EPERM, libc::EPERM, 0],
+            "joins refused, other options set"
+        );
+        // Control: unconfined, the kernel takes the joins (on loopback).
+        assert_eq!(joins(), [0, 0, 0]);
+    }
+
+    /// A network socket as standard output was made outside the cgroup.
+    #[test]
+    fn a_network_socket_among_the_standard_descriptors_is_found() {
+        use std::os::fd::AsRawFd as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let tcp =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (unix, _other) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let file = tempfile::tempfile().expect("file");
+        let clean = [unix.as_raw_fd(), file.as_raw_fd()];
+        assert_eq!(network_socket_among(&clean), None);
+        let with_tcp = [file.as_raw_fd(), tcp.as_raw_fd(), unix.as_raw_fd()];
+        assert_eq!(
+            network_socket_among(&with_tcp),
+            Some((tcp.as_raw_fd(), libc::AF_INET))
         );
     }
 

@@ -59,6 +59,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &target {
         refuse_user_with_a_manager(t)?;
     }
+    if let Some((fd, family)) = crate::agent_syscalls::network_socket_among(&[0, 1, 2]) {
+        let name = ["standard input", "standard output", "standard error"]
+            .get(fd as usize)
+            .copied()
+            .unwrap_or("a standard descriptor");
+        bail!(
+            "{name} is a network socket (address family {family}), made outside the agent's cgroup: what the agent wrote to it would leave the host without passing Airlock. Give the agent a pipe, a file or a terminal instead (`socat ... EXEC:` hands it the connection itself)"
+        );
+    }
 
     let tree = CgroupTree::discover(&config.cgroup_root)?;
     if !tree.root.is_dir() {

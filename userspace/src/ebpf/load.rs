@@ -51,6 +51,10 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the pin directory {path} is {problem}: whoever can write to it can unpin Airlock's hooks and maps. Remove it (`rm -r {path}`) and start Airlock again, which makes it root's, mode 0700"
+    )]
+    PinDirUntrusted { path: PathBuf, problem: String },
     #[error("cannot open the cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -213,6 +217,54 @@ pub(super) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
 /// is found among its maps.
 pub(super) const LOG_PROGRAM: &str = prog::SOCK_CREATE;
 
+/// Makes `pin_dir` (root's, mode 0700) unless it exists, and checks that
+/// an existing one is root's and writable by no one else. bpffs is mounted
+/// world-writable (1777) unless told otherwise, so any user could make the
+/// directory first and then unlink the pins in it: a hook whose link pin
+/// is gone is detached.
+fn make_pin_dir(pin_dir: &Path) -> Result<(), KernelError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if let Some(parent) = pin_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| KernelError::PinDir {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(pin_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(KernelError::PinDir {
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let meta = std::fs::symlink_metadata(pin_dir).map_err(|source| KernelError::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let problem = if !meta.file_type().is_dir() {
+        Some("not a directory".to_owned())
+    } else if meta.uid() != 0 {
+        Some(format!("owned by uid {}, not root", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(KernelError::PinDirUntrusted {
+            path: pin_dir.to_path_buf(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Load the object (re-using pinned maps), publish `settings`, and make
 /// sure every program is attached to `cgroup_root` exactly once.
 pub fn attach(
@@ -222,10 +274,7 @@ pub fn attach(
 ) -> Result<AttachReport, KernelError> {
     bpffs::ensure_mounted()?;
     let pin_dir = pin_dir.to_path_buf();
-    std::fs::create_dir_all(&pin_dir).map_err(|source| KernelError::PinDir {
-        path: pin_dir.clone(),
-        source,
-    })?;
+    make_pin_dir(&pin_dir)?;
     // Maps of another layout cannot serve this build's programs: new ones
     // are made beside them and take over their pins once every link runs
     // the new code.
@@ -484,4 +533,34 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, KernelError> {
         source,
     })?;
     Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::{KernelError, make_pin_dir};
+
+    /// A pin directory someone else could write to could lose its pins.
+    #[test]
+    fn a_pin_directory_must_be_roots_and_writable_by_no_one_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("bpf").join("airlock");
+        make_pin_dir(&fresh).expect("made");
+        let meta = std::fs::metadata(&fresh).expect("stat");
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700));
+        make_pin_dir(&fresh).expect("taken as it is");
+
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = make_pin_dir(&fresh).expect_err("world-writable");
+        assert!(
+            matches!(&err, KernelError::PinDirUntrusted { problem, .. } if problem.contains("1777")),
+            "{err}"
+        );
+
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::os::unix::fs::chown(&fresh, Some(65534), None).expect("chown");
+        let err = make_pin_dir(&fresh).expect_err("another user's");
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    }
 }

@@ -42,10 +42,18 @@ impl PathPatterns {
             && path.read.iter().all(|read| self.as_read.is_match(read))
     }
 
-    /// Any reading matches: what a deny rule asks.
+    /// Any reading matches: what a deny rule asks. A reading with one
+    /// trailing `/` is also tried without it: Express, Spring MVC 5 and
+    /// Rails route `/users/root/` where they route `/users/root`.
     pub(super) fn deny(&self, path: &Readings<'_>) -> bool {
-        self.as_written.is_match(path.written.as_ref())
-            || path.read.iter().any(|read| self.as_read.is_match(read))
+        let matches = |globs: &GlobSet, path: &str| {
+            globs.is_match(path)
+                || path
+                    .strip_suffix('/')
+                    .is_some_and(|bare| !bare.is_empty() && globs.is_match(bare))
+        };
+        matches(&self.as_written, path.written.as_ref())
+            || path.read.iter().any(|read| matches(&self.as_read, read))
     }
 }
 

@@ -523,6 +523,23 @@ fn encoded_separators_and_parameters_are_matched_as_servers_may_read_them() {
     allowed(p.decide_http("x.example.com", 443, "GET", "/public%2Fadmin"));
     allowed(p.decide_http("x.example.com", 443, "GET", "/users/root2"));
 
+    // Express, Spring MVC 5 and Rails route a path with a trailing slash
+    // as the path without it.
+    for path in [
+        "/users/root/",
+        "/users%2Froot/",
+        "/users/root;x/",
+        "/admin/",
+    ] {
+        assert_eq!(
+            reason(p.decide_http("x.example.com", 443, "GET", path)),
+            DenyReason::DenyRule,
+            "{path}"
+        );
+    }
+    allowed(p.decide_http("x.example.com", 443, "GET", "/users/"));
+    allowed(p.decide_http("x.example.com", 443, "GET", "/"));
+
     for path in [
         "/repos/org/r%2Fsettings",
         "/repos/org/r%5Csettings",
