@@ -105,8 +105,9 @@ pub struct RateLimiter {
 #[derive(Debug, Default)]
 struct Table {
     /// Keyed by agent first so that a lookup borrows the agent's `&str`
-    /// instead of allocating a `(String, usize)` key per request.
-    by_agent: HashMap<String, HashMap<usize, Bucket>>,
+    /// instead of allocating a `(String, u64)` key per request. The second
+    /// key is the rule's `limit_key`: what it covers, not its place.
+    by_agent: HashMap<String, HashMap<u64, Bucket>>,
     len: usize,
 }
 
@@ -129,12 +130,12 @@ impl RateLimiter {
         }
     }
 
-    /// `count` requests per `per` for this agent's rule, with a burst of
+    /// `count` requests per `per` for this agent's rule (its `limit_key`), with a burst of
     /// `count`. `Err` carries the wait until one token is back.
     pub fn check(
         &self,
         agent: &str,
-        rule: usize,
+        rule: u64,
         count: u32,
         per: Duration,
     ) -> Result<(), RetryAfter> {
@@ -145,7 +146,7 @@ impl RateLimiter {
     pub fn check_at(
         &self,
         agent: &str,
-        rule: usize,
+        rule: u64,
         count: u32,
         per: Duration,
         now: Instant,

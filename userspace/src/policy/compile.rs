@@ -293,6 +293,14 @@ impl Compiler {
     }
 
     fn allow_rule(&mut self, at: &NodePath, index: usize, spec: RuleSpec) -> Option<AllowRule> {
+        let limit_key = {
+            use std::hash::{Hash as _, Hasher as _};
+            // Fixed keys: the same within the daemon, which is as long as
+            // buckets live.
+            let mut h = std::hash::DefaultHasher::new();
+            (&spec.host, spec.port, &spec.methods, &spec.paths).hash(&mut h);
+            h.finish()
+        };
         let host_port = self.host_port(at, &spec.host, spec.port);
         let methods = self.methods(at, spec.methods);
         let paths = self.paths(at, spec.paths, false);
@@ -330,6 +338,7 @@ impl Compiler {
             credentials: credentials.into(),
             rate_limit,
             approval: spec.approval.unwrap_or(false),
+            limit_key,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct Allowed {
     /// Secret names whose placeholders may be swapped on this request.
     pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
+    /// The rule's rate-limit bucket, within its agent's.
+    pub limit_key: u64,
     pub approval: bool,
     /// Some rule of this policy binds secrets to this host (this one or
     /// another, for other paths): the upstream may have been sent them,
@@ -147,6 +149,7 @@ impl Policy {
                     rule_label: rule.label.clone(),
                     credentials: rule.credentials.clone(),
                     rate_limit: rule.rate_limit,
+                    limit_key: rule.limit_key,
                     approval: rule.approval,
                     binds_secrets_to_host: !rule.credentials.is_empty()
                         || self.rules.iter().any(|other| {

@@ -57,6 +57,10 @@ pub(super) struct AllowRule {
     pub credentials: Arc<[String]>,
     pub rate_limit: Option<RateLimit>,
     pub approval: bool,
+    /// What the rule covers (host, port, methods, paths), hashed: its rate
+    /// limit's bucket, which must follow the rule, not its place in the
+    /// list, across a reload that adds or removes rules before it.
+    pub limit_key: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -91,6 +91,9 @@ fn remember(path: &Path, index: &SecretHosts) {
 
 /// Debounce: editors write a file in several steps (truncate, write, rename).
 const SETTLE: Duration = Duration::from_millis(150);
+/// How often the watcher also looks at what the policy files lead to: a
+/// symlinked policy's target changes in a directory no watch covers.
+const LOOK: Duration = Duration::from_secs(2);
 
 impl PolicyStore {
     /// A store that starts from the policies alone and keeps nothing.
@@ -278,35 +281,85 @@ impl PolicyStore {
         serde_json::json!({"dir": self.dir.display().to_string(), "loaded": agents, "errors": errors})
     }
 
-    /// Reload on every change in the directory, on a thread of its own.
+    /// Reload on every change in the directory, on a thread of its own,
+    /// and whenever a look every [`LOOK`] finds that a file the policies
+    /// are read from changed: a symlinked policy (`pr-bot.yaml ->
+    /// /srv/deploy/pr-bot.yaml`) is edited where no watch reaches, and a
+    /// directory that cannot be watched is still followed.
     pub fn watch(self: Arc<Self>) {
         use notify::{RecursiveMode, Watcher as _};
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher = match notify::recommended_watcher(move |event| {
+        let watcher = notify::recommended_watcher(move |event| {
             let _ = tx.send(event);
-        }) {
-            Ok(w) => w,
-            Err(err) => {
-                error!(error = %err, "cannot watch policies; changes need a daemon restart");
-                return;
-            }
-        };
-        if let Err(err) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
-            error!(dir = %self.dir.display(), error = %err, "cannot watch policies; changes need a daemon restart");
-            return;
-        }
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        })
+        .map_err(|err| {
+            error!(dir = %self.dir.display(), error = %err, "cannot watch policies; changes are seen within {} s", LOOK.as_secs());
+        })
+        .ok();
+        // Taken now: a change made while the thread starts is a change.
+        let mut seen = Sources::of(&self.dir);
         std::thread::Builder::new()
             .name("policy-watch".into())
             .spawn(move || {
                 let _watcher = watcher;
-                while rx.recv().is_ok() {
-                    // Let the burst of events from one save settle.
-                    while rx.recv_timeout(SETTLE).is_ok() {}
+                loop {
+                    match rx.recv_timeout(LOOK) {
+                        // Let the burst of events from one save settle.
+                        Ok(_) => while rx.recv_timeout(SETTLE).is_ok() {},
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if Sources::of(&self.dir) == seen {
+                                continue;
+                            }
+                        }
+                        // No watcher: only the looks remain.
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(LOOK);
+                            if Sources::of(&self.dir) == seen {
+                                continue;
+                            }
+                        }
+                    }
+                    seen = Sources::of(&self.dir);
                     self.reload();
                 }
             })
             .map(|_| ())
             .unwrap_or_else(|err| error!(error = %err, "cannot start the policy watcher"));
+    }
+}
+
+/// What each policy file leads to, as of a look: the file a name resolves
+/// to (through any symlink), its inode, size and times. Any edit, in place
+/// or by rename, changes one of them.
+#[derive(PartialEq, Eq)]
+struct Sources(Vec<(PathBuf, Option<(u64, u64, u64, i64, i64, i64, i64)>)>);
+
+impl Sources {
+    fn of(dir: &Path) -> Sources {
+        use std::os::unix::fs::MetadataExt as _;
+        Sources(
+            policy_files(dir)
+                .into_iter()
+                .map(|path| {
+                    let stamp = std::fs::metadata(&path).ok().map(|m| {
+                        (
+                            m.dev(),
+                            m.ino(),
+                            m.size(),
+                            m.mtime(),
+                            m.mtime_nsec(),
+                            m.ctime(),
+                            m.ctime_nsec(),
+                        )
+                    });
+                    (path, stamp)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -438,6 +491,42 @@ mod tests {
         assert!(store.holds_secrets("api.example.com", 443));
         assert!(!store.holds_secrets("api.example.com", 8443));
         assert!(!store.holds_secrets("log.example.net", 443));
+    }
+
+    /// A policy linked from elsewhere is edited where the watch on the
+    /// policy directory sees nothing; the watcher's looks find it.
+    #[test]
+    fn an_edit_to_a_symlinked_policys_target_takes_effect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deploy = tempfile::tempdir().expect("deploy dir");
+        write(deploy.path(), "reader.yaml", READS);
+        std::os::unix::fs::symlink(
+            deploy.path().join("reader.yaml"),
+            dir.path().join("reader.yaml"),
+        )
+        .expect("symlink");
+        let store = store(dir.path());
+        let reads_the_log = |store: &PolicyStore| {
+            store.get("reader").is_some_and(|p| {
+                matches!(
+                    p.decide_http("log.example.net", 443, "GET", "/"),
+                    HttpDecision::Allow(_)
+                )
+            })
+        };
+        assert!(reads_the_log(&store));
+        store.clone().watch();
+        // In place, as `sed -i` would not (it renames) but an editor may.
+        write(
+            deploy.path(),
+            "reader.yaml",
+            &READS.replace("log.", "logs."),
+        );
+        let deadline = std::time::Instant::now() + super::LOOK * 4;
+        while reads_the_log(&store) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!reads_the_log(&store), "the edit never took effect");
     }
 
     #[tokio::test]

@@ -487,6 +487,35 @@ fn ambiguous_paths_cannot_satisfy_a_path_rule() {
     allowed(p.decide_http("a.example", 443, "GET", "/public/ünï"));
 }
 
+/// A rule's rate-limit bucket follows the rule: a reload that adds a rule
+/// before it neither hands it a fresh burst nor gives its spent bucket to
+/// the newcomer.
+#[test]
+fn a_rules_rate_limit_key_follows_the_rule_not_its_place() {
+    let limited = [
+        "  - host: api.example.com",
+        "    methods: [POST]",
+        "    rate_limit: 30/minute",
+    ];
+    let before = policy(&doc(&[&["agent: a", "rules:"][..], &limited[..]].concat()));
+    let after = policy(&doc(&[
+        &[
+            "agent: a",
+            "rules:",
+            "  - host: api.example.com",
+            "    methods: [GET]",
+        ][..],
+        &limited[..],
+    ]
+    .concat()));
+    let post =
+        |p: &crate::policy::Policy| allowed(p.decide_http("api.example.com", 443, "POST", "/"));
+    let get = allowed(after.decide_http("api.example.com", 443, "GET", "/"));
+    assert_ne!(post(&before).rule, post(&after).rule, "the rule moved");
+    assert_eq!(post(&before).limit_key, post(&after).limit_key);
+    assert_ne!(get.limit_key, post(&before).limit_key);
+}
+
 /// Servers that decode `%2F` before routing, or drop a segment's
 /// `;parameters`, read these paths as /admin/users: a deny rule refuses
 /// them, and an allow rule's `*` does not stretch over them.

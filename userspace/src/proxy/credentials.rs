@@ -37,6 +37,8 @@ pub struct Credentials {
     /// Moves each time the scrubber is rebuilt: streamed answers that
     /// began before catch up with it (`creds::newer_secrets`).
     scrub_generation: AtomicU64,
+    /// Handed to each read of the vault, in order: see [`Credentials::install`].
+    reads: AtomicU64,
 }
 
 struct Loaded {
@@ -47,6 +49,16 @@ struct Loaded {
     /// The [`TokenCache::generation`] whose tokens `scrubber` knows.
     tokens_seen: u64,
     stamp: Option<FileStamp>,
+    /// The ticket of the read installed.
+    read: u64,
+}
+
+/// One read of the vault: what it held (None if it could not be read),
+/// the file's stamp before it, and its ticket.
+struct Read {
+    loaded: Option<(CredentialSet, Vec<(Secret, Vec<u8>)>)>,
+    stamp: Option<FileStamp>,
+    ticket: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,11 +78,13 @@ impl Credentials {
                 scrubber: Scrubber::new(Vec::new()),
                 tokens_seen: 0,
                 stamp: None,
+                read: 0,
             }),
             tokens: TokenCache::default(),
             checked_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             scrub_generation: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         };
         this.reload();
         this
@@ -118,6 +132,15 @@ impl Credentials {
     /// before is still scrubbed from answers, since an upstream may give
     /// back a value it was sent.
     pub fn reload(&self) {
+        self.install(self.read());
+    }
+
+    /// Reads the vault. Reads may run at once (a request's look at the
+    /// file, and the notice of `airlock secret`): each takes a ticket
+    /// first, so that [`Credentials::install`] can tell which read the
+    /// file later.
+    fn read(&self) -> Read {
+        let ticket = self.reads.fetch_add(1, Ordering::AcqRel) + 1;
         let stamp = self.stamp();
         let loaded = match self.vault.load() {
             Ok(contents) => {
@@ -163,7 +186,28 @@ impl Credentials {
                 None
             }
         };
+        Read {
+            loaded,
+            stamp,
+            ticket,
+        }
+    }
+
+    /// Puts `read` in force, unless a read that began later is in force
+    /// already: installed after it, an earlier read would bring back a
+    /// secret `airlock secret rm` had just removed, or an old value
+    /// rotated out, until the next look at the file.
+    fn install(&self, read: Read) {
+        let Read {
+            loaded,
+            stamp,
+            ticket,
+        } = read;
         let mut s = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if ticket < s.read {
+            return;
+        }
+        s.read = ticket;
         match loaded {
             Some((set, pairs)) => {
                 s.set = Arc::new(set);
@@ -333,6 +377,27 @@ mod tests {
                     .windows(b"test-value".len())
                     .any(|w| w == b"test-value")),
             "the value held before is still scrubbed"
+        );
+    }
+
+    /// A look at the file that read it before `airlock secret rm`, and
+    /// finished after the notice's reload, must not bring the secret back.
+    #[test]
+    fn a_read_that_began_earlier_never_replaces_a_later_one() {
+        let (_dir, vault, creds) = holding_the_token();
+        let (request, ()) = http::Request::get("https://api.example.test/")
+            .header("authorization", "Bearer airlock-ph-token")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let slow = creds.read();
+        vault.remove("token").expect("rm");
+        creds.reload();
+        creds.install(slow);
+        let (set, _) = creds.current(Instant::now());
+        assert!(
+            set.placeholders_in(&request).is_empty(),
+            "the removed secret is back"
         );
     }
 

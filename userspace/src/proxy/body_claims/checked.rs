@@ -228,9 +228,9 @@ impl Check {
             && !charged.contains(&rule.rule)
         {
             charged.push(rule.rule);
-            if let Err(retry) = self
-                .limiter
-                .check(&self.agent, rule.rule.0, limit.count, limit.per)
+            if let Err(retry) =
+                self.limiter
+                    .check(&self.agent, rule.limit_key, limit.count, limit.per)
             {
                 return Some(Refusal {
                     claimed: claim.to_owned(),

@@ -107,7 +107,7 @@ impl Intercept {
                 continue;
             }
             self.limiter
-                .check(&ctx.agent, rule.rule.0, limit.count, limit.per)
+                .check(&ctx.agent, rule.limit_key, limit.count, limit.per)
                 .map_err(|retry| ProxyError::RateLimited {
                     rule: rule.rule_label.clone(),
                     retry_after: retry.0,
