@@ -336,7 +336,11 @@ impl PolicyStore {
 /// to (through any symlink), its inode, size and times. Any edit, in place
 /// or by rename, changes one of them.
 #[derive(PartialEq, Eq)]
-struct Sources(Vec<(PathBuf, Option<(u64, u64, u64, i64, i64, i64, i64)>)>);
+struct Sources(Vec<(PathBuf, Option<Stamp>)>);
+
+/// Device, inode, size, and modification and change times (seconds,
+/// nanoseconds).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
 
 impl Sources {
     fn of(dir: &Path) -> Sources {

@@ -53,10 +53,13 @@ struct Loaded {
     read: u64,
 }
 
+/// The secrets to swap, and each value to scrub with its placeholder.
+type Contents = (CredentialSet, Vec<(Secret, Vec<u8>)>);
+
 /// One read of the vault: what it held (None if it could not be read),
 /// the file's stamp before it, and its ticket.
 struct Read {
-    loaded: Option<(CredentialSet, Vec<(Secret, Vec<u8>)>)>,
+    loaded: Option<Contents>,
     stamp: Option<FileStamp>,
     ticket: u64,
 }
