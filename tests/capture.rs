@@ -679,9 +679,9 @@ except OSError as e:
     drop(abstract_listener);
 }
 
-/// `socat TCP-LISTEN:… EXEC:'airlock run …'` hands the agent a TCP
-/// connection as its standard output, made outside its cgroup: no hook
-/// would see what it writes there. `run` refuses to start it; with a pipe
+/// inetd, a socket unit with `Accept=yes` or socat's `EXEC:…,nofork`
+/// hand the agent a TCP connection as its standard output, made outside
+/// its cgroup: no hook would see what it writes there. `run` refuses to start it; with a pipe
 /// the same command runs.
 #[test]
 fn an_agent_is_not_started_with_a_network_socket_as_its_standard_output() {

@@ -252,9 +252,9 @@ pub fn close_inherited_on_exec() -> std::io::Result<()> {
 
 /// The first of `fds` that is a socket of another family than Unix, and
 /// that family: standard input, output or error handed to `airlock run` as
-/// a network socket (`socat TCP-LISTEN:… EXEC:'airlock run …'`) was made
-/// outside the agent's cgroup, so no hook sees what the agent writes to
-/// it. Those descriptors are the command's own, and are not closed.
+/// a network socket (by inetd, a socket unit with `Accept=yes`, `nc -e`,
+/// socat's `EXEC:…,nofork`) was made outside the agent's cgroup, so no
+/// hook sees what the agent writes to it. Those descriptors are the command's own, and are not closed.
 pub fn network_socket_among(fds: &[libc::c_int]) -> Option<(libc::c_int, libc::c_int)> {
     fds.iter().find_map(|&fd| {
         let mut family: libc::c_int = 0;

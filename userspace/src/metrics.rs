@@ -1,7 +1,7 @@
 //! Prometheus metrics (prefix `airlock_`), served as text on metrics_addr.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -40,8 +40,10 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     /// Read through [`Metrics::request_counter`], which bounds its hosts.
     requests: IntCounterVec,
-    /// The hosts `requests` has a label for, at most [`HOST_LABELS_MAX`].
-    host_labels: Mutex<HashSet<String>>,
+    /// The hosts `requests` has a label for, per agent, at most
+    /// [`HOST_LABELS_MAX`] each: one agent's hosts do not crowd out
+    /// another's.
+    host_labels: Mutex<HashMap<String, HashSet<String>>>,
     pub request_duration: Histogram,
     pub credential_injections: IntCounterVec,
     pub policy_reloads: IntCounterVec,
@@ -63,7 +65,7 @@ pub struct Metrics {
     scraping: Mutex<()>,
 }
 
-/// Most distinct hosts `requests_total` names. An agent chooses the host
+/// Most distinct hosts `requests_total` names for one agent. An agent chooses the host
 /// of a request it makes (any Host over plain HTTP, any name under a
 /// wildcard rule), and a label once made is kept and rendered at every
 /// scrape for as long as the daemon runs: without a bound, one agent
@@ -97,26 +99,40 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(
 
 impl Metrics {
     /// The `requests_total` counter of `agent`'s requests to `host` that
-    /// ended in `decision`; `host` is [`OTHER_HOSTS`] once the label set
-    /// is full.
+    /// ended in `decision`; `host` is [`OTHER_HOSTS`] once the agent's
+    /// label set is full.
     pub fn request_counter(&self, agent: &str, host: &str, decision: &str) -> IntCounter {
         let host = {
-            let mut seen = self
+            let mut labels = self
                 .host_labels
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if seen.contains(host) {
-                host
-            } else if seen.len() < HOST_LABELS_MAX && host.len() <= HOST_LABEL_LEN_MAX {
-                seen.insert(host.to_owned());
-                host
-            } else {
-                OTHER_HOSTS
+            // Agents are as many as policies: a key each is bounded.
+            if !labels.contains_key(agent) {
+                labels.insert(agent.to_owned(), HashSet::new());
+            }
+            match labels.get_mut(agent) {
+                Some(seen) => label_for(seen, host),
+                None => OTHER_HOSTS,
             }
         };
         self.requests.with_label_values(&[agent, host, decision])
     }
+}
 
+/// `host`, if `seen` has or can take a label for it; else [`OTHER_HOSTS`].
+fn label_for<'a>(seen: &mut HashSet<String>, host: &'a str) -> &'a str {
+    if seen.contains(host) {
+        host
+    } else if seen.len() < HOST_LABELS_MAX && host.len() <= HOST_LABEL_LEN_MAX {
+        seen.insert(host.to_owned());
+        host
+    } else {
+        OTHER_HOSTS
+    }
+}
+
+impl Metrics {
     pub fn new() -> Result<Arc<Metrics>, MetricsError> {
         let registry = Registry::new_custom(Some("airlock".into()), None).map_err(|source| {
             MetricsError::Register {
@@ -429,8 +445,11 @@ mod tests {
                 .inc();
         }
         m.request_counter("pr-bot", &"a".repeat(300), "deny").inc();
-        // A host named before the bound was reached keeps its own label.
+        // A host named before the bound was reached keeps its own label,
+        // and another agent has labels of its own.
         m.request_counter("pr-bot", "h0.example.test", "allow")
+            .inc();
+        m.request_counter("web-bot", "h9999.example.test", "deny")
             .inc();
         let text = String::from_utf8(m.render()).expect("utf8");
         let series = text
@@ -439,8 +458,8 @@ mod tests {
             .count();
         assert_eq!(
             series,
-            HOST_LABELS_MAX + 2,
-            "one more for (other), one for the allow"
+            HOST_LABELS_MAX + 3,
+            "one more for (other), one for the allow, one for web-bot"
         );
         assert!(
             text.contains(&format!(

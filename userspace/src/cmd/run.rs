@@ -65,7 +65,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .copied()
             .unwrap_or("a standard descriptor");
         bail!(
-            "{name} is a network socket (address family {family}), made outside the agent's cgroup: what the agent wrote to it would leave the host without passing Airlock. Give the agent a pipe, a file or a terminal instead (`socat ... EXEC:` hands it the connection itself)"
+            "{name} is a network socket (address family {family}), made outside the agent's cgroup: what the agent wrote to it would leave the host without passing Airlock. Give the agent a pipe, a file or a terminal instead (inetd, `Accept=yes` socket units with `StandardInput=socket`, `nc -e` and socat's `EXEC:...,nofork` hand it the connection itself)"
         );
     }
 

@@ -52,9 +52,13 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error(
-        "the pin directory {path} is {problem}: whoever can write to it can unpin Airlock's hooks and maps. Remove it (`rm -r {path}`) and start Airlock again, which makes it root's, mode 0700"
+        "the pin directory {path} is {problem}: whoever can write to it can unpin Airlock's hooks and maps. {fix}"
     )]
-    PinDirUntrusted { path: PathBuf, problem: String },
+    PinDirUntrusted {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
     #[error("cannot open the cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -244,24 +248,43 @@ fn make_pin_dir(pin_dir: &Path) -> Result<(), KernelError> {
         path: pin_dir.to_path_buf(),
         source,
     })?;
-    let problem = if !meta.file_type().is_dir() {
-        Some("not a directory".to_owned())
-    } else if meta.uid() != 0 {
-        Some(format!("owned by uid {}, not root", meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ))
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(KernelError::PinDirUntrusted {
+    // Removing the directory unpins the hooks in it, and agents would go
+    // unconfined until the daemon pins new ones: a fix that keeps them is
+    // named first.
+    let shown = pin_dir.display();
+    let untrusted = |problem: String, fix: String| {
+        Err(KernelError::PinDirUntrusted {
             path: pin_dir.to_path_buf(),
             problem,
-        }),
-        None => Ok(()),
+            fix,
+        })
+    };
+    if !meta.file_type().is_dir() {
+        untrusted(
+            "not a directory".to_owned(),
+            format!(
+                "Move it aside (`mv {shown} {shown}.old`) and start Airlock again, or set another `bpf_pin_dir`"
+            ),
+        )
+    } else if meta.uid() != 0 {
+        untrusted(
+            format!("owned by uid {}, not root", meta.uid()),
+            format!(
+                "Stop the agents, remove it (`rm -r {shown}`, which detaches the hooks it pins) and start Airlock again, or set another `bpf_pin_dir`"
+            ),
+        )
+    } else if meta.mode() & 0o022 != 0 {
+        untrusted(
+            format!(
+                "writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ),
+            format!(
+                "Check that everything in it is root's (`ls -la {shown}`), then `chmod 0700 {shown}` and start Airlock again"
+            ),
+        )
+    } else {
+        Ok(())
     }
 }
 
@@ -557,6 +580,7 @@ mod tests {
             matches!(&err, KernelError::PinDirUntrusted { problem, .. } if problem.contains("1777")),
             "{err}"
         );
+        assert!(err.to_string().contains("chmod 0700"), "{err}");
 
         std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         std::os::unix::fs::chown(&fresh, Some(65534), None).expect("chown");

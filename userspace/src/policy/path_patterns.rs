@@ -43,14 +43,16 @@ impl PathPatterns {
     }
 
     /// Any reading matches: what a deny rule asks. A reading with one
-    /// trailing `/` is also tried without it: Express, Spring MVC 5 and
-    /// Rails route `/users/root/` where they route `/users/root`.
+    /// trailing `/` is also tried without it, and one without with it:
+    /// Express, Spring MVC 5 and Rails route `/users/root/` where they
+    /// route `/users/root`.
     pub(super) fn deny(&self, path: &Readings<'_>) -> bool {
         let matches = |globs: &GlobSet, path: &str| {
             globs.is_match(path)
-                || path
-                    .strip_suffix('/')
-                    .is_some_and(|bare| !bare.is_empty() && globs.is_match(bare))
+                || match path.strip_suffix('/') {
+                    Some(bare) => !bare.is_empty() && globs.is_match(bare),
+                    None => globs.is_match(format!("{path}/")),
+                }
         };
         matches(&self.as_written, path.written.as_ref())
             || path.read.iter().any(|read| matches(&self.as_read, read))

@@ -105,11 +105,11 @@ impl Transport for TokenTransport<'_> {
 }
 
 /// An error and its sources, as one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = describe(err);
     let mut source = err.source();
     while let Some(s) = source {
-        let next = s.to_string();
+        let next = describe(s);
         if !text.contains(&next) {
             text.push_str(": ");
             text.push_str(&next);
@@ -117,6 +117,21 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// One error's own text. An HTTP/2 GOAWAY from the upstream is named by
+/// its code alone: h2 quotes the frame's debug data, which is the
+/// upstream's text, and an upstream that holds a secret could put any
+/// piece of it there, in an escaped form no scrubber cuts. The text
+/// reaches the agent (a 502's `detail`) and the log.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    match err.downcast_ref::<h2::Error>() {
+        Some(h2) if h2.is_go_away() && h2.is_remote() => match h2.reason() {
+            Some(reason) => format!("connection error received: {reason}"),
+            None => "connection error received".to_owned(),
+        },
+        _ => err.to_string(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -266,6 +266,7 @@ impl Check {
             check: self,
             held: None,
             judged: judged.clone(),
+            over: false,
         };
         (checked, judged)
     }
@@ -279,6 +280,9 @@ pub struct Checked<B> {
     /// The body's last frame, sent once the body has passed.
     held: Option<Frame<Bytes>>,
     judged: Arc<Judged>,
+    /// The inner body has ended, or the claims were refused: nothing more
+    /// goes on.
+    over: bool,
 }
 
 /// The error the upstream request ends with when a claim is refused.
@@ -300,7 +304,18 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(scanner) = this.scanner.as_mut() else {
-            return Poll::Ready(this.held.take().map(Ok));
+            if let Some(held) = this.held.take() {
+                return Poll::Ready(Some(Ok(held)));
+            }
+            if this.over || this.inner.is_end_stream() {
+                this.over = true;
+                return Poll::Ready(None);
+            }
+            // Judged at the last declared byte: what the agent still
+            // sends (HTTP/2 trailers, END_STREAM) goes on as it comes.
+            let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+            this.over = !matches!(polled, Some(Ok(_)));
+            return Poll::Ready(polled.map(|frame| frame.map_err(Into::into)));
         };
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -319,7 +334,7 @@ where
                 this.held = Some(frame);
             }
             Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-            None => {}
+            None => this.over = true,
         }
         // The body has ended: judged once, then what was held goes on.
         let claims = this.scanner.take().map(Scanner::finish).unwrap_or_default();
@@ -329,6 +344,7 @@ where
         }
         if let Some(refusal) = refusal {
             this.held = None;
+            this.over = true;
             let _ = this.judged.refused.set(refusal);
             return Poll::Ready(Some(Err(Box::new(ClaimRefused))));
         }
@@ -336,7 +352,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.scanner.is_none() && self.held.is_none()
+        self.scanner.is_none() && self.held.is_none() && (self.over || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

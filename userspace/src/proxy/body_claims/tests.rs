@@ -501,16 +501,23 @@ fn an_http2_body_that_claims_a_refused_method_never_sends_its_last_declared_byte
     assert_eq!(refused.refused.get().map(|r| r.reason), Some("deny_rule"));
     drop(tx);
 
-    // Allowed: the piece goes once judged, and the body ends with it,
-    // END_STREAM or not.
+    // Allowed: the piece goes once judged, and the body ends when the
+    // agent's does (at END_STREAM, after any trailers).
     let body: &[u8] = b"_method=POST";
     let (fed, tx) = fed_as_http2(body.len());
     let (mut checked, refused) =
         check(BodyKind::Form, "api.example.test", "/repos/r/pulls").streamed(fed);
     tx.send(Bytes::from_static(body)).expect("send");
     assert_eq!(data(poll(&mut checked)), body);
-    assert!(matches!(poll(&mut checked), Poll::Ready(None)));
     assert!(refused.refused.get().is_none());
+    assert!(
+        poll(&mut checked).is_pending(),
+        "END_STREAM is still to come"
+    );
+    assert!(!checked.is_end_stream());
+    drop(tx);
+    assert!(matches!(poll(&mut checked), Poll::Ready(None)));
+    assert!(checked.is_end_stream());
 }
 
 #[test]
