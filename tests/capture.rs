@@ -679,6 +679,54 @@ except OSError as e:
     drop(abstract_listener);
 }
 
+/// A service on a named Unix socket (systemd-resolved, nscd) acts for
+/// the agent outside its cgroup. The sockets `agent_hidden_sockets` names
+/// are out of the agent's reach; others, and the host's own view, are
+/// not changed.
+#[test]
+fn the_host_service_sockets_the_config_names_are_hidden_from_the_agent() {
+    let dir = tempfile::Builder::new()
+        .prefix("airlock-e2e-sockets-")
+        .tempdir()
+        .expect("tempdir");
+    harness::set_mode(dir.path(), 0o755);
+    let hidden = dir.path().join("resolver.sock");
+    let visible = dir.path().join("other.sock");
+    let listeners: Vec<_> = [&hidden, &visible]
+        .iter()
+        .map(|path| {
+            let l = std::os::unix::net::UnixListener::bind(path).expect("unix listener");
+            harness::set_mode(path, 0o777);
+            l
+        })
+        .collect();
+    let d = Daemon::start(DaemonOptions {
+        policies: vec![("capture.yaml".into(), capture_policy(&[]))],
+        extra_config: format!("agent_hidden_sockets: [{}]\n", hidden.display()),
+    });
+    let src = format!(
+        "import socket\nfor p in ['{}', '{}']:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(p)\n        print('connected')\n    except OSError as e:\n        print('errno', e.errno)\n",
+        hidden.display(),
+        visible.display()
+    );
+    let out = d.run_agent("capture-bot", &[PY, "-c", &src]);
+    assert_eq!(
+        stdout(&out),
+        format!("errno {}\nconnected\n", libc::ECONNREFUSED),
+        "{}",
+        describe(&out)
+    );
+    // The host's view is its own: the socket is reachable outside, and no
+    // mount of the agent's leaked into this namespace.
+    std::os::unix::net::UnixStream::connect(&hidden).expect("outside the agent, it answers");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&hidden.display().to_string()),
+        "the agent's mount reached the host: {mounts}"
+    );
+    drop(listeners);
+}
+
 /// inetd, a socket unit with `Accept=yes` or socat's `EXEC:…,nofork`
 /// hand the agent a TCP connection as its standard output, made outside
 /// its cgroup: no hook would see what it writes there. `run` refuses to start it; with a pipe

@@ -65,6 +65,7 @@ const KEYS: &[&str] = &[
     "private_upstreams_from_dns",
     "max_connections_per_agent",
     "lock_memory",
+    "agent_hidden_sockets",
 ];
 
 /// serde's message, without the position our prefix gives; an unknown key
@@ -121,6 +122,7 @@ struct RawConfig {
     private_upstreams_from_dns: Option<bool>,
     max_connections_per_agent: Option<u64>,
     lock_memory: Option<bool>,
+    agent_hidden_sockets: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,7 +188,24 @@ pub struct Config {
     /// hosts with no swap, or an encrypted one, where the daemon may not
     /// have `CAP_IPC_LOCK`.
     pub lock_memory: bool,
+    /// Unix sockets of the host's services that `airlock run` hides from
+    /// the agent (`/dev/null` is mounted over each, in a mount namespace
+    /// of the agent's own). Such a service acts for the agent outside its
+    /// cgroup: systemd-resolved, nscd and avahi resolve any name asked,
+    /// which is a DNS channel around Airlock's resolver.
+    pub agent_hidden_sockets: Vec<PathBuf>,
 }
+
+/// The sockets of the services that resolve names for any local caller.
+pub const HIDDEN_SOCKETS: [&str; 7] = [
+    "/run/systemd/resolve/io.systemd.Resolve",
+    "/run/systemd/resolve/io.systemd.Resolve.Monitor",
+    "/run/dbus/system_bus_socket",
+    "/run/nscd/socket",
+    "/var/run/nscd/socket",
+    "/run/avahi-daemon/socket",
+    "/var/run/avahi-daemon/socket",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -211,6 +230,7 @@ impl Default for Config {
             private_upstreams_from_dns: true,
             max_connections_per_agent: 1024,
             lock_memory: true,
+            agent_hidden_sockets: HIDDEN_SOCKETS.iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -291,6 +311,15 @@ impl Config {
         take!(private_upstreams_from_dns);
         take!(max_connections_per_agent);
         take!(lock_memory);
+        take!(agent_hidden_sockets);
+        for path in &cfg.agent_hidden_sockets {
+            if !path.is_absolute() {
+                problems.push(format!(
+                    "agent_hidden_sockets: {} is not an absolute path",
+                    path.display()
+                ));
+            }
+        }
         cfg.approval_webhook = raw.approval_webhook;
         if cfg.max_connections_per_agent == 0 {
             problems.push(
@@ -391,6 +420,16 @@ mod tests {
         assert_eq!(cfg.audit_min_free(), 0);
         assert!(parse("").expect("defaults").lock_memory);
         assert!(!parse("lock_memory: false\n").expect("unlocked").lock_memory);
+        assert!(
+            cfg.agent_hidden_sockets
+                .contains(&PathBuf::from("/run/systemd/resolve/io.systemd.Resolve"))
+        );
+        let err = parse("agent_hidden_sockets: [run/nscd/socket]\n").expect_err("relative");
+        assert!(
+            err.to_string()
+                .contains("agent_hidden_sockets: run/nscd/socket is not an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -407,7 +446,7 @@ mod tests {
         let err = parse("zzzz: 1\n").expect_err("unknown");
         assert!(
             err.to_string()
-                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, audit_min_free_mib, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent, lock_memory)"),
+                .ends_with("unknown key `zzzz` (hint: valid keys: version, cgroup_root, policy_dir, state_dir, proxy_port, dns_port, metrics_addr, audit_log, audit_min_free_mib, admin_socket, dns_upstream, resolve, upstream_ca, bpf_pin_dir, approval_timeout_secs, approval_webhook, rotate_grace_secs, agent_tls_resumption, private_upstreams_from_dns, max_connections_per_agent, lock_memory, agent_hidden_sockets)"),
             "{err}"
         );
         let err = parse("proxy_port: abc\n").expect_err("a string");

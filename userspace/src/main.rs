@@ -5,6 +5,7 @@
 //! upstream -> audit.
 
 mod agent_env;
+mod agent_mounts;
 mod agent_syscalls;
 mod approvals;
 mod atomic_file;

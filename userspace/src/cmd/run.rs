@@ -102,6 +102,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         *ours = format!("{} {ours}", theirs.trim());
     }
     let dir = tree.enter(&args.agent, std::process::id())?;
+    // Before Landlock, which forbids mounting; in this very thread, which
+    // execs the command.
+    let hidden = crate::agent_mounts::hide(&config.agent_hidden_sockets)?;
+    if !hidden.is_empty() {
+        tracing::debug!(sockets = ?hidden, "hid the host's service sockets from the agent");
+    }
     // In this very thread, which execs the command: exec keeps the
     // Landlock domain.
     let scoped =

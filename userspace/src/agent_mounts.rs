@@ -1,0 +1,89 @@
+//! The host's service sockets an agent must not reach. A named Unix
+//! socket is a file, and no cgroup hook or system call filter sees where a
+//! `connect` to one leads: a service listening there (systemd-resolved,
+//! nscd, avahi) acts for the agent outside its cgroup, and resolves any
+//! name it is asked. `airlock run` gives the agent a mount namespace of its
+//! own and mounts `/dev/null` over each such socket there: a connect then
+//! fails with `ECONNREFUSED`, and glibc falls back to DNS, which Airlock
+//! answers. An unprivileged agent cannot take the mounts away: in a user
+//! namespace of its own they are locked to it.
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt as _, fs::FileTypeExt as _},
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HideError {
+    #[error("cannot give the agent a mount namespace of its own: {0}")]
+    Namespace(#[source] std::io::Error),
+    #[error("cannot hide {path} from the agent: {source}")]
+    Hide {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Moves the calling thread into a mount namespace of its own, whose
+/// mounts do not propagate back to the host's, and mounts `/dev/null` over
+/// each of `sockets` that is a socket there (through symlinks). Returns
+/// those hidden. Must run before the thread is confined by Landlock, which
+/// forbids mounting.
+pub fn hide(sockets: &[PathBuf]) -> Result<Vec<PathBuf>, HideError> {
+    // SAFETY: unshare(2) with a flag; it changes only this thread's view.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(HideError::Namespace(std::io::Error::last_os_error()));
+    }
+    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE).map_err(HideError::Namespace)?;
+    let mut hidden = Vec::new();
+    for path in sockets {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {}
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(HideError::Hide {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
+        mount(Some(Path::new("/dev/null")), path, libc::MS_BIND).map_err(|source| {
+            HideError::Hide {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        hidden.push(path.clone());
+    }
+    Ok(hidden)
+}
+
+/// mount(2) of `source` (none for a change of propagation) on `target`.
+fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> std::io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let source = source.map(c).transpose()?;
+    let target = c(target)?;
+    // SAFETY: NUL-terminated strings that outlive the call, or null where
+    // mount(2) takes none (no file system type or data for a bind or a
+    // propagation change).
+    let rc = unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
