@@ -1,12 +1,18 @@
 //! The host's service sockets an agent must not reach. A named Unix
-//! socket is a file, and no cgroup hook or system call filter sees where a
-//! `connect` to one leads: a service listening there (systemd-resolved,
-//! nscd, avahi) acts for the agent outside its cgroup, and resolves any
-//! name it is asked. `airlock run` gives the agent a mount namespace of its
-//! own and mounts `/dev/null` over each such socket there: a connect then
-//! fails with `ECONNREFUSED`, and glibc falls back to DNS, which Airlock
-//! answers. An unprivileged agent cannot take the mounts away: in a user
-//! namespace of its own they are locked to it.
+//! socket is a file, and none of Airlock's hooks or system call filters
+//! sees where a `connect` to one leads: a service listening there
+//! (systemd-resolved, nscd, avahi) acts for the agent outside its cgroup,
+//! and resolves any name it is asked. `airlock run` gives the agent a
+//! mount namespace of its own and mounts `/dev/null` over each such socket
+//! there: a connect then fails with `ECONNREFUSED`, and the NSS modules
+//! fall back to DNS, which Airlock answers. An unprivileged agent cannot
+//! take the mounts away: in a user namespace of its own they are locked
+//! to it.
+//!
+//! What it does not cover: a socket made after the agent started (a
+//! service started, or restarted: unlinking the old socket on the host
+//! takes the mount on it away in every namespace), and the same socket
+//! reached through another mount of its file system.
 
 use std::{
     ffi::CString,
@@ -26,23 +32,19 @@ pub enum HideError {
     },
 }
 
-/// Moves the calling thread into a mount namespace of its own, whose
-/// mounts do not propagate back to the host's, and mounts `/dev/null` over
-/// each of `sockets` that is a socket there (through symlinks). Returns
-/// those hidden. Must run before the thread is confined by Landlock, which
-/// forbids mounting.
+/// Mounts `/dev/null` over each of `sockets` that is a socket (through
+/// symlinks), in a mount namespace the calling thread moves into, whose
+/// mounts do not propagate back to the host's (the host's still reach
+/// it). Returns those hidden; with none there, the thread stays where it
+/// is. Must run before the thread is confined by Landlock, which forbids
+/// mounting.
 pub fn hide(sockets: &[PathBuf]) -> Result<Vec<PathBuf>, HideError> {
-    // SAFETY: unshare(2) with a flag; it changes only this thread's view.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(HideError::Namespace(std::io::Error::last_os_error()));
-    }
-    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE).map_err(HideError::Namespace)?;
-    let mut hidden = Vec::new();
+    let mut present = Vec::new();
     for path in sockets {
         match std::fs::metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {}
-            Ok(_) => continue,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Ok(meta) if meta.file_type().is_socket() => present.push(path),
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(HideError::Hide {
                     path: path.clone(),
@@ -50,6 +52,19 @@ pub fn hide(sockets: &[PathBuf]) -> Result<Vec<PathBuf>, HideError> {
                 });
             }
         }
+    }
+    if present.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: unshare(2) with a flag; it changes only this thread's view.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(HideError::Namespace(std::io::Error::last_os_error()));
+    }
+    // A slave: mounts made on the host later (an automounted home, a
+    // workspace) still reach the agent, and none of its goes back.
+    mount(None, Path::new("/"), libc::MS_REC | libc::MS_SLAVE).map_err(HideError::Namespace)?;
+    let mut hidden = Vec::new();
+    for path in present {
         mount(Some(Path::new("/dev/null")), path, libc::MS_BIND).map_err(|source| {
             HideError::Hide {
                 path: path.clone(),

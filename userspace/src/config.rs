@@ -197,13 +197,18 @@ pub struct Config {
 }
 
 /// The sockets of the services that resolve names for any local caller.
-pub const HIDDEN_SOCKETS: [&str; 7] = [
+/// Each under `/run` and `/var/run`, which is a symlink to it on most
+/// hosts and another mount of it on some.
+pub const HIDDEN_SOCKETS: [&str; 10] = [
     "/run/systemd/resolve/io.systemd.Resolve",
     "/run/systemd/resolve/io.systemd.Resolve.Monitor",
     "/run/dbus/system_bus_socket",
     "/run/nscd/socket",
-    "/var/run/nscd/socket",
     "/run/avahi-daemon/socket",
+    "/var/run/systemd/resolve/io.systemd.Resolve",
+    "/var/run/systemd/resolve/io.systemd.Resolve.Monitor",
+    "/var/run/dbus/system_bus_socket",
+    "/var/run/nscd/socket",
     "/var/run/avahi-daemon/socket",
 ];
 
