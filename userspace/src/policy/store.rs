@@ -301,7 +301,9 @@ impl PolicyStore {
         })
         .ok();
         // Taken now: a change made while the thread starts is a change.
+        // One made between the first load and now is read at once.
         let mut seen = Sources::of(&self.dir);
+        self.reload();
         std::thread::Builder::new()
             .name("policy-watch".into())
             .spawn(move || {
@@ -531,6 +533,35 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(!reads_the_log(&store), "the edit never took effect");
+    }
+
+    /// An edit made after the policies were loaded and before the watcher
+    /// started (the daemon starts more between the two) is not lost.
+    #[test]
+    fn an_edit_before_the_watcher_starts_takes_effect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deploy = tempfile::tempdir().expect("deploy dir");
+        write(deploy.path(), "reader.yaml", READS);
+        std::os::unix::fs::symlink(
+            deploy.path().join("reader.yaml"),
+            dir.path().join("reader.yaml"),
+        )
+        .expect("symlink");
+        let store = store(dir.path());
+        write(
+            deploy.path(),
+            "reader.yaml",
+            &READS.replace("log.", "logs."),
+        );
+        store.clone().watch();
+        let reader = store.get("reader").expect("reader's policy");
+        assert!(
+            !matches!(
+                reader.decide_http("log.example.net", 443, "GET", "/"),
+                HttpDecision::Allow(_)
+            ),
+            "the edit made before the watcher started was lost"
+        );
     }
 
     #[tokio::test]
