@@ -499,10 +499,13 @@ mod tests {
         assert!(!store.holds_secrets("log.example.net", 443));
     }
 
-    /// A policy linked from elsewhere is edited where the watch on the
-    /// policy directory sees nothing; the watcher's looks find it.
-    #[test]
-    fn an_edit_to_a_symlinked_policys_target_takes_effect() {
+    /// A store over a policy directory whose `reader.yaml` links to a file
+    /// in another directory (both kept alive by what is returned).
+    fn linked_reader() -> (
+        tempfile::TempDir,
+        tempfile::TempDir,
+        std::sync::Arc<PolicyStore>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let deploy = tempfile::tempdir().expect("deploy dir");
         write(deploy.path(), "reader.yaml", READS);
@@ -512,22 +515,33 @@ mod tests {
         )
         .expect("symlink");
         let store = store(dir.path());
-        let reads_the_log = |store: &PolicyStore| {
-            store.get("reader").is_some_and(|p| {
-                matches!(
-                    p.decide_http("log.example.net", 443, "GET", "/"),
-                    HttpDecision::Allow(_)
-                )
-            })
-        };
+        (dir, deploy, store)
+    }
+
+    /// Whether the reader may reach the log host, as the store has it now.
+    fn reads_the_log(store: &PolicyStore) -> bool {
+        store.get("reader").is_some_and(|p| {
+            matches!(
+                p.decide_http("log.example.net", 443, "GET", "/"),
+                HttpDecision::Allow(_)
+            )
+        })
+    }
+
+    /// The reader's linked policy edited in place, as an editor may (`sed
+    /// -i` renames): the log host becomes another.
+    fn edit_linked_reader(deploy: &Path) {
+        write(deploy, "reader.yaml", &READS.replace("log.", "logs."));
+    }
+
+    /// A policy linked from elsewhere is edited where the watch on the
+    /// policy directory sees nothing; the watcher's looks find it.
+    #[test]
+    fn an_edit_to_a_symlinked_policys_target_takes_effect() {
+        let (_dir, deploy, store) = linked_reader();
         assert!(reads_the_log(&store));
         store.clone().watch();
-        // In place, as `sed -i` would not (it renames) but an editor may.
-        write(
-            deploy.path(),
-            "reader.yaml",
-            &READS.replace("log.", "logs."),
-        );
+        edit_linked_reader(deploy.path());
         let deadline = std::time::Instant::now() + super::LOOK * 4;
         while reads_the_log(&store) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -539,27 +553,12 @@ mod tests {
     /// started (the daemon starts more between the two) is not lost.
     #[test]
     fn an_edit_before_the_watcher_starts_takes_effect() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let deploy = tempfile::tempdir().expect("deploy dir");
-        write(deploy.path(), "reader.yaml", READS);
-        std::os::unix::fs::symlink(
-            deploy.path().join("reader.yaml"),
-            dir.path().join("reader.yaml"),
-        )
-        .expect("symlink");
-        let store = store(dir.path());
-        write(
-            deploy.path(),
-            "reader.yaml",
-            &READS.replace("log.", "logs."),
-        );
+        let (_dir, deploy, store) = linked_reader();
+        assert!(reads_the_log(&store));
+        edit_linked_reader(deploy.path());
         store.clone().watch();
-        let reader = store.get("reader").expect("reader's policy");
         assert!(
-            !matches!(
-                reader.decide_http("log.example.net", 443, "GET", "/"),
-                HttpDecision::Allow(_)
-            ),
+            !reads_the_log(&store),
             "the edit made before the watcher started was lost"
         );
     }
